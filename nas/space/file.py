@@ -1,0 +1,266 @@
+"""Search-space files: YAML data -> a validated `Space`. Safe loader; nothing is evaluated.
+
+A space fixes the network's skeleton (stages with their base channels and strides) and
+lists the choices the search may make. Every searchable field takes one value (fixed) or
+a list (choices). Schema (unknown keys are errors, reported with file:line)::
+
+    name: default
+    input: {resolution: 28, channels: 1}   # the dataset's channels/classes override these
+    num_classes: 10
+    divisor: 8                 # channel rounding (grouped blocks' groups must divide it)
+    min_end_bits: 8            # policy: stem and classifier use >= this many bits
+    scaling: {alpha: [1.0, 1.2], beta: [1.0, 1.1], gamma: auto, phi: [0, 1], target: 2.0}
+    stem: {channels: 16, kernel: 3, stride: 1, act: relu, bits: w8a8}
+    stages:
+      - {channels: 24, stride: 2, kinds: [ir, shift], repeats: [1, 2], kernel: [3, 5],
+         expand: [3, 6], se: [0, 0.25], groups: [2, 4], growth: [8, 12],
+         act: [relu, hswish], bits: [w8a8, w4a4]}
+    head: {channels: [0, 128], act: relu, bits: w8a8}
+    classifier: {bits: w8a8}
+
+`gamma: auto` derives gamma = max(1, sqrt(target / (alpha * beta^2))) so that
+alpha * beta^2 * gamma^2 ~ target (2.0 in EfficientNet). Bits are written ``w<W>a<A>``.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from nas.errors import UsageError
+from nas.space.spec import ACTS, BITS, BLOCK_KINDS, STRIDES
+
+_BITS_RE = re.compile(r"w(\d+)a(\d+)")
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings remember the line of each key (for error messages)."""
+
+
+class _LineDict(dict):
+    lines: dict
+
+
+def _construct_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    mapping = _LineDict()
+    mapping.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(None, None, f"non-string key {key!r}", key_node.start_mark)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.lines[key] = key_node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclass(frozen=True)
+class StageChoices:
+    channels: int
+    stride: int
+    kinds: tuple[str, ...]
+    repeats: tuple[int, ...]
+    kernel: tuple[int, ...]
+    expand: tuple[float, ...]
+    se: tuple[float, ...]
+    groups: tuple[int, ...]
+    growth: tuple[int, ...]
+    act: tuple[str, ...]
+    bits: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class EndChoices:
+    """Stem, head or classifier choices."""
+
+    channels: tuple[int, ...]
+    kernel: int
+    stride: int
+    act: tuple[str, ...]
+    bits: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    path: str
+    resolution: int
+    in_chs: int
+    num_classes: int
+    divisor: int
+    min_end_bits: int
+    alpha: tuple[float, ...]
+    beta: tuple[float, ...]
+    gamma: tuple[float, ...] | None  # None = auto (derived from target)
+    phi: tuple[float, ...]
+    target: float
+    stem: EndChoices
+    stages: tuple[StageChoices, ...]
+    head: EndChoices
+    classifier: EndChoices
+
+
+class _Reader:
+    """Walks the YAML tree, producing errors that name file:line and the key path."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, mapping, key, path: str, message: str) -> UsageError:
+        line = getattr(mapping, "lines", {}).get(key)
+        where = f"{self.path}:{line}" if line else self.path
+        return UsageError(f"{where}: {path}: {message}")
+
+    def mapping(self, parent, key, path, allowed, required=()):
+        value = parent.get(key) if key is not None else parent
+        if not isinstance(value, dict):
+            raise self.fail(parent, key, path, f"{value!r} is not a mapping; expected keys {sorted(allowed)}")
+        for k in value:
+            if k not in allowed:
+                raise self.fail(value, k, f"{path}.{k}", f"unknown key {k!r}; expected one of {sorted(allowed)}")
+        for k in required:
+            if k not in value:
+                raise self.fail(parent, key, path, f"missing key {k!r}")
+        return value
+
+    def choices(self, m, key, path, kind, default, allowed=None, minimum=None):
+        raw = m.get(key, default)
+        values = raw if isinstance(raw, list) else [raw]
+        if not values:
+            raise self.fail(m, key, f"{path}.{key}", "empty list; expected at least one choice")
+        out = []
+        for v in values:
+            v = self._convert(m, key, path, kind, v)
+            if allowed is not None and v not in allowed:
+                raise self.fail(m, key, f"{path}.{key}", f"{v!r} is not allowed; expected one of {list(allowed)}")
+            if minimum is not None and v < minimum:
+                raise self.fail(m, key, f"{path}.{key}", f"{v!r} is not allowed; expected >= {minimum}")
+            out.append(v)
+        return tuple(out)
+
+    def one(self, m, key, path, kind, default, allowed=None, minimum=None):
+        if isinstance(m.get(key), list):
+            raise self.fail(m, key, f"{path}.{key}", f"{m[key]!r} is a list; expected a single value")
+        return self.choices(m, key, path, kind, default, allowed, minimum)[0]
+
+    def _convert(self, m, key, path, kind, v):
+        if kind == "bits":
+            match = _BITS_RE.fullmatch(str(v))
+            if not match or int(match[1]) not in BITS or int(match[2]) not in BITS:
+                raise self.fail(m, key, f"{path}.{key}", f"{v!r} is not a bit-width pair; expected w<W>a<A> "
+                                f"with W, A in {list(BITS)}, e.g. 'w8a8'")
+            w, a = int(match[1]), int(match[2])
+            if a == 1 and w != 1:
+                raise self.fail(m, key, f"{path}.{key}", f"{v!r}: 1-bit activations need 1-bit weights; expected w1a1")
+            return (w, a)
+        if kind == "str":
+            if not isinstance(v, str):
+                raise self.fail(m, key, f"{path}.{key}", f"{v!r} is not a name")
+            return v
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if kind == "int":
+            ok = ok and float(v).is_integer()
+        if not ok or not math.isfinite(v):
+            raise self.fail(m, key, f"{path}.{key}", f"{v!r} is not {'an integer' if kind == 'int' else 'a number'}")
+        return int(v) if kind == "int" else float(v)
+
+
+_TOP = {"name", "description", "input", "num_classes", "divisor", "min_end_bits", "scaling", "stem",
+        "stages", "head", "classifier"}
+_STAGE = {"channels", "stride", "kinds", "repeats", "kernel", "expand", "se", "groups", "growth", "act", "bits"}
+
+
+def load_space(path) -> Space:
+    """Read and validate a search-space YAML file."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such space file; expected a YAML file like search_spaces/default.yaml")
+    try:
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506 (safe subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}{line}: malformed YAML: {e.problem or e.context}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: malformed YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping with keys {sorted(_TOP)}, got {type(data).__name__}")
+    r = _Reader(path)
+    top = r.mapping(data, None, "space", _TOP, required=("input", "stem", "stages"))
+    inp = r.mapping(top, "input", "input", {"resolution", "channels"}, required=("resolution",))
+    divisor = r.one(top, "divisor", "space", "int", 8, minimum=1)
+    min_end_bits = r.one(top, "min_end_bits", "space", "int", 8, allowed=BITS)
+
+    sc = r.mapping(top, "scaling", "scaling", {"alpha", "beta", "gamma", "phi", "target"}) if "scaling" in top \
+        else _LineDict()
+    gamma = None if sc.get("gamma", "auto") == "auto" else r.choices(sc, "gamma", "scaling", "float", 1.0, minimum=1.0)
+
+    def end(key, with_channels, default_channels, kernel, stride):
+        m = r.mapping(top, key, key, ({"channels"} if with_channels else set()) | {"kernel", "stride", "act", "bits"}) \
+            if key in top else _LineDict()
+        bits = r.choices(m, "bits", key, "bits", f"w{min_end_bits}a{min_end_bits}")
+        for w, a in bits:
+            if min(w, a) < min_end_bits:
+                raise r.fail(m, "bits", f"{key}.bits", f"w{w}a{a} is below the policy min_end_bits={min_end_bits}; "
+                             f"expected both widths >= {min_end_bits}")
+        return EndChoices(
+            channels=r.choices(m, "channels", key, "int", default_channels, minimum=0) if with_channels else (0,),
+            kernel=r.one(m, "kernel", key, "int", kernel, minimum=1),
+            stride=r.one(m, "stride", key, "int", stride, allowed=STRIDES),
+            act=r.choices(m, "act", key, "str", "relu", allowed=ACTS),
+            bits=bits,
+        )
+
+    stages_raw = top["stages"]
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise r.fail(top, "stages", "stages", "expected a non-empty list of stage mappings")
+    stages = []
+    for i, raw in enumerate(stages_raw):
+        p = f"stages[{i}]"
+        s = r.mapping({i: raw}, i, p, _STAGE, required=("channels",))
+        groups = r.choices(s, "groups", p, "int", 2, minimum=1)
+        for g in groups:
+            if divisor % g:
+                raise r.fail(s, "groups", f"{p}.groups", f"{g} does not divide divisor={divisor}; expected a divisor of it")
+        stages.append(StageChoices(
+            channels=r.one(s, "channels", p, "int", None, minimum=1),
+            stride=r.one(s, "stride", p, "int", 1, allowed=STRIDES),
+            kinds=r.choices(s, "kinds", p, "str", "ir", allowed=BLOCK_KINDS),
+            repeats=r.choices(s, "repeats", p, "int", 1, minimum=1),
+            kernel=r.choices(s, "kernel", p, "int", 3, allowed=(1, 3, 5, 7)),
+            expand=r.choices(s, "expand", p, "float", 1.0, minimum=1.0),
+            se=r.choices(s, "se", p, "float", 0.0, minimum=0.0),
+            groups=groups,
+            growth=r.choices(s, "growth", p, "int", 8, minimum=1),
+            act=r.choices(s, "act", p, "str", "relu", allowed=ACTS),
+            bits=r.choices(s, "bits", p, "bits", "w32a32"),
+        ))
+        for se in stages[-1].se:
+            if se >= 1:
+                raise r.fail(s, "se", f"{p}.se", f"{se} is not allowed; expected 0 <= se < 1")
+
+    return Space(
+        name=str(top.get("name", Path(path).stem)),
+        path=path,
+        resolution=r.one(inp, "resolution", "input", "int", None, minimum=1),
+        in_chs=r.one(inp, "channels", "input", "int", 1, minimum=1),
+        num_classes=r.one(top, "num_classes", "space", "int", 10, minimum=2),
+        divisor=divisor,
+        min_end_bits=min_end_bits,
+        alpha=r.choices(sc, "alpha", "scaling", "float", 1.0, minimum=1.0),
+        beta=r.choices(sc, "beta", "scaling", "float", 1.0, minimum=1.0),
+        gamma=gamma,
+        phi=r.choices(sc, "phi", "scaling", "float", 0.0),
+        target=r.one(sc, "target", "scaling", "float", 2.0, minimum=1.0),
+        stem=end("stem", True, 16, 3, 1),
+        stages=tuple(stages),
+        head=end("head", True, 0, 1, 1),
+        classifier=end("classifier", False, 0, 1, 1),
+    )

@@ -1,0 +1,131 @@
+"""Sampling a candidate from a space through an Optuna trial.
+
+`sample_arch` is the one decoder from trial parameters to a network: the search calls it
+with live trials, `nas space sample` with a seeded RandomSampler, and export replays a
+stored trial through `optuna.trial.FixedTrial(trial.params)`, so the three cannot drift.
+Parameters are named ``alpha``, ``beta``, ``gamma``, ``phi``, ``stem.*``, ``s<i>.*``,
+``head.*``, ``fc.bits``; a choice with one value is not suggested (it is fixed).
+"""
+
+import math
+from dataclasses import dataclass
+
+import optuna
+
+from nas.space.file import EndChoices, Space, StageChoices
+from nas.space.scaling import Scaling, scale_arch
+from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
+
+
+@dataclass(frozen=True)
+class Sample:
+    arch: ArchSpec  # the scaled network: what is built, costed and trained
+    base: ArchSpec  # before compound scaling
+    scaling: Scaling
+
+
+def _pick(trial, name: str, choices: tuple):
+    if len(choices) == 1:
+        return choices[0]
+    return trial.suggest_categorical(name, list(choices))
+
+
+def _pick_bits(trial, name: str, choices: tuple) -> tuple[int, int]:
+    labels = [f"w{w}a{a}" for w, a in choices]
+    label = _pick(trial, name, tuple(labels))
+    return choices[labels.index(label)]
+
+
+def derived_gamma(alpha: float, beta: float, target: float) -> float:
+    """gamma with alpha * beta^2 * gamma^2 ~ target, at least 1, rounded to 3 decimals."""
+    return round(max(1.0, math.sqrt(target / (alpha * beta * beta))), 3)
+
+
+def _stage(trial, i: int, st: StageChoices) -> BlockSpec:
+    p = f"s{i}."
+    kind = _pick(trial, p + "kind", st.kinds)
+    w_bits, a_bits = _pick_bits(trial, p + "bits", st.bits)
+    return BlockSpec(
+        kind=kind,
+        out_chs=st.channels,
+        stride=st.stride,
+        repeats=_pick(trial, p + "repeats", st.repeats),
+        kernel=_pick(trial, p + "kernel", st.kernel),
+        expand=_pick(trial, p + "expand", st.expand) if kind in ("ir", "shift") else 1.0,
+        se=_pick(trial, p + "se", st.se) if kind == "ir" and w_bits != 1 else 0.0,
+        groups=_pick(trial, p + "groups", st.groups) if kind == "grouped" else 1,
+        growth=_pick(trial, p + "growth", st.growth) if kind == "dense" else 0,
+        act=_pick(trial, p + "act", st.act),
+        w_bits=w_bits,
+        a_bits=a_bits,
+    )
+
+
+def _end(trial, name: str, ch: EndChoices) -> ConvSpec:
+    w_bits, a_bits = _pick_bits(trial, name + ".bits", ch.bits)
+    return ConvSpec(out_chs=_pick(trial, name + ".channels", ch.channels), kernel=ch.kernel, stride=ch.stride,
+                    act=_pick(trial, name + ".act", ch.act), w_bits=w_bits, a_bits=a_bits)
+
+
+def sample_arch(space: Space, trial, in_chs: int | None = None, num_classes: int | None = None) -> Sample:
+    """Suggest every choice of `space` on `trial`; return the scaled network.
+
+    `in_chs` / `num_classes` come from the dataset and override the space's defaults.
+    """
+    alpha = _pick(trial, "alpha", space.alpha)
+    beta = _pick(trial, "beta", space.beta)
+    gamma = _pick(trial, "gamma", space.gamma) if space.gamma else derived_gamma(alpha, beta, space.target)
+    scaling = Scaling(alpha=alpha, beta=beta, gamma=gamma, phi=_pick(trial, "phi", space.phi))
+    fc_w, fc_a = _pick_bits(trial, "fc.bits", space.classifier.bits)
+    base = ArchSpec(
+        resolution=space.resolution,
+        in_chs=in_chs or space.in_chs,
+        stem=_end(trial, "stem", space.stem),
+        blocks=tuple(_stage(trial, i, st) for i, st in enumerate(space.stages)),
+        head=_end(trial, "head", space.head),
+        fc=FcSpec(num_classes=num_classes or space.num_classes, w_bits=fc_w, a_bits=fc_a),
+    )
+    return Sample(arch=scale_arch(base, scaling, space.divisor), base=base, scaling=scaling)
+
+
+def replay(space: Space, params: dict, in_chs: int | None = None, num_classes: int | None = None) -> Sample:
+    """Rebuild the sample a finished trial saw, from its stored params."""
+    return sample_arch(space, optuna.trial.FixedTrial(params), in_chs, num_classes)
+
+
+def random_samples(space: Space, n: int, seed: int, in_chs: int | None = None,
+                   num_classes: int | None = None) -> list[Sample]:
+    """n samples from a seeded RandomSampler: the same seed gives the same list."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [sample_arch(space, study.ask(), in_chs, num_classes) for _ in range(n)]
+
+
+def random_archs(space: Space, n: int, seed: int, in_chs: int | None = None,
+                 num_classes: int | None = None) -> list[ArchSpec]:
+    return [s.arch for s in random_samples(space, n, seed, in_chs, num_classes)]
+
+
+def _stage_count(st: StageChoices) -> int:
+    total = 0
+    for kind in st.kinds:
+        per_kind = len(st.repeats) * len(st.kernel) * len(st.act)
+        if kind in ("ir", "shift"):
+            per_kind *= len(st.expand)
+        if kind == "grouped":
+            per_kind *= len(st.groups)
+        if kind == "dense":
+            per_kind *= len(st.growth)
+        for w, _ in st.bits:
+            total += per_kind * (len(st.se) if kind == "ir" and w != 1 else 1)
+    return total
+
+
+def space_size(space: Space) -> int:
+    """Number of distinct parameter assignments (networks before de-duplication)."""
+    n = len(space.alpha) * len(space.beta) * len(space.phi) * (len(space.gamma) if space.gamma else 1)
+    for end in (space.stem, space.head):
+        n *= len(end.channels) * len(end.act) * len(end.bits)
+    n *= len(space.classifier.bits)
+    for st in space.stages:
+        n *= _stage_count(st)
+    return n

@@ -1,0 +1,204 @@
+"""Architecture specs: frozen dataclasses that describe a network as plain data.
+
+A spec is decoded from an arch string (`codec.py`), built into modules (`nas.build`) and
+costed analytically (`nas.cost`). Decoding never builds; building never parses.
+
+Network layout, in execution order::
+
+    input (resolution x resolution x in_chs)
+    stem      conv k x k, stride s, in_chs -> c, BN, act
+    blocks    one BlockSpec per stage, see below
+    head      conv 1x1 -> c, BN, act            (absent when c == 0)
+    pool      global average pool
+    fc        linear -> num_classes, with bias
+
+Block kinds (`BlockSpec.kind`); `r` repeats a block, only the first repeat has stride `s`
+and changes the channel count, a residual add is used wherever stride is 1 and the
+channel count is unchanged:
+
+- ``ir``      inverted residual (MBConv, timm's blocks). e == 1: depthwise k x k + BN + act,
+              [SE], pointwise 1x1 + BN (timm's DepthwiseSeparableConv). e > 1: pointwise
+              1x1 to mid = make_divisible(in * e) + BN + act, depthwise k x k + BN + act,
+              [SE], pointwise 1x1 + BN (timm's InvertedResidual). SE squeezes to
+              max(1, round(in * se)) channels, ReLU inside, sigmoid gate.
+- ``shift``   ShiftNet's shift block: pointwise 1x1 to mid = make_divisible(in * e) + BN
+              + act, grouped shift over a k x k neighbourhood (channels split into k*k
+              groups, each moved by one offset, zero fill, stride by subsampling),
+              pointwise 1x1 + BN.
+- ``grouped`` grouped k x k conv (g groups, stride s) + BN + act, channel shuffle (g),
+              grouped 1x1 conv (g groups) + BN.
+- ``dense``   DenseNet-style block: r dense layers, each 1x1 conv to 4*gr + BN + act,
+              k x k conv to gr + BN + act, concatenated onto the running features;
+              then a transition 1x1 conv to c + BN + act, and 2x2 average pool when s == 2.
+              (For ``dense``, ``r`` counts dense layers inside one block.)
+
+Bit widths: every conv/linear in a block quantizes its weights to `w_bits` and its
+input activations to `a_bits`. A block with w_bits == 1 is Bi-Real style: each conv is
+a binary unit  y = BN(binconv(sign(x))) + shortcut(x)  with one-padding, no activation
+function, and a real-valued shortcut (identity; 2x2 average pool when strided; plus a
+1x1 conv at SHORTCUT_BITS + BN when the channel count changes). a_bits == 1 requires
+w_bits == 1 (XNOR-popcount); SE is not allowed in binary blocks.
+"""
+
+from dataclasses import dataclass, field, fields
+
+from nas.errors import UsageError
+
+BITS = (1, 2, 4, 8, 16, 32)
+BLOCK_KINDS = ("ir", "shift", "grouped", "dense")
+ACTS = ("relu", "hswish")
+STRIDES = (1, 2)
+SHORTCUT_BITS = 8  # weight bits of the 1x1 shortcut conv in binary units (Bi-Real keeps it real)
+DENSE_BOTTLENECK = 4  # dense layers' 1x1 conv widens to 4 * growth (DenseNet-BC)
+
+
+def _check_choice(where: str, name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UsageError(f"{where}: {name}={value!r} is not allowed; expected one of {list(allowed)}")
+
+
+def _check_min(where: str, name: str, value, minimum) -> None:
+    if not isinstance(value, (int, float)) or value < minimum:
+        raise UsageError(f"{where}: {name}={value!r} is not allowed; expected a number >= {minimum}")
+
+
+def _check_bits(where: str, w_bits: int, a_bits: int) -> None:
+    _check_choice(where, "w_bits", w_bits, BITS)
+    _check_choice(where, "a_bits", a_bits, BITS)
+    if a_bits == 1 and w_bits != 1:
+        raise UsageError(
+            f"{where}: a_bits=1 with w_bits={w_bits} is not allowed; 1-bit activations need "
+            f"1-bit weights (XNOR-popcount), expected w_bits=1"
+        )
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """The stem (k x k conv) or the head (1x1 conv; out_chs == 0 means no head conv)."""
+
+    out_chs: int
+    kernel: int = 3
+    stride: int = 1
+    act: str = "relu"
+    w_bits: int = 32
+    a_bits: int = 32
+
+    def __post_init__(self):
+        where = "conv spec"
+        _check_min(where, "out_chs", self.out_chs, 0)
+        _check_min(where, "kernel", self.kernel, 1)
+        _check_choice(where, "stride", self.stride, STRIDES)
+        _check_choice(where, "act", self.act, ACTS)
+        _check_bits(where, self.w_bits, self.a_bits)
+
+
+@dataclass(frozen=True)
+class FcSpec:
+    """The classifier: global-pooled features -> num_classes logits, with bias."""
+
+    num_classes: int
+    w_bits: int = 32
+    a_bits: int = 32
+
+    def __post_init__(self):
+        _check_min("classifier spec", "num_classes", self.num_classes, 2)
+        _check_bits("classifier spec", self.w_bits, self.a_bits)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One stage: `repeats` blocks of one kind (see the module docstring for each kind)."""
+
+    kind: str
+    out_chs: int
+    repeats: int = 1
+    kernel: int = 3
+    stride: int = 1
+    expand: float = 1.0  # ir, shift: mid channels = make_divisible(in_chs * expand)
+    se: float = 0.0  # ir: squeeze-excite ratio of the block's input channels (0 = none)
+    groups: int = 1  # grouped: group count of both convs
+    growth: int = 0  # dense: channels each dense layer adds
+    act: str = "relu"
+    w_bits: int = 32
+    a_bits: int = 32
+
+    def __post_init__(self):
+        where = f"{self.kind} block"
+        _check_choice("block", "kind", self.kind, BLOCK_KINDS)
+        _check_min(where, "out_chs", self.out_chs, 1)
+        _check_min(where, "repeats", self.repeats, 1)
+        _check_min(where, "kernel", self.kernel, 1)
+        if self.kernel % 2 == 0:
+            raise UsageError(f"{where}: kernel={self.kernel} is not allowed; expected an odd kernel size")
+        _check_choice(where, "stride", self.stride, STRIDES)
+        _check_min(where, "expand", self.expand, 1.0 if self.kind == "ir" else 0.25)
+        if not 0.0 <= self.se < 1.0:
+            raise UsageError(f"{where}: se={self.se!r} is not allowed; expected 0 <= se < 1")
+        _check_choice(where, "act", self.act, ACTS)
+        _check_bits(where, self.w_bits, self.a_bits)
+        if self.se and self.kind != "ir":
+            raise UsageError(f"{where}: se={self.se} is not allowed; squeeze-excite exists only in ir blocks")
+        if self.se and self.w_bits == 1:
+            raise UsageError(f"{where}: se={self.se} is not allowed in a 1-bit (Bi-Real) block; expected se=0")
+        if self.kind == "grouped":
+            _check_min(where, "groups", self.groups, 1)
+            if self.out_chs % self.groups:
+                raise UsageError(
+                    f"{where}: out_chs={self.out_chs} is not divisible by groups={self.groups}; "
+                    f"expected a multiple of {self.groups}"
+                )
+        elif self.groups != 1:
+            raise UsageError(f"{where}: groups={self.groups} is not allowed; groups exist only in grouped blocks")
+        if self.kind == "dense":
+            _check_min(where, "growth", self.growth, 1)
+        elif self.growth:
+            raise UsageError(f"{where}: growth={self.growth} is not allowed; growth exists only in dense blocks")
+
+    @property
+    def binary(self) -> bool:
+        """Bi-Real style block (1-bit weights)."""
+        return self.w_bits == 1
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A whole network. The arch string (`codec.encode`) is its one-line record."""
+
+    resolution: int
+    in_chs: int
+    stem: ConvSpec
+    blocks: tuple[BlockSpec, ...]
+    head: ConvSpec
+    fc: FcSpec
+    meta: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self):
+        where = "arch"
+        _check_min(where, "resolution", self.resolution, 1)
+        _check_min(where, "in_chs", self.in_chs, 1)
+        if not self.blocks:
+            raise UsageError(f"{where}: no blocks; expected at least one block between stem and head")
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        chs = self.stem.out_chs
+        for i, b in enumerate(self.blocks):
+            if b.kind == "grouped" and chs % b.groups:
+                raise UsageError(
+                    f"{where}: block {i} ({b.kind}) input channels {chs} are not divisible by "
+                    f"groups={b.groups}; expected the previous block's out_chs to be a multiple of {b.groups}"
+                )
+            chs = b.out_chs
+
+    @property
+    def feature_chs(self) -> int:
+        """Channels entering the classifier."""
+        return self.head.out_chs or self.blocks[-1].out_chs
+
+
+def replace(spec, **changes):
+    """dataclasses.replace that keeps validation (frozen specs)."""
+    values = {f.name: getattr(spec, f.name) for f in fields(spec)}
+    unknown = set(changes) - set(values)
+    if unknown:
+        raise TypeError(f"{type(spec).__name__} has no field(s) {sorted(unknown)}")
+    values.update(changes)
+    return type(spec)(**values)
