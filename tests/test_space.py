@@ -53,6 +53,7 @@ def test_timm_block_string_without_bits_defaults_to_32_bits():
     ("in_r28_c1-stem_c16-ir_c16_k2.5-head_c0-fc_n10", 26, "whole number"),
     ("in_r28_c1-stem_c16-ir_c16--head_c0-fc_n10", 26, "empty segment"),
     ("in_r28_c1-stem_c16-shift_c16_se0.25-head_c0-fc_n10", 29, "unknown key 'se0.25'"),
+    ("in_r28_c1-stem_c16-ir_k3-head_c0-fc_n10", 19, "missing key(s) ['c']"),
 ])
 def test_malformed_arch_strings_name_the_position(text, position, needle):
     with pytest.raises(UsageError) as e:

@@ -46,9 +46,13 @@ class ImageDataset(torch.utils.data.Dataset):
         """(C, H, W) of one image."""
         return tuple(self.images.shape[1:])
 
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised float32 images ``(B, C, H, W)`` and int64 labels ``(B,)`` for `index`."""
-        x = self.images[index].to(torch.float32)
+    def batch(self, index: torch.Tensor, memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float32 images ``(B, C, H, W)`` and int64 labels ``(B,)`` for `index`.
+
+        One gather and one conversion; `memory_format=torch.channels_last` lays the batch out
+        NHWC in that same copy.
+        """
+        x = self.images[index].to(torch.float32, memory_format=memory_format)
         x.sub_(self._shift).mul_(self._scale)
         return x, self.labels[index]
 

@@ -20,7 +20,8 @@ _FILES = {
     "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
     "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
 }
-EXPECTED = "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]"
+EXPECTED = ("train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+            "t10k-labels-idx1-ubyte[.gz]")
 
 
 def is_idx_folder(folder: Path) -> bool:
@@ -45,7 +46,8 @@ def read_idx(path: Path, how_to_get: str) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as e:
         raise UsageError(f"dataset file {path}: cannot be read or unzipped ({e}); {how_to_get}") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise UsageError(f"dataset file {path}: not an IDX file of unsigned bytes (bad header {raw[:4]!r}); {how_to_get}")
+        raise UsageError(f"dataset file {path}: not an IDX file of unsigned bytes (bad header {raw[:4]!r}); "
+                         f"{how_to_get}")
     ndim = raw[3]
     header = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))

@@ -66,8 +66,8 @@ def _read(name_or_path, data_dir, resolution) -> tuple[RawSplits, str, str]:
         return load_cifar(data_dir, name), name, str(data_dir)
     path = Path(name_or_path).expanduser()
     if data_dir is not None:
-        raise UsageError(f"--data-dir {data_dir}: only used with a dataset name ({', '.join(sorted(set(NAMES.values())))}); "
-                         f"the dataset {name_or_path!r} is already a path")
+        raise UsageError(f"--data-dir {data_dir}: only used with a dataset name "
+                         f"({', '.join(sorted(set(NAMES.values())))}); the dataset {name_or_path!r} is already a path")
     if not path.exists():
         raise UsageError(f"dataset {name_or_path!r}: neither a known name ({', '.join(sorted(set(NAMES.values())))}) "
                          f"nor an existing path; expected a name, an IDX / CIFAR / ImageFolder folder, or an .npz file")

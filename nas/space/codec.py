@@ -9,12 +9,13 @@ is a kind followed by ``_``-separated tokens ``<key><number>`` (or a bare flag):
 
 Keys: r repeats (``in``: resolution), c channels, k kernel, s stride, e expansion ratio,
 se squeeze-excite ratio, g groups, gr growth, n classes, w weight bits, a activation bits;
-flag ``hs`` = hard-swish activation (ReLU otherwise). Omitted keys take the spec's default
+flags ``hs`` = hard-swish activation, ``noact`` = none (ReLU otherwise). Omitted keys take the spec's default
 (bits default to 32). `encode` writes every key in a fixed order, so
 ``encode(decode(s)) == s`` for canonical strings and ``decode(encode(spec)) == spec``.
 """
 
 import re
+from dataclasses import MISSING, fields
 
 from nas.errors import UsageError
 from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
@@ -34,7 +35,7 @@ _KEYS = {
 }
 _FLOAT_FIELDS = {"expand", "se"}
 _TOKEN = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)?")
-_FLAGS = {"hs": ("act", "hswish")}
+_FLAGS = {"hs": ("act", "hswish"), "noact": ("act", "none")}
 _HAS_ACT = {"stem", "head", "ir", "shift", "grouped", "dense"}
 
 
@@ -114,6 +115,11 @@ def _make(text: str, pos: int, cls, **values):
         return cls(**values)
     except UsageError as e:
         raise _fail(text, pos, str(e)) from None
+    except TypeError:  # a required field is missing: name its key
+        keys = {name: key for table in _KEYS.values() for key, name in table.items()}
+        missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING
+                   and f.default_factory is MISSING]
+        raise _fail(text, pos, f"missing key(s) {[keys.get(m, m) for m in missing]} ({', '.join(missing)})") from None
 
 
 def _number(value) -> str:
@@ -127,8 +133,8 @@ def _segment(kind: str, spec, skip=()) -> str:
         if name in skip or (name == "se" and not value):
             continue
         tokens.append(f"{key}{_number(value)}")
-    if kind in _HAS_ACT and spec.act == "hswish":
-        tokens.append("hs")
+    if kind in _HAS_ACT and spec.act != "relu":
+        tokens.append({value: flag for flag, (_, value) in _FLAGS.items()}[spec.act])
     return "_".join(tokens)
 
 

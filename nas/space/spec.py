@@ -29,7 +29,8 @@ channel count is unchanged:
               grouped 1x1 conv (g groups) + BN.
 - ``dense``   DenseNet-style block: r dense layers, each 1x1 conv to 4*gr + BN + act,
               k x k conv to gr + BN + act, concatenated onto the running features;
-              then a transition 1x1 conv to c + BN + act, and 2x2 average pool when s == 2.
+              then a linear transition 1x1 conv to c + BN (no activation, as in
+              pre-activation DenseNet), and 2x2 average pool when s == 2.
               (For ``dense``, ``r`` counts dense layers inside one block.)
 
 Bit widths: every conv/linear in a block quantizes its weights to `w_bits` and its
@@ -37,7 +38,9 @@ input activations to `a_bits`. A block with w_bits == 1 is Bi-Real style: each c
 a binary unit  y = BN(binconv(sign(x))) + shortcut(x)  with one-padding, no activation
 function, and a real-valued shortcut (identity; 2x2 average pool when strided; plus a
 1x1 conv at SHORTCUT_BITS + BN when the channel count changes). a_bits == 1 requires
-w_bits == 1 (XNOR-popcount); SE is not allowed in binary blocks.
+w_bits == 1 (XNOR-popcount); SE is not allowed in binary blocks. sign() needs a centred
+input: a layer feeding a binary block should end linear (act "none" for a stem; ir, shift
+and grouped blocks and the dense transition end with BN and no activation anyway).
 """
 
 from dataclasses import dataclass, field, fields
@@ -46,7 +49,7 @@ from nas.errors import UsageError
 
 BITS = (1, 2, 4, 8, 16, 32)
 BLOCK_KINDS = ("ir", "shift", "grouped", "dense")
-ACTS = ("relu", "hswish")
+ACTS = ("relu", "hswish", "none")  # "none": linear output (e.g. a stem feeding binary blocks)
 STRIDES = (1, 2)
 SHORTCUT_BITS = 8  # weight bits of the 1x1 shortcut conv in binary units (Bi-Real keeps it real)
 DENSE_BOTTLENECK = 4  # dense layers' 1x1 conv widens to 4 * growth (DenseNet-BC)

@@ -1,0 +1,201 @@
+"""`nas cost --arch STR | --model timm:NAME [--input R] [--json]`.
+
+--arch: the analytic cost model over the decoded spec (`--input` overrides its resolution).
+--model timm:NAME: timm's EfficientNet / MobileNetV2 / MobileNetV3 / MnasNet families are
+translated to our specs (`nas.cost.timm_arch`) and costed analytically, then cross-checked
+against timm's built module with the module counter (`nas.count`); any other timm model
+is built (`pretrained=False`, nothing downloaded) and counted by the module counter only,
+which gives params and macs but not the figures that need a spec (weight_bytes,
+peak_act_bytes, mem_access, bops): those print as null, and the output says why.
+Human output: a per-layer table, then totals. `--json`: one JSON object on stdout.
+"""
+
+import difflib
+import json
+import sys
+
+from nas.cost.model import TOTALS, Cost, arch_cost
+from nas.cost.timm_arch import timm_spec
+from nas.errors import UsageError
+from nas.space import decode, encode
+from nas.space.spec import replace
+from nas.units import format_bytes, format_count
+
+MAX_INPUT = 4096
+
+
+def add_arguments(parser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--arch", metavar="STR", help="arch string, e.g. 'in_r28_c1-stem_c16-ir_r1_k3_s1_e1_c16-head_c0-fc_n10'")
+    what.add_argument("--model", metavar="timm:NAME", help="a timm model, e.g. timm:efficientnet_b0 (no download)")
+    parser.add_argument("--input", metavar="R", help="input resolution in pixels (default: the arch's / the model's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def parse_input(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= MAX_INPUT:
+        raise UsageError(f"--input {text!r}: expected an image size in pixels, a whole number from 1 to "
+                         f"{MAX_INPUT}, e.g. --input 224")
+    return value
+
+
+def run(args) -> int:
+    resolution = parse_input(args.input)
+    result = cost_arch_string(args.arch, resolution) if args.arch is not None else cost_model(args.model, resolution)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_result(result))
+    return 0
+
+
+# --- the two sources ---
+
+def cost_arch_string(text: str, resolution: int | None) -> dict:
+    try:
+        arch = decode(text)
+    except UsageError as e:
+        raise UsageError(f"--arch: {e}") from None
+    if resolution is not None:
+        arch = replace(arch, resolution=resolution)
+    return {"arch": encode(arch), "resolution": arch.resolution, "source": "spec", **arch_cost(arch).to_dict(),
+            "notes": []}
+
+
+def _timm_model_name(value: str) -> str:
+    if not isinstance(value, str) or not value.startswith("timm:") or not value[5:]:
+        raise UsageError(f"--model {value!r}: expected 'timm:NAME', e.g. --model timm:efficientnet_b0")
+    import timm
+
+    name = value[5:]
+    known = timm.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models()` lists the names"
+        raise UsageError(f"--model {value!r}: {name!r} is not a timm model{hint}")
+    return name
+
+
+def _build_and_count(name: str, resolution: int):
+    import timm
+
+    from nas.count import count_modules
+
+    model = timm.create_model(name, pretrained=False)
+    in_chs = model.pretrained_cfg.get("input_size", (3,))[0] if getattr(model, "pretrained_cfg", None) else 3
+    try:
+        return count_modules(model, (in_chs, resolution, resolution))
+    except RuntimeError as e:  # e.g. an input too small for the network's strides
+        raise UsageError(f"--input {resolution}: timm:{name} cannot run on a {resolution}x{resolution} "
+                         f"image ({str(e).splitlines()[0]}); expected a larger --input") from None
+
+
+def _default_resolution(name: str) -> int:
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name)
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size else 224
+
+
+def cost_model(value: str, resolution: int | None) -> dict:
+    name = _timm_model_name(value)
+    spec = timm_spec(name, resolution)
+    if spec is not None:
+        return _cost_timm_spec(value, spec)
+    resolution = resolution or _default_resolution(name)
+    counts = _build_and_count(name, resolution)
+    notes = ["not a translated family: params and macs from the module counter over timm's built module; "
+             "weight_bytes, peak_act_bytes, mem_access, mem_access_bytes and bops need a spec and are null"]
+    notes += [f"unknown module, not counted: {u}" for u in counts.unknown]
+    if counts.unattributed_macs:
+        notes.append(f"{counts.unattributed_macs} MACs in functional ops that no module handler saw are not in macs")
+    result = {"model": value, "resolution": resolution, "source": "modules"}
+    result.update({name_: None for name_ in TOTALS})
+    result.update(params=counts.params, macs=counts.macs, peak_act_at=None,
+                  layers=[{"name": r.name, "op": r.type, "in_shape": list(r.in_shape), "out_shape": list(r.out_shape),
+                           "params": r.params, "macs": r.macs} for r in counts.layers],
+                  unknown=list(counts.unknown), unattributed_macs=counts.unattributed_macs, notes=notes)
+    return result
+
+
+def _cost_timm_spec(value: str, spec) -> dict:
+    cost: Cost = arch_cost(spec.arch, spec.conventions)
+    counts = _build_and_count(spec.name, spec.arch.resolution)
+    match = counts.params == cost.params and counts.macs == cost.macs and counts.complete
+    notes = list(spec.notes)
+    result = {"model": value, "arch": encode(spec.arch), "resolution": spec.arch.resolution, "source": "spec",
+              **cost.to_dict()}
+    if not match:
+        notes.append(f"the spec translation differs from timm's module (params {cost.params} vs {counts.params}, "
+                     f"macs {cost.macs} vs {counts.macs}); params and macs are the module counter's, the other "
+                     f"figures the translation's")
+        result.update(params=counts.params, macs=counts.macs)
+    result["check"] = {"source": "modules", "params": counts.params, "macs": counts.macs, "match": match,
+                       "unknown": list(counts.unknown), "unattributed_macs": counts.unattributed_macs}
+    result["notes"] = notes
+    return result
+
+
+# --- printing ---
+
+def _bits(layer: dict) -> str:
+    if layer.get("w_bits"):
+        return f"w{layer['w_bits']}a{layer['a_bits']}"
+    return f"a{layer['a_bits']}" if "a_bits" in layer else ""
+
+
+def format_result(result: dict) -> str:
+    """Per-layer table, then totals with units."""
+    layers = result["layers"]
+    spec = result["source"] == "spec"
+    width = max([len(layer["name"]) for layer in layers] + [5])
+    lines = []
+    if spec:
+        lines.append(f"{'layer':<{width}}  {'op':<11} {'out (C,H,W)':<15} {'bits':<7} {'params':>10} {'macs':>13} "
+                     f"{'weight B':>10} {'mem_access':>11}")
+        for layer in layers:
+            shape = "x".join(str(v) for v in layer["out_shape"])
+            lines.append(f"{layer['name']:<{width}}  {layer['op']:<11} {shape:<15} {_bits(layer):<7} "
+                         f"{layer['params']:>10,} {layer['macs']:>13,} {layer['weight_bytes']:>10,} "
+                         f"{layer['mem_access']:>11,}")
+    else:
+        lines.append(f"{'module':<{width}}  {'type':<18} {'out shape':<20} {'params':>12} {'macs':>15}")
+        for layer in layers:
+            lines.append(f"{layer['name']:<{width}}  {layer['op']:<18} {str(layer['out_shape']):<20} "
+                         f"{layer['params']:>12,} {layer['macs']:>15,}")
+    lines.append("")
+    subject = result.get("model") or result["arch"]
+    lines.append(f"{subject} at {result['resolution']}x{result['resolution']} ({'analytic, spec' if spec else 'module counter'})")
+
+    def show(name, fmt):
+        value = result.get(name)
+        return "n/a" if value is None else f"{fmt(value)} ({value:,})"
+
+    lines.append(f"  params            {show('params', format_count)}")
+    lines.append(f"  macs              {show('macs', format_count)}")
+    lines.append(f"  weight_bytes      {show('weight_bytes', format_bytes)}")
+    peak = show("peak_act_bytes", format_bytes)
+    lines.append(f"  peak_act_bytes    {peak}" + (f" during {result['peak_act_at']}" if result.get("peak_act_at") else ""))
+    lines.append(f"  mem_access        {show('mem_access', format_count)} elements")
+    lines.append(f"  mem_access_bytes  {show('mem_access_bytes', format_bytes)}")
+    lines.append(f"  bops              {show('bops', format_count)}")
+    check = result.get("check")
+    if check:
+        verdict = "match" if check["match"] else "MISMATCH"
+        lines.append(f"  check vs timm module: params {check['params']:,}, macs {check['macs']:,}: {verdict}")
+    for note in result.get("notes", []):
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - `nas cost` is the entry point
+    from nas.cli import main
+
+    sys.exit(main(["cost", *sys.argv[1:]]))

@@ -1,0 +1,325 @@
+"""Expand an `ArchSpec` into ops in execution order, with tensor shapes and bit widths.
+
+This is the one place that knows a network's structure for costing; `nas.cost.model`
+prices the ops, `nas.cost.layout` prices the weights. It follows the layer structure in
+`nas.space.spec`'s module docstring exactly. Pure Python: never imports torch or
+`nas.build`.
+
+Ops (`Op.kind`): ``conv`` (any conv, groups and 1x1 included; BatchNorm folded into it
+and its activation fused, so BN / act are not separate ops), ``linear``, ``sign``
+(sign-and-pack of a binary unit's input), ``add`` (residual / shortcut), ``mul`` (the
+squeeze-excite gate), ``concat`` (dense blocks), ``avgpool`` (2x2, stride 2, ceil mode),
+``global_pool``, ``shift``, ``shuffle``.
+
+Execution order (the order `peak_act_bytes` is measured in): stem; then block by block,
+repeat by repeat, the ops in the order the spec lists them; a binary unit runs its
+shortcut first (pool, then 1x1 conv; the fused kernel takes it as its residual input),
+then sign-and-pack -> binary conv -> add; a residual add comes last in its block; then
+head, global pool, [post-pool conv], classifier. Every op reads its inputs and writes its
+output whole (the packed-binary kernels fuse the residual add, so for them this order is
+an upper bound). This is the order `nas.build` registers and runs its modules in.
+
+Structure decisions the spec leaves open, stated here once (`nas.build.blocks` makes the
+same ones):
+- a residual add joins block input and output wherever a repeat of an ``ir``, ``shift``
+  or ``grouped`` block has stride 1 and keeps the channel count; dense blocks have none
+  (concatenation is their shortcut); 1-bit blocks have none (every binary conv has its
+  own Bi-Real shortcut);
+- channel shuffle exists only when groups > 1 (with one group it is the identity);
+- 2x2 average pools (dense transition when s == 2, binary shortcuts) use ceil mode, so a
+  stride-2 block's output is ceil(H / 2) whatever its kind;
+- squeeze-excite: global pool, 1x1 conv to `rd` + bias + ReLU, 1x1 conv back + bias +
+  gate, multiply; its convs take block w_bits and read unquantized (32-bit) inputs;
+- convs in stem / head / classifier with w_bits == 1 are plain binary-weight layers
+  (no Bi-Real shortcut: that belongs to blocks).
+
+Bit widths. An op reads each input at a stated width:
+- conv / linear: its `a_bits` (quantized on read; 1 = signs), except the squeeze-excite
+  convs and the binary shortcut's 1x1 conv, which read 32-bit;
+- sign: 32 (the real-valued stream of a binary block);
+- add / mul / concat / pools / shift / shuffle: max(a_bits of their block, 8); in binary
+  (w_bits == 1) blocks 32, the real-valued stream; the global pool belongs to the
+  classifier (max(fc a_bits, 8)).
+A tensor is stored at the widest width any consumer reads it at (the input image: the
+stem's a_bits; the logits: 32). A 1-bit tensor is packed along channels into uint64
+words: H*W*ceil(C/64)*8 bytes; a 2..7-bit tensor packs each pixel's channels into whole
+bytes: H*W*ceil(C*b/8); wider tensors take H*W*C*b/8 bytes.
+"""
+
+import math
+from dataclasses import dataclass
+
+from nas.space.spec import DENSE_BOTTLENECK, SHORTCUT_BITS, ArchSpec, BlockSpec
+
+REAL_BITS = 32  # the real-valued stream, unquantized conv inputs, logits
+MIN_ELEMENTWISE_BITS = 8  # add / concat / pool / shift consumers never read below 8 bits
+DENSE_POOL_CEIL = True
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """timm's `make_divisible` (timm/layers/helpers.py), copied so that costing needs no torch:
+    nearest multiple of `divisor`, at least `min_value` (default divisor), never below 90%
+    of `v`. `tests/test_cost.py` checks it against timm's."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """Structure choices where timm's reference models differ from this project's blocks.
+
+    `PROJECT` is what `nas.build` builds; the others exist so that `nas cost --model timm:...`
+    costs timm's MobileNetV3 exactly through the same expansion.
+    """
+
+    se_rd: str = "block_in"  # "block_in": max(1, round(block in_chs * se)) (spec);
+    # "mid_divisible": make_divisible(SE channels * se, 8) (timm MobileNetV3, se_from_exp)
+    post_pool_chs: int = 0  # > 0: a 1x1 conv with bias (no BN) + head act after the global
+    # pool (timm MobileNetV3's conv_head)
+
+    def __post_init__(self):
+        if self.se_rd not in ("block_in", "mid_divisible"):
+            raise ValueError(f"se_rd={self.se_rd!r}; expected 'block_in' or 'mid_divisible'")
+
+
+PROJECT = Conventions()
+
+Shape = tuple[int, int, int]  # (C, H, W)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op in execution order. Tensors are integer ids into `Graph.shapes`."""
+
+    name: str
+    kind: str
+    inputs: tuple[int, ...]
+    output: int
+    read_bits: tuple[int, ...]  # bits at which this op reads each input
+    block: int  # index into arch.blocks; -1 stem, len(blocks) head / pool / classifier
+    kernel: int = 0
+    stride: int = 1
+    groups: int = 1
+    w_bits: int = 0  # 0: no weights
+    bn: bool = False  # BatchNorm after it (2*C_out params, folded at deployment)
+    bias: bool = False  # a bias of its own (SE convs, post-pool conv, classifier)
+    act: str | None = None  # fused activation / gate
+    clip: bool = False  # a quantized activation site: learns and stores one clip value
+    binary: bool = False  # 1-bit weights (scale computed from the weights, not a parameter)
+
+
+@dataclass(frozen=True)
+class Graph:
+    shapes: tuple[Shape, ...]  # per tensor id
+    bits: tuple[int, ...]  # storage bits per tensor id (the widest consumer)
+    ops: tuple[Op, ...]
+    input: int  # the image tensor
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output size of a k x k conv with padding k // 2 (odd k): ceil(size / stride)."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def pool_out(size: int, ceil_mode: bool) -> int:
+    """2x2 average pool, stride 2."""
+    return -(-size // 2) if ceil_mode else size // 2
+
+
+def tensor_bytes(shape: Shape, bits: int) -> int:
+    """Bytes of a stored activation tensor (see the module docstring)."""
+    c, h, w = shape
+    if bits == 1:
+        return h * w * math.ceil(c / 64) * 8
+    if bits < 8:
+        return h * w * math.ceil(c * bits / 8)
+    return h * w * c * bits // 8
+
+
+def se_channels(block_in: int, se_in: int, se: float, conventions: Conventions) -> int:
+    if conventions.se_rd == "mid_divisible":
+        return make_divisible(se_in * se, 8)
+    return max(1, round(block_in * se))
+
+
+class GraphBuilder:
+    """Appends ops and tensors in execution order; one method per op kind.
+
+    `expand` drives it from a spec; tests use it to price hand-made op sequences."""
+
+    def __init__(self, conventions: Conventions = PROJECT):
+        self.conventions = conventions
+        self.shapes: list[Shape] = []
+        self.ops: list[Op] = []
+        self.block = -1
+
+    def tensor(self, shape: Shape) -> int:
+        self.shapes.append(tuple(shape))
+        return len(self.shapes) - 1
+
+    def graph(self, input_tensor: int = 0) -> Graph:
+        """The finished graph; storage bits resolved from the consumers' read bits."""
+        bits = [0] * len(self.shapes)
+        for op in self.ops:
+            for t, b in zip(op.inputs, op.read_bits):
+                bits[t] = max(bits[t], b)
+        # unread tensors (the logits): 32-bit
+        return Graph(shapes=tuple(self.shapes), bits=tuple(b or REAL_BITS for b in bits), ops=tuple(self.ops),
+                     input=input_tensor)
+
+    def _op(self, name, kind, inputs, read_bits, out_shape, **kw) -> int:
+        out = self.tensor(out_shape)
+        self.ops.append(Op(name=name, kind=kind, inputs=tuple(inputs), output=out, read_bits=tuple(read_bits),
+                           block=self.block, **kw))
+        return out
+
+    def conv(self, name, x, out_chs, kernel=1, stride=1, groups=1, *, w_bits, a_bits, act, bn=True,
+             bias=False, quantized_input=True, binary=False) -> int:
+        c, h, w = self.shapes[x]
+        if c % groups or out_chs % groups:
+            raise ValueError(f"{name}: channels {c}->{out_chs} are not divisible by groups={groups}")
+        read = a_bits if quantized_input else REAL_BITS
+        return self._op(name, "conv", [x], [read], (out_chs, conv_out(h, kernel, stride), conv_out(w, kernel, stride)),
+                        kernel=kernel, stride=stride, groups=groups, w_bits=w_bits, bn=bn, bias=bias, act=act,
+                        clip=quantized_input and 2 <= a_bits <= 8, binary=binary)
+
+    def linear(self, name, x, out_features, *, w_bits, a_bits, bias=True) -> int:
+        c, _, _ = self.shapes[x]
+        return self._op(name, "linear", [x], [a_bits], (out_features, 1, 1), kernel=1, w_bits=w_bits, bias=bias,
+                        clip=2 <= a_bits <= 8, binary=w_bits == 1)
+
+    def elementwise(self, name, kind, inputs, bits, out_shape=None, **kw) -> int:
+        shape = out_shape or self.shapes[inputs[0]]
+        read = bits if isinstance(bits, (tuple, list)) else [bits] * len(inputs)
+        return self._op(name, kind, inputs, read, shape, **kw)
+
+    def add(self, name, a, b, bits) -> int:
+        if self.shapes[a] != self.shapes[b]:
+            raise ValueError(f"{name}: cannot add {self.shapes[a]} and {self.shapes[b]}")
+        return self.elementwise(name, "add", [a, b], bits)
+
+    def avgpool(self, name, x, bits, ceil_mode=True) -> int:
+        c, h, w = self.shapes[x]
+        return self.elementwise(name, "avgpool", [x], bits, (c, pool_out(h, ceil_mode), pool_out(w, ceil_mode)),
+                                kernel=2, stride=2)
+
+    def global_pool(self, name, x, bits) -> int:
+        return self.elementwise(name, "global_pool", [x], bits, (self.shapes[x][0], 1, 1))
+
+    def shift(self, name, x, kernel, stride, bits) -> int:
+        c, h, w = self.shapes[x]
+        return self.elementwise(name, "shift", [x], bits, (c, conv_out(h, 1, stride), conv_out(w, 1, stride)),
+                                kernel=kernel, stride=stride, groups=min(c, kernel * kernel))
+
+    def concat(self, name, xs, bits) -> int:
+        _, h, w = self.shapes[xs[0]]
+        return self.elementwise(name, "concat", xs, bits, (sum(self.shapes[x][0] for x in xs), h, w))
+
+    # --- composite pieces ---
+
+    def unit(self, name, x, out_chs, kernel, stride, groups, b: BlockSpec, act) -> int:
+        """One conv of a block: conv + BN (+ act), or a Bi-Real binary unit when w_bits == 1."""
+        if not b.binary:
+            return self.conv(name, x, out_chs, kernel, stride, groups, w_bits=b.w_bits, a_bits=b.a_bits, act=act)
+        shortcut = x  # runs first: the fused kernel takes its output as the residual input
+        if stride == 2:
+            shortcut = self.avgpool(f"{name}.shortcut.pool", shortcut, REAL_BITS, ceil_mode=True)
+        if self.shapes[x][0] != out_chs:
+            shortcut = self.conv(f"{name}.shortcut.conv", shortcut, out_chs, w_bits=SHORTCUT_BITS, a_bits=REAL_BITS,
+                                 act=None, quantized_input=False)
+        src = x
+        if b.a_bits == 1:  # sign-and-pack: the real-valued x stays live (read by the shortcut)
+            src = self.elementwise(f"{name}.sign", "sign", [x], REAL_BITS)
+        y = self.conv(name, src, out_chs, kernel, stride, groups, w_bits=1, a_bits=b.a_bits, act=None, binary=True)
+        return self.add(f"{name}.add", y, shortcut, REAL_BITS)
+
+    def squeeze_excite(self, name, x, rd, b: BlockSpec, elem_bits) -> int:
+        c = self.shapes[x][0]
+        s = self.global_pool(f"{name}.pool", x, elem_bits)
+        s = self.conv(f"{name}.conv_reduce", s, rd, w_bits=b.w_bits, a_bits=REAL_BITS, act="relu", bn=False,
+                      bias=True, quantized_input=False)
+        s = self.conv(f"{name}.conv_expand", s, c, w_bits=b.w_bits, a_bits=REAL_BITS, act="sigmoid", bn=False,
+                      bias=True, quantized_input=False)
+        return self.elementwise(f"{name}.mul", "mul", [x, s], [elem_bits, REAL_BITS])
+
+
+def elementwise_bits(b: BlockSpec) -> int:
+    return REAL_BITS if b.binary else max(b.a_bits, MIN_ELEMENTWISE_BITS)
+
+
+def _block(net: GraphBuilder, prefix: str, x: int, b: BlockSpec, in_chs: int, stride: int) -> int:
+    """One repeat of a block kind (for ``dense``: the whole block). Returns the output tensor."""
+    act = None if b.binary else b.act
+    elem = elementwise_bits(b)
+    out = b.out_chs
+    if b.kind == "ir":
+        if b.expand == 1:  # timm's DepthwiseSeparableConv
+            y = net.unit(f"{prefix}.conv_dw", x, in_chs, b.kernel, stride, in_chs, b, act)
+            if b.se:
+                rd = se_channels(in_chs, in_chs, b.se, net.conventions)
+                y = net.squeeze_excite(f"{prefix}.se", y, rd, b, elem)
+            y = net.unit(f"{prefix}.conv_pw", y, out, 1, 1, 1, b, None)
+        else:  # timm's InvertedResidual
+            mid = make_divisible(in_chs * b.expand)
+            y = net.unit(f"{prefix}.conv_pw", x, mid, 1, 1, 1, b, act)
+            y = net.unit(f"{prefix}.conv_dw", y, mid, b.kernel, stride, mid, b, act)
+            if b.se:
+                rd = se_channels(in_chs, mid, b.se, net.conventions)
+                y = net.squeeze_excite(f"{prefix}.se", y, rd, b, elem)
+            y = net.unit(f"{prefix}.conv_pwl", y, out, 1, 1, 1, b, None)
+    elif b.kind == "shift":
+        mid = make_divisible(in_chs * b.expand)
+        y = net.unit(f"{prefix}.conv_pw", x, mid, 1, 1, 1, b, act)
+        y = net.shift(f"{prefix}.shift", y, b.kernel, stride, elem)
+        y = net.unit(f"{prefix}.conv_pwl", y, out, 1, 1, 1, b, None)
+    elif b.kind == "grouped":
+        y = net.unit(f"{prefix}.conv_g", x, out, b.kernel, stride, b.groups, b, act)
+        if b.groups > 1:
+            y = net.elementwise(f"{prefix}.shuffle", "shuffle", [y], elem, groups=b.groups)
+        y = net.unit(f"{prefix}.conv_g1", y, out, 1, 1, b.groups, b, None)
+    elif b.kind == "dense":
+        features = x
+        for i in range(b.repeats):
+            h = net.unit(f"{prefix}.layers.{i}.conv1", features, DENSE_BOTTLENECK * b.growth, 1, 1, 1, b, act)
+            h = net.unit(f"{prefix}.layers.{i}.conv2", h, b.growth, b.kernel, 1, 1, b, act)
+            features = net.concat(f"{prefix}.layers.{i}.concat", [features, h], elem)
+        y = net.unit(f"{prefix}.transition.conv", features, out, 1, 1, 1, b, None)  # linear transition
+        if stride == 2:
+            y = net.avgpool(f"{prefix}.transition.pool", y, elem, ceil_mode=DENSE_POOL_CEIL)
+    else:  # BlockSpec validates kinds; a new kind must be taught here before it can be costed
+        raise ValueError(f"block kind {b.kind!r} has no cost expansion; expected one of ir, shift, grouped, dense")
+    if b.kind != "dense" and not b.binary and stride == 1 and in_chs == out:
+        y = net.add(f"{prefix}.add", x, y, elem)
+    return y
+
+
+def expand(arch: ArchSpec, conventions: Conventions = PROJECT) -> Graph:
+    """ArchSpec -> ops in execution order, tensor shapes and storage bits."""
+    net = GraphBuilder(conventions)
+    image = net.tensor((arch.in_chs, arch.resolution, arch.resolution))
+    stem = arch.stem
+    x = net.conv("stem", image, stem.out_chs, stem.kernel, stem.stride, w_bits=stem.w_bits, a_bits=stem.a_bits,
+                 act=stem.act, binary=stem.w_bits == 1)
+    chs = stem.out_chs
+    for i, b in enumerate(arch.blocks):
+        net.block = i
+        repeats = 1 if b.kind == "dense" else b.repeats
+        for j in range(repeats):
+            stride = b.stride if j == 0 else 1
+            x = _block(net, f"blocks.{i}.{j}", x, b, chs, stride)
+            chs = b.out_chs
+    net.block = len(arch.blocks)
+    head = arch.head
+    if head.out_chs:
+        x = net.conv("head", x, head.out_chs, 1, 1, w_bits=head.w_bits, a_bits=head.a_bits, act=head.act,
+                     binary=head.w_bits == 1)
+    fc = arch.fc
+    x = net.global_pool("global_pool", x, max(fc.a_bits, MIN_ELEMENTWISE_BITS))
+    if conventions.post_pool_chs:
+        x = net.conv("conv_head", x, conventions.post_pool_chs, w_bits=head.w_bits, a_bits=head.a_bits,
+                     act=head.act, bn=False, bias=True)
+    net.linear("fc", x, fc.num_classes, w_bits=fc.w_bits, a_bits=fc.a_bits)
+    return net.graph(image)

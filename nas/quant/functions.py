@@ -1,0 +1,171 @@
+"""Quantizer functions: forward values and straight-through gradients, one formula each.
+
+Every quantizer is a small autograd Function whose backward is the stated estimator, so
+the tests can check values and gradients against the formulas exactly.
+
+- 1 bit, activations: ``sign`` with sign(0) = sign(-0.0) = +1 (``x >= 0``); gradient by
+  Bi-Real's ApproxSign, d/dx = 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere
+  (= max(0, 2 - 2|x|)). Bi-Real Net, Liu et al. 2018 (seed 003).
+- 1 bit, weights: ŵ = α_c · sign(W), α_c = mean |W| over (C_in, k_h, k_w) of output channel c,
+  computed (not learned). The sign passes its gradient straight through and α_c is a
+  constant, so dL/dW = α_c · dL/dŵ: Bi-Real's magnitude-aware gradient (without its
+  |W| < 1 clip).
+- 2/4/8 bit, weights: DoReFa (survey 000, eqs. 2-32 / 2-33), per output channel:
+      t = tanh(W),  m_c = max |t| over channel c,  w~ = t / (2 m_c) + 1/2,
+      ŵ = m_c · (2 · round((2^k - 1) w~) / (2^k - 1) - 1)
+  The levels are symmetric around 0 in [-m_c, m_c]. Eq. 2-33 stops at the bracket, values
+  in [-1, 1]; we multiply by m_c (a computed per-channel scale, stored with the weights)
+  so the quantized weight keeps the float weight's magnitude (tanh W ~ W for small W),
+  which matters where no BN follows (classifier, squeeze-excite). Round passes its gradient
+  straight through and m_c is treated as a constant (as in eq. 2-39), so
+  dŵ/dW = 1 - tanh(W)^2.
+  Ternary (a 2-bit option): levels m_c · {-1, 0, +1}; with n = t / m_c, a weight is 0 when
+  |n| <= Δ_c = 0.7 · mean |n| (TWN's threshold, Li & Liu 2016), else sign(n); same
+  gradient 1 - tanh(W)^2.
+- 2/4/8 bit, activations: PACT (Choi et al. 2018) with one learnable clip α per site:
+  unsigned sites (inputs known to be >= 0, after ReLU) clip to [0, α] and use 2^k - 1
+  steps; signed sites clip to [-α, α] and use 2^(k-1) - 1 steps per side (8 bit: -127..127).
+      y = round(clip(x) / s) · s,   s = α / steps
+  Gradients (STE through round): dy/dx = 1 inside the clip range (lo <= x < α unsigned,
+  -α < x < α signed), else 0; dy/dα = 1 where x >= α, -1 where x <= -α (signed), else 0.
+- 16 bit: rounded through IEEE half precision (values clamped to ±65504 first so nothing
+  becomes inf); gradient straight through. 32 bit: identity.
+"""
+
+import torch
+
+HALF_MAX = 65504.0  # largest finite float16
+TERNARY_THRESHOLD = 0.7  # TWN: Δ = 0.7 · mean |w|
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """+1 where x >= 0 (so 0 and -0.0 give +1), -1 elsewhere; the dtype of x."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class ApproxSign(torch.autograd.Function):
+    """Bi-Real activation binarizer: sign forward, piecewise-polynomial gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (2.0 - 2.0 * x.abs()).clamp_min(0.0)
+
+
+class SignSTE(torch.autograd.Function):
+    """sign forward, identity backward (the weight binarizer's straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class RoundSTE(torch.autograd.Function):
+    """round-half-to-even forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class TernarySTE(torch.autograd.Function):
+    """{-1, 0, +1} by a per-channel threshold forward, identity backward (w.r.t. n)."""
+
+    @staticmethod
+    def forward(ctx, n, delta):
+        return (n > delta).to(n.dtype) - (n < -delta).to(n.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class HalfSTE(torch.autograd.Function):
+    """Round through float16 forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(-HALF_MAX, HALF_MAX).half().to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class PACT(torch.autograd.Function):
+    """Clipped uniform quantizer with a learnable clip (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, steps: int, signed: bool):
+        lo = -alpha if signed else torch.zeros_like(alpha)
+        ctx.save_for_backward(x, alpha)
+        ctx.signed = signed
+        scale = alpha / steps
+        return torch.round(torch.minimum(torch.maximum(x, lo), alpha) / scale) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha = ctx.saved_tensors
+        above = x >= alpha
+        below = (x <= -alpha) if ctx.signed else (x < 0)
+        grad_x = grad * ~(above | below)
+        grad_alpha = (grad * above).sum() - ((grad * below).sum() if ctx.signed else 0.0)
+        return grad_x, grad_alpha.reshape(alpha.shape), None, None
+
+
+def channel_dims(w: torch.Tensor) -> tuple[int, ...]:
+    """All dims but the first (output channels): (1, 2, 3) for a conv, (1,) for a linear."""
+    return tuple(range(1, w.dim()))
+
+
+def binary_scale(w: torch.Tensor) -> torch.Tensor:
+    """α_c = mean |W| per output channel, shape (C_out,); computed, never learned."""
+    return w.detach().abs().mean(dim=channel_dims(w))
+
+
+def dorefa_scale(w: torch.Tensor) -> torch.Tensor:
+    """m_c = max |tanh W| per output channel, shape (C_out,) (at least 1e-8); computed, never learned."""
+    return torch.tanh(w.detach()).abs().amax(dim=channel_dims(w)).clamp_min(1e-8)
+
+
+def dorefa_weight(w: torch.Tensor, bits: int, ternary: bool = False) -> torch.Tensor:
+    """DoReFa k-bit weights per output channel (eqs. 2-32 / 2-33, scaled by m_c), or ternary."""
+    t = torch.tanh(w)
+    m = dorefa_scale(w).reshape((-1,) + (1,) * (w.dim() - 1))  # (C_out, 1, ...)
+    if ternary:
+        n = t / m
+        delta = TERNARY_THRESHOLD * n.detach().abs().mean(dim=channel_dims(w), keepdim=True)
+        return m * TernarySTE.apply(n, delta)
+    levels = 2**bits - 1
+    w01 = t / (2 * m) + 0.5  # eq. 2-32, in [0, 1]
+    return m * (2 * RoundSTE.apply(levels * w01) / levels - 1)  # eq. 2-33, times m_c
+
+
+def quantize_weight(w: torch.Tensor, bits: int, ternary: bool = False) -> torch.Tensor:
+    """The fake-quantized weight used by the forward pass (1 bit: α_c · sign(W))."""
+    if bits == 32:
+        return w
+    if bits == 16:
+        return HalfSTE.apply(w)
+    if bits == 1:
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        return SignSTE.apply(w) * binary_scale(w).reshape(shape)
+    return dorefa_weight(w, bits, ternary)
+
+
+def act_steps(bits: int, signed: bool) -> int:
+    """Quantization steps between 0 and the clip: 2^k - 1 unsigned, 2^(k-1) - 1 signed."""
+    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1

@@ -1,0 +1,73 @@
+"""`nas search`: constraint-first, multi-fidelity Optuna search."""
+
+import json
+
+from nas.search.config import OBJECTIVES, PROXIES, SAMPLERS, build_config, read_config_file
+from nas.units import format_bytes, format_count
+
+
+def add_arguments(p):
+    g = p.add_argument_group("budgets (sizes: 5MB = 5e6 bytes, 5MiB = 5*2^20; times: 2ms, 30m)")
+    g.add_argument("--target-mem", help="budget on weight_bytes (deployable weight payload)")
+    g.add_argument("--target-act-mem", help="budget on peak_act_bytes (live activations, input counted)")
+    g.add_argument("--target-macs", help="budget on macs (multiply-accumulates), e.g. 20M")
+    g.add_argument("--target-latency", help="budget on predicted latency (needs `nas calibrate`), e.g. 2ms")
+    p.add_argument("--config", help="study config YAML (studies/*.yaml); options given here override it")
+    p.add_argument("--space", help="search space YAML (default search_spaces/default.yaml)")
+    p.add_argument("--dataset", help="fashion-mnist (default), digits, cifar10, cifar100, or a path")
+    p.add_argument("--data-dir", help="where the dataset's files are")
+    p.add_argument("--trials", type=int, help="trained candidates to reach in the study")
+    p.add_argument("--budget", help="wall-clock budget of this run, e.g. 30m (default 10m without --trials)")
+    p.add_argument("--study", help="study name (default 'nas')")
+    p.add_argument("--storage", help="Optuna storage URL (default journal file studies/<study>.journal)")
+    p.add_argument("--workers", type=int, help="worker processes on this machine (default 1)")
+    p.add_argument("--seed", type=int, help="seed for sampling, splits and training (default 0)")
+    p.add_argument("--objectives", choices=OBJECTIVES, help="accuracy alone with constraints (default) or a Pareto pair")
+    p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
+    p.add_argument("--proxy", choices=PROXIES, help="zero-cost proxy gate before training (default naswot)")
+    p.add_argument("--subset", type=int, help="training images per candidate (default 6000)")
+    p.add_argument("--epochs", type=int, help="epochs per candidate (default 3)")
+    p.add_argument("--final-epochs", type=int, help="epochs of the final retraining (default 8)")
+    p.add_argument("--final-subset", type=int, help="training images of the final retraining (default all)")
+    p.add_argument("--final-top", type=int, help="best feasible trials to retrain and test (default 1)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+_OPTION_NAMES = ("study", "storage", "space", "dataset", "data_dir", "objectives", "sampler", "trials", "workers",
+                 "seed", "subset", "epochs", "proxy", "final_top", "final_epochs", "final_subset", "batch_size",
+                 "budget", "target_mem", "target_act_mem", "target_macs", "target_latency")
+
+
+def run(args) -> int:
+    from nas.search.runner import run_search
+
+    file_options = read_config_file(args.config) if args.config else None
+    options = {name: getattr(args, name) for name in _OPTION_NAMES}
+    config = build_config(options, file_options, args.config or "")
+    summary = run_search(config, show_progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    print(f"study {summary['study']}: {summary['trained']} trained, {summary['infeasible']} infeasible "
+          f"(never trained), {summary['pruned']} pruned, {summary['failed']} failed in {summary['elapsed_s']} s")
+    if not summary.get("best"):
+        print("no feasible trained architecture yet")
+        return
+    print(f"\nbest feasible trials ({summary['storage']}):")
+    print(f"{'trial':>5}  {'val acc':>7}  {'weight':>9}  {'peak act':>9}  {'macs':>7}  {'latency':>8}  arch")
+    for b in summary["best"]:
+        lat = f"{b['latency_ms']:.3g} ms" if b.get("latency_ms") is not None else "-"
+        print(f"{b['trial']:>5}  {b['accuracy']:>7.4f}  {format_bytes(b['weight_bytes']):>9}  "
+              f"{format_bytes(b['peak_act_bytes']):>9}  {format_count(b['macs']):>7}  {lat:>8}  {b['arch']}")
+    for f in summary.get("final", []):
+        print(f"\nfinal: trial {f['trial']} retrained {f['epochs']} epochs: val {f['val_accuracy']:.4f}, "
+              f"test {f['test_accuracy']:.4f}, weight_bytes {format_bytes(f['costs']['weight_bytes'])} "
+              f"(budget {format_bytes(summary['budgets']['mem']) if summary['budgets'].get('mem') else 'none'}); "
+              f"weights {f['weights']}")

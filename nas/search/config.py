@@ -1,0 +1,135 @@
+"""Search configuration: command-line options and study config files hold the same keys.
+
+A study config (``studies/<name>.yaml``) is a mapping of option names (with ``-`` or
+``_``) to values, e.g.::
+
+    study: fm-100k
+    space: search_spaces/mcu.yaml
+    target-mem: 100KB
+    budget: 30m
+
+Options given on the command line override the file. Sizes and times are parsed once
+(`nas.units`) and echoed back normalised.
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from nas.errors import UsageError
+from nas.search.budgets import Budgets
+from nas.units import parse_bytes, parse_count, parse_seconds
+
+SAMPLERS = ("tpe", "nsga2", "random")
+OBJECTIVES = ("accuracy", "accuracy,weight_bytes", "accuracy,latency_ms", "accuracy,macs")
+PROXIES = ("naswot", "synflow", "none")
+
+
+@dataclass
+class SearchConfig:
+    study: str = "nas"
+    storage: str | None = None  # None: journal file studies/<study>.journal
+    space: str = "search_spaces/default.yaml"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    budgets: Budgets = field(default_factory=Budgets)
+    objectives: str = "accuracy"
+    sampler: str = "tpe"
+    trials: int | None = None  # trained candidates to reach in the study (infeasible ones don't count)
+    budget_s: float | None = None  # wall-clock budget of this run
+    workers: int = 1
+    seed: int = 0
+    subset: int = 6000  # training images per candidate (stratified, fixed per seed)
+    epochs: int = 3  # epochs per candidate; successive halving stops the weak ones after 1
+    proxy: str = "naswot"  # zero-cost proxy gate before training ("none" disables)
+    proxy_keep: float = 0.5  # train a candidate only if its proxy beats this quantile of earlier ones
+    final_top: int = 1  # best feasible trials retrained at the final fidelity and tested once
+    final_epochs: int = 8
+    final_subset: int | None = None  # None: the whole training split
+    batch_size: int = 128
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"--sampler {self.sampler!r}: unknown sampler; expected one of {list(SAMPLERS)}")
+        if self.objectives not in OBJECTIVES:
+            raise UsageError(f"--objectives {self.objectives!r}: expected one of {list(OBJECTIVES)}")
+        if self.proxy not in PROXIES:
+            raise UsageError(f"--proxy {self.proxy!r}: expected one of {list(PROXIES)}")
+        for name in ("workers", "epochs", "subset", "final_top", "final_epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected a whole number >= 1")
+        if self.trials is not None and self.trials < 1:
+            raise UsageError(f"--trials {self.trials!r}: expected a whole number >= 1")
+        if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):
+            raise UsageError(f"--study {self.study!r}: expected a plain name (letters, digits, '-', '_')")
+
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        return tuple(self.objectives.split(","))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["budgets"] = self.budgets.to_dict()
+        return d
+
+
+# option name -> (config field, parser); budgets are nested
+_PARSERS = {
+    "study": ("study", str), "storage": ("storage", str), "space": ("space", str),
+    "dataset": ("dataset", str), "data_dir": ("data_dir", str), "objectives": ("objectives", str),
+    "sampler": ("sampler", str), "trials": ("trials", int), "workers": ("workers", int), "seed": ("seed", int),
+    "subset": ("subset", int), "epochs": ("epochs", int), "proxy": ("proxy", str),
+    "final_top": ("final_top", int), "final_epochs": ("final_epochs", int), "final_subset": ("final_subset", int),
+    "batch_size": ("batch_size", int),
+    "budget": ("budget_s", lambda v, where: parse_seconds(str(v), where)),
+    "target_mem": ("mem", lambda v, where: parse_bytes(str(v), where)),
+    "target_act_mem": ("act_mem", lambda v, where: parse_bytes(str(v), where)),
+    "target_macs": ("macs", lambda v, where: parse_count(str(v), where)),
+    "target_latency": ("latency_ms", lambda v, where: parse_seconds(str(v), where) * 1e3),
+}
+_BUDGET_FIELDS = {"mem", "act_mem", "macs", "latency_ms"}
+
+
+def read_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {path!r}: no such file; expected a YAML study config")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _PARSERS:
+            raise UsageError(f"{path}: unknown option {key!r}; expected one of "
+                             f"{sorted(k.replace('_', '-') for k in _PARSERS)}")
+        out[name] = value
+    return out
+
+
+def build_config(options: dict, file_options: dict | None = None, where_file: str = "") -> SearchConfig:
+    """Merge file options and command-line options (CLI wins) into a validated SearchConfig."""
+    merged = {**(file_options or {}), **{k: v for k, v in options.items() if v is not None}}
+    kwargs, budgets = {}, {}
+    for name, value in merged.items():
+        target, parse = _PARSERS[name]
+        where = f"--{name.replace('_', '-')}" if name in options and options[name] is not None else \
+            f"{where_file}: {name.replace('_', '-')}"
+        if parse is int:
+            if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+                raise UsageError(f"{where} {value!r}: expected a whole number")
+            value = int(value)
+        elif parse is str:
+            value = str(value)
+        else:
+            value = parse(value, where)
+        (budgets if target in _BUDGET_FIELDS else kwargs)[target] = value
+    return SearchConfig(budgets=Budgets(**budgets), **kwargs)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(SearchConfig)]

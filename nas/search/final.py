@@ -1,0 +1,69 @@
+"""Final fidelity: retrain the best feasible trials longer, test each once, keep the weights.
+
+The test split is touched here and nowhere else in a search. Weights go to
+``studies/<study>/trial_<n>.safetensors``; the record goes to the study's user attribute
+``final:<n>`` (finished trials are immutable in Optuna), which `report` and `export` read.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from safetensors.torch import save_file
+
+from nas.build import build_model
+from nas.data import load_dataset
+from nas.search.config import SearchConfig
+from nas.search.storage import STUDIES_DIR
+from nas.space import decode
+from nas.train.evaluate import evaluate
+from nas.train.trainer import train
+
+
+def artifacts_dir(study_name: str) -> Path:
+    return STUDIES_DIR / study_name
+
+
+def final_record(study: optuna.Study, trial_number: int) -> dict | None:
+    return study.user_attrs.get(f"final:{trial_number}")
+
+
+def retrain_best(study: optuna.Study, config: SearchConfig, trials: list) -> list[dict]:
+    records = []
+    for t in trials:
+        done = final_record(study, t.number)
+        if done is not None:
+            records.append(done)
+            continue
+        records.append(retrain_one(study, config, t))
+    return records
+
+
+def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> dict:
+    arch = decode(trial.user_attrs["arch"])
+    data = load_dataset(config.dataset, config.data_dir, split_seed=config.seed, subset=config.final_subset,
+                        resolution=arch.resolution)
+    print(f"nas: final training of trial {trial.number} ({config.final_epochs} epochs on "
+          f"{config.final_subset or len(data.train)} images): {trial.user_attrs['arch']}", file=sys.stderr)
+    torch.manual_seed(config.seed)
+    model = build_model(arch)
+    start = time.time()
+    result = train(model, data, epochs=config.final_epochs, batch_size=config.batch_size, seed=config.seed,
+                   progress=True, weight_bytes=trial.user_attrs["costs"]["weight_bytes"])
+    test_accuracy = evaluate(model, data.test)
+    out = artifacts_dir(config.study)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"trial_{trial.number}.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights),
+              metadata={"arch": trial.user_attrs["arch"]})
+    record = {
+        "trial": trial.number, "arch": trial.user_attrs["arch"], "search_val_accuracy": trial.values[0],
+        "val_accuracy": result.accuracy, "test_accuracy": test_accuracy, "weights": str(weights),
+        "epochs": config.final_epochs, "subset": config.final_subset, "seed": config.seed,
+        "train": {k: v for k, v in result.to_dict().items() if k != "val_history"},
+        "wall_s": round(time.time() - start, 1), "costs": trial.user_attrs["costs"],
+    }
+    study.set_user_attr(f"final:{trial.number}", record)
+    return record

@@ -1,0 +1,155 @@
+"""The Optuna objective: the fidelity ladder for one candidate.
+
+For each trial, cheapest check first:
+1. sample the architecture (`nas.space.sample_arch`, the one decoder) and cost it
+   analytically; record costs and constraint values on the trial;
+2. infeasible -> COMPLETE with accuracy 0, `trained=False`: never built, never trained;
+3. an architecture already trained in this study -> its result is reused, not retrained;
+   one being trained right now by another worker -> PRUNED (`duplicate_of`);
+4. zero-cost proxy on one real batch -> PRUNED when below the `proxy_keep` quantile of the
+   earlier candidates' proxies (after a few warm-up candidates);
+5. short quantization-aware training on a subset, reporting validation accuracy after
+   every epoch; Optuna's successive-halving pruner stops the weak ones early.
+Training that diverges (NaN) raises `TrainingDiverged`: the trial is FAIL and the search
+goes on.
+"""
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from nas.build import build_model
+from nas.cost import arch_cost
+from nas.data import load_dataset
+from nas.search.budgets import feasible
+from nas.search.config import SearchConfig
+from nas.search.storage import worker_id
+from nas.space import Space, encode, sample_arch
+from nas.train import proxies
+from nas.train.trainer import train
+
+PROXY_WARMUP = 6  # candidates that train unconditionally before the proxy gate opens
+
+
+class DataCache:
+    """Datasets loaded once per (resolution, subset) in this process."""
+
+    def __init__(self, config: SearchConfig):
+        self.config = config
+        self._cache = {}
+
+    def get(self, resolution: int, subset: int | None):
+        key = (resolution, subset)
+        if key not in self._cache:
+            c = self.config
+            self._cache[key] = load_dataset(c.dataset, c.data_dir, split_seed=c.seed, subset=subset,
+                                            resolution=resolution)
+        return self._cache[key]
+
+
+def trial_costs(arch) -> dict:
+    """Analytic costs recorded on a trial (vocabulary names; no per-layer list)."""
+    cost = arch_cost(arch).to_dict()
+    return {k: v for k, v in cost.items() if k != "layers"}
+
+
+class Objective:
+    def __init__(self, config: SearchConfig, space: Space, data: DataCache, in_chs: int, num_classes: int,
+                 deadline: float | None = None):
+        self.config = config
+        self.space = space
+        self.data = data
+        self.in_chs = in_chs
+        self.num_classes = num_classes
+        self.deadline = deadline
+        self.multi = len(config.objective_names) > 1
+
+    def _values(self, accuracy: float, costs: dict):
+        if not self.multi:
+            return accuracy
+        return accuracy, float(costs[self.config.objective_names[1]])
+
+    def __call__(self, trial: optuna.Trial):
+        c = self.config
+        trial.set_user_attr("worker", worker_id())
+        sample = sample_arch(self.space, trial, self.in_chs, self.num_classes)
+        arch = encode(sample.arch)
+        costs = trial_costs(sample.arch)
+        constraints = c.budgets.constraint_values(costs)
+        trial.set_user_attr("arch", arch)
+        trial.set_user_attr("scaling", asdict(sample.scaling))
+        trial.set_user_attr("costs", costs)
+        trial.set_user_attr("constraints", constraints)
+        trial.set_user_attr("feasible", feasible(constraints))
+        trial.set_user_attr("trained", False)
+        if not feasible(constraints):
+            return self._values(0.0, costs)
+
+        duplicate = self._find_duplicate(trial, arch)
+        if duplicate is not None:
+            trial.set_user_attr("duplicate_of", duplicate.number)
+            if duplicate.state == TrialState.RUNNING:
+                raise optuna.TrialPruned(f"architecture is being trained by trial {duplicate.number}")
+            for key in ("accuracy", "train", "proxy"):
+                if key in duplicate.user_attrs:
+                    trial.set_user_attr(key, duplicate.user_attrs[key])
+            trial.set_user_attr("trained", True)
+            return duplicate.values[0] if not self.multi else tuple(duplicate.values)
+
+        torch.manual_seed(c.seed + trial.number)
+        data = self.data.get(sample.arch.resolution, c.subset)
+        model = build_model(sample.arch)
+        if c.proxy != "none":
+            score = self._proxy(model, data)
+            trial.set_user_attr("proxy", score)
+            if not self._proxy_passes(trial, score):
+                raise optuna.TrialPruned(f"{c.proxy} proxy {score:.4g} below the {c.proxy_keep:.0%} quantile")
+
+        def on_epoch_end(epoch: int, val_accuracy: float):
+            if self.multi:
+                return  # Optuna prunes single-objective studies only
+            trial.report(val_accuracy, epoch)
+            if trial.should_prune():
+                trial.set_user_attr("accuracy", val_accuracy)
+                raise optuna.TrialPruned(f"successive halving after epoch {epoch}")
+
+        max_seconds = None if self.deadline is None else max(1.0, self.deadline - time.time())
+        result = train(model, data, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed + trial.number,
+                       max_seconds=max_seconds, progress=False, on_epoch_end=on_epoch_end,
+                       measure_inference=False, weight_bytes=costs["weight_bytes"])
+        trial.set_user_attr("trained", True)
+        trial.set_user_attr("accuracy", result.accuracy)
+        trial.set_user_attr("train", _train_record(result))
+        return self._values(result.accuracy, costs)
+
+    def _proxy(self, model, data) -> float:
+        n = min(64, len(data.train))
+        x, y = data.train.batch(torch.arange(n))
+        fn = {"naswot": proxies.naswot, "synflow": proxies.synflow}[self.config.proxy]
+        return float(fn(model, x))
+
+    def _proxy_passes(self, trial, score: float) -> bool:
+        earlier = [t.user_attrs["proxy"] for t in trial.study.get_trials(deepcopy=False)
+                   if t.number != trial.number and "proxy" in t.user_attrs and np.isfinite(t.user_attrs["proxy"])]
+        if len(earlier) < PROXY_WARMUP:
+            return True
+        return bool(np.isfinite(score) and score >= np.quantile(earlier, self.config.proxy_keep))
+
+    @staticmethod
+    def _find_duplicate(trial, arch: str):
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number == trial.number or t.user_attrs.get("arch") != arch:
+                continue
+            if t.state == TrialState.RUNNING or t.user_attrs.get("trained"):
+                return t
+        return None
+
+
+def _train_record(result) -> dict:
+    """The seed's five metrics and friends, JSON-friendly."""
+    d = result.to_dict() if hasattr(result, "to_dict") else dict(vars(result))
+    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool)) or v is None}

@@ -1,0 +1,129 @@
+"""`nas train --arch STR --dataset D [--data-dir P] --epochs E [--subset N] [--teacher ARCH]
+[--seed S] [--json]`: build an arch string, train it, print the seed's five metrics.
+
+Progress and logs go to stderr; with `--json` stdout is exactly one JSON object.
+"""
+
+import json
+import sys
+
+import torch
+
+from nas.errors import UsageError
+from nas.units import format_bytes, parse_seconds
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--arch", required=True, help="arch string (see `nas space sample`)")
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist (default), digits, cifar10, cifar100, or a path: IDX / CIFAR / "
+                        "ImageFolder folder or .npz")
+    p.add_argument("--data-dir", help="folder of a named dataset (default for fashion-mnist: "
+                                      "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
+    p.add_argument("--subset", type=int, help="train on a fixed stratified subset of N training images")
+    p.add_argument("--val-subset", type=int, help="score on a fixed stratified subset of N validation images")
+    p.add_argument("--teacher", metavar="ARCH", help="distil from this arch, trained first on the same data")
+    p.add_argument("--teacher-epochs", type=int, help="epochs for the teacher (default: --epochs)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weight init and data order (default 0)")
+    p.add_argument("--split-seed", type=int, default=0, help="seeds the train/validation split (default 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="default 64")
+    p.add_argument("--lr", type=float, help="learning rate (default: 5e-3 for adamw, 0.1 for sgd)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--max-time", help="stop training after this long, e.g. 90s or 5m")
+    p.add_argument("--test", action="store_true", help="also score the test set (final figures only)")
+    p.add_argument("--save", metavar="PATH", help="write the trained weights as safetensors")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _check(args) -> None:
+    for name in ("epochs", "batch_size", "teacher_epochs", "val_subset"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: expected a whole number >= 1")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr {args.lr}: expected a positive number")
+
+
+def _fit(spec, data, where: str):
+    """`data` at the spec's resolution, after checking channels and classes match."""
+    if spec.in_chs != data.in_chs:
+        raise UsageError(f"{where}: in_chs={spec.in_chs} but {data.name} images have {data.in_chs} channel(s); "
+                         f"expected in_r{spec.resolution}_c{data.in_chs}")
+    if spec.fc.num_classes != data.num_classes:
+        raise UsageError(f"{where}: fc_n{spec.fc.num_classes} but {data.name} has {data.num_classes} classes; "
+                         f"expected fc_n{data.num_classes}")
+    return data.resized(spec.resolution)
+
+
+def run(args) -> int:
+    from nas.build import build_model
+    from nas.cost import arch_cost
+    from nas.data import load_dataset
+    from nas.space import decode_arch, encode_arch
+    from nas.train.evaluate import evaluate
+    from nas.train.trainer import TrainingDiverged, train
+
+    _check(args)
+    max_seconds = parse_seconds(args.max_time, "--max-time") if args.max_time else None
+    spec = decode_arch(args.arch)
+    teacher_spec = decode_arch(args.teacher) if args.teacher else None
+    if teacher_spec is not None and teacher_spec.resolution != spec.resolution:
+        raise UsageError(f"--teacher: input resolution {teacher_spec.resolution} differs from --arch's "
+                         f"{spec.resolution}; expected the same in_r value")
+    full = load_dataset(args.dataset, args.data_dir, split_seed=args.split_seed)
+    data = _fit(spec, full, "--arch")
+    if teacher_spec is not None:
+        _fit(teacher_spec, full, "--teacher")
+    if args.subset is not None and not data.num_classes <= args.subset <= len(data.train):
+        raise UsageError(f"--subset {args.subset}: expected {data.num_classes} to {len(data.train)} "
+                         f"(the training split of {data.name})")
+    print(data.describe(), file=sys.stderr)
+    common = dict(subset=args.subset, val_subset=args.val_subset, batch_size=args.batch_size, lr=args.lr,
+                  optimizer=args.optimizer, seed=args.seed, progress=sys.stderr.isatty(), max_seconds=max_seconds)
+
+    teacher = teacher_acc = None
+    if teacher_spec is not None:
+        torch.manual_seed(args.seed)
+        teacher = build_model(teacher_spec)
+        print(f"training teacher {args.teacher}", file=sys.stderr)
+        try:
+            teacher_acc = train(teacher, data, args.teacher_epochs or args.epochs, measure_inference=False,
+                                **common).accuracy
+        except TrainingDiverged as e:
+            print(f"nas train: teacher {e}", file=sys.stderr)
+            return 1
+
+    torch.manual_seed(args.seed)  # weight init
+    model = build_model(spec)
+    try:
+        result = train(model, data, args.epochs, teacher=teacher, weight_bytes=int(arch_cost(spec).weight_bytes),
+                       **common)
+    except TrainingDiverged as e:
+        print(f"nas train: {e}", file=sys.stderr)
+        return 1
+
+    out = {"arch": encode_arch(spec), "dataset": data.name, "params": sum(p.numel() for p in model.parameters()),
+           **result.to_dict(), "teacher": args.teacher, "teacher_accuracy": teacher_acc,
+           "threads": torch.get_num_threads()}
+    if args.test:
+        out["test_accuracy"] = evaluate(model, data.test)
+    if args.save:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save)
+        out["saved"] = args.save
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{out['arch']}\n  dataset {data.describe()}")
+    print(f"  accuracy (val)        {result.accuracy:.4f}" +
+          (f"   test {out['test_accuracy']:.4f}" if args.test else ""))
+    print(f"  memory footprint      {format_bytes(result.weight_bytes)} (weight_bytes)")
+    print(f"  training time         {result.train_time_s:.1f} s ({result.epochs_completed:g} epochs, "
+          f"{result.train_images} images, {result.images_per_s:.0f} images/s)")
+    print(f"  inference time        {result.infer_ms_per_image:.3f} ms/image (batch 1, median)")
+    print(f"  peak training memory  {format_bytes(result.peak_train_mem_bytes)} ({result.peak_mem_method})")
+    if teacher_acc is not None:
+        print(f"  teacher accuracy      {teacher_acc:.4f} ({args.teacher})")
+    return 0

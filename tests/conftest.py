@@ -1,0 +1,19 @@
+"""Shared fixtures: a real batch of Fashion-MNIST images (never random tensors in place of data)."""
+
+import numpy as np
+import pytest
+import torch
+
+from nas.data.idx import read_idx
+from nas.data.load import FASHION_MNIST_DIR, FASHION_MNIST_HOW_TO_GET
+
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # per-pixel statistics of the training images
+
+
+@pytest.fixture(scope="session")
+def fashion_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 8 training images, normalised, (8, 1, 28, 28) float32, and their labels (8,)."""
+    x = read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz", FASHION_MNIST_HOW_TO_GET)[:8]
+    y = read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz", FASHION_MNIST_HOW_TO_GET)[:8]
+    x = (x.astype(np.float32) / 255.0 - FASHION_MEAN) / FASHION_STD
+    return torch.from_numpy(x[:, None].copy()), torch.from_numpy(y.astype(np.int64))

@@ -1,0 +1,104 @@
+"""`nas search` end to end on real data (a Fashion-MNIST subset), with a real journal storage."""
+
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.cli import main
+from nas.search.storage import open_storage
+
+FAST = ["--dataset", "fashion-mnist", "--space", "search_spaces/mcu.yaml", "--subset", "500", "--epochs", "1",
+        "--final-epochs", "1", "--final-subset", "500", "--no-progress", "--seed", "3"]
+
+
+def _study(name, storage):
+    return optuna.load_study(study_name=name, storage=open_storage(storage))
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in a temporary folder that sees the repo's search spaces (studies/ goes there)."""
+    import pathlib
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    (tmp_path / "search_spaces").symlink_to(repo / "search_spaces")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_short_search_trains_only_feasible_candidates(in_tmp, capsys):
+    storage = f"journal:{in_tmp / 'studies' / 's.journal'}"
+    budget = 40_000
+    rc = main(["search", "--target-mem", "40KB", "--trials", "4", "--study", "s", "--storage", storage,
+               "--json", *FAST])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    study = _study("s", storage)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert summary["trained"] >= 4
+    for t in complete:
+        feasible = all(c <= 0 for c in t.user_attrs["constraints"])
+        assert t.user_attrs["feasible"] == feasible
+        assert t.user_attrs["constraints"] == [(t.user_attrs["costs"]["weight_bytes"] - budget) / budget]
+        if not feasible:  # recorded with its constraint values, never trained
+            assert t.user_attrs["trained"] is False and "train" not in t.user_attrs and "proxy" not in t.user_attrs
+            assert t.values[0] == 0.0
+        else:
+            assert t.user_attrs["trained"] is True
+    best = summary["best"][0]
+    assert best["weight_bytes"] <= budget
+    final = summary["final"][0]
+    assert final["trial"] == best["trial"] and 0.0 <= final["test_accuracy"] <= 1.0
+    assert (in_tmp / final["weights"]).is_file()
+    # resuming with the same command adds trials up to the new target and keeps the old ones
+    before = {t.number for t in complete}
+    rc = main(["search", "--target-mem", "40KB", "--trials", "5", "--study", "s", "--storage", storage, *FAST])
+    assert rc == 0
+    after = _study("s", storage)
+    assert before <= {t.number for t in after.trials if t.state == TrialState.COMPLETE}
+    assert sum(1 for t in after.trials if t.state == TrialState.COMPLETE and t.user_attrs["trained"]) >= 5
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--target-mem", "5 M"], "--target-mem"),
+    (["--target-mem", "1KB"], "below the cheapest architecture"),
+    (["--target-mem", "5MB", "--sampler", "annealing"], "unknown sampler"),
+    (["--target-mem", "5MB", "--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),
+    (["--target-mem", "5MB", "--space", "nope.yaml"], "nope.yaml"),
+    (["--target-mem", "5MB", "--storage", "mysql+nodriver://x"], "--storage"),
+])
+def test_bad_search_input_is_one_line_exit_2(in_tmp, capsys, argv, needle):
+    rc = main(["search", *argv, "--trials", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_budget_error_names_the_cheapest_size(in_tmp, capsys):
+    assert main(["search", "--target-mem", "1KB", "--space", "search_spaces/mcu.yaml", "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "weight_bytes" in err and "KB" in err
+
+
+def test_diverging_trial_is_failed_and_the_search_goes_on(in_tmp, monkeypatch, capsys):
+    import nas.search.objective as objective
+    from nas.train.trainer import TrainingDiverged
+
+    real_train, calls = objective.train, []
+
+    def train_that_diverges_once(*args, **kwargs):  # fault injection around the real trainer
+        calls.append(1)
+        if len(calls) == 1:
+            raise TrainingDiverged(epoch=1, step=3, loss=float("nan"))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "train", train_that_diverges_once)
+    storage = f"journal:{in_tmp / 'd.journal'}"
+    rc = main(["search", "--target-mem", "5MB", "--trials", "2", "--study", "d", "--storage", storage,
+               "--proxy", "none", *FAST])
+    assert rc == 0
+    study = _study("d", storage)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.FAIL) == 1
+    assert sum(1 for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs["trained"]) >= 2
