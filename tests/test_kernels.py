@@ -340,3 +340,15 @@ def test_bench_network_is_bit_exact(capsys):
     bench, args = _bench_args("--threads", "1", "--seconds", "0.01")
     assert bench.run(args) == 0
     assert "bit-exact yes" in capsys.readouterr().out
+
+
+def test_inference_mode_tensors_work():
+    g = torch.Generator().manual_seed(19)
+    x, w = _signed_input(g, (1, 5, 5, 64)), _signed_input(g, (16, 64, 3, 3))
+    with torch.inference_mode():
+        wp = K.pack_weights(w)
+        yf, _ = K.binary_conv2d(K.pack_activations(x), wp, 64, 3, 1, 1, torch.ones(16), torch.zeros(16))
+        wp.bitwise_not_()  # sign(-W) in place on an inference tensor (no version counter): still seen
+        yn, _ = K.binary_conv2d(K.pack_activations(x), wp, 64, 3, 1, 1, torch.ones(16), torch.zeros(16))
+    torch.testing.assert_close(yf, R.accumulator(x, w, 1, 1), atol=0, rtol=0)
+    torch.testing.assert_close(yn, -yf, atol=0, rtol=0)

@@ -160,3 +160,17 @@ def test_score_arch_scores_then_trains(digits):
     assert set(s.proxies) == {"naswot", "synflow"} and all(math.isfinite(v) for v in s.proxies.values())
     assert s.baselines["params"] == sum(p.numel() for p in relu_net().parameters())
     assert 0.0 <= s.accuracy <= 1.0 and not s.errors
+
+
+def test_nas_bench_proxies_json(capsys):
+    pytest.importorskip("nas.build")
+    import json
+
+    from nas.cli import main
+
+    assert main(["bench", "proxies", "--n", "3", "--epochs", "1", "--subset", "100", "--val-subset", "50",
+                 "--dataset", "digits", "--batch", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 3 and len(out["archs"]) == 3 and out["anchor_nb201"] == 0.82
+    assert {"naswot", "synflow", "params", "macs", "weight_bytes"} <= set(out["correlations"])
+    assert all(0.0 <= a["accuracy"] <= 1.0 for a in out["archs"])

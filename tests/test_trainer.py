@@ -241,3 +241,13 @@ def test_nas_train_bad_input_is_one_line_exit_2(capsys):
     assert main(["train", "--arch", DIGITS_ARCH, "--dataset", "digits", "--subset", "3"]) == 2
     assert "--subset 3: expected 10 to" in capsys.readouterr().err
     assert main(["train", "--arch", DIGITS_ARCH, "--dataset", "digits", "--epochs", "0"]) == 2
+
+
+def test_nas_bench_train_json(capsys):
+    pytest.importorskip("nas.build")
+    from nas.cli import main
+
+    assert main(["bench", "train", "--arch", DIGITS_ARCH, "--dataset", "digits", "--subset", "256",
+                 "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["arch"] == DIGITS_ARCH and out["subset"] == 256 and out["ratio_vs_best_plain"] > 0

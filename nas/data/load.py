@@ -58,7 +58,7 @@ def _read(name_or_path, data_dir, resolution) -> tuple[RawSplits, str, str]:
         name = NAMES[key]
         if name == "fashion-mnist":
             folder = data_dir or FASHION_MNIST_DIR
-            return _cached(("idx", str(folder), FASHION_MNIST_HOW_TO_GET)), name, str(folder)
+            return _read_idx(folder, FASHION_MNIST_HOW_TO_GET), name, str(folder)
         if name == "digits":
             return load_digits(), name, "sklearn.datasets.load_digits"
         if data_dir is None:
@@ -76,8 +76,7 @@ def _read(name_or_path, data_dir, resolution) -> tuple[RawSplits, str, str]:
             raise UsageError(f"dataset file {path}: unknown format; expected an .npz file or a folder")
         return load_npz(path), path.stem, str(path)
     if is_idx_folder(path):
-        how = f"expected {IDX_EXPECTED}"
-        return _cached(("idx", str(path), how)), path.name, str(path)
+        return _read_idx(path, f"expected {IDX_EXPECTED}"), path.name, str(path)
     kind = cifar_kind(path)
     if kind is not None:
         return load_cifar(path, kind), kind, str(path)
@@ -87,17 +86,15 @@ def _read(name_or_path, data_dir, resolution) -> tuple[RawSplits, str, str]:
                      f"CIFAR pickles (data_batch_1 or train + meta), or class sub-folders of images")
 
 
+def _read_idx(folder: Path, how_to_get: str) -> RawSplits:
+    """An IDX folder, re-read only when its files change (a search loads the data per trial)."""
+    mtime = max((f.stat().st_mtime_ns for f in folder.iterdir()), default=0) if folder.is_dir() else -1
+    return _read_idx_cached(folder, how_to_get, mtime)
+
+
 @functools.lru_cache(maxsize=2)
-def _cached_by_mtime(kind: str, folder: str, how_to_get: str, mtime: float) -> RawSplits:
-    return load_idx_folder(Path(folder), how_to_get)
-
-
-def _cached(args: tuple) -> RawSplits:
-    """IDX folders are re-read only when they change (searches load the data per trial)."""
-    kind, folder, how_to_get = args
-    p = Path(folder)
-    mtime = max((f.stat().st_mtime for f in p.iterdir()), default=0.0) if p.is_dir() else -1.0
-    return _cached_by_mtime(kind, folder, how_to_get, mtime)
+def _read_idx_cached(folder: Path, how_to_get: str, mtime: int) -> RawSplits:
+    return load_idx_folder(folder, how_to_get)
 
 
 def _mean_std(x: np.ndarray) -> tuple[list[float], list[float]]:

@@ -138,8 +138,11 @@ _LANES: dict = {}
 def _lanes(w_packed: torch.Tensor) -> np.ndarray:
     """Lane layout (gpad, kh, kw, words, 8) of packed weights (Cout, kh, kw, words) or
     (Cout, words), cached per weight tensor and rebuilt when the tensor changes."""
-    key = (w_packed._version, w_packed.data_ptr(), w_packed.shape)
-    hit = _LANES.get(id(w_packed))
+    # Inference tensors have no version counter to notice in-place changes: no cache for
+    # them (a BinaryConv2d holds its lane layout itself).
+    cache = not w_packed.is_inference()
+    key = (w_packed._version, w_packed.data_ptr(), w_packed.shape) if cache else None
+    hit = _LANES.get(id(w_packed)) if cache else None
     if hit is not None and hit[0]() is w_packed and hit[1] == key:
         return hit[2]
     ext = _ext or _need()
@@ -148,9 +151,10 @@ def _lanes(w_packed: torch.Tensor) -> np.ndarray:
     kh, kw = (wn.shape[1], wn.shape[2]) if wn.ndim == 4 else (1, 1)
     lanes = np.empty(ext.lane_groups(cout) * kh * kw * wi * 8, dtype=np.int64)
     ext.repack_weights(wn, lanes, cout, kh, kw, wi)
-    if hit is None or hit[0]() is not w_packed:
-        weakref.finalize(w_packed, _LANES.pop, id(w_packed), None)
-    _LANES[id(w_packed)] = (weakref.ref(w_packed), key, lanes)
+    if cache:
+        if hit is None or hit[0]() is not w_packed:
+            weakref.finalize(w_packed, _LANES.pop, id(w_packed), None)
+        _LANES[id(w_packed)] = (weakref.ref(w_packed), key, lanes)
     return lanes
 
 

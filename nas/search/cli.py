@@ -1,8 +1,9 @@
 """`nas search`: constraint-first, multi-fidelity Optuna search."""
 
 import json
+import signal
 
-from nas.search.config import OBJECTIVES, PROXIES, SAMPLERS, build_config, read_config_file
+from nas.search.config import OBJECTIVES, PROXIES, PRUNERS, SAMPLERS, build_config, read_config_file
 from nas.units import format_bytes, format_count
 
 
@@ -25,6 +26,7 @@ def add_arguments(p):
     p.add_argument("--objectives", choices=OBJECTIVES, help="accuracy alone with constraints (default) or a Pareto pair")
     p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
     p.add_argument("--proxy", choices=PROXIES, help="zero-cost proxy gate before training (default naswot)")
+    p.add_argument("--pruner", choices=PRUNERS, help="sh = successive halving over epochs (default), none")
     p.add_argument("--subset", type=int, help="training images per candidate (default 6000)")
     p.add_argument("--epochs", type=int, help="epochs per candidate (default 3)")
     p.add_argument("--final-epochs", type=int, help="epochs of the final retraining (default 8)")
@@ -36,13 +38,21 @@ def add_arguments(p):
 
 
 _OPTION_NAMES = ("study", "storage", "space", "dataset", "data_dir", "objectives", "sampler", "trials", "workers",
-                 "seed", "subset", "epochs", "proxy", "final_top", "final_epochs", "final_subset", "batch_size",
+                 "seed", "subset", "epochs", "proxy", "pruner", "final_top", "final_epochs", "final_subset", "batch_size",
                  "budget", "target_mem", "target_act_mem", "target_macs", "target_latency")
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM stops a search like Ctrl-C: finished trials are kept, the command resumes it."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run(args) -> int:
     from nas.search.runner import run_search
 
+    _sigterm_as_interrupt()
     file_options = read_config_file(args.config) if args.config else None
     options = {name: getattr(args, name) for name in _OPTION_NAMES}
     config = build_config(options, file_options, args.config or "")

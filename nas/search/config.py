@@ -24,6 +24,7 @@ from nas.units import parse_bytes, parse_count, parse_seconds
 SAMPLERS = ("tpe", "nsga2", "random")
 OBJECTIVES = ("accuracy", "accuracy,weight_bytes", "accuracy,latency_ms", "accuracy,macs")
 PROXIES = ("naswot", "synflow", "none")
+PRUNERS = ("sh", "none")
 
 
 @dataclass
@@ -43,7 +44,8 @@ class SearchConfig:
     subset: int = 6000  # training images per candidate (stratified, fixed per seed)
     epochs: int = 3  # epochs per candidate; successive halving stops the weak ones after 1
     proxy: str = "naswot"  # zero-cost proxy gate before training ("none" disables)
-    proxy_keep: float = 0.5  # train a candidate only if its proxy beats this quantile of earlier ones
+    proxy_keep: float = 0.5
+    pruner: str = "sh"  # successive halving over epochs (single objective), or none  # train a candidate only if its proxy beats this quantile of earlier ones
     final_top: int = 1  # best feasible trials retrained at the final fidelity and tested once
     final_epochs: int = 8
     final_subset: int | None = None  # None: the whole training split
@@ -54,6 +56,8 @@ class SearchConfig:
             raise UsageError(f"--sampler {self.sampler!r}: unknown sampler; expected one of {list(SAMPLERS)}")
         if self.objectives not in OBJECTIVES:
             raise UsageError(f"--objectives {self.objectives!r}: expected one of {list(OBJECTIVES)}")
+        if self.pruner not in PRUNERS:
+            raise UsageError(f"--pruner {self.pruner!r}: expected one of {list(PRUNERS)}")
         if self.proxy not in PROXIES:
             raise UsageError(f"--proxy {self.proxy!r}: expected one of {list(PROXIES)}")
         for name in ("workers", "epochs", "subset", "final_top", "final_epochs", "batch_size"):
@@ -79,7 +83,7 @@ _PARSERS = {
     "study": ("study", str), "storage": ("storage", str), "space": ("space", str),
     "dataset": ("dataset", str), "data_dir": ("data_dir", str), "objectives": ("objectives", str),
     "sampler": ("sampler", str), "trials": ("trials", int), "workers": ("workers", int), "seed": ("seed", int),
-    "subset": ("subset", int), "epochs": ("epochs", int), "proxy": ("proxy", str),
+    "subset": ("subset", int), "epochs": ("epochs", int), "proxy": ("proxy", str), "pruner": ("pruner", str),
     "final_top": ("final_top", int), "final_epochs": ("final_epochs", int), "final_subset": ("final_subset", int),
     "batch_size": ("batch_size", int),
     "budget": ("budget_s", lambda v, where: parse_seconds(str(v), where)),

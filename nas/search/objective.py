@@ -84,6 +84,8 @@ class Objective:
         trial.set_user_attr("scaling", asdict(sample.scaling))
         trial.set_user_attr("costs", costs)
         trial.set_user_attr("constraints", constraints)
+        for (_, cost_field, _), value in zip(c.budgets.active(), constraints):
+            trial.set_constraint(cost_field, value)  # what Optuna's samplers read
         trial.set_user_attr("feasible", feasible(constraints))
         trial.set_user_attr("trained", False)
         if not feasible(constraints):

@@ -8,6 +8,7 @@ finished; the final retraining is skipped then (run the command again to finish)
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,23 +67,20 @@ def best_feasible(trials) -> list:
     return sorted(ok, key=lambda t: (-t.values[0], t.user_attrs["costs"]["weight_bytes"], t.number))
 
 
-def _constraints(trial: optuna.trial.FrozenTrial):
-    return trial.user_attrs.get("constraints", [1.0])
-
-
 def make_sampler(config: SearchConfig, worker_index: int):
     seed = config.seed + 1000 * worker_index
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints)
-    return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints, n_startup_trials=10)
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)  # constraints: trial.set_constraint
 
 
 def open_study(config: SearchConfig, worker_index: int = 0) -> optuna.Study:
     storage = open_storage(config.storage or default_url(config.study))
     directions = ["maximize"] + ["minimize"] * (len(config.objective_names) - 1)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3) if config.pruner == "sh" \
+        else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=config.study, storage=storage, directions=directions,
                                 sampler=make_sampler(config, worker_index), pruner=pruner, load_if_exists=True)
     if len(study.directions) != len(directions):
@@ -162,8 +160,12 @@ def run_worker(config: SearchConfig, worker_index: int, deadline: float | None, 
 
 
 def _worker_main(config_dict: dict, worker_index: int, deadline: float | None, threads: int) -> None:
-    from nas.search.config import SearchConfig
     from nas.search.budgets import Budgets
+    from nas.search.config import SearchConfig
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
     budgets = Budgets(**config_dict.pop("budgets"))
     try:
         run_worker(SearchConfig(budgets=budgets, **config_dict), worker_index, deadline, threads)
@@ -198,7 +200,7 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
          + f", {config.workers} worker(s) x {threads} thread(s)")
 
     bar = _ProgressBar(config, budget_s, start, show_progress)
-    interrupted, gave_up = False, False
+    interrupted, gave_up, procs = False, False, []
     try:
         if config.workers == 1:
             gave_up = not run_worker(config, 0, deadline, threads, callbacks=[lambda s, t: bar.update(s)])
@@ -215,6 +217,10 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
                 p.join()
     except KeyboardInterrupt:
         interrupted = True
+        for p in procs:  # SIGTERM: each worker records its in-flight trial as failed and exits
+            p.terminate()
+        for p in procs:
+            p.join(timeout=30)
         _log("interrupted: finished trials are kept; run the same command again to resume")
     finally:
         bar.update(study)

@@ -86,6 +86,6 @@ def fail_dead_local_trials(study: optuna.Study) -> int:
         if worker and not _alive(worker):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             if t.params:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=True)
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             n += 1
     return n

@@ -79,8 +79,8 @@ def correlations(scores: list[ArchScore]) -> dict:
     for name in names:
         pairs = [(s.proxies.get(name, s.baselines.get(name)), s.accuracy) for s in scores]
         pairs = [(float(v), a) for v, a in pairs if v is not None and math.isfinite(float(v)) and math.isfinite(a)]
-        if len(pairs) < 3:
-            out[name] = {"spearman": None, "p": None, "n": len(pairs)}
+        if len(pairs) < 3 or len({v for v, _ in pairs}) < 2 or len({a for _, a in pairs}) < 2:
+            out[name] = {"spearman": None, "p": None, "n": len(pairs)}  # undefined: too few or constant
             continue
         rho, p = spearmanr([v for v, _ in pairs], [a for _, a in pairs])
         ms = [s.proxy_ms[name] for s in scores if name in s.proxy_ms]

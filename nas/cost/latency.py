@@ -1,0 +1,459 @@
+"""Predicted latency of an `ArchSpec` on a profiled device, and the device profile itself.
+
+What is predicted: the wall time of one eval-mode forward pass of the network `nas.build`
+builds from the spec, at batch 1, on the device and thread count the profile was measured
+on (`nas calibrate`), with 1-bit layers on the packed-binary C kernels where they apply
+(a_bits = 1, groups = 1, CPU, kernels built) and every other quantized layer on the
+fake-quant PyTorch path (what `nas infer` runs too): weights quantized on the fly, BN
+and activations as separate PyTorch ops. It is *not* the latency of an integer or
+deployed runtime.
+
+The model is additive over the cost model's per-op records (`nas.cost.arch_cost(arch).
+layers`, never over modules): each op contributes one or more *terms*, each a linear
+function of a few features of that op (non-negative coefficients, fitted by `nas calibrate`
+with NNLS on networks measured end to end), plus one per-network constant::
+
+    latency_ms = network + sum over ops of sum over the op's terms of  coef . features
+
+A conv op, for example, is priced as its convolution (by class: pointwise, k x k,
+depthwise, grouped, on 1x1 maps), its input quantizer (PACT at 2..8 bits, half at 16),
+its weight quantizer (DoReFa at 2..8, half at 16, sign at 1), its BatchNorm and its
+activation: the PyTorch ops the fake-quant path really runs, each with a per-call
+dispatch overhead (the `1` feature: it dominates tiny networks) and a per-element or
+per-MAC slope. Features are in units that keep coefficients readable: `mmacs` = MACs/1e6,
+`kin` / `kout` = input / output elements/1e3 (fp32 on the fake-quant path, whatever the
+nominal bit width), `kweights` = weight elements/1e3, `mwords` = 64-bit word operations of
+the packed kernel/1e6, `taps` = k*k shift offsets. A binary unit's sign-and-pack and its
+residual add are fused into the kernel; they keep their own small terms (`sign.pack`:
+NCHW -> packed NHWC; `add.fused`: the residual's layout change).
+
+Profiles are JSON files (format below, `FORMAT_VERSION`), by default
+`~/.cache/nas/profiles/<host>-<threads>t.json` (`$XDG_CACHE_HOME` respected; `NAS_PROFILE`
+names another file). `require_profile` / `latency_ms` are what the search uses.
+
+Pure Python: no torch here (calibrate.py measures; this file only prices).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nas.errors import UsageError
+
+FORMAT = "nas-device-profile"
+FORMAT_VERSION = 1  # bump when TERMS or the feature definitions change
+ENV_PROFILE = "NAS_PROFILE"
+HINT = "re-run `nas calibrate`"
+
+# term -> feature names, in coefficient order. Changing this table changes the format.
+_EL = ("1", "kelems")
+TERMS: dict[str, tuple[str, ...]] = {
+    "network": ("1",),  # per forward pass: input check, module calls outside any op
+    # convolution proper (F.conv2d), by class
+    "conv.pw": ("1", "mmacs", "kin", "kout"),  # 1x1, groups 1
+    "conv.kxk": ("1", "mmacs", "kin", "kout"),  # k > 1, groups 1 (stem, dense layers, grouped g=1)
+    "conv.dw": ("1", "mmacs", "kin", "kout"),  # depthwise: groups = C_in = C_out
+    "conv.grouped": ("1", "mmacs", "kin", "kout"),  # 1 < groups < C_in
+    "conv.vec": ("1", "mmacs"),  # convs on 1x1 maps: squeeze-excite, post-pool conv (with bias)
+    "linear": ("1", "mmacs"),  # classifier, with bias
+    # fake-quant input quantizers (per conv / linear input) and weight quantizers
+    "aq.pact": ("1", "kin"),  # 2..8-bit PACT: clamp, divide, round, multiply
+    "aq.half": ("1", "kin"),  # 16-bit: round through float16
+    "wq.dorefa": ("1", "kweights"),  # 2..8-bit DoReFa: tanh, max, round, ... on every call
+    "wq.half": ("1", "kweights"),
+    "wq.sign": ("1", "kweights", "kout"),  # 1-bit weights off the kernel path: sign * scale, output scale
+    "bn": _EL,  # BatchNorm (eval), kelems = output elements
+    "act.relu": _EL,
+    "act.hswish": _EL,
+    "act.sigmoid": _EL,
+    # 1-bit convs on the packed kernels: scale/BN folding, pack, XNOR-popcount, fused epilogue
+    "binconv.kernel": ("1", "mwords", "kin", "kout", "kweights"),
+    "sign.pack": _EL,  # NCHW float -> packed NHWC words (kernel path)
+    "sign.fake": _EL,  # sign on the fake-quant path (+1 padding is in the conv's wq.sign)
+    "add": _EL,  # residual / shortcut add, kelems = output elements
+    "add.fused": _EL,  # a binary unit's shortcut, added inside the kernel (NHWC copy)
+    "mul": _EL,  # squeeze-excite gate
+    "concat": _EL,  # dense blocks, kelems = output elements
+    "avgpool": _EL,  # 2x2 / 2, ceil mode, kelems = input elements
+    "pool.global": _EL,  # classifier's global pool + flatten
+    "pool.se": _EL,  # squeeze-excite's mean
+    "shift": ("1", "taps", "kelems"),  # pad, k*k slices, cat
+    "shuffle": _EL,
+}
+
+
+# --- features: per-op records -> (term, features) -------------------------------------------
+
+def _elems(shape) -> int:
+    c, h, w = shape
+    return c * h * w
+
+
+def _conv_class(layer) -> str:
+    c_in, h_in, w_in = layer.in_shapes[0]
+    c_out, h, w = layer.out_shape
+    if h * w == 1 and h_in * w_in == 1:
+        return "conv.vec"
+    if layer.groups == 1:
+        return "conv.pw" if layer.kernel == 1 else "conv.kxk"
+    if layer.groups == c_in == c_out:
+        return "conv.dw"
+    return "conv.grouped"
+
+
+def kernel_path(layer, kernels: bool) -> bool:
+    """Does this conv run on the packed-binary kernels (`nas.quant.binary.BinaryConv2d.kernel_ready`)?"""
+    return kernels and layer.op == "conv" and layer.w_bits == 1 and layer.a_bits == 1 and layer.groups == 1
+
+
+def op_terms(layer, kernels: bool, records: dict | None = None) -> list[tuple[str, tuple[float, ...]]]:
+    """The terms one op record (`nas.cost.LayerCost`) contributes, with their feature vectors.
+
+    `kernels`: whether 1-bit convs run on the packed kernels on the profiled device.
+    `records`: name -> record, for the whole network: a `sign` / `add` named after a conv
+    (`X.sign`, `X.add`) belongs to that conv's binary unit, and a conv with a sign op of
+    its own is a Bi-Real unit (BN folded into the kernel's epilogue). None: stand-alone op.
+    """
+    kind = layer.op
+    records = records or {}
+    k_in = _elems(layer.in_shapes[0]) / 1e3
+    k_out = _elems(layer.out_shape) / 1e3
+    if kind in ("conv", "linear"):
+        return _weighted_terms(layer, kernels, records, k_in, k_out)
+    if kind in ("sign", "add"):
+        conv = records.get(layer.name.rsplit(".", 1)[0]) if layer.name.endswith(f".{kind}") else None
+        fused = conv is not None and kernel_path(conv, kernels)
+        if kind == "sign":
+            return [("sign.pack" if fused else "sign.fake", (1.0, k_in))]
+        return [("add.fused" if fused else "add", (1.0, k_out))]
+    if kind in ("mul", "concat", "shuffle"):
+        return [(kind, (1.0, k_out))]
+    if kind == "avgpool":
+        return [("avgpool", (1.0, k_in))]
+    if kind == "global_pool":
+        return [("pool.global" if layer.name == "global_pool" else "pool.se", (1.0, k_in))]
+    if kind == "shift":
+        return [("shift", (1.0, float(layer.kernel ** 2), k_in))]
+    # a new op kind must be taught here before it can be priced (never silently zero)
+    raise ValueError(f"latency model: op kind {kind!r} of {layer.name!r} has no terms; expected one of "
+                     "conv, linear, sign, add, mul, concat, avgpool, global_pool, shift, shuffle")
+
+
+def _weighted_terms(layer, kernels: bool, records: dict, k_in: float, k_out: float) -> list:
+    """conv / linear: the convolution proper, its quantizers, BN and activation."""
+    c_in, c_out = layer.in_shapes[0][0], layer.out_shape[0]
+    if layer.op == "linear":
+        k_w = c_in * c_out / 1e3
+        terms = [("linear", (1.0, layer.macs / 1e6))]
+    else:
+        k_w = c_out * (c_in // layer.groups) * layer.kernel ** 2 / 1e3
+        cls = _conv_class(layer)
+        terms = [(cls, (1.0, layer.macs / 1e6) if cls == "conv.vec" else (1.0, layer.macs / 1e6, k_in, k_out))]
+    unit = f"{layer.name}.sign" in records  # a Bi-Real unit's conv: its sign op is priced apart
+    if kernel_path(layer, kernels):
+        h, w = layer.out_shape[1:]
+        # 64-bit word operations: output pixels x taps x input words x output channels padded to 64
+        mwords = h * w * layer.kernel ** 2 * math.ceil(c_in / 64) * 64 * math.ceil(c_out / 64) / 1e6
+        terms = [("binconv.kernel", (1.0, mwords, k_in, k_out, k_w))]
+        if unit:
+            return terms  # BN folded into the epilogue, no activation in a unit
+        terms.append(("sign.pack", (1.0, k_in)))
+    else:
+        if layer.a_bits == 1 and not unit:
+            terms.append(("sign.fake", (1.0, k_in)))
+        elif 2 <= layer.a_bits <= 8:
+            terms.append(("aq.pact", (1.0, k_in)))
+        elif layer.a_bits == 16:
+            terms.append(("aq.half", (1.0, k_in)))
+        if 2 <= layer.w_bits <= 8:
+            terms.append(("wq.dorefa", (1.0, k_w)))
+        elif layer.w_bits == 16:
+            terms.append(("wq.half", (1.0, k_w)))
+        elif layer.w_bits == 1:
+            terms.append(("wq.sign", (1.0, k_w, k_out)))
+    if layer.op == "conv" and terms[0][0] != "conv.vec":  # every conv but SE / post-pool has BN
+        terms.append(("bn", (1.0, k_out)))
+    if layer.act in ("relu", "hswish", "sigmoid"):
+        terms.append((f"act.{layer.act}", (1.0, k_out)))
+    return terms
+
+
+def _records(cost) -> dict:
+    return {layer.name: layer for layer in cost.layers}
+
+
+COLUMNS: tuple[tuple[str, str], ...] = tuple((t, f) for t, feats in TERMS.items() for f in feats)
+_OFFSET = {}
+for _i, (_t, _f) in enumerate(COLUMNS):
+    _OFFSET.setdefault(_t, _i)
+
+
+def feature_row(cost, kernels: bool) -> list[float]:
+    """One network's features summed per term: the row of the design matrix `nas calibrate`
+    fits (columns `COLUMNS`; the additive model makes the network's latency coef . row)."""
+    row = [0.0] * len(COLUMNS)
+    row[_OFFSET["network"]] = 1.0
+    records = _records(cost)
+    for layer in cost.layers:
+        for term, feats in op_terms(layer, kernels, records):
+            base = _OFFSET[term]
+            for j, v in enumerate(feats):
+                row[base + j] += v
+    return row
+
+
+# --- the profile ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """A device profile: the fitted model plus where and how it was measured.
+
+    `coefs`: term -> coefficients in `TERMS[term]` order (ms per feature unit).
+    `machine`: host, cpu_model, cores, device, threads, torch, kernels (ISA of the packed
+    kernels, None when 1-bit layers ran on the fake-quant path). `protocol`: how timings were
+    taken. `stats`: fit / held-out / baseline figures and noise. `path`: where it was read
+    from (not stored).
+    """
+
+    coefs: dict[str, tuple[float, ...]]
+    machine: dict
+    protocol: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    created: str = ""
+    path: str | None = field(default=None, compare=False)
+
+    @property
+    def kernels(self) -> bool:
+        """Did 1-bit convs run on the packed kernels when this device was measured?"""
+        return bool(self.machine.get("kernels"))
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": self.created,
+            "machine": self.machine,
+            "protocol": self.protocol,
+            "model": {
+                "description": "latency_ms = sum over ops of sum over the op's terms of coef . features "
+                               "(nas/cost/latency.py); coefficients in ms per feature unit",
+                "terms": {t: {"features": list(TERMS[t]), "coef": list(self.coefs[t])} for t in TERMS},
+            },
+            "stats": self.stats,
+        }
+
+
+def _bad(path, what: str) -> UsageError:
+    return UsageError(f"device profile {path}: {what}; {HINT} to write a new one")
+
+
+def profile_from_dict(d, path="<dict>") -> Profile:
+    """Validate a profile's JSON object (raises UsageError naming `path` and the problem)."""
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise _bad(path, f"not a nas device profile (expected \"format\": \"{FORMAT}\")")
+    version = d.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _bad(path, f"format version {version!r} is not supported (this nas reads version {FORMAT_VERSION})")
+    machine, model = d.get("machine"), d.get("model")
+    if not isinstance(machine, dict) or not isinstance(model, dict) or not isinstance(model.get("terms"), dict):
+        raise _bad(path, "missing 'machine' or 'model.terms'")
+    terms = model["terms"]
+    coefs = {}
+    for t, feats in TERMS.items():
+        entry = terms.get(t)
+        if not isinstance(entry, dict) or entry.get("features") != list(feats):
+            raise _bad(path, f"model term {t!r} is missing or has features {entry and entry.get('features')!r}, "
+                             f"expected {list(feats)}")
+        coef = entry.get("coef")
+        if (not isinstance(coef, list) or len(coef) != len(feats)
+                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0
+                           for c in coef)):
+            raise _bad(path, f"model term {t!r}: coefficients {coef!r} are not {len(feats)} finite numbers >= 0")
+        coefs[t] = tuple(float(c) for c in coef)
+    unknown = sorted(set(terms) - set(TERMS))
+    if unknown:
+        raise _bad(path, f"unknown model terms {unknown}")
+    threads = machine.get("threads")
+    if not isinstance(threads, int) or threads < 1:
+        raise _bad(path, f"machine.threads {threads!r} is not a thread count >= 1")
+    return Profile(coefs=coefs, machine=machine, protocol=d.get("protocol") or {}, stats=d.get("stats") or {},
+                   created=str(d.get("created", "")), path=str(path))
+
+
+def save_profile(profile: Profile, path=None) -> Path:
+    """Write `profile` as JSON (atomically; parent folders made). Returns the path written."""
+    path = Path(path) if path is not None else default_profile_path(profile.machine.get("threads"),
+                                                                     profile.machine.get("device", "cpu"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_profile(path) -> Profile:
+    """Read and validate a profile; a missing, unreadable, corrupt or foreign-version file
+    raises UsageError naming the file, the problem and the hint to re-run `nas calibrate`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"no device profile at {path}; run `nas calibrate` to measure this device") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _bad(path, f"cannot be read ({e.__class__.__name__}: {e})") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _bad(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    return profile_from_dict(d, path)
+
+
+# --- where profiles live ------------------------------------------------------------------------
+
+def default_threads() -> int:
+    """The thread count torch picks by default here (OMP_NUM_THREADS, else the physical cores),
+    computed without importing torch so that the profile's default name is found from anywhere."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return _physical_cores()
+
+
+def _physical_cores() -> int:
+    try:
+        cores = set()
+        phys = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                phys = value.strip()
+            elif key == "core id":
+                core = value.strip()
+            elif not line.strip():
+                if core is not None:
+                    cores.add((phys, core))
+                phys = core = None
+        if core is not None:
+            cores.add((phys, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def host_name() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname() or "host") or "host"
+
+
+def profile_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "nas" / "profiles"
+
+
+def default_profile_path(threads: int | None = None, device: str = "cpu") -> Path:
+    """`$NAS_PROFILE` if set, else <cache>/nas/profiles/<host>-<threads>t.json
+    (<host>-cuda.json for a CUDA device); threads default: `default_threads()`."""
+    env = os.environ.get(ENV_PROFILE)
+    if env:
+        return Path(env).expanduser()
+    if device == "cuda":
+        return profile_dir() / f"{host_name()}-cuda.json"
+    return profile_dir() / f"{host_name()}-{threads or default_threads()}t.json"
+
+
+_CACHE: dict = {}  # resolved path -> (mtime_ns, size, Profile)
+
+
+def _cached_load(path: Path) -> Profile:
+    st = path.stat()
+    key = str(path.resolve())
+    hit = _CACHE.get(key)
+    if hit is not None and hit[:2] == (st.st_mtime_ns, st.st_size):
+        return hit[2]
+    profile = load_profile(path)
+    _CACHE[key] = (st.st_mtime_ns, st.st_size, profile)
+    return profile
+
+
+def require_profile(path=None) -> Profile:
+    """The profile at `path` (default: `default_profile_path()`); UsageError when there is none
+    ("no device profile ...; run `nas calibrate`") or it is corrupt / of another version."""
+    p = Path(path).expanduser() if path is not None else default_profile_path()
+    if not p.is_file():
+        where = f" (${ENV_PROFILE})" if path is None and os.environ.get(ENV_PROFILE) else ""
+        raise UsageError(f"no device profile at {p}{where}; run `nas calibrate` to measure this device "
+                         f"(or set ${ENV_PROFILE} to a profile file)")
+    return _cached_load(p)
+
+
+# --- predictions --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerLatency:
+    name: str
+    op: str
+    ms: float
+    terms: tuple[tuple[str, float], ...]  # (term, ms) behind `ms`
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """`total_ms` = `network_ms` + sum of the per-op `layers` (execution order)."""
+
+    total_ms: float
+    network_ms: float
+    layers: tuple[LayerLatency, ...]
+
+
+def _cost_of(arch, cost):
+    if cost is not None:
+        return cost
+    from nas.cost.model import arch_cost
+    return arch_cost(arch)
+
+
+def predict(arch, profile: Profile, cost=None) -> Prediction:
+    """Per-op and total predicted latency of `arch` on `profile`'s device (`cost`: its
+    `arch_cost`, when the caller already has it)."""
+    cost = _cost_of(arch, cost)
+    records = _records(cost)
+    layers = []
+    for layer in cost.layers:
+        parts = []
+        for term, feats in op_terms(layer, profile.kernels, records):
+            parts.append((term, sum(c * v for c, v in zip(profile.coefs[term], feats))))
+        layers.append(LayerLatency(layer.name, layer.op, sum(ms for _, ms in parts), tuple(parts)))
+    network = profile.coefs["network"][0]
+    return Prediction(total_ms=network + sum(layer.ms for layer in layers), network_ms=network, layers=tuple(layers))
+
+
+def predict_latency_ms(arch, profile: Profile, cost=None) -> float:
+    """Predicted latency in milliseconds (see the module docstring for what is predicted)."""
+    return predict(arch, profile, cost).total_ms
+
+
+def predict_layers(arch, profile: Profile, cost=None) -> list[LayerLatency]:
+    """Per-op predictions, execution order (the network constant is `predict(...).network_ms`)."""
+    return list(predict(arch, profile, cost).layers)
+
+
+def latency_ms(arch, path=None, cost=None) -> float | None:
+    """Predicted latency on this device, or None when no profile exists (for other modules:
+    the search's `--target-latency`). A corrupt profile raises UsageError."""
+    p = Path(path).expanduser() if path is not None else default_profile_path()
+    if not p.is_file():
+        return None
+    return predict_latency_ms(arch, _cached_load(p), cost)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,331 @@
+"""The export bundle: write it (`export_model`), check it (`verify_bundle`), load it (`load_bundle`).
+
+A bundle is a directory::
+
+    arch.yaml            arch string (the only input needed to rebuild the network), space, scaling
+    weights.safetensors  trained float / fake-quant state dict (metadata: arch)
+    model.onnx           the fake-quant model, batch dimension dynamic (opset of the exporter)
+    model.ts             the same, TorchScript (torch.jit.trace)
+    payload.bin          the packed deployable weights (`nas.cost.layout`); its size is
+                         `weight_bytes` of the cost model, to the byte
+    manifest.json        figures, the payload index, versions, and sha256 of every other file
+
+`export_model` writes into a temporary sibling directory and renames it into place, so an
+interrupted or refused export leaves nothing half-written. `verify_bundle` checks every
+hash before anything is loaded; `load_bundle` rebuilds the packed model from arch.yaml and
+payload.bin alone (`nas.export.deploy`).
+"""
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from unittest import mock
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+import nas
+from nas.cost import arch_cost
+from nas.errors import UsageError
+from nas.export.deploy import packed_model
+from nas.export.fold import model_records
+from nas.export.payload import encode_payload
+from nas.quant import BinaryConv2d, packed_kernels
+from nas.space import decode, encode
+from nas.units import format_bytes
+
+FORMAT = "nas-bundle/1"
+FILES = ("arch.yaml", "weights.safetensors", "payload.bin", "model.onnx", "model.ts")
+MANIFEST = "manifest.json"
+LATENCY_REPEATS = 30
+THROUGHPUT_BATCH = 256
+EVAL_BATCH = 512
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+def predictions(model: torch.nn.Module, dataset, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """argmax of `model` over `dataset` in order, (N,) int64; eval mode, no autograd."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(dataset), batch_size):
+                x, _ = dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
+                out.append(model(x).argmax(dim=1))
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def timings(model: torch.nn.Module, dataset) -> dict:
+    """Measured latency (batch 1, median ms per image) and throughput (images/s at batch 256)."""
+    from nas.train.evaluate import measure_inference_ms
+
+    x, _ = dataset.batch(torch.arange(min(THROUGHPUT_BATCH, len(dataset))))
+    one = measure_inference_ms(model, x[:1], repeats=LATENCY_REPEATS)
+    many = measure_inference_ms(model, x, repeats=5, warmup=1)
+    return {"latency_measured_ms": round(one, 4), "throughput_ips": round(1000.0 / many, 1),
+            "threads": torch.get_num_threads(), "kernels": _kernel_isa()}
+
+
+def _kernel_isa() -> str | None:
+    kernels = packed_kernels()
+    return kernels.isa() if kernels is not None else None
+
+
+def predicted_latency_ms(arch) -> float | None:
+    """The latency model's prediction for `arch` on this device, or None without a profile."""
+    try:
+        from nas.cost.latency import latency_ms
+    except ImportError:
+        return None
+    try:
+        value = latency_ms(arch)
+    except (UsageError, FileNotFoundError, LookupError) as e:  # no profile fitted on this device
+        print(f"nas: no predicted latency ({e})", file=sys.stderr)
+        return None
+    return None if value is None else float(value)
+
+
+def versions() -> dict:
+    out = {"nas": nas.__version__, "python": platform.python_version()}
+    for dist in ("torch", "timm", "optuna", "numpy", "safetensors", "onnx"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest_digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# ---- TorchScript / ONNX of the fake-quant model -------------------------------------------
+
+class _NoCtx:
+    """Stands in for an autograd ctx while tracing: nothing is saved for a backward."""
+
+    def save_for_backward(self, *tensors):
+        pass
+
+
+@contextlib.contextmanager
+def traceable(model: torch.nn.Module):
+    """Fake-quant forward as plain tensor ops: the quantizers' autograd Functions run their
+    `forward` directly (a traced autograd.Function is a Python op TorchScript cannot save),
+    and binary layers take the fake-quant path (same function as the kernels). Inference only."""
+    from nas.quant import functions
+
+    fns = [f for f in vars(functions).values()
+           if isinstance(f, type) and issubclass(f, torch.autograd.Function) and f is not torch.autograd.Function]
+    flags = [(m, m.use_kernels) for m in model.modules() if isinstance(m, BinaryConv2d)]
+    was_training = model.training
+    with contextlib.ExitStack() as stack:
+        for f in fns:
+            stack.enter_context(mock.patch.object(f, "apply", (lambda f: lambda *a: f.forward(_NoCtx(), *a))(f)))
+        stack.enter_context(torch.no_grad())
+        for m, _ in flags:
+            m.use_kernels = False
+        model.eval()
+        try:
+            yield model
+        finally:
+            for m, flag in flags:
+                m.use_kernels = flag
+            model.train(was_training)
+
+
+def write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    with traceable(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(model, example, check_trace=False).save(str(path))
+
+
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """TorchScript-based exporter (dynamo=False): 2-5x faster here than the torch.export one
+    and no dynamic-shape declarations; its logs go to stderr (stdout is for --json)."""
+    with traceable(model), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+def payload_of(model) -> tuple[bytes, list[dict]]:
+    """The packed payload of a trained model and its index; checked against the cost model
+    layer by layer (a mismatch is a bug in fold / layout / graph, never a user error)."""
+    payload, index = encode_payload(model_records(model))
+    cost = arch_cost(model.arch)
+    predicted = [layer for layer in cost.layers if layer.weight_bytes]
+    if len(payload) != cost.weight_bytes or [e["bytes"] for e in index] != [c.weight_bytes for c in predicted]:
+        diff = next(((e, c) for e, c in zip(index, predicted) if e["bytes"] != c.weight_bytes), None)
+        where = f"; first difference: {diff[0]['name']} {diff[0]['bytes']} vs {diff[1].name} {diff[1].weight_bytes}" \
+            if diff else f"; {len(index)} layers written, {len(predicted)} predicted"
+        raise AssertionError(f"payload of {len(payload)} bytes != predicted weight_bytes {cost.weight_bytes}{where}")
+    return payload, index
+
+
+def check_budget(payload_bytes: int, budget_bytes: int | None, where: str = "the study's --target-mem") -> None:
+    if budget_bytes is not None and payload_bytes > budget_bytes:
+        raise UsageError(f"payload of {payload_bytes} bytes ({format_bytes(payload_bytes)}) exceeds {where} "
+                         f"{format_bytes(budget_bytes)} ({budget_bytes} bytes); refusing to export")
+
+
+def export_model(model, out_dir, test, *, space: str | None = None, scaling: dict | None = None,
+                 budget_bytes: int | None = None, info: dict | None = None, force: bool = False) -> dict:
+    """Write the bundle of a trained `QuantNet` to `out_dir`; return the manifest.
+
+    test: the dataset's test split (`ImageDataset`), normalised as in training: its
+        mean / std go into the manifest (the bundle's preprocessing), and the accuracy
+        of the packed model on it is measured here.
+    budget_bytes: refuse (UsageError, exit 2) when the payload is larger.
+    info: extra manifest fields (study, trial, seed, val_accuracy, ...).
+    force: replace an existing non-empty `out_dir`.
+    """
+    arch_string = encode(model.arch)
+    out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and (force or not any(out.iterdir()))):
+        raise UsageError(f"-o {out_dir}: exists and is not an empty directory; expected a new path "
+                         f"(or --force to replace it)")
+    payload, index = payload_of(model)
+    check_budget(len(payload), budget_bytes)
+    cost = arch_cost(model.arch)
+
+    packed = packed_model(decode(arch_string), payload)  # read back from the bytes, as `nas infer` does
+    model.eval()
+    fake = predictions(model, test)
+    ours = predictions(packed, test)
+    accuracy = float((ours == test.labels).float().mean())
+    agreement = float((ours == fake).float().mean())
+    if agreement < 1.0:
+        print(f"nas: warning: the packed model's predictions differ from the fake-quant model's on "
+              f"{int((ours != fake).sum())} of {len(test)} test images", file=sys.stderr)
+
+    manifest = {
+        "format": FORMAT, "arch": arch_string, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(info or {}),
+        "weight_bytes": cost.weight_bytes, "payload_bytes": len(payload), "budget_mem_bytes": budget_bytes,
+        "accuracy": accuracy, "fake_quant_accuracy": float((fake == test.labels).float().mean()),
+        "prediction_agreement": agreement, "test_images": len(test),
+        "params": cost.params, "macs": cost.macs, "peak_act_bytes": cost.peak_act_bytes,
+        "mem_access": cost.mem_access, "mem_access_bytes": cost.mem_access_bytes, "bops": cost.bops,
+        "latency_ms": predicted_latency_ms(model.arch), **timings(packed, test),
+        "input": {"in_chs": model.arch.in_chs, "resolution": model.arch.resolution,
+                  "mean": [float(v) for v in test.mean], "std": [float(v) for v in test.std],
+                  "layout": "NCHW float32, (x / 255 - mean) / std"},
+        "num_classes": model.arch.fc.num_classes,
+        "versions": versions(),
+        "payload": {"file": "payload.bin", "layout": "nas.cost.layout", "byte_order": "little", "layers": index},
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        (tmp / "arch.yaml").write_text(yaml.safe_dump({"arch": arch_string, "space": space, "scaling": scaling},
+                                                      sort_keys=False), encoding="utf-8")
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / "weights.safetensors"), metadata={"arch": arch_string})
+        (tmp / "payload.bin").write_bytes(payload)
+        example, _ = test.batch(torch.arange(1))
+        write_torchscript(model, example, tmp / "model.ts")
+        write_onnx(model, example, tmp / "model.onnx")
+        manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)}
+                             for name in FILES}
+        manifest["manifest_sha256"] = _manifest_digest(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """rename(2) the finished directory onto `out` (an absent or empty directory is replaced
+    atomically; a non-empty one, with --force, is moved aside first and then removed)."""
+    if out.exists() and any(out.iterdir()):
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+# ---- verify and load -------------------------------------------------------------------------
+
+def verify_bundle(bundle_dir) -> dict:
+    """The manifest, after checking it and every file it lists (size and sha256).
+    Any problem: a one-line UsageError naming the file."""
+    d = Path(bundle_dir)
+    if not d.is_dir():
+        raise UsageError(f"--bundle {bundle_dir}: no such directory; expected a bundle written by `nas export`")
+    path = d / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"bundle {d}: {MANIFEST} is missing; expected a bundle written by `nas export`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"bundle {d}: {MANIFEST} is not valid JSON ({str(e).splitlines()[0]}); "
+                         f"the file is corrupt, re-export the bundle") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UsageError(f"bundle {d}: {MANIFEST} is not a {FORMAT} manifest; expected a bundle written by `nas export`")
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+        raise UsageError(f"bundle {d}: {MANIFEST} was modified after export (its content does not match its "
+                         f"manifest_sha256); re-export the bundle")
+    files = manifest.get("files") or {}
+    for name in FILES:
+        entry, p = files.get(name), d / name
+        if entry is None:
+            raise UsageError(f"bundle {d}: {MANIFEST} lists no {name}; expected every file of {list(FILES)}")
+        if not p.is_file():
+            raise UsageError(f"bundle {d}: {name} is missing (listed in {MANIFEST}); re-export the bundle")
+        size = p.stat().st_size
+        if size != entry["bytes"] or sha256(p) != entry["sha256"]:
+            raise UsageError(f"bundle {d}: {name} does not match {MANIFEST} ({size} bytes, sha256 differs; "
+                             f"expected {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}...); "
+                             f"the file was modified or corrupted, re-export the bundle")
+    return manifest
+
+
+def load_bundle(bundle_dir) -> tuple[dict, torch.nn.Module]:
+    """(manifest, packed model) from arch.yaml and payload.bin only, after `verify_bundle`."""
+    d = Path(bundle_dir)
+    manifest = verify_bundle(d)
+    try:
+        arch_doc = yaml.safe_load((d / "arch.yaml").read_text(encoding="utf-8"))
+        arch_string = arch_doc["arch"]
+    except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as e:
+        raise UsageError(f"bundle {d}: arch.yaml has no arch string ({type(e).__name__}); re-export the bundle") from None
+    if arch_string != manifest["arch"]:
+        raise UsageError(f"bundle {d}: arch.yaml's arch {arch_string!r} differs from {MANIFEST}'s; re-export the bundle")
+    payload = (d / "payload.bin").read_bytes()
+    try:
+        model = packed_model(decode(arch_string), payload)
+    except ValueError as e:
+        raise UsageError(f"bundle {d}: payload.bin does not fit arch.yaml's architecture ({e})") from None
+    return manifest, model
+

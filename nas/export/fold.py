@@ -1,0 +1,158 @@
+"""A trained fake-quant `QuantNet` -> payload records: BatchNorm folded, weights as codes.
+
+Per quantized conv / linear (``model.quant_layers()``, execution order = payload order),
+with g_c = γ_c / sqrt(var_c + eps) and t_c = β_c - mean_c · g_c of the BatchNorm that
+reads its output (g = 1, t = 0 without one; an own bias b adds b · g)::
+
+    32 bit   W · g                                 float32
+    16 bit   half(half(W) · g)                     the fake-quant weight, folded, rounded to fp16
+    2..8     codes q = round((2^k - 1) · (tanh W / (2 m_c) + 1/2))   (DoReFa, `nas.quant`),
+             scale s_c = m_c · g_c; the weight is  s_c · (2 q / (2^k - 1) - 1)
+    1 bit    sign(W) packed (kernels' layout), scale s_c = mean|W|_c · g_c
+    bias     t_c (+ b_c · g_c);  clip: the input's PACT clip α
+
+The 1-bit scale and bias are computed with the very expressions `BiRealUnit` uses on its
+kernel path, so a deployed binary unit gets bit-identical scale / bias floats. The codes
+are checked against the layer's own `quant_weight()`: `m_c · (2 q / L - 1)` must equal it
+exactly, so the payload holds the trained model's quantized weights, not an approximation.
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas.export.payload import LayerGeometry, LayerRecord
+from nas.kernels import reference
+from nas.quant import BinaryConv2d, QuantConv2d, QuantLinear, binary_scale, dorefa_scale, packed_kernels
+from nas.quant.functions import HALF_MAX
+
+
+def geometry(name: str, m: nn.Module) -> LayerGeometry:
+    """The payload geometry of one quantized conv / linear module."""
+    if isinstance(m, QuantConv2d):
+        return LayerGeometry(name, "conv", m.w_bits, m.a_bits, m.out_channels, m.in_channels // m.groups,
+                             *m.kernel_size)
+    if isinstance(m, QuantLinear):
+        return LayerGeometry(name, "linear", m.w_bits, m.a_bits, m.out_features, m.in_features)
+    raise TypeError(f"{name}: {type(m).__name__} is not a quantized conv / linear")
+
+
+def geometries(model) -> list[LayerGeometry]:
+    return [geometry(layer.name, layer.module) for layer in model.quant_layers()]
+
+
+def bn_partners(model) -> dict[str, tuple[str, nn.BatchNorm2d]]:
+    """conv name -> (name, module) of the BatchNorm2d that reads that conv's output.
+
+    Found by running the model once, fake-quant path, on one all-zero image (a probe of
+    the graph, not data): a BatchNorm whose input *is* a quantized conv's output tensor
+    folds into that conv. Every BatchNorm2d must be claimed exactly once.
+    """
+    layers = {id(layer.module): layer.name for layer in model.quant_layers()}
+    bns = {id(m): (name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    produced, pairs, keep = {}, {}, []
+
+    def after_conv(module, args, out):
+        produced[id(out)] = layers[id(module)]
+        keep.append(out)  # ids stay unique while the probe runs
+
+    def before_bn(module, args):
+        conv = produced.get(id(args[0]))
+        if conv is not None:
+            if conv in pairs:
+                raise RuntimeError(f"{conv}: its output feeds two BatchNorms; cannot fold")
+            pairs[conv] = bns[id(module)]
+
+    hooks = [m.register_forward_hook(after_conv) for m in model.modules() if id(m) in layers]
+    hooks += [m.register_forward_pre_hook(before_bn) for m in model.modules() if id(m) in bns]
+    kernels = [(m, m.use_kernels) for m in model.modules() if isinstance(m, BinaryConv2d)]
+    was_training = model.training
+    try:
+        for m, _ in kernels:
+            m.use_kernels = False  # the kernel path calls no BatchNorm module
+        model.eval()
+        a = model.arch
+        with torch.no_grad():
+            model(torch.zeros(1, a.in_chs, a.resolution, a.resolution))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, flag in kernels:
+            m.use_kernels = flag
+        model.train(was_training)
+    claimed = {id(bn) for _, bn in pairs.values()}
+    orphans = [name for key, (name, _) in bns.items() if key not in claimed]
+    if orphans:
+        raise RuntimeError(f"BatchNorm {orphans[0]} does not read a quantized conv's output; cannot fold it")
+    return pairs
+
+
+def bn_affine(bn: nn.BatchNorm2d | None, c_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, t): eval-mode BatchNorm as y = x · g + t (the expressions `BiRealUnit` uses)."""
+    if bn is None:
+        return torch.ones(c_out), torch.zeros(c_out)
+    if not bn.track_running_stats or bn.running_var is None or not bn.affine:
+        raise ValueError(f"BatchNorm {bn} has no running statistics or no affine parameters; cannot fold")
+    inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    return inv, bn.bias - bn.running_mean * inv
+
+
+def _per_channel(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * (w.dim() - 1))  # (C_out, 1, ...) against the weight
+
+
+def pack_binary(w: torch.Tensor) -> torch.Tensor:
+    """sign(W) in the kernels' word layout: (C_out, k_h, k_w, words) int64 (linear: k = 1).
+    The compiled packer when built, else the pure-torch reference (tests hold them equal)."""
+    w4 = w.detach().float().contiguous()
+    if w4.dim() == 2:
+        w4 = w4[:, :, None, None]  # (C_out, C_in, 1, 1)
+    kernels = packed_kernels()
+    return kernels.pack_weights(w4) if kernels is not None else reference.pack_weights(w4)
+
+
+def dorefa_codes(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes (C_out, ...) integer-valued float, m_c (C_out,)) of a 2..8-bit layer, checked
+    to reproduce the layer's own fake-quant weight exactly."""
+    if m.ternary:
+        raise ValueError(f"{m}: ternary weights have no arch-string form; expected plain DoReFa 2-bit")
+    w, levels = m.weight.detach(), 2 ** m.w_bits - 1
+    scale = _per_channel(dorefa_scale(w), w)
+    codes = torch.round(levels * (torch.tanh(w) / (2 * scale) + 0.5))  # = nas.quant.functions.dorefa_weight
+    if not torch.equal(scale * (2 * codes / levels - 1), m.quant_weight().detach()):
+        raise AssertionError(f"{m}: DoReFa codes do not reproduce quant_weight(); nas.quant changed?")
+    return codes, scale.reshape(-1)
+
+
+def layer_record(name: str, m: nn.Module, bn: nn.BatchNorm2d | None) -> LayerRecord:
+    """One layer's payload record (see the module docstring for the formulas)."""
+    geom = geometry(name, m)
+    with torch.no_grad():
+        g, t = bn_affine(bn, geom.c_out)
+        bias = t if m.bias is None else t + m.bias.detach() * g
+        w = m.weight.detach()
+        scale = None
+        if geom.bits == 32:
+            weight = (w * _per_channel(g, w)).float().numpy()
+        elif geom.bits == 16:
+            folded = m.quant_weight().detach() * _per_channel(g, w)
+            weight = folded.clamp(-HALF_MAX, HALF_MAX).half().numpy()
+        elif geom.bits == 1:
+            scale = binary_scale(w) * g
+            weight = pack_binary(w).numpy().view(np.uint64)
+        else:
+            codes, m_c = dorefa_codes(m)
+            scale = m_c * g
+            weight = codes.reshape(geom.c_out, -1).to(torch.uint8).numpy()
+        clip = m.act_quant.clip
+        return LayerRecord(
+            geom, weight.reshape(geom.weight_shape()),
+            None if scale is None else scale.float().numpy(), bias.float().numpy(),
+            None if clip is None else np.float32(clip.detach().item()))
+
+
+def model_records(model) -> list[LayerRecord]:
+    """Every quantized layer's record, in execution order (the payload's order)."""
+    pairs = bn_partners(model)
+    return [layer_record(layer.name, layer.module, pairs.get(layer.name, (None, None))[1])
+            for layer in model.quant_layers()]

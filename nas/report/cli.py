@@ -1,0 +1,62 @@
+"""`nas report`: a self-contained plotly HTML page of a study (see `nas.report.page`)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from nas.errors import UsageError
+
+
+def add_arguments(p):
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default journal file studies/<study>.journal)")
+    p.add_argument("--trial", type=int, help="trial to show per layer (default: the best feasible trained trial)")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args) -> int:
+    from nas.report import page
+    from nas.report.study import counts, open_study
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise UsageError(f"-o {args.output!r}: is a directory; expected an HTML file path like report.html")
+    study, _, url = open_study(args.study, args.storage)
+    report = page.build(study, url, args.trial)
+    text = page.render(report)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"-o {args.output!r}: cannot write ({e.strerror})") from None
+    chosen = report.chosen
+    c = counts(report.trials)
+    summary = {
+        "report": str(out.resolve()), "bytes": out.stat().st_size, "study": study.study_name, "storage": url,
+        **c.to_dict(), "pareto_trials": report.pareto, "best_trial": report.best, "chosen_trial": chosen.number,
+        "arch": chosen.user_attrs["arch"], "costs": chosen.user_attrs["costs"],
+        "latency_ms": report.latency.total(chosen), "metrics": report.metrics,
+        "figures": [k for k, (_, fig, _) in report.figures.items() if fig is not None],
+        "notes": [note for _, fig, note in report.figures.values() if fig is None and note],
+    }
+    if args.json:
+        print(json.dumps(_finite(summary)))
+    else:
+        print(f"wrote {out} ({summary['bytes'] / 1e6:.1f} MB): study {study.study_name!r}, {c.trials} trials "
+              f"({c.trained} trained, {c.infeasible} infeasible, {c.pruned} pruned), trial {chosen.number} per layer")
+        for note in summary["notes"]:
+            print(f"nas: note: {note}", file=sys.stderr)
+    return 0
+
+
+def _finite(value):
+    """JSON has no inf / nan: None in their place."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

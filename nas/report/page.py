@@ -1,0 +1,390 @@
+"""The report page: figures of a study and one self-contained HTML file.
+
+Sections, in page order:
+1. Pareto fronts: validation accuracy vs weight_bytes and vs predicted latency_ms. Trained
+   feasible trials, their Pareto front, pruned trials (last validation accuracy), and
+   infeasible trials (never trained, drawn at accuracy 0 with a different marker), with the
+   budget drawn as a line.
+2. Optimisation history (`optuna.visualization.plot_optimization_history`; optuna greys the
+   infeasible trials from the constraints the sampler stored).
+3. Parameter importances (`optuna.visualization.plot_param_importances`) over the trained
+   trials only: infeasible trials score 0 by rule, not by training, and would swamp them.
+4. The chosen trial: per-layer bit widths, weight_bytes, macs, mem_access_bytes and
+   predicted latency, and the seed's metrics table.
+
+plotly.js is embedded once in <head>, so the file opens offline.
+"""
+
+import html
+import math
+from dataclasses import dataclass, field
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from nas.report import study as study_view
+from nas.search.runner import best_feasible
+from nas.units import format_bytes, format_count, format_seconds
+
+MIN_IMPORTANCE_TRIALS = 3  # fANOVA on fewer trained trials says nothing
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+FEASIBLE, PARETO, PRUNED, INFEASIBLE, CHOSEN, BUDGET = "#1f77b4", "#2ca02c", "#7f7f7f", "#d62728", "#ff7f0e", "#d62728"
+
+
+class Latency:
+    """Predicted latency from the device profile written by `nas calibrate` (`nas.cost.latency`).
+
+    Absent module or profile: `reason` says why and every prediction is None; the report shows
+    "no device profile" instead of a latency figure."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self._module = self._profile = None
+        try:
+            from nas.cost import latency
+        except ImportError:
+            self.reason = "no device profile (this install has no latency model)"
+            return
+        try:
+            self._profile = latency.load_profile()
+        except Exception as e:  # missing, corrupt or foreign-version profile: the report goes on
+            self.reason = f"no device profile ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            return
+        self._module = latency
+
+    @property
+    def available(self) -> bool:
+        return self._module is not None
+
+    def total(self, trial: FrozenTrial) -> float | None:
+        """latency_ms recorded by the search, else predicted from the arch string."""
+        recorded = trial.user_attrs.get("costs", {}).get("latency_ms")
+        if recorded is not None:
+            return float(recorded)
+        if not self.available or "arch" not in trial.user_attrs:
+            return None
+        from nas.space import decode
+        return float(self._module.latency_ms(decode(trial.user_attrs["arch"]), self._profile))
+
+    def layers(self, layers) -> list[float] | None:
+        if not self.available or not hasattr(self._module, "layer_latency_ms"):
+            return None
+        return [float(self._module.layer_latency_ms(layer, self._profile)) for layer in layers]
+
+
+@dataclass
+class Point:
+    trial: FrozenTrial
+    accuracy: float | None
+    x: float | None
+
+
+@dataclass
+class Report:
+    """Everything the page shows; `to_json` is what `nas report --json` prints."""
+
+    study: optuna.Study
+    storage: str
+    trials: list
+    chosen: FrozenTrial
+    latency: Latency
+    figures: dict = field(default_factory=dict)  # id -> (title, go.Figure or None, note)
+    pareto: list = field(default_factory=list)  # trial numbers on the weight_bytes front
+    metrics: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
+    layer_latency: list | None = None
+    best: int | None = None  # number of the best feasible trial
+
+
+def pareto_front(points: list[Point]) -> list[Point]:
+    """Non-dominated points: no other point has higher-or-equal accuracy at lower-or-equal cost."""
+    front, best = [], -math.inf
+    for p in sorted(points, key=lambda p: (p.x, -p.accuracy)):
+        if p.accuracy > best:
+            front.append(p)
+            best = p.accuracy
+    return front
+
+
+def _hover(t: FrozenTrial, accuracy: float | None, what: str) -> str:
+    c = t.user_attrs.get("costs", {})
+    acc = "not trained" if accuracy is None else f"val acc {accuracy:.4f}"
+    return (f"trial {t.number} ({what})<br>{acc}<br>weight {format_bytes(c.get('weight_bytes', 0))}, "
+            f"macs {format_count(c.get('macs', 0))}<br>{html.escape(t.user_attrs.get('arch', ''))}")
+
+
+def _scatter(points: list[Point], name: str, what: str, **marker) -> go.Scatter:
+    return go.Scatter(x=[p.x for p in points], y=[p.accuracy if p.accuracy is not None else 0.0 for p in points],
+                      mode="markers", name=name, marker=marker,
+                      hovertext=[_hover(p.trial, p.accuracy, what) for p in points], hoverinfo="text")
+
+
+def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget: float | None,
+                  budget_text: str, log_x: bool) -> tuple[go.Figure, list[int]]:
+    """Accuracy vs one cost; returns the figure and the Pareto trials' numbers."""
+    trained, pruned, infeasible = [], [], []
+    for t in trials:
+        x = x_of(t)
+        if x is None:
+            continue
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("trained"):
+            trained.append(Point(t, study_view.search_accuracy(t), x))
+        elif t.state == TrialState.COMPLETE and not study_view.is_feasible(t):
+            infeasible.append(Point(t, None, x))
+        elif t.state == TrialState.PRUNED:
+            pruned.append(Point(t, study_view.search_accuracy(t), x))
+    feasible_trained = [p for p in trained if study_view.is_feasible(p.trial)]
+    front = pareto_front(feasible_trained)
+    fig = go.Figure()
+    fig.add_trace(_scatter(feasible_trained, "trained, feasible", "feasible", color=FEASIBLE, size=9))
+    fig.add_trace(go.Scatter(x=[p.x for p in front], y=[p.accuracy for p in front], mode="lines",
+                             line=dict(color=PARETO, shape="hv", width=2), name="Pareto front", hoverinfo="skip"))
+    if pruned:
+        fig.add_trace(_scatter(pruned, "pruned (last val acc)", "pruned", color="rgba(0,0,0,0)", size=8,
+                               line=dict(color=PRUNED, width=1.5)))
+    if infeasible:
+        fig.add_trace(_scatter(infeasible, "infeasible (never trained, at 0)", "infeasible", color=INFEASIBLE,
+                               size=9, symbol="x"))
+    x = x_of(chosen)
+    if x is not None:
+        fig.add_trace(go.Scatter(x=[x], y=[study_view.search_accuracy(chosen) or 0.0], mode="markers",
+                                 name=f"shown below: trial {chosen.number}", hoverinfo="skip",
+                                 marker=dict(symbol="star", size=16, color=CHOSEN, line=dict(color="black", width=1))))
+    if budget is not None:  # a line trace, not a shape: shapes on log axes take log10 coordinates
+        top = max([p.accuracy for p in trained + pruned if p.accuracy is not None] + [1e-3])
+        fig.add_trace(go.Scatter(x=[budget, budget], y=[0, top * 1.05], mode="lines", name=budget_text,
+                                 line=dict(color=BUDGET, dash="dash"), hoverinfo="name"))
+    fig.update_layout(xaxis_title=x_title, yaxis_title="validation accuracy (search)", height=460,
+                      margin=dict(l=60, r=20, t=30, b=50), legend=dict(orientation="h", y=-0.18))
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig, [p.trial.number for p in front]
+
+
+def history_figure(study: optuna.Study) -> go.Figure:
+    fig = optuna.visualization.plot_optimization_history(study, target=lambda t: t.values[0],
+                                                         target_name="validation accuracy")
+    fig.update_layout(height=420, title=None, margin=dict(l=60, r=20, t=30, b=50))
+    return fig
+
+
+def importance_figure(study: optuna.Study, trials: list) -> tuple[go.Figure | None, str | None]:
+    """Importances over trained trials; (None, why) when there are too few or fANOVA cannot run."""
+    trained = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")]
+    if len(trained) < MIN_IMPORTANCE_TRIALS:
+        return None, (f"parameter importances need at least {MIN_IMPORTANCE_TRIALS} trained trials; "
+                      f"this study has {len(trained)}")
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials(trained)
+    try:
+        fig = optuna.visualization.plot_param_importances(
+            copy, target=lambda t: t.values[0], target_name="validation accuracy",
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (ValueError, RuntimeError) as e:  # e.g. no parameter common to all trained trials
+        return None, f"parameter importances unavailable: {e}"
+    fig.update_layout(height=max(300, 28 * len(fig.data[0].y) + 120) if fig.data else 300, title=None,
+                      margin=dict(l=140, r=20, t=30, b=50))
+    return fig, None
+
+
+def layer_figure(layers, latency_ms: list[float] | None) -> go.Figure:
+    """One row per figure, layers in execution order on a shared x axis (latency row only
+    with a device profile)."""
+    names = [f"{i}:{layer.name}" for i, layer in enumerate(layers)]
+    rows = [("bit width (w squares, a circles)", None, None), ("weight_bytes", "weight_bytes", "#1f77b4"),
+            ("macs", "macs", "#ff7f0e"), ("mem_access_bytes", "mem_access_bytes", "#2ca02c")]
+    if latency_ms is not None:
+        rows.append(("latency ms (predicted)", "latency_ms", "#8c564b"))
+    fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, vertical_spacing=0.03,
+                        subplot_titles=[r[0] for r in rows])
+    hover = [f"{n}<br>{layer.op} k{layer.kernel} s{layer.stride} g{layer.groups}<br>in {list(layer.in_shapes[0])} "
+             f"out {list(layer.out_shape)}<br>w{layer.w_bits} a{layer.a_bits}" for n, layer in zip(names, layers)]
+    fig.add_trace(go.Scatter(x=names, y=[layer.w_bits or None for layer in layers], mode="markers", name="w_bits",
+                             marker=dict(symbol="square", size=9, color="#9467bd"), hovertext=hover), 1, 1)
+    fig.add_trace(go.Scatter(x=names, y=[layer.a_bits for layer in layers], mode="markers", name="a_bits",
+                             marker=dict(symbol="circle-open", size=12, color="#17becf", line=dict(width=2)),
+                             hovertext=hover), 1, 1)
+    for row, (_, attr, color) in enumerate(rows[1:], start=2):
+        y = latency_ms if attr == "latency_ms" else [getattr(layer, attr) for layer in layers]
+        fig.add_trace(go.Bar(x=names, y=y, name=attr, marker_color=color, hovertext=hover), row, 1)
+    fig.update_yaxes(type="log", tickvals=[1, 2, 4, 8, 16, 32], ticktext=["1", "2", "4", "8", "16", "32"],
+                     range=[-0.15, 1.65], row=1, col=1)
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9), row=len(rows), col=1)
+    fig.update_layout(height=230 * len(rows) + 200, showlegend=False, margin=dict(l=70, r=20, t=40, b=180))
+    return fig
+
+
+def build(study: optuna.Study, storage: str, trial_number: int | None) -> Report:
+    from nas.cost import arch_cost
+    from nas.space import decode
+
+    trials = study.get_trials(deepcopy=False)
+    chosen = study_view.pick_trial(study, trials, trial_number)
+    best = best_feasible(trials)[0].number
+    latency = Latency()
+    report = Report(study=study, storage=storage, trials=trials, chosen=chosen, latency=latency, best=best)
+    budgets = study.user_attrs.get("identity", {}).get("budgets", {})
+
+    def weight(t):
+        return t.user_attrs.get("costs", {}).get("weight_bytes")
+
+    mem = budgets.get("mem")
+    fig, report.pareto = pareto_figure(trials, chosen, weight, "weight_bytes (deployable weight payload, B)", mem,
+                                       f"budget weight_bytes <= {format_bytes(mem)}" if mem else "", log_x=True)
+    report.figures["pareto-weight"] = ("Accuracy vs weight_bytes", fig, None)
+
+    lat_budget = budgets.get("latency_ms")
+    have_latency = latency.available or any("latency_ms" in t.user_attrs.get("costs", {}) for t in trials)
+    if have_latency:
+        fig, _ = pareto_figure(trials, chosen, latency.total, "latency_ms (predicted)", lat_budget,
+                               f"budget latency_ms <= {lat_budget:.3g} ms" if lat_budget else "", log_x=True)
+        report.figures["pareto-latency"] = ("Accuracy vs predicted latency", fig, None)
+    else:
+        report.figures["pareto-latency"] = ("Accuracy vs predicted latency", None,
+                                            f"{latency.reason}: run `nas calibrate` on the target device")
+
+    report.figures["history"] = ("Optimisation history", history_figure(study), None)
+    fig, note = importance_figure(study, trials)
+    report.figures["importance"] = ("Parameter importances (fANOVA, trained trials)", fig, note)
+
+    cost = arch_cost(decode(chosen.user_attrs["arch"]))
+    report.layers = list(cost.layers)
+    try:
+        report.layer_latency = latency.layers(cost.layers)
+    except Exception as e:  # a profile that cannot price some op: show the rest
+        latency.reason = f"latency model failed on this trial ({type(e).__name__}: {e})"
+    no_latency = None
+    if report.layer_latency is None:
+        no_latency = f"per-layer latency: {latency.reason or 'the latency model gives no per-layer figures'}"
+    report.figures["layers"] = (f"Trial {chosen.number}: per layer", layer_figure(cost.layers, report.layer_latency),
+                                no_latency)
+    report.metrics = study_view.seed_metrics(study, chosen)
+    return report
+
+
+# ----------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1150px;color:#222}
+h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 8px}
+th{background:#f4f4f4;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{font-size:12px;word-break:break-all} .note{color:#555;font-style:italic;padding:12px}
+.small{color:#555;font-size:13px}
+"""
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "bytes":
+        return f"{format_bytes(value)} ({int(value):,} B)"
+    if kind == "seconds":
+        return format_seconds(value)
+    if kind == "ms":
+        return f"{value:.4g} ms"
+    if kind == "acc":
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
+METRIC_ROWS = (  # key, label, kind
+    ("weight_bytes", "memory footprint (weight_bytes)", "bytes"),
+    ("train_time_s", "training time", "seconds"),
+    ("infer_ms_per_image", "inference time (batch 1, per image)", "ms"),
+    ("peak_train_mem_bytes", "peak training memory", "bytes"),
+    ("accuracy", "accuracy", "acc"),
+    ("information_density", "Information Density (% per M params)", "num"),
+    ("netscore", "NetScore (20 log10 a^2 / (p^0.5 m^0.5))", "num"),
+)
+
+
+def _metrics_table(metrics: dict) -> str:
+    cols = [("search", "search (short training; val accuracy)")]
+    if "final" in metrics:
+        cols.append(("final", f"final retraining ({metrics['final'].get('epochs')} epochs; test accuracy)"))
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
+    rows = []
+    for key, label, kind in METRIC_ROWS:
+        cells = "".join(f'<td class="num">{html.escape(_fmt(metrics[c].get(key), kind))}</td>' for c, _ in cols)
+        rows.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
+    return f'<table id="metrics"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _layers_table(layers, latency_ms) -> str:
+    head = ("#", "layer", "op", "in (C,H,W)", "out (C,H,W)", "k/s/g", "w bits", "a bits", "params", "weight_bytes",
+            "macs", "mem_access", "mem_access_bytes", "latency ms")
+    rows = []
+    for i, layer in enumerate(layers):
+        lat = "-" if latency_ms is None else f"{latency_ms[i]:.4g}"
+        cells = (i, layer.name, layer.op, "x".join(map(str, layer.in_shapes[0])), "x".join(map(str, layer.out_shape)),
+                 f"{layer.kernel}/{layer.stride}/{layer.groups}", layer.w_bits or "-", layer.a_bits,
+                 f"{layer.params:,}", f"{layer.weight_bytes:,}", f"{layer.macs:,}", f"{layer.mem_access:,}",
+                 f"{layer.mem_access_bytes:,}", lat)
+        rows.append("<tr>" + "".join(f'<td class="num">{html.escape(str(c))}</td>' for c in cells) + "</tr>")
+    th = "".join(f"<th>{h}</th>" for h in head)
+    return f'<table id="layers"><tr>{th}</tr>{"".join(rows)}</table>'
+
+
+def _best_table(trials: list, latency: Latency) -> str:
+    rows = []
+    for t in best_feasible(trials)[:10]:
+        c = t.user_attrs["costs"]
+        lat = latency.total(t)
+        cells = (t.number, f"{t.values[0]:.4f}", format_bytes(c["weight_bytes"]), format_bytes(c["peak_act_bytes"]),
+                 format_count(c["macs"]), "-" if lat is None else f"{lat:.3g} ms")
+        tds = "".join(f'<td class="num">{html.escape(str(x))}</td>' for x in cells)
+        rows.append(f"<tr>{tds}<td><code>{html.escape(t.user_attrs['arch'])}</code></td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("trial", "val acc", "weight", "peak act", "macs", "latency", "arch"))
+    return f'<table id="best"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _figure_html(fig_id: str, fig: go.Figure | None, note: str | None) -> str:
+    if fig is None:
+        return f'<div id="{fig_id}" class="note">{html.escape(note or "")}</div>'
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=fig_id, config=PLOT_CONFIG)
+
+
+def render(report: Report) -> str:
+    s, t = report.study, report.chosen
+    identity = s.user_attrs.get("identity", {})
+    c = study_view.counts(report.trials)
+    budgets = ", ".join(f"{k} {format_bytes(v) if k.endswith('mem') else v}"
+                        for k, v in identity.get("budgets", {}).items() if v is not None) or "none"
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>nas report: {html.escape(s.study_name)}</title><style>{_CSS}</style>",
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>',
+        f"<h1>Study <code>{html.escape(s.study_name)}</code></h1>",
+        f"<p class='small'>storage <code>{html.escape(report.storage)}</code> · space "
+        f"<code>{html.escape(str(identity.get('space', '?')))}</code> · dataset "
+        f"<code>{html.escape(str(identity.get('dataset', '?')))}</code> · budgets {html.escape(budgets)} · "
+        f"objectives {html.escape(str(identity.get('objectives', '?')))}</p>",
+        f"<p class='small' id='counts'>{c.trials} trials: {c.trained} trained, {c.infeasible} infeasible (never "
+        f"trained), {c.pruned} pruned, {c.failed} failed, {c.running} running</p>",
+        "<h2>Best feasible trials</h2>", _best_table(report.trials, report.latency),
+    ]
+    order = ("pareto-weight", "pareto-latency", "history", "importance")
+    for fig_id in order:
+        title, fig, note = report.figures[fig_id]
+        parts += [f"<h2>{html.escape(title)}</h2>", _figure_html(fig_id, fig, note)]
+    costs = t.user_attrs["costs"]
+    lat = report.latency.total(t)
+    parts += [
+        f"<h2>Trial {t.number}{' (best feasible)' if t.number == report.best else ''}</h2>",
+        f"<p><code id='arch'>{html.escape(t.user_attrs['arch'])}</code></p>",
+        f"<p class='small'>params {costs['params']:,} · macs {costs['macs']:,} · weight_bytes "
+        f"{costs['weight_bytes']:,} · peak_act_bytes {costs['peak_act_bytes']:,} (at {html.escape(str(costs.get('peak_act_at', '?')))}, input counted) "
+        f"· mem_access {costs['mem_access']:,} elements / {costs['mem_access_bytes']:,} B · bops {costs['bops']:,} · "
+        f"latency {'-' if lat is None else f'{lat:.3g} ms (predicted)'}</p>",
+        "<h3>The seed's metrics</h3>", _metrics_table(report.metrics),
+    ]
+    title, fig, note = report.figures["layers"]
+    parts += ["<h3>Per layer (execution order)</h3>",
+              f"<p class='note'>{html.escape(note)}</p>" if note else "", _figure_html("layers-figure", fig, None),
+              _layers_table(report.layers, report.layer_latency), "</body></html>"]
+    return "\n".join(parts)

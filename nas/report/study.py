@@ -1,0 +1,138 @@
+"""Open a stored study for reading and pick the trial to show.
+
+Shared by `nas report` and `nas dashboard` (which should start fast: no torch imported
+here at module level). Opening never creates anything: a journal
+file or SQLite database that does not exist is a usage error, not a new empty study.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.errors import UsageError
+from nas.search.budgets import feasible
+from nas.search.storage import default_url, open_storage
+
+
+def _existing_file(url: str) -> Path | None:
+    """The local file a journal / SQLite URL names (None for server URLs)."""
+    if url.startswith("journal:") or url.endswith(".journal"):
+        return Path(url.removeprefix("journal:"))
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///").split("?", 1)[0]
+        return Path(path) if path and path != ":memory:" else None
+    return None
+
+
+def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, object, str]:
+    """(study, its storage, storage url). UsageError when the storage or the study does not exist."""
+    url = storage_url or default_url(name)
+    where = "--storage" if storage_url else f"--study {name!r}"
+    path = _existing_file(url)
+    if path is not None and not path.is_file():
+        hint = "give --storage" if storage_url is None else "check the path"
+        raise UsageError(f"{where}: no storage file {str(path)!r} (looked for {url!r}); "
+                         f"run `nas search --study {name}` first, or {hint}")
+    storage = open_storage(url)
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as e:  # a file that is not a journal / database
+        raise UsageError(f"{where}: cannot read studies from {url!r} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if name not in names:
+        there = ", ".join(repr(n) for n in sorted(names)) or "none"
+        raise UsageError(f"--study {name!r}: no such study in {url!r} (studies there: {there})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=storage), storage, url
+
+
+@dataclass(frozen=True)
+class Counts:
+    trials: int
+    trained: int  # COMPLETE and trained (feasible by construction)
+    infeasible: int  # COMPLETE, never trained
+    pruned: int
+    failed: int
+    running: int
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def counts(trials: list[FrozenTrial]) -> Counts:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    trained = sum(1 for t in complete if t.user_attrs.get("trained"))
+    return Counts(trials=len(trials), trained=trained, infeasible=len(complete) - trained,
+                  pruned=sum(1 for t in trials if t.state == TrialState.PRUNED),
+                  failed=sum(1 for t in trials if t.state == TrialState.FAIL),
+                  running=sum(1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)))
+
+
+def is_feasible(t: FrozenTrial) -> bool:
+    return feasible(t.user_attrs.get("constraints", [1.0]))
+
+
+def pick_trial(study: optuna.Study, trials: list[FrozenTrial], number: int | None) -> FrozenTrial:
+    """The trial to show: `number`, or the best feasible trained trial."""
+    from nas.search.runner import best_feasible  # imports torch: not at module level (the dashboard needs none)
+
+    ranked = best_feasible(trials)
+    if not ranked:
+        c = counts(trials)
+        raise UsageError(f"--study {study.study_name!r}: no trained trial yet ({c.trials} trials: {c.infeasible} "
+                         f"infeasible, {c.pruned} pruned, {c.failed} failed, {c.running} running); "
+                         f"run `nas search --study {study.study_name}` longer")
+    if number is None:
+        return ranked[0]
+    by_number = {t.number: t for t in trials}
+    if number not in by_number:
+        raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r} "
+                         f"(trial numbers 0..{max(by_number)})")
+    trial = by_number[number]
+    if "arch" not in trial.user_attrs or "costs" not in trial.user_attrs:
+        raise UsageError(f"--trial {number}: records no architecture ({trial.state.name}); "
+                         f"expected a trial that got past sampling, e.g. {ranked[0].number}")
+    return trial
+
+
+def search_accuracy(t: FrozenTrial) -> float | None:
+    """Validation accuracy of the search's short training (None when never trained)."""
+    if t.state == TrialState.COMPLETE and t.user_attrs.get("trained"):
+        return float(t.values[0])
+    acc = t.user_attrs.get("accuracy")  # pruned trials keep their last validation accuracy
+    return float(acc) if acc is not None else None
+
+
+def seed_metrics(study: optuna.Study, trial: FrozenTrial) -> dict:
+    """The seed's five metrics plus Information Density and NetScore, for the search's short
+    training (`search`) and, when the trial was retrained, the final training (`final`).
+
+    Accuracy is validation accuracy for `search` and test accuracy for `final`; Information
+    Density and NetScore use that column's accuracy (Wong's units: %, M params, M macs)."""
+    from nas.cost.metrics import information_density, netscore
+    from nas.search.final import final_record
+
+    costs = trial.user_attrs["costs"]
+
+    def column(accuracy, train: dict) -> dict:
+        d = {"weight_bytes": costs["weight_bytes"], "train_time_s": train.get("train_time_s"),
+             "infer_ms_per_image": train.get("infer_ms_per_image"),
+             "peak_train_mem_bytes": train.get("peak_train_mem_bytes"), "accuracy": accuracy,
+             "information_density": None, "netscore": None}
+        if accuracy is not None:
+            d["information_density"] = information_density(accuracy, costs["params"])
+            score = netscore(accuracy, costs["params"], costs["macs"])
+            d["netscore"] = score if math.isfinite(score) else None
+        return d
+
+    out = {"search": column(search_accuracy(trial), trial.user_attrs.get("train") or {})}
+    record = final_record(study, trial.number)
+    if record is not None:
+        out["final"] = column(record.get("test_accuracy"), record.get("train") or {})
+        out["final"]["val_accuracy"] = record.get("val_accuracy")
+        out["final"]["weights"] = record.get("weights")
+        out["final"]["epochs"] = record.get("epochs")
+    return out

@@ -1,0 +1,177 @@
+"""`nas bench search`: the search against random search and hand-designed nets, same budget.
+
+For each weight budget (default 5MB on search_spaces/default.yaml and 100KB on
+search_spaces/mcu.yaml), on Fashion-MNIST:
+(a) `ladder`: the default search (TPE, zero-cost proxy gate, successive halving);
+(b) `random`: Optuna's RandomSampler, no proxy, no pruning, each candidate trained fully;
+    both get the same wall-clock budget and the same per-candidate fidelity;
+(c) hand-designed baselines that fit the budget, in fp32 (what hand-tuning ships):
+    a width-scaled timm MobileNetV3-small and a ResNet-20-like CIFAR net, width grown in
+    steps of 1/16 until the next step would exceed the budget.
+Every method's best model gets the same final recipe (epochs, images, seed) and is tested
+once on the test split. Printed: best feasible validation accuracy of the search, final
+validation and test accuracy, weight_bytes of the model, per method.
+"""
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from nas.data import load_dataset
+from nas.search.budgets import Budgets
+from nas.search.config import SearchConfig
+from nas.units import format_bytes, parse_bytes, parse_seconds
+
+SPACE_FOR = {"default": "search_spaces/default.yaml", "mcu": "search_spaces/mcu.yaml"}
+
+
+def add_arguments(p):
+    p.add_argument("--targets", default="5MB:default,100KB:mcu",
+                   help="comma-separated BUDGET:SPACE pairs (space: default or mcu)")
+    p.add_argument("--budget", default="6m", help="wall-clock search budget per method and target")
+    p.add_argument("--subset", type=int, default=6000, help="training images per search candidate")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per search candidate")
+    p.add_argument("--final-epochs", type=int, default=5, help="epochs of the common final recipe")
+    p.add_argument("--final-subset", type=int, default=20000, help="training images of the final recipe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def fp32_payload_bytes(model: nn.Module) -> int:
+    """Deployable fp32 bytes of a plain float model: conv/linear weights, BN folded into a bias."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            total += 4 * (m.weight.numel() + m.weight.shape[0])  # weights + (folded or own) bias
+    return total
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+
+def resnet20_like(width: float, in_chs: int, num_classes: int) -> nn.Module:
+    """He et al.'s CIFAR ResNet-20: 3 stages x 3 basic blocks, widths 16/32/64 x `width`."""
+    w = [max(4, int(round(c * width))) for c in (16, 32, 64)]
+    layers = [nn.Conv2d(in_chs, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU()]
+    cin = w[0]
+    for i, c in enumerate(w):
+        for j in range(3):
+            layers.append(_BasicBlock(cin, c, 2 if (j == 0 and i > 0) else 1))
+            cin = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def mobilenetv3_small(width: float, in_chs: int, num_classes: int) -> nn.Module:
+    from timm.models.mobilenetv3 import _gen_mobilenet_v3
+    from timm.layers import make_divisible
+    model = _gen_mobilenet_v3("mobilenetv3_small_100", channel_multiplier=width, pretrained=False,
+                              num_classes=num_classes, in_chans=in_chs)
+    features = make_divisible(1024 * width)  # timm keeps the 1024-wide head fixed; scale it with the rest
+    model.conv_head = nn.Conv2d(model.conv_head.in_channels, features, 1, bias=True)
+    model.classifier = nn.Linear(features, num_classes)
+    return model
+
+
+def widest_fitting(make, budget: int, in_chs: int, num_classes: int):
+    """The largest width in steps of 1/16 whose fp32 payload fits the budget (None if none does)."""
+    best = None
+    for step in range(1, 65):
+        model = make(step / 16, in_chs, num_classes)
+        if fp32_payload_bytes(model) > budget:
+            break
+        best = (step / 16, model)
+    return best
+
+
+def _final(model, args) -> dict:
+    """The final recipe of `nas.search.final.retrain_one`, applied to a hand-designed model."""
+    from nas.train.evaluate import evaluate
+    from nas.train.trainer import train
+    data = load_dataset("fashion-mnist", split_seed=args.seed, subset=args.final_subset, resolution=28)
+    torch.manual_seed(args.seed)
+    result = train(model, data, epochs=args.final_epochs, seed=args.seed, progress=True, measure_inference=False)
+    return {"val_accuracy": result.accuracy, "test_accuracy": evaluate(model, data.test),
+            "train_time_s": round(result.train_time_s, 1)}
+
+
+def run(args) -> int:
+    from nas.search.runner import run_search
+
+    budget_s = parse_seconds(args.budget, "--budget")
+    rows, workdir = [], Path(tempfile.mkdtemp(prefix="nas-bench-search-"))
+    for pair in args.targets.split(","):
+        target_text, _, space_name = pair.partition(":")
+        target = parse_bytes(target_text, "--targets")
+        space = SPACE_FOR.get(space_name or "default")
+        if space is None:
+            from nas.errors import UsageError
+            raise UsageError(f"--targets {pair!r}: unknown space {space_name!r}; expected one of {list(SPACE_FOR)}")
+        data = load_dataset("fashion-mnist", split_seed=args.seed, resolution=28)
+        for method in ("ladder", "random"):
+            _log(f"{format_bytes(target)}: {method} search for {args.budget}")
+            config = SearchConfig(
+                study=f"bench-{space_name}-{method}", storage=f"journal:{workdir / f'{space_name}-{method}.journal'}",
+                space=space, budgets=Budgets(mem=target), sampler="tpe" if method == "ladder" else "random",
+                proxy="naswot" if method == "ladder" else "none", pruner="sh" if method == "ladder" else "none",
+                budget_s=budget_s, seed=args.seed, subset=args.subset, epochs=args.epochs, final_top=1,
+                final_epochs=args.final_epochs, final_subset=args.final_subset)
+            start = time.time()
+            summary = run_search(config, show_progress=True)
+            row = {"target": target, "space": space, "method": method, "trained": summary["trained"],
+                   "infeasible": summary["infeasible"], "pruned": summary["pruned"]}
+            if summary.get("best"):
+                best, final = summary["best"][0], summary["final"][0]
+                row.update(arch=best["arch"], weight_bytes=best["weight_bytes"], search_val_accuracy=best["accuracy"],
+                           val_accuracy=final["val_accuracy"], test_accuracy=final["test_accuracy"])
+            row["wall_s"] = round(time.time() - start, 1)
+            rows.append(row)
+        for name, make in (("mobilenetv3_small", mobilenetv3_small), ("resnet20_like", resnet20_like)):
+            fit = widest_fitting(make, target, data.in_chs, data.num_classes)
+            row = {"target": target, "space": space, "method": f"{name} (hand)"}
+            if fit is None:
+                row["note"] = "no width fits the budget"
+            else:
+                width, model = fit
+                _log(f"{format_bytes(target)}: {name} width {width} ({format_bytes(fp32_payload_bytes(model))} fp32)")
+                row.update(width=width, weight_bytes=fp32_payload_bytes(model), **_final(model, args))
+            rows.append(row)
+    out = {"rows": rows, "budget_per_method": args.budget, "final_epochs": args.final_epochs,
+           "final_subset": args.final_subset, "subset": args.subset, "epochs": args.epochs, "seed": args.seed,
+           "threads": torch.get_num_threads()}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"\nsearch budget {args.budget} per method; final recipe {args.final_epochs} epochs on "
+              f"{args.final_subset} images, seed {args.seed}; Fashion-MNIST, {torch.get_num_threads()} threads")
+        print(f"{'budget':>8} {'method':<26} {'weight':>9} {'search val':>10} {'final val':>9} {'test':>7} {'trained':>7}")
+        for r in rows:
+            sv = f"{r['search_val_accuracy']:.4f}" if "search_val_accuracy" in r else "-"
+            fv = f"{r['val_accuracy']:.4f}" if "val_accuracy" in r else "-"
+            te = f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else "-"
+            wb = format_bytes(r["weight_bytes"]) if "weight_bytes" in r else "-"
+            print(f"{format_bytes(r['target']):>8} {r['method']:<26} {wb:>9} {sv:>10} {fv:>9} {te:>7} "
+                  f"{r.get('trained', '-'):>7}")
+    return 0
+
+
+def _log(message: str) -> None:
+    print(f"nas bench search: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,387 @@
+"""`nas report` and `nas dashboard` on a real study: a short `nas search` on real data (scikit-learn's
+digits, the project's dataset for tiny tests), built once for this module.
+
+The report is opened in headless Chromium, driven over the DevTools protocol on a pipe: every
+plot must draw, the page must look like something (screenshot far from blank), and there must be
+no uncaught exception, no console error and no request leaving the file (it works offline).
+"""
+
+import base64
+import io
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from nas.cli import build_parser, main
+from nas.report.page import Point, pareto_front
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+STUDY = "rep"
+SEARCH = ["search", "--study", STUDY, "--target-mem", "40KB", "--space", "search_spaces/mcu.yaml", "--dataset",
+          "digits", "--trials", "3", "--subset", "64", "--batch-size", "64", "--epochs", "1", "--final-epochs", "1",
+          "--final-subset", "64", "--seed", "1", "--no-progress", "--json"]
+
+
+def _nas(args, cwd, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "nas.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """A folder holding a real searched study `rep` in studies/rep.journal (with a final retraining)."""
+    d = tmp_path_factory.mktemp("report_study")
+    (d / "search_spaces").symlink_to(REPO / "search_spaces")
+    r = _nas(SEARCH, d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["trained"] >= 3 and summary["final"], summary
+    return d
+
+
+@pytest.fixture(scope="module")
+def report(study_dir):
+    """(html text, --json summary, path) of `nas report` run as a user would."""
+    out = study_dir / "out" / "report.html"
+    r = _nas(["report", "--study", STUDY, "-o", str(out), "--json"], study_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out.read_text(encoding="utf-8"), json.loads(r.stdout), out
+
+
+def _study(study_dir):
+    from nas.search.storage import open_storage
+    return optuna.load_study(study_name=STUDY, storage=open_storage(f"journal:{study_dir / 'studies' / 'rep.journal'}"))
+
+
+def _best(study) -> int:
+    from nas.search.runner import best_feasible
+    return best_feasible(study.trials)[0].number
+
+
+# ------------------------------------------------------------------------------ the page
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    pts = [Point(None, a, x) for a, x in [(0.5, 10), (0.6, 20), (0.55, 30), (0.6, 25), (0.7, 40), (0.4, 5)]]
+    assert [(p.accuracy, p.x) for p in pareto_front(pts)] == [(0.4, 5), (0.5, 10), (0.6, 20), (0.7, 40)]
+
+
+def test_report_is_self_contained_and_holds_the_study(report, study_dir):
+    text, summary, path = report
+    study = _study(study_dir)
+    trained = [t for t in study.trials if t.user_attrs.get("trained")]
+    assert summary["report"] == str(path.resolve()) and summary["bytes"] == path.stat().st_size
+    assert summary["trained"] == len(trained) and summary["trials"] == len(study.trials)
+    assert summary["chosen_trial"] == summary["best_trial"] == _best(study)
+    chosen = study.trials[summary["chosen_trial"]]
+    assert summary["arch"] == chosen.user_attrs["arch"]
+    # plotly.js is embedded; nothing is fetched from the network
+    assert len(text) > 3_000_000  # plotly.min.js alone is ~3.5 MB
+    assert "Plotly" in text and not re.search(r"<script[^>]*\bsrc=", text)
+    # every section and the plots' data: ids, every trained trial's arch and hover text, the budget line
+    for div in ("pareto-weight", "pareto-latency", "history", "importance", "layers-figure", "metrics", "layers"):
+        assert f'id="{div}"' in text, div
+    for t in trained:
+        assert t.user_attrs["arch"] in text
+        assert f"trial {t.number} (feasible)" in text
+    assert 'budget weight_bytes \\u003c= 40 KB","x":[40000,40000]' in text  # plotly's JSON escapes '<'
+    infeasible = [t for t in study.trials if t.user_attrs.get("feasible") is False]
+    for t in infeasible:
+        assert f"trial {t.number} (infeasible)" in text
+    # the seed's metrics for the chosen trial, from the search and from the final retraining
+    m = summary["metrics"]
+    assert m["search"]["weight_bytes"] == chosen.user_attrs["costs"]["weight_bytes"]
+    assert m["search"]["accuracy"] == pytest.approx(chosen.values[0])
+    assert m["final"]["accuracy"] == study.user_attrs[f"final:{chosen.number}"]["test_accuracy"]
+    for column in ("search", "final"):
+        for key in ("weight_bytes", "train_time_s", "peak_train_mem_bytes", "accuracy", "information_density",
+                    "netscore"):
+            assert m[column][key] is not None, (column, key)
+    assert m["final"]["infer_ms_per_image"] is not None
+    for label in ("memory footprint", "training time", "inference time", "peak training memory", "accuracy",
+                  "Information Density", "NetScore"):
+        assert label in text
+    # per-layer table rows = the cost model's layers
+    from nas.cost import arch_cost
+    from nas.space import decode
+    layers = arch_cost(decode(chosen.user_attrs["arch"])).layers
+    assert text.count("<tr>", text.index('id="layers"')) == len(layers) + 1
+
+
+def test_report_can_show_another_trial(study_dir, tmp_path, monkeypatch, capsys):
+    study = _study(study_dir)
+    # an infeasible trial if there is one: never trained, but its layers are still priced
+    candidates = [t for t in study.trials if "arch" in t.user_attrs and t.number != _best(study)]
+    other = min(candidates, key=lambda t: (t.user_attrs.get("trained", False), t.number))
+    monkeypatch.chdir(study_dir)
+    rc = main(["report", "--study", STUDY, "--trial", str(other.number), "-o", str(tmp_path / "r.html"), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["chosen_trial"] == other.number and summary["arch"] == other.user_attrs["arch"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--study", "nope"], "--study 'nope': no storage file"),
+    (["--study", "nope", "--storage", "journal:{dir}/studies/rep.journal"], "--study 'nope': no such study"),
+    (["--study", STUDY, "--trial", "9999"], "--trial 9999: no such trial"),
+    (["--study", STUDY, "--storage", "not-a-url"], "not a storage URL"),
+    (["--study", STUDY, "--storage", "sqlite:///{dir}/missing.db"], "no storage file"),
+])
+def test_report_usage_errors_are_one_line_exit_2(study_dir, tmp_path, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(study_dir)
+    args = [a.format(dir=study_dir) for a in args]
+    assert main(["report", *args, "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r.html").exists()
+    assert not (study_dir / "studies" / "nope.journal").exists()  # reading never creates a storage
+
+
+def test_report_of_a_study_without_trained_trials_is_a_usage_error(tmp_path, capsys):
+    from nas.search.storage import open_storage
+    url = f"journal:{tmp_path / 'empty.journal'}"
+    study = optuna.create_study(study_name="empty", storage=open_storage(url), directions=["maximize"])
+    study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs={
+        "arch": "x", "costs": {"weight_bytes": 1}, "constraints": [1.0], "feasible": False, "trained": False}))
+    assert main(["report", "--study", "empty", "--storage", url, "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "no trained trial yet (1 trials: 1 infeasible" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------ Chromium
+
+
+class DevTools:
+    """Headless Chromium over the DevTools protocol on a pipe (`--remote-debugging-pipe`: the
+    browser reads NUL-terminated JSON commands on fd 3 and writes replies and events on fd 4)."""
+
+    def __init__(self, user_data_dir: Path, width: int, height: int):
+        import fcntl
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        # above 9, so that the child's dup2 onto 3 and 4 cannot clobber one another
+        child_in, child_out = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_r, from_w))
+        for fd in (to_r, from_w):
+            os.close(fd)
+
+        def wire():  # in the child, before exec; close_fds then keeps only 0-2 and pass_fds
+            os.dup2(child_in, 3)
+            os.dup2(child_out, 4)
+
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--hide-scrollbars", "--remote-debugging-pipe", f"--user-data-dir={user_data_dir}",
+                 f"--window-size={width},{height}", "about:blank"]
+        self.proc = subprocess.Popen([CHROMIUM, *flags], pass_fds=(3, 4), preexec_fn=wire,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(child_in)
+        os.close(child_out)
+        self._w, self._r = to_w, from_r
+        self._id = 0
+        self.events: queue.Queue = queue.Queue()
+        self._replies: dict = {}
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.session = None
+
+    def _read(self):
+        buf = b""
+        while chunk := os.read(self._r, 1 << 16):
+            buf += chunk
+            *messages, buf = buf.split(b"\0")
+            for raw in messages:
+                msg = json.loads(raw)
+                if "id" in msg:
+                    with self._cond:
+                        self._replies[msg["id"]] = msg
+                        self._cond.notify_all()
+                else:
+                    self.events.put(msg)
+
+    def send(self, method: str, timeout: float = 60, **params) -> dict:
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params}
+        if self.session and not method.startswith(("Target.", "Browser.")):
+            msg["sessionId"] = self.session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._id in self._replies, timeout):
+                raise TimeoutError(f"no reply to {method} in {timeout} s")
+            reply = self._replies.pop(self._id)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    def open_page(self):
+        page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.send(f"{domain}.enable")
+
+    def evaluate(self, expression: str):
+        return self.send("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def drain(self) -> list[dict]:
+        out = []
+        while not self.events.empty():
+            out.append(self.events.get_nowait())
+        return out
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=10)
+        except (OSError, TimeoutError, RuntimeError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._w)
+
+
+def _problems(events: list[dict]) -> list[str]:
+    """Uncaught exceptions, console errors, error log entries and requests that leave the file."""
+    out = []
+    for e in events:
+        method, p = e.get("method"), e.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            details = p["exceptionDetails"]
+            out.append(f"uncaught: {details.get('exception', {}).get('description') or details.get('text')}")
+        elif method == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert"):
+            out.append(f"console.{p['type']}: {[a.get('value', a.get('description')) for a in p['args']]}")
+        elif method == "Log.entryAdded" and p["entry"]["level"] == "error":
+            out.append(f"log: {p['entry']['text']} ({p['entry'].get('url', '')})")
+        elif method == "Network.requestWillBeSent" and not p["request"]["url"].startswith(("file:", "data:", "blob:")):
+            out.append(f"network request: {p['request']['url']}")
+    return out
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (Debian package chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    _, _, path = report
+    browser = DevTools(tmp_path / "chromium-profile", 1200, 2400)
+    try:
+        browser.open_page()
+        browser.send("Emulation.setDeviceMetricsOverride", width=1200, height=2400, deviceScaleFactor=1, mobile=False)
+        browser.send("Page.navigate", url=path.resolve().as_uri())
+        deadline, loaded, events = time.time() + 60, False, []
+        while not loaded and time.time() < deadline:
+            try:
+                e = browser.events.get(timeout=1)
+            except queue.Empty:
+                continue
+            events.append(e)
+            loaded = e.get("method") == "Page.loadEventFired"
+        assert loaded, "report did not load in 60 s"
+        drawn = "[...document.querySelectorAll('.plotly-graph-div')].map(d => !!d.querySelector('.main-svg .plot'))"
+        for _ in range(100):  # plotly draws right after load; give it a bounded moment
+            status = browser.evaluate(drawn)
+            if status and all(status):
+                break
+            time.sleep(0.1)
+        assert status and all(status), f"plots not drawn: {status}"
+        n_plots = len(status)
+        points = browser.evaluate("document.querySelectorAll('.plotly-graph-div .scatterlayer .point').length")
+        bars = browser.evaluate("document.querySelectorAll('.plotly-graph-div .barlayer .point').length")
+        png = base64.b64decode(browser.send("Page.captureScreenshot", format="png")["data"])
+        time.sleep(0.2)
+        events += browser.drain()
+    finally:
+        browser.close()
+    (tmp_path / "report.png").write_bytes(png)
+    assert _problems(events) == []
+    assert n_plots >= 4  # Pareto (weight_bytes), history, importances (3 trained trials), per layer
+    assert points >= 4 and bars >= 10
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert image.shape[:2] == (2400, 1200)
+    ink = (image.min(axis=2) < 230).mean()  # plot areas, markers, text: not the white page
+    colours = len(np.unique(image.reshape(-1, 3)[::7], axis=0))
+    assert ink > 0.10 and colours > 50, (ink, colours)
+
+
+# ------------------------------------------------------------------------------ dashboard
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_dashboard_defaults_to_loopback():
+    args = build_parser("dashboard").parse_args(["dashboard", "--study", "s"])
+    assert args.host == "127.0.0.1" and args.port == 8080
+
+
+def test_dashboard_serves_the_study_on_loopback(study_dir):
+    port = _free_port()
+    storage = f"journal:{study_dir / 'studies' / 'rep.journal'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "nas.cli", "dashboard", "--study", STUDY, "--storage", storage,
+                             "--port", str(port)], cwd=study_dir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        studies = None
+        for _ in range(120):  # bounded: 60 s
+            if proc.poll() is not None:
+                break
+            try:
+                studies = _get_json(f"http://127.0.0.1:{port}/api/studies")
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, f"dashboard did not answer (rc {proc.poll()})"
+        listed = {s["study_name"]: s for s in studies["study_summaries"]}
+        assert STUDY in listed
+        assert any(a["key"] == "identity" for a in listed[STUDY]["user_attrs"])
+        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{listed[STUDY]['study_id']}")
+        trained = [t for t in _study(study_dir).trials if t.user_attrs.get("trained")]
+        shown = {t["number"]: {a["key"]: a["value"] for a in t["user_attrs"]} for t in detail["trials"]}
+        for t in trained:  # the arch string and costs are on every trial the dashboard shows
+            assert shown[t.number]["arch"] == t.user_attrs["arch"]
+            assert json.loads(shown[t.number]["costs"])["weight_bytes"] == t.user_attrs["costs"]["weight_bytes"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=5) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert f"http://127.0.0.1:{port}/dashboard/studies/" in err
+
+
+def test_dashboard_busy_port_and_missing_study_are_usage_errors(study_dir, monkeypatch, capsys):
+    monkeypatch.chdir(study_dir)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["dashboard", "--study", STUDY, "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--port {port}: cannot listen there" in err and len(err.splitlines()) == 1, err
+    assert main(["dashboard", "--study", "nope", "--storage", f"journal:{study_dir / 'studies' / 'rep.journal'}"]) == 2
+    assert "--study 'nope': no such study" in capsys.readouterr().err
