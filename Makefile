@@ -16,6 +16,8 @@ setup: .venv/.installed /usr/share/datasets/fashion-mnist
 
 search: setup
 	.venv/bin/nas search --target-mem 5MB
+	.venv/bin/nas report --study nas -o report.html
+	.venv/bin/nas export --study nas --best -o out/
 
 test: setup
 	$(PY) -m pytest -q

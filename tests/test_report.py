@@ -271,7 +271,45 @@ def _problems(events: list[dict]) -> list[str]:
     return out
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (Debian package chromium)")
+def _load(browser: DevTools, path: Path) -> list[dict]:
+    """Navigate to `path` and return the events up to the load event (bounded: 60 s)."""
+    browser.send("Emulation.setDeviceMetricsOverride", width=1200, height=2400, deviceScaleFactor=1, mobile=False)
+    browser.send("Page.navigate", url=path.resolve().as_uri())
+    deadline, events = time.time() + 60, []
+    while time.time() < deadline:
+        try:
+            events.append(browser.events.get(timeout=1))
+        except queue.Empty:
+            continue
+        if events[-1].get("method") == "Page.loadEventFired":
+            return events
+    raise AssertionError(f"{path} did not load in 60 s")
+
+
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason=f"{CHROMIUM} not installed (Debian package chromium)")
+
+
+@needs_chromium
+def test_devtools_check_catches_broken_pages(tmp_path):
+    """The detector itself: a page with an exception, a console error and a network request."""
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><img src='http://127.0.0.1:9/x.png'>"
+                    "<script>console.error('bad thing'); undefinedFunction();</script></body></html>")
+    browser = DevTools(tmp_path / "chromium-profile", 1200, 2400)
+    try:
+        browser.open_page()
+        events = _load(browser, page)
+        time.sleep(0.5)
+        problems = _problems(events + browser.drain())
+    finally:
+        browser.close()
+    assert any("undefinedFunction" in p for p in problems), problems
+    assert any("console.error" in p and "bad thing" in p for p in problems), problems
+    assert any(p.startswith("network request: http://127.0.0.1:9/") for p in problems), problems
+
+
+@needs_chromium
 def test_report_renders_in_headless_chromium(report, tmp_path):
     from PIL import Image
 
@@ -279,25 +317,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     browser = DevTools(tmp_path / "chromium-profile", 1200, 2400)
     try:
         browser.open_page()
-        browser.send("Emulation.setDeviceMetricsOverride", width=1200, height=2400, deviceScaleFactor=1, mobile=False)
-        browser.send("Page.navigate", url=path.resolve().as_uri())
-        deadline, loaded, events = time.time() + 60, False, []
-        while not loaded and time.time() < deadline:
-            try:
-                e = browser.events.get(timeout=1)
-            except queue.Empty:
-                continue
-            events.append(e)
-            loaded = e.get("method") == "Page.loadEventFired"
-        assert loaded, "report did not load in 60 s"
-        drawn = "[...document.querySelectorAll('.plotly-graph-div')].map(d => !!d.querySelector('.main-svg .plot'))"
-        for _ in range(100):  # plotly draws right after load; give it a bounded moment
+        events = _load(browser, path)
+        drawn = "[...document.querySelectorAll('.plotly-graph-div')].map(d => !!d.querySelector('.main-svg .trace'))"
+        for _ in range(100):  # plotly draws during load; give it a bounded moment more
             status = browser.evaluate(drawn)
             if status and all(status):
                 break
             time.sleep(0.1)
         assert status and all(status), f"plots not drawn: {status}"
-        n_plots = len(status)
         points = browser.evaluate("document.querySelectorAll('.plotly-graph-div .scatterlayer .point').length")
         bars = browser.evaluate("document.querySelectorAll('.plotly-graph-div .barlayer .point').length")
         png = base64.b64decode(browser.send("Page.captureScreenshot", format="png")["data"])
@@ -307,8 +334,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         browser.close()
     (tmp_path / "report.png").write_bytes(png)
     assert _problems(events) == []
-    assert n_plots >= 4  # Pareto (weight_bytes), history, importances (3 trained trials), per layer
-    assert points >= 4 and bars >= 10
+    assert len(status) >= 4  # Pareto (weight_bytes), history, importances (3 trained trials), per layer
+    assert points >= 8 and bars >= 10, (points, bars)
     image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert image.shape[:2] == (2400, 1200)
     ink = (image.min(axis=2) < 230).mean()  # plot areas, markers, text: not the white page
@@ -385,3 +412,27 @@ def test_dashboard_busy_port_and_missing_study_are_usage_errors(study_dir, monke
     assert f"--port {port}: cannot listen there" in err and len(err.splitlines()) == 1, err
     assert main(["dashboard", "--study", "nope", "--storage", f"journal:{study_dir / 'studies' / 'rep.journal'}"]) == 2
     assert "--study 'nope': no such study" in capsys.readouterr().err
+
+
+def test_report_shows_predicted_latency_with_a_device_profile(study_dir, tmp_path, monkeypatch, capsys):
+    """With a device profile (here a synthetic one: every coefficient 0.01 ms per feature unit), the
+    latency Pareto plot and the per-layer latency appear; without one, a note says so."""
+    latency = pytest.importorskip("nas.cost.latency")
+    profile = latency.Profile(coefs={t: tuple(0.01 for _ in f) for t, f in latency.TERMS.items()},
+                              machine={"threads": 1, "host": "test"})
+    monkeypatch.setenv("NAS_PROFILE", str(latency.save_profile(profile, tmp_path / "profile.json")))
+    monkeypatch.chdir(study_dir)
+    assert main(["report", "--study", STUDY, "-o", str(tmp_path / "r.html"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "pareto-latency" in summary["figures"] and summary["notes"] == []
+    chosen = _study(study_dir).trials[summary["chosen_trial"]]
+    from nas.space import decode
+    assert summary["latency_ms"] == pytest.approx(latency.predict(decode(chosen.user_attrs["arch"]), profile).total_ms)
+    text = (tmp_path / "r.html").read_text()
+    assert "latency ms (predicted)" in text and "no device profile" not in text
+
+    monkeypatch.setenv("NAS_PROFILE", str(tmp_path / "absent.json"))
+    assert main(["report", "--study", STUDY, "-o", str(tmp_path / "r.html"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "pareto-latency" not in summary["figures"]
+    assert any(n.startswith("no device profile") for n in summary["notes"]), summary["notes"]

@@ -256,11 +256,20 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
                              for name in FILES}
         manifest["manifest_sha256"] = _manifest_digest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        _default_permissions(tmp)  # mkdtemp makes 0700, safetensors 0600: a bundle is meant to be shared
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _default_permissions(d: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(d, 0o777 & ~umask)
+    for f in d.iterdir():
+        os.chmod(f, 0o666 & ~umask)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -133,6 +133,8 @@ def _dequantized(rec: LayerRecord) -> torch.Tensor:
     g = rec.geom
     if g.bits in (16, 32):
         w = torch.from_numpy(rec.weight.astype(np.float32))
+        if rec.scale is not None:  # a layout that keeps a 16-bit layer's BatchNorm scale apart
+            w = w * torch.from_numpy(rec.scale.copy()).reshape((-1,) + (1,) * (w.dim() - 1))
     else:
         levels = 2 ** g.bits - 1
         codes = torch.from_numpy(rec.weight.astype(np.float32))  # (C_out, row)

@@ -6,6 +6,8 @@ reads its output (g = 1, t = 0 without one; an own bias b adds b · g)::
 
     32 bit   W · g                                 float32
     16 bit   half(half(W) · g)                     the fake-quant weight, folded, rounded to fp16
+             again (relative error up to 2^-11 per weight: see nas.export.deploy); if the
+             layout gives 16-bit layers a scale, half(W) unchanged and scale g instead
     2..8     codes q = round((2^k - 1) · (tanh W / (2 m_c) + 1/2))   (DoReFa, `nas.quant`),
              scale s_c = m_c · g_c; the weight is  s_c · (2 q / (2^k - 1) - 1)
     1 bit    sign(W) packed (kernels' layout), scale s_c = mean|W|_c · g_c
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nas.cost import layout
 from nas.export.payload import LayerGeometry, LayerRecord
 from nas.kernels import reference
 from nas.quant import BinaryConv2d, QuantConv2d, QuantLinear, binary_scale, dorefa_scale, packed_kernels
@@ -134,7 +137,10 @@ def layer_record(name: str, m: nn.Module, bn: nn.BatchNorm2d | None) -> LayerRec
         scale = None
         if geom.bits == 32:
             weight = (w * _per_channel(g, w)).float().numpy()
-        elif geom.bits == 16:
+        elif geom.bits == 16 and layout.scale_bytes(16, geom.c_out):  # a layout with a 16-bit scale:
+            scale = g  # the fp16 weights stay the fake-quant weights exactly, BatchNorm in the scale
+            weight = m.quant_weight().detach().half().numpy()
+        elif geom.bits == 16:  # BatchNorm folded into fp16 weights: a second fp16 rounding
             folded = m.quant_weight().detach() * _per_channel(g, w)
             weight = folded.clamp(-HALF_MAX, HALF_MAX).half().numpy()
         elif geom.bits == 1:

@@ -28,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", help="Optuna storage URL (default journal file studies/<study>.journal)")
     p.add_argument("--host", default=LOOPBACK, help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free port, printed)")
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -63,14 +63,15 @@ def serve(storage, host: str, port: int):
 def run(args) -> int:
     from nas.report.study import open_study
 
-    if not 1 <= args.port <= 65535:
-        raise UsageError(f"--port {args.port}: expected a port number in 1..65535")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: expected a port number in 0..65535 (0: any free port)")
     study, storage, url = open_study(args.study, args.storage)
     server = serve(storage, args.host, args.port)
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
+    study_id = storage.get_study_id_from_name(study.study_name)
     print(f"nas: optuna-dashboard for study {study.study_name!r} ({url}) at "
-          f"http://{shown}:{port}/dashboard/studies/{storage.get_study_id_from_name(study.study_name)} (Ctrl-C stops)", file=sys.stderr, flush=True)
+          f"http://{shown}:{port}/dashboard/studies/{study_id} (Ctrl-C stops)", file=sys.stderr, flush=True)
     if not _is_loopback(args.host):
         print(f"nas: warning: listening on {args.host}: anyone who can reach this machine can read and change "
               f"the study", file=sys.stderr, flush=True)

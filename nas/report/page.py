@@ -30,29 +30,33 @@ from nas.search.runner import best_feasible
 from nas.units import format_bytes, format_count, format_seconds
 
 MIN_IMPORTANCE_TRIALS = 3  # fANOVA on fewer trained trials says nothing
+LOG_SPAN = 20  # a Pareto plot's cost axis turns logarithmic when its values span more than this factor
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 FEASIBLE, PARETO, PRUNED, INFEASIBLE, CHOSEN, BUDGET = "#1f77b4", "#2ca02c", "#7f7f7f", "#d62728", "#ff7f0e", "#d62728"
 
 
 class Latency:
-    """Predicted latency from the device profile written by `nas calibrate` (`nas.cost.latency`).
+    """Predicted latency from the device profile `nas calibrate` wrote (`nas.cost.latency`,
+    default profile or `$NAS_PROFILE`).
 
-    Absent module or profile: `reason` says why and every prediction is None; the report shows
-    "no device profile" instead of a latency figure."""
+    No module, no profile or a profile this version cannot read: `reason` says why, every
+    prediction is None, and the report shows "no device profile" in place of latency figures."""
 
     def __init__(self):
         self.reason: str | None = None
         self._module = self._profile = None
+        self._cache: dict = {}
         try:
             from nas.cost import latency
         except ImportError:
             self.reason = "no device profile (this install has no latency model)"
             return
         try:
-            self._profile = latency.load_profile()
+            self._profile = latency.require_profile()
         except Exception as e:  # missing, corrupt or foreign-version profile: the report goes on
-            self.reason = f"no device profile ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.reason = message if message.startswith("no device profile") else f"no device profile ({message})"
             return
         self._module = latency
 
@@ -60,20 +64,30 @@ class Latency:
     def available(self) -> bool:
         return self._module is not None
 
+    def predict(self, arch: str, cost=None):
+        """`nas.cost.latency.Prediction` (total_ms, layers[i].ms) of an arch string, or None."""
+        if not self.available:
+            return None
+        if arch not in self._cache:
+            from nas.space import decode
+            try:
+                self._cache[arch] = self._module.predict(decode(arch), self._profile, cost)
+            except Exception as e:  # a profile that cannot price some op: report it, show the rest
+                self.reason = f"the latency model failed ({type(e).__name__}: {e})"
+                self._cache[arch] = None
+        return self._cache[arch]
+
     def total(self, trial: FrozenTrial) -> float | None:
-        """latency_ms recorded by the search, else predicted from the arch string."""
+        """latency_ms the search recorded (predicted then), else predicted now from the arch string."""
         recorded = trial.user_attrs.get("costs", {}).get("latency_ms")
         if recorded is not None:
             return float(recorded)
-        if not self.available or "arch" not in trial.user_attrs:
-            return None
-        from nas.space import decode
-        return float(self._module.latency_ms(decode(trial.user_attrs["arch"]), self._profile))
+        prediction = self.predict(trial.user_attrs["arch"]) if "arch" in trial.user_attrs else None
+        return None if prediction is None else float(prediction.total_ms)
 
-    def layers(self, layers) -> list[float] | None:
-        if not self.available or not hasattr(self._module, "layer_latency_ms"):
-            return None
-        return [float(self._module.layer_latency_ms(layer, self._profile)) for layer in layers]
+    def layers(self, arch: str, cost) -> list[float] | None:
+        prediction = self.predict(arch, cost)
+        return None if prediction is None else [float(layer.ms) for layer in prediction.layers]
 
 
 @dataclass
@@ -85,7 +99,7 @@ class Point:
 
 @dataclass
 class Report:
-    """Everything the page shows; `to_json` is what `nas report --json` prints."""
+    """Everything the page shows (`nas.report.cli` turns it into the --json summary)."""
 
     study: optuna.Study
     storage: str
@@ -124,7 +138,7 @@ def _scatter(points: list[Point], name: str, what: str, **marker) -> go.Scatter:
 
 
 def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget: float | None,
-                  budget_text: str, log_x: bool) -> tuple[go.Figure, list[int]]:
+                  budget_text: str) -> tuple[go.Figure, list[int]]:
     """Accuracy vs one cost; returns the figure and the Pareto trials' numbers."""
     trained, pruned, infeasible = [], [], []
     for t in trials:
@@ -160,14 +174,17 @@ def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget:
                                  line=dict(color=BUDGET, dash="dash"), hoverinfo="name"))
     fig.update_layout(xaxis_title=x_title, yaxis_title="validation accuracy (search)", height=460,
                       margin=dict(l=60, r=20, t=30, b=50), legend=dict(orientation="h", y=-0.18))
-    if log_x:
+    xs = [p.x for p in trained + pruned + infeasible if p.x > 0] + ([budget] if budget else [])
+    if xs and max(xs) > LOG_SPAN * min(xs):  # costs spanning decades: log axis
         fig.update_xaxes(type="log")
+    fig.update_xaxes(tickformat="~s")  # 20k, 1.5M: SI, as the units module prints sizes
     return fig, [p.trial.number for p in front]
 
 
 def history_figure(study: optuna.Study) -> go.Figure:
-    fig = optuna.visualization.plot_optimization_history(study, target=lambda t: t.values[0],
-                                                         target_name="validation accuracy")
+    # optuna draws its best-value line only without a target, i.e. for single-objective studies
+    target = None if len(study.directions) == 1 else (lambda t: t.values[0])
+    fig = optuna.visualization.plot_optimization_history(study, target=target, target_name="validation accuracy")
     fig.update_layout(height=420, title=None, margin=dict(l=60, r=20, t=30, b=50))
     return fig
 
@@ -234,18 +251,18 @@ def build(study: optuna.Study, storage: str, trial_number: int | None) -> Report
 
     mem = budgets.get("mem")
     fig, report.pareto = pareto_figure(trials, chosen, weight, "weight_bytes (deployable weight payload, B)", mem,
-                                       f"budget weight_bytes <= {format_bytes(mem)}" if mem else "", log_x=True)
+                                       f"budget weight_bytes <= {format_bytes(mem)}" if mem else "")
     report.figures["pareto-weight"] = ("Accuracy vs weight_bytes", fig, None)
 
     lat_budget = budgets.get("latency_ms")
     have_latency = latency.available or any("latency_ms" in t.user_attrs.get("costs", {}) for t in trials)
     if have_latency:
         fig, _ = pareto_figure(trials, chosen, latency.total, "latency_ms (predicted)", lat_budget,
-                               f"budget latency_ms <= {lat_budget:.3g} ms" if lat_budget else "", log_x=True)
+                               f"budget latency_ms <= {lat_budget:.3g} ms" if lat_budget else "")
         report.figures["pareto-latency"] = ("Accuracy vs predicted latency", fig, None)
     else:
-        report.figures["pareto-latency"] = ("Accuracy vs predicted latency", None,
-                                            f"{latency.reason}: run `nas calibrate` on the target device")
+        hint = "" if "nas calibrate" in latency.reason else "; run `nas calibrate` on the target device"
+        report.figures["pareto-latency"] = ("Accuracy vs predicted latency", None, latency.reason + hint)
 
     report.figures["history"] = ("Optimisation history", history_figure(study), None)
     fig, note = importance_figure(study, trials)
@@ -253,10 +270,7 @@ def build(study: optuna.Study, storage: str, trial_number: int | None) -> Report
 
     cost = arch_cost(decode(chosen.user_attrs["arch"]))
     report.layers = list(cost.layers)
-    try:
-        report.layer_latency = latency.layers(cost.layers)
-    except Exception as e:  # a profile that cannot price some op: show the rest
-        latency.reason = f"latency model failed on this trial ({type(e).__name__}: {e})"
+    report.layer_latency = latency.layers(chosen.user_attrs["arch"], cost)
     no_latency = None
     if report.layer_latency is None:
         no_latency = f"per-layer latency: {latency.reason or 'the latency model gives no per-layer figures'}"
@@ -312,7 +326,10 @@ def _metrics_table(metrics: dict) -> str:
     for key, label, kind in METRIC_ROWS:
         cells = "".join(f'<td class="num">{html.escape(_fmt(metrics[c].get(key), kind))}</td>' for c, _ in cols)
         rows.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
-    return f'<table id="metrics"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>'
+    return (f'<table id="metrics"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>'
+            "<p class='small'>-: not measured (search trials skip the inference timing; the final retraining "
+            "measures it). Information Density and NetScore use each column's accuracy in %, params and macs in "
+            "millions (Wong, arXiv:1806.05512).</p>")
 
 
 def _layers_table(layers, latency_ms) -> str:
@@ -378,8 +395,9 @@ def render(report: Report) -> str:
         f"<h2>Trial {t.number}{' (best feasible)' if t.number == report.best else ''}</h2>",
         f"<p><code id='arch'>{html.escape(t.user_attrs['arch'])}</code></p>",
         f"<p class='small'>params {costs['params']:,} · macs {costs['macs']:,} · weight_bytes "
-        f"{costs['weight_bytes']:,} · peak_act_bytes {costs['peak_act_bytes']:,} (at {html.escape(str(costs.get('peak_act_at', '?')))}, input counted) "
-        f"· mem_access {costs['mem_access']:,} elements / {costs['mem_access_bytes']:,} B · bops {costs['bops']:,} · "
+        f"{costs['weight_bytes']:,} · peak_act_bytes {costs['peak_act_bytes']:,} "
+        f"(at {html.escape(str(costs.get('peak_act_at', '?')))}, input counted) · mem_access "
+        f"{costs['mem_access']:,} elements / {costs['mem_access_bytes']:,} B · bops {costs['bops']:,} · "
         f"latency {'-' if lat is None else f'{lat:.3g} ms (predicted)'}</p>",
         "<h3>The seed's metrics</h3>", _metrics_table(report.metrics),
     ]

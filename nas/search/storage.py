@@ -4,7 +4,7 @@ Default: an Optuna journal file ``studies/<study>.journal`` — append-only with
 safe for several local worker processes (no "database is locked"), readable by
 optuna-dashboard. Any Optuna RDB URL (``postgresql://...``, ``sqlite:///...``) is used as
 given; RDB storages get heartbeats, so a dead worker's RUNNING trial is marked FAIL and its
-architecture re-enqueued (`RetryFailedTrialCallback`).
+architecture re-enqueued (`RetryHeartbeatStaleTrialCallback`).
 
 Journal files have no heartbeat; instead every trial records its worker (host, pid), and
 `fail_dead_local_trials` marks RUNNING trials of dead local processes FAIL and re-enqueues
@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 from optuna.trial import TrialState
 
@@ -46,7 +46,7 @@ def open_storage(url: str):
                          f"or an RDB URL like postgresql://user:pw@host/db or sqlite:///file.db")
     try:
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                           engine_kwargs=_engine_kwargs(url))
     except Exception as e:  # sqlalchemy raises many types for bad URLs / unreachable servers
         raise UsageError(f"--storage {url!r}: cannot connect ({type(e).__name__}: {str(e).splitlines()[0]})") from None

@@ -1,0 +1,166 @@
+"""`nas export --study S [--storage URL] (--best | --trial N) -o DIR`: a deployable bundle.
+
+The trial's finally-retrained weights (study attribute ``final:<n>``) are exported. A trial
+without them is retrained first at the study's final fidelity (`nas.search.final.retrain_one`,
+the same function `nas search` uses, so the record lands in the study for next time);
+``--no-retrain`` makes that an error instead. The accuracy in the manifest is measured on
+the dataset's test split with the same normalisation the weights were trained with.
+
+Refuses (exit 2) when the payload exceeds the study's ``--target-mem``: first on the
+predicted size before any retraining, then on the bytes actually packed.
+"""
+
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from nas.errors import UsageError
+from nas.units import format_bytes
+
+
+def add_arguments(p):
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default journal file studies/<study>.journal)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", action="store_true", help="the best feasible trained trial")
+    which.add_argument("--trial", type=int, help="trial number")
+    p.add_argument("-o", "--output", required=True, help="bundle directory to write (must not exist or be empty)")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
+    p.add_argument("--no-retrain", action="store_true",
+                   help="fail instead of retraining a trial that has no final weights")
+    p.add_argument("--json", action="store_true", help="print the manifest as one JSON object on stdout")
+
+
+def open_study(name: str, storage_url: str | None):
+    """Load an existing study (never creates one, nor an empty journal file)."""
+    import optuna
+
+    from nas.search.storage import default_url, open_storage
+
+    url = storage_url or default_url(name)
+    if (url.startswith("journal:") or url.endswith(".journal")) and not Path(url.removeprefix("journal:")).is_file():
+        raise UsageError(f"--study {name!r}: no journal file {url.removeprefix('journal:')}; expected a study "
+                         f"written by `nas search --study {name}` here, or pass --storage")
+    storage = open_storage(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=storage), url
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise UsageError(f"--study {name!r}: not in {url}; expected one of {names}") from None
+
+
+def study_config(study):
+    """The study's `SearchConfig`, rebuilt from its ``config`` attribute."""
+    from nas.search.budgets import Budgets
+    from nas.search.config import SearchConfig
+
+    stored = study.user_attrs.get("config")
+    if not isinstance(stored, dict) or "identity" not in study.user_attrs:
+        raise UsageError(f"--study {study.study_name!r}: has no nas configuration; expected a study made by `nas search`")
+    known = {f.name for f in fields(SearchConfig)}
+    dropped = sorted(set(stored) - known)
+    if dropped:  # written by another version of nas: say so, keep what this version knows
+        print(f"nas: note: study config keys unknown to this version ignored: {dropped}", file=sys.stderr)
+    kwargs = {k: v for k, v in stored.items() if k in known and k != "budgets"}
+    return SearchConfig(budgets=Budgets(**stored.get("budgets", {})), **kwargs)
+
+
+def pick_trial(study, best: bool, number: int | None):
+    from optuna.trial import TrialState
+
+    from nas.search.runner import best_feasible
+
+    trials = study.get_trials(deepcopy=False)
+    if best:
+        ranked = best_feasible(trials)
+        if not ranked:
+            raise UsageError(f"--best: study {study.study_name!r} has no trained feasible trial yet; "
+                             f"run `nas search --study {study.study_name}` longer, or pass --trial N")
+        return ranked[0]
+    match = [t for t in trials if t.number == number]
+    if not match:
+        raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r}; expected 0..{len(trials) - 1}")
+    t = match[0]
+    if t.state != TrialState.COMPLETE or "arch" not in t.user_attrs:
+        raise UsageError(f"--trial {number}: the trial is {t.state.name} without a recorded architecture; "
+                         f"expected a COMPLETE trial")
+    return t
+
+
+def _weights_path(record: dict, url: str, study_name: str) -> Path:
+    p = Path(record["weights"])
+    if p.is_file():
+        return p
+    journal = Path(url.removeprefix("journal:"))
+    alt = journal.parent / study_name / p.name  # studies/<study>.journal beside studies/<study>/
+    if not p.is_absolute() and alt.is_file():
+        return alt
+    raise UsageError(f"trial {record['trial']}: final weights {record['weights']} not found (relative paths are "
+                     f"relative to where `nas search` ran); expected the file written by the final retraining")
+
+
+def run(args) -> int:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from nas.build import build_model
+    from nas.cost import arch_cost
+    from nas.data import load_dataset
+    from nas.export.bundle import check_budget, export_model
+    from nas.search.final import final_record, retrain_one
+    from nas.space import decode
+
+    study, url = open_study(args.study, args.storage)
+    config = study_config(study)
+    identity = study.user_attrs["identity"]
+    budget = (identity.get("budgets") or {}).get("mem")
+    trial = pick_trial(study, args.best, args.trial)
+    arch_string = trial.user_attrs["arch"]
+    arch = decode(arch_string)
+    check_budget(arch_cost(arch).weight_bytes, budget, "the study's --target-mem (predicted weight_bytes)")
+
+    record = final_record(study, trial.number)
+    if record is None:
+        if args.no_retrain:
+            raise UsageError(f"trial {trial.number}: no final weights (study attribute final:{trial.number}); "
+                             f"drop --no-retrain to retrain it at the study's final fidelity")
+        print(f"nas: trial {trial.number} has no final weights; retraining at the study's final fidelity",
+              file=sys.stderr)
+        record = retrain_one(study, config, trial)
+    path = _weights_path(record, url, study.study_name)
+    with safe_open(str(path), "pt") as f:
+        stored_arch = (f.metadata() or {}).get("arch")
+    if stored_arch != arch_string:
+        raise UsageError(f"{path}: weights of arch {stored_arch!r}; expected trial {trial.number}'s {arch_string!r}")
+    model = build_model(arch)
+    model.load_state_dict(load_file(str(path)))
+    seed, subset = record.get("seed", config.seed), record.get("subset", config.final_subset)
+    data = load_dataset(config.dataset, config.data_dir, split_seed=seed, subset=subset, resolution=arch.resolution)
+    torch.manual_seed(seed)
+    info = {"study": study.study_name, "storage": url, "trial": trial.number, "dataset": config.dataset,
+            "seed": seed, "final_epochs": record.get("epochs"), "final_subset": subset,
+            "val_accuracy": record.get("val_accuracy"), "search_val_accuracy": trial.values[0] if trial.values else None,
+            "retrain_test_accuracy": record.get("test_accuracy"), "weights_source": str(path)}
+    manifest = export_model(model, args.output, data.test, space=identity.get("space"),
+                            scaling=trial.user_attrs.get("scaling"), budget_bytes=budget, info=info, force=args.force)
+    if args.json:
+        print(json.dumps({"bundle": str(args.output), **manifest}))
+    else:
+        print_summary(args.output, manifest)
+    return 0
+
+
+def print_summary(out: str, m: dict) -> None:
+    budget = f" (budget {format_bytes(m['budget_mem_bytes'])})" if m.get("budget_mem_bytes") else ""
+    latency = f"{m['latency_ms']:.3g} ms" if m.get("latency_ms") is not None else "- (no device profile)"
+    print(f"bundle {out}: trial {m.get('trial')} of study {m.get('study')}")
+    print(f"  arch      {m['arch']}")
+    print(f"  payload   {m['payload_bytes']} bytes written = predicted weight_bytes {m['weight_bytes']}{budget}")
+    print(f"  accuracy  {m['accuracy']:.4f} on {m['test_images']} test images (fake-quant model "
+          f"{m['fake_quant_accuracy']:.4f}; predictions agree on {100 * m['prediction_agreement']:.2f}%)")
+    print(f"  latency   {m['latency_measured_ms']:.3g} ms/image measured (batch 1, {m['threads']} threads, "
+          f"kernels {m['kernels']}), predicted {latency}; {m['throughput_ips']:.0f} images/s at batch 256")
+    print(f"  cost      {m['params']} params, {m['macs']} macs, peak activations {format_bytes(m['peak_act_bytes'])}")

@@ -1,0 +1,69 @@
+"""`nas infer --bundle DIR --dataset D`: run an exported bundle's packed model on a test split.
+
+Loads only the bundle: every file's sha256 is checked against manifest.json first (a
+missing or modified file is a one-line error naming it, exit 2), the network is rebuilt
+from arch.yaml's arch string and its weights are read from payload.bin — not from
+weights.safetensors: the packed payload alone is what is deployed. 1-bit layers run the
+packed-binary kernels on the payload's words. Images are normalised with the mean / std
+recorded in the manifest (those of the training data), not recomputed from `D`.
+"""
+
+import json
+
+from nas.errors import UsageError
+
+
+def add_arguments(p):
+    p.add_argument("--bundle", required=True, help="bundle directory written by `nas export`")
+    p.add_argument("--dataset", help="dataset name or path (default: the one the bundle was exported with)")
+    p.add_argument("--data-dir", help="where the dataset's files are")
+    p.add_argument("--subset", type=int, help="a fixed stratified subset of this many test images")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def test_split(manifest: dict, dataset: str, data_dir: str | None, subset: int | None):
+    """The dataset's test split at the bundle's resolution, normalised as in training."""
+    import torch
+
+    from nas.data import ImageDataset, load_dataset
+    from nas.data.split import stratified_subset
+
+    inp = manifest["input"]
+    data = load_dataset(dataset, data_dir, resolution=inp["resolution"])
+    if data.in_chs != inp["in_chs"] or data.num_classes > manifest["num_classes"]:
+        raise UsageError(f"--dataset {dataset}: {data.in_chs} channel(s), {data.num_classes} classes; the bundle "
+                         f"expects {inp['in_chs']} channel(s) and at most {manifest['num_classes']} classes")
+    test = ImageDataset(data.test.images, data.test.labels, inp["mean"], inp["std"])
+    if subset is not None:
+        if not 1 <= subset <= len(test):
+            raise UsageError(f"--subset {subset}: expected 1 to {len(test)} (the test split of {data.name})")
+        test = test.subset(torch.from_numpy(stratified_subset(test.labels.numpy(), subset, seed=0)))
+    return test
+
+
+def run(args) -> int:
+    from nas.export.bundle import load_bundle, predictions, timings
+
+    manifest, model = load_bundle(args.bundle)
+    dataset = args.dataset or manifest.get("dataset")
+    if dataset is None:
+        raise UsageError("--dataset: the bundle does not name its dataset; expected --dataset NAME or PATH")
+    test = test_split(manifest, dataset, args.data_dir, args.subset)
+    preds = predictions(model, test)
+    result = {
+        "bundle": str(args.bundle), "arch": manifest["arch"], "dataset": dataset, "images": len(test),
+        "accuracy": float((preds == test.labels).float().mean()),
+        "accuracy_at_export": manifest["accuracy"], "test_images_at_export": manifest["test_images"],
+        "payload_bytes": manifest["payload_bytes"], "weight_bytes": manifest["weight_bytes"],
+        "latency_ms": manifest.get("latency_ms"), **timings(model, test),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"bundle {args.bundle}: {result['arch']}")
+        print(f"  accuracy  {result['accuracy']:.4f} on {result['images']} test images of {dataset} "
+              f"(at export: {result['accuracy_at_export']:.4f} on {result['test_images_at_export']})")
+        print(f"  latency   {result['latency_measured_ms']:.3g} ms/image (batch 1, median, {result['threads']} "
+              f"threads, kernels {result['kernels']}); {result['throughput_ips']:.0f} images/s at batch 256")
+        print(f"  payload   {result['payload_bytes']} bytes")
+    return 0
