@@ -214,7 +214,7 @@ def test_seed_memory_access_lower_bound_at_equal_channels():
 # A 3x3 conv 16 -> 24 (row = 16*3*3 = 144 codes per output channel).
 @pytest.mark.parametrize("bits,expected", [
     (32, 24 * 144 * 4 + 24 * 4),                 # fp32 weights + fp32 bias
-    (16, 24 * 144 * 2 + 24 * 4),                 # fp16 weights + fp32 bias
+    (16, 24 * 144 * 2 + 24 * 4 + 24 * 4),        # fp16 weights + fp32 scale + fp32 bias
     (8, 24 * 144 + 24 * 4 + 24 * 4),             # int8 codes + scale + bias
     (4, 24 * 72 + 24 * 4 + 24 * 4),              # 144 * 4 bits = 72 bytes per row
     (2, 24 * 36 + 24 * 4 + 24 * 4),              # 144 * 2 bits = 36 bytes per row

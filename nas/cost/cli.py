@@ -8,12 +8,20 @@ is built (`pretrained=False`, nothing downloaded) and counted by the module coun
 which gives params and macs but not the figures that need a spec (weight_bytes,
 peak_act_bytes, mem_access, bops): those print as null, and the output says why.
 Human output: a per-layer table, then totals. `--json`: one JSON object on stdout.
+
+Latency: with a device profile (`nas calibrate`; `nas.cost.latency.default_profile_path`),
+`--arch` also reports the predicted `latency_ms` (total and per layer; null without a
+profile, with a note). `--measure` builds the network (`--arch`: `nas.build`; `--model`:
+timm's module) and times its eval-mode forward at batch 1 with the protocol of
+`nas calibrate` (warm-up, median of repeats, threads fixed to the profile's or torch's
+default): `latency_measured_ms`, plus `latency_measured` (quartiles, repeats, threads).
 """
 
 import difflib
 import json
 import sys
 
+from nas.cost import latency
 from nas.cost.model import TOTALS, Cost, arch_cost
 from nas.cost.timm_arch import timm_spec
 from nas.errors import UsageError
@@ -30,6 +38,8 @@ def add_arguments(parser) -> None:
     what.add_argument("--model", metavar="timm:NAME", help="a timm model, e.g. timm:efficientnet_b0 (no download)")
     parser.add_argument("--input", metavar="R", help="input resolution in pixels (default: the arch's / the model's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--measure", action="store_true",
+                        help="also build the network and time its forward pass (latency_measured_ms)")
 
 
 def parse_input(text: str | None) -> int | None:
@@ -48,6 +58,8 @@ def parse_input(text: str | None) -> int | None:
 def run(args) -> int:
     resolution = parse_input(args.input)
     result = cost_arch_string(args.arch, resolution) if args.arch is not None else cost_model(args.model, resolution)
+    if args.measure:
+        result.update(measure(result))
     if args.json:
         print(json.dumps(result))
     else:
@@ -64,8 +76,46 @@ def cost_arch_string(text: str, resolution: int | None) -> dict:
         raise UsageError(f"--arch: {e}") from None
     if resolution is not None:
         arch = replace(arch, resolution=resolution)
-    return {"arch": encode(arch), "resolution": arch.resolution, "source": "spec", **arch_cost(arch).to_dict(),
-            "notes": []}
+    cost = arch_cost(arch)
+    result = {"arch": encode(arch), "resolution": arch.resolution, "source": "spec", **cost.to_dict(), "notes": []}
+    return add_latency(result, arch, cost)
+
+
+def add_latency(result: dict, arch, cost: Cost) -> dict:
+    """`latency_ms` (total and per layer) from this device's profile; null and a note without one."""
+    path = latency.default_profile_path()
+    if not path.is_file():
+        result.update(latency_ms=None)
+        result["notes"].append(f"latency_ms: no device profile at {path}; run `nas calibrate` to measure this device")
+        return result
+    profile = latency.require_profile(path)
+    pred = latency.predict(arch, profile, cost)
+    for layer, p in zip(result["layers"], pred.layers):
+        layer["latency_ms"] = p.ms
+    result.update(latency_ms=pred.total_ms, latency_network_ms=pred.network_ms, latency_profile=str(path))
+    return result
+
+
+def measure(result: dict) -> dict:
+    """Time the built network (`nas calibrate`'s protocol), threads as the profile's, else torch's default."""
+    from nas.cost import calibrate
+
+    path = latency.default_profile_path()
+    threads = latency.require_profile(path).machine["threads"] if path.is_file() else latency.default_threads()
+    with calibrate.fixed_threads(threads):
+        if result.get("model") is None:
+            timing = calibrate.measure_arch(decode(result["arch"]))
+        else:
+            import timm
+            import torch
+
+            model = timm.create_model(result["model"][5:], pretrained=False).eval()
+            in_chs = model.pretrained_cfg.get("input_size", (3,))[0] if getattr(model, "pretrained_cfg", None) else 3
+            x = torch.randn(1, in_chs, result["resolution"], result["resolution"],
+                            generator=torch.Generator().manual_seed(0))
+            timing = calibrate.time_forward(model, x)
+    return {"latency_measured_ms": timing.median_ms,
+            "latency_measured": {**timing.to_dict(), "threads": threads, "batch": 1, "statistic": "median"}}
 
 
 def _timm_model_name(value: str) -> str:
@@ -118,7 +168,7 @@ def cost_model(value: str, resolution: int | None) -> dict:
         notes.append(f"{counts.unattributed_macs} MACs in functional ops that no module handler saw are not in macs")
     result = {"model": value, "resolution": resolution, "source": "modules"}
     result.update({name_: None for name_ in TOTALS})
-    result.update(params=counts.params, macs=counts.macs, peak_act_at=None,
+    result.update(params=counts.params, macs=counts.macs, peak_act_at=None, latency_ms=None,
                   layers=[{"name": r.name, "op": r.type, "in_shape": list(r.in_shape), "out_shape": list(r.out_shape),
                            "params": r.params, "macs": r.macs} for r in counts.layers],
                   unknown=list(counts.unknown), unattributed_macs=counts.unattributed_macs, notes=notes)
@@ -139,6 +189,9 @@ def _cost_timm_spec(value: str, spec) -> dict:
         result.update(params=counts.params, macs=counts.macs)
     result["check"] = {"source": "modules", "params": counts.params, "macs": counts.macs, "match": match,
                        "unknown": list(counts.unknown), "unattributed_macs": counts.unattributed_macs}
+    result["latency_ms"] = None
+    notes.append("latency_ms: predicted for --arch only (the profile is fitted on networks nas builds); "
+                 "--measure times timm's module")
     result["notes"] = notes
     return result
 
@@ -158,13 +211,14 @@ def format_result(result: dict) -> str:
     width = max([len(layer["name"]) for layer in layers] + [5])
     lines = []
     if spec:
+        timed = result.get("latency_ms") is not None and all("latency_ms" in layer for layer in layers)
         lines.append(f"{'layer':<{width}}  {'op':<11} {'out (C,H,W)':<15} {'bits':<7} {'params':>10} {'macs':>13} "
-                     f"{'weight B':>10} {'mem_access':>11}")
+                     f"{'weight B':>10} {'mem_access':>11}" + (f" {'pred ms':>8}" if timed else ""))
         for layer in layers:
             shape = "x".join(str(v) for v in layer["out_shape"])
             lines.append(f"{layer['name']:<{width}}  {layer['op']:<11} {shape:<15} {_bits(layer):<7} "
                          f"{layer['params']:>10,} {layer['macs']:>13,} {layer['weight_bytes']:>10,} "
-                         f"{layer['mem_access']:>11,}")
+                         f"{layer['mem_access']:>11,}" + (f" {layer['latency_ms']:>8.4f}" if timed else ""))
     else:
         lines.append(f"{'module':<{width}}  {'type':<18} {'out shape':<20} {'params':>12} {'macs':>15}")
         for layer in layers:
@@ -186,6 +240,13 @@ def format_result(result: dict) -> str:
     lines.append(f"  mem_access        {show('mem_access', format_count)} elements")
     lines.append(f"  mem_access_bytes  {show('mem_access_bytes', format_bytes)}")
     lines.append(f"  bops              {show('bops', format_count)}")
+    if result.get("latency_ms") is not None:
+        lines.append(f"  latency_ms        {result['latency_ms']:.3f} ms (predicted, batch 1, profile "
+                     f"{result['latency_profile']})")
+    if result.get("latency_measured_ms") is not None:
+        m = result["latency_measured"]
+        lines.append(f"  latency_measured_ms {result['latency_measured_ms']:.3f} ms (median of {m['repeats']} runs, "
+                     f"quartiles {m['q1_ms']:.3f}..{m['q3_ms']:.3f} ms, batch 1, {m['threads']} thread(s))")
     check = result.get("check")
     if check:
         verdict = "match" if check["match"] else "MISMATCH"

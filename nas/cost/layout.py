@@ -9,8 +9,9 @@ channels per group and a ``k_h x k_w`` kernel (linear: k_h = k_w = 1)::
 
     b = 32       float32 weight[C_out, C_in_g, k_h, k_w]      (BatchNorm folded in)
                  float32 bias[C_out]
-    b = 16       float16 weight[C_out, C_in_g, k_h, k_w]      (BatchNorm folded in)
-                 float32 bias[C_out]
+    b = 16       float16 weight[C_out, C_in_g, k_h, k_w]      (the fake-quant weight, unfolded:
+                 float32 scale[C_out]                          folding BatchNorm into fp16 would
+                 float32 bias[C_out]                           round twice and flip predictions)
     2 <= b <= 8  integer codes, one row per output channel: the row's C_in_g*k_h*k_w codes
                  in (C_in_g, k_h, k_w) order, packed little-endian (code j occupies bits
                  [j*b, (j+1)*b) of the row's bit stream, least significant bit first),
@@ -75,7 +76,7 @@ def weight_payload_bytes(b: int, c_out: int, c_in_g: int, k_h: int = 1, k_w: int
 
 def scale_bytes(b: int, c_out: int) -> int:
     """float32 per-output-channel scale: stored for integer (2..8-bit) and binary weights."""
-    return 0 if b in (16, 32) else c_out * FLOAT32_BYTES
+    return 0 if b == 32 else c_out * FLOAT32_BYTES
 
 
 def bias_bytes(c_out: int) -> int:

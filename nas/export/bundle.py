@@ -74,10 +74,26 @@ def timings(model: torch.nn.Module, dataset) -> dict:
     from nas.train.evaluate import measure_inference_ms
 
     x, _ = dataset.batch(torch.arange(min(THROUGHPUT_BATCH, len(dataset))))
-    one = measure_inference_ms(model, x[:1], repeats=LATENCY_REPEATS)
     many = measure_inference_ms(model, x, repeats=5, warmup=1)
-    return {"latency_measured_ms": round(one, 4), "throughput_ips": round(1000.0 / many, 1),
+    return {"latency_measured_ms": latency_of(model, dataset), "throughput_ips": round(1000.0 / many, 1),
             "threads": torch.get_num_threads(), "kernels": _kernel_isa()}
+
+
+def latency_of(model: torch.nn.Module, dataset) -> float:
+    """Median ms per image at batch 1 on the dataset's first image."""
+    from nas.train.evaluate import measure_inference_ms
+
+    x, _ = dataset.batch(torch.arange(1))
+    return round(measure_inference_ms(model, x, repeats=LATENCY_REPEATS), 4)
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads: torch's intra-op threads (the kernels follow torch.get_num_threads())."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError(f"--threads {threads}: expected a whole number >= 1")
+    torch.set_num_threads(threads)
 
 
 def _kernel_isa() -> str | None:
@@ -194,6 +210,15 @@ def check_budget(payload_bytes: int, budget_bytes: int | None, where: str = "the
                          f"{format_bytes(budget_bytes)} ({budget_bytes} bytes); refusing to export")
 
 
+def check_output(out_dir, force: bool = False) -> Path:
+    """The output path, unless it is a file or a non-empty directory (without `force`)."""
+    out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and (force or not any(out.iterdir()))):
+        raise UsageError(f"-o {out_dir}: exists and is not an empty directory; expected a new path "
+                         f"(or --force to replace it)")
+    return out
+
+
 def export_model(model, out_dir, test, *, space: str | None = None, scaling: dict | None = None,
                  budget_bytes: int | None = None, info: dict | None = None, force: bool = False) -> dict:
     """Write the bundle of a trained `QuantNet` to `out_dir`; return the manifest.
@@ -206,20 +231,16 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
     force: replace an existing non-empty `out_dir`.
     """
     arch_string = encode(model.arch)
-    out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and (force or not any(out.iterdir()))):
-        raise UsageError(f"-o {out_dir}: exists and is not an empty directory; expected a new path "
-                         f"(or --force to replace it)")
+    out = check_output(out_dir, force)
     payload, index = payload_of(model)
     check_budget(len(payload), budget_bytes)
     cost = arch_cost(model.arch)
 
     packed = packed_model(decode(arch_string), payload)  # read back from the bytes, as `nas infer` does
-    model.eval()
     fake = predictions(model, test)
     ours = predictions(packed, test)
-    accuracy = float((ours == test.labels).float().mean())
-    agreement = float((ours == fake).float().mean())
+    accuracy = int((ours == test.labels).sum()) / len(test)
+    agreement = int((ours == fake).sum()) / len(test)
     if agreement < 1.0:
         print(f"nas: warning: the packed model's predictions differ from the fake-quant model's on "
               f"{int((ours != fake).sum())} of {len(test)} test images", file=sys.stderr)
@@ -228,11 +249,14 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         "format": FORMAT, "arch": arch_string, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(info or {}),
         "weight_bytes": cost.weight_bytes, "payload_bytes": len(payload), "budget_mem_bytes": budget_bytes,
-        "accuracy": accuracy, "fake_quant_accuracy": float((fake == test.labels).float().mean()),
+        "accuracy": accuracy, "fake_quant_accuracy": int((fake == test.labels).sum()) / len(test),
         "prediction_agreement": agreement, "test_images": len(test),
         "params": cost.params, "macs": cost.macs, "peak_act_bytes": cost.peak_act_bytes,
         "mem_access": cost.mem_access, "mem_access_bytes": cost.mem_access_bytes, "bops": cost.bops,
+        # latency_ms: the device profile's prediction (None without one), which prices the fake-quant
+        # network; latency_measured_ms: the packed model (what `nas infer` runs)
         "latency_ms": predicted_latency_ms(model.arch), **timings(packed, test),
+        "fake_quant_latency_measured_ms": latency_of(model, test),
         "input": {"in_chs": model.arch.in_chs, "resolution": model.arch.resolution,
                   "mean": [float(v) for v in test.mean], "std": [float(v) for v in test.std],
                   "layout": "NCHW float32, (x / 255 - mean) / std"},
@@ -301,7 +325,8 @@ def verify_bundle(bundle_dir) -> dict:
         raise UsageError(f"bundle {d}: {MANIFEST} is not valid JSON ({str(e).splitlines()[0]}); "
                          f"the file is corrupt, re-export the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UsageError(f"bundle {d}: {MANIFEST} is not a {FORMAT} manifest; expected a bundle written by `nas export`")
+        raise UsageError(f"bundle {d}: {MANIFEST} is not a {FORMAT} manifest; "
+                         f"expected a bundle written by `nas export`")
     if manifest.get("manifest_sha256") != _manifest_digest(manifest):
         raise UsageError(f"bundle {d}: {MANIFEST} was modified after export (its content does not match its "
                          f"manifest_sha256); re-export the bundle")
@@ -328,9 +353,11 @@ def load_bundle(bundle_dir) -> tuple[dict, torch.nn.Module]:
         arch_doc = yaml.safe_load((d / "arch.yaml").read_text(encoding="utf-8"))
         arch_string = arch_doc["arch"]
     except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as e:
-        raise UsageError(f"bundle {d}: arch.yaml has no arch string ({type(e).__name__}); re-export the bundle") from None
+        raise UsageError(f"bundle {d}: arch.yaml has no arch string ({type(e).__name__}); "
+                         f"re-export the bundle") from None
     if arch_string != manifest["arch"]:
-        raise UsageError(f"bundle {d}: arch.yaml's arch {arch_string!r} differs from {MANIFEST}'s; re-export the bundle")
+        raise UsageError(f"bundle {d}: arch.yaml's arch {arch_string!r} differs from {MANIFEST}'s; "
+                         f"re-export the bundle")
     payload = (d / "payload.bin").read_bytes()
     try:
         model = packed_model(decode(arch_string), payload)

@@ -29,6 +29,7 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     p.add_argument("--no-retrain", action="store_true",
                    help="fail instead of retraining a trial that has no final weights")
+    p.add_argument("--threads", type=int, help="torch / kernel threads for evaluation and timing (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object on stdout")
 
 
@@ -58,7 +59,8 @@ def study_config(study):
 
     stored = study.user_attrs.get("config")
     if not isinstance(stored, dict) or "identity" not in study.user_attrs:
-        raise UsageError(f"--study {study.study_name!r}: has no nas configuration; expected a study made by `nas search`")
+        raise UsageError(f"--study {study.study_name!r}: has no nas configuration; "
+                         f"expected a study made by `nas search`")
     known = {f.name for f in fields(SearchConfig)}
     dropped = sorted(set(stored) - known)
     if dropped:  # written by another version of nas: say so, keep what this version knows
@@ -81,7 +83,8 @@ def pick_trial(study, best: bool, number: int | None):
         return ranked[0]
     match = [t for t in trials if t.number == number]
     if not match:
-        raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r}; expected 0..{len(trials) - 1}")
+        raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r}; "
+                         f"expected 0..{len(trials) - 1}")
     t = match[0]
     if t.state != TrialState.COMPLETE or "arch" not in t.user_attrs:
         raise UsageError(f"--trial {number}: the trial is {t.state.name} without a recorded architecture; "
@@ -102,17 +105,18 @@ def _weights_path(record: dict, url: str, study_name: str) -> Path:
 
 
 def run(args) -> int:
-    import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     from nas.build import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
-    from nas.export.bundle import check_budget, export_model
+    from nas.export.bundle import check_budget, check_output, export_model, set_threads
     from nas.search.final import final_record, retrain_one
     from nas.space import decode
 
+    set_threads(args.threads)
+    check_output(args.output, args.force)  # before any retraining
     study, url = open_study(args.study, args.storage)
     config = study_config(study)
     identity = study.user_attrs["identity"]
@@ -136,13 +140,16 @@ def run(args) -> int:
     if stored_arch != arch_string:
         raise UsageError(f"{path}: weights of arch {stored_arch!r}; expected trial {trial.number}'s {arch_string!r}")
     model = build_model(arch)
-    model.load_state_dict(load_file(str(path)))
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as e:
+        raise UsageError(f"{path}: not the state dict of {arch_string!r} ({str(e).splitlines()[0]})") from None
     seed, subset = record.get("seed", config.seed), record.get("subset", config.final_subset)
     data = load_dataset(config.dataset, config.data_dir, split_seed=seed, subset=subset, resolution=arch.resolution)
-    torch.manual_seed(seed)
     info = {"study": study.study_name, "storage": url, "trial": trial.number, "dataset": config.dataset,
             "seed": seed, "final_epochs": record.get("epochs"), "final_subset": subset,
-            "val_accuracy": record.get("val_accuracy"), "search_val_accuracy": trial.values[0] if trial.values else None,
+            "val_accuracy": record.get("val_accuracy"),
+            "search_val_accuracy": trial.values[0] if trial.values else None,
             "retrain_test_accuracy": record.get("test_accuracy"), "weights_source": str(path)}
     manifest = export_model(model, args.output, data.test, space=identity.get("space"),
                             scaling=trial.user_attrs.get("scaling"), budget_bytes=budget, info=info, force=args.force)

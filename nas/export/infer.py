@@ -18,6 +18,7 @@ def add_arguments(p):
     p.add_argument("--dataset", help="dataset name or path (default: the one the bundle was exported with)")
     p.add_argument("--data-dir", help="where the dataset's files are")
     p.add_argument("--subset", type=int, help="a fixed stratified subset of this many test images")
+    p.add_argument("--threads", type=int, help="torch / kernel threads (default: torch's own choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -42,8 +43,9 @@ def test_split(manifest: dict, dataset: str, data_dir: str | None, subset: int |
 
 
 def run(args) -> int:
-    from nas.export.bundle import load_bundle, predictions, timings
+    from nas.export.bundle import load_bundle, predictions, set_threads, timings
 
+    set_threads(args.threads)
     manifest, model = load_bundle(args.bundle)
     dataset = args.dataset or manifest.get("dataset")
     if dataset is None:
@@ -52,7 +54,7 @@ def run(args) -> int:
     preds = predictions(model, test)
     result = {
         "bundle": str(args.bundle), "arch": manifest["arch"], "dataset": dataset, "images": len(test),
-        "accuracy": float((preds == test.labels).float().mean()),
+        "accuracy": int((preds == test.labels).sum()) / len(test),
         "accuracy_at_export": manifest["accuracy"], "test_images_at_export": manifest["test_images"],
         "payload_bytes": manifest["payload_bytes"], "weight_bytes": manifest["weight_bytes"],
         "latency_ms": manifest.get("latency_ms"), **timings(model, test),
