@@ -6,7 +6,7 @@ Sizes use SI for `KB/MB/GB` (5MB = 5·10^6 bytes) and IEC for `KiB/MiB/GiB`
 
 import re
 
-from nas.errors import UsageError
+from nas.errors import UsageError, shown
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -23,7 +23,7 @@ def _split(text: str, what: str, where: str, allowed: dict) -> tuple[float, str]
     if m is None or m.group(2).lower() not in allowed:
         units = ", ".join(u for u in allowed if u) or "none"
         raise UsageError(
-            f"{where}: {text!r} is not a {what}; expected a number with an optional unit "
+            f"{where}: {shown(text)} is not a {what}; expected a number with an optional unit "
             f"({units}), no spaces, e.g. {_EXAMPLE[what]}"
         )
     return float(m.group(1)), m.group(2).lower()
@@ -37,7 +37,7 @@ def parse_bytes(text: str, where: str = "size") -> int:
     value, unit = _split(text, "size", where, _SIZE_UNITS)
     n = value * _SIZE_UNITS[unit]
     if n <= 0:
-        raise UsageError(f"{where}: {text!r} must be a positive size")
+        raise UsageError(f"{where}: {shown(text)} must be a positive size")
     return int(round(n))
 
 
@@ -46,7 +46,7 @@ def parse_count(text: str, where: str = "count") -> int:
     value, unit = _split(text, "count", where, _COUNT_UNITS)
     n = value * _COUNT_UNITS[unit]
     if n <= 0:
-        raise UsageError(f"{where}: {text!r} must be a positive count")
+        raise UsageError(f"{where}: {shown(text)} must be a positive count")
     return int(round(n))
 
 
@@ -55,7 +55,7 @@ def parse_seconds(text: str, where: str = "time") -> float:
     value, unit = _split(text, "time", where, {"": 1.0, **_TIME_UNITS_S})
     s = value * _TIME_UNITS_S.get(unit, 1.0)
     if s <= 0:
-        raise UsageError(f"{where}: {text!r} must be a positive time")
+        raise UsageError(f"{where}: {shown(text)} must be a positive time")
     return s
 
 

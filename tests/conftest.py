@@ -17,3 +17,14 @@ def fashion_batch() -> tuple[torch.Tensor, torch.Tensor]:
     y = read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz", FASHION_MNIST_HOW_TO_GET)[:8]
     x = (x.astype(np.float32) / 255.0 - FASHION_MEAN) / FASHION_STD
     return torch.from_numpy(x[:, None].copy()), torch.from_numpy(y.astype(np.int64))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the size of the bad-input suite (tests/test_bad_input.py) when it ran."""
+    counts = {}
+    for outcome in ("passed", "failed"):
+        counts[outcome] = sum(1 for r in terminalreporter.stats.get(outcome, [])
+                              if "test_bad_input_fails_with_one_line_and_exit_2" in r.nodeid and r.when == "call")
+    if sum(counts.values()):
+        terminalreporter.write_line(f"bad-input suite: {sum(counts.values())} cases tried, "
+                                    f"{counts['passed']} passed, {counts['failed']} failed")

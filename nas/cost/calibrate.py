@@ -314,7 +314,9 @@ def agreement(pred, meas) -> dict:
     from scipy.stats import spearmanr
 
     rel = [abs(p - m) / m for p, m in zip(pred, meas)]
-    rho = float(spearmanr(pred, meas).statistic) if len(pred) > 2 and len(set(pred)) > 1 else float("nan")
+    rho = None  # undefined for fewer than 3 networks or constant predictions (JSON null, never NaN)
+    if len(pred) > 2 and len(set(pred)) > 1 and len(set(meas)) > 1:
+        rho = float(spearmanr(pred, meas).statistic)
     return {"networks": len(meas), "within_10pct": sum(r <= BAND for r in rel) / len(rel),
             "spearman": rho, "median_abs_rel_error": statistics.median(rel), "max_abs_rel_error": max(rel)}
 

@@ -31,7 +31,7 @@ PRUNERS = ("sh", "none")
 class SearchConfig:
     study: str = "nas"
     storage: str | None = None  # None: journal file studies/<study>.journal
-    space: str = "search_spaces/default.yaml"
+    space: str = ""  # "": search_spaces/default.yaml here, else the one shipped beside the package
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     budgets: Budgets = field(default_factory=Budgets)
@@ -52,6 +52,7 @@ class SearchConfig:
     batch_size: int = 128
 
     def __post_init__(self):
+        self.space = self.space or default_space()
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler {self.sampler!r}: unknown sampler; expected one of {list(SAMPLERS)}")
         if self.objectives not in OBJECTIVES:
@@ -76,6 +77,14 @@ class SearchConfig:
         d = asdict(self)
         d["budgets"] = self.budgets.to_dict()
         return d
+
+
+def default_space() -> str:
+    """search_spaces/default.yaml in the working folder if there is one, else the repo's."""
+    local = Path("search_spaces/default.yaml")
+    if local.is_file():
+        return str(local)
+    return str(Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml")
 
 
 # option name -> (config field, parser); budgets are nested

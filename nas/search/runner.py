@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 import optuna
-import optuna_dashboard
 import torch
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -98,7 +97,7 @@ def _tie_study_to_config(study: optuna.Study, config: SearchConfig) -> None:
     if stored is None:
         study.set_user_attr("identity", identity)
         study.set_user_attr("config", config.to_dict())
-        optuna_dashboard.set_objective_names(study, ["val accuracy", *config.objective_names[1:]])
+        study.set_metric_names(["val accuracy", *config.objective_names[1:]])  # shown by optuna-dashboard
         return
     for key, value in identity.items():
         if stored.get(key) != value:

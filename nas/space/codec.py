@@ -17,7 +17,7 @@ flags ``hs`` = hard-swish activation, ``noact`` = none (ReLU otherwise). Omitted
 import re
 from dataclasses import MISSING, fields
 
-from nas.errors import UsageError
+from nas.errors import UsageError, shown
 from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
 
 # kind -> ordered {key: field name}; the order is the canonical order `encode` writes.
@@ -40,19 +40,19 @@ _HAS_ACT = {"stem", "head", "ir", "shift", "grouped", "dense"}
 
 
 def _fail(text: str, pos: int, message: str) -> UsageError:
-    return UsageError(f"arch string at position {pos} ({text[pos:pos + 24]!r}...): {message}")
+    return UsageError(f"arch string at position {pos} ({shown(text[pos:pos + 24])}...): {message}")
 
 
 def _parse_segment(text: str, start: int, segment: str) -> tuple[str, dict]:
     parts = segment.split("_")
     kind, pos = parts[0], start + len(parts[0]) + 1
     if kind not in _KEYS:
-        raise _fail(text, start, f"unknown segment kind {kind!r}; expected one of {list(_KEYS)}")
+        raise _fail(text, start, f"unknown segment kind {shown(kind)}; expected one of {list(_KEYS)}")
     keys, values = _KEYS[kind], {}
     for token in parts[1:]:
         m = _TOKEN.fullmatch(token)
         if m is None:
-            raise _fail(text, pos, f"malformed token {token!r}; expected <key><number>, e.g. 'k3' or 'se0.25'")
+            raise _fail(text, pos, f"malformed token {shown(token)}; expected <key><number>, e.g. 'k3' or 'se0.25'")
         key, number = m.groups()
         if number is None and key in _FLAGS and kind in _HAS_ACT:
             name, value = _FLAGS[key]
@@ -61,7 +61,7 @@ def _parse_segment(text: str, start: int, segment: str) -> tuple[str, dict]:
             value = float(number) if name in _FLOAT_FIELDS else _to_int(text, pos, token, number)
         else:
             allowed = list(keys) + (list(_FLAGS) if kind in _HAS_ACT else [])
-            raise _fail(text, pos, f"unknown key {token!r} in a {kind!r} segment; expected one of {allowed}")
+            raise _fail(text, pos, f"unknown key {shown(token)} in a {kind!r} segment; expected one of {allowed}")
         if name in values:
             raise _fail(text, pos, f"key {key!r} given twice in a {kind!r} segment")
         values[name] = value
@@ -71,7 +71,9 @@ def _parse_segment(text: str, start: int, segment: str) -> tuple[str, dict]:
 
 def _to_int(text: str, pos: int, token: str, number: str) -> int:
     if "." in number:
-        raise _fail(text, pos, f"{token!r} needs a whole number")
+        raise _fail(text, pos, f"{shown(token)} needs a whole number")
+    if len(number) > 9:
+        raise _fail(text, pos, f"{shown(token)} is too large; expected at most 9 digits")
     return int(number)
 
 

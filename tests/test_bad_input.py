@@ -1,0 +1,152 @@
+"""The bad-input suite: every command's options and input files, malformed, empty, huge and
+hostile. Each case must fail with exit code 2 and one line on stderr that names the value
+(or the file), and must leave nothing behind in the working folder. The number of cases
+tried is printed at the end of the test run."""
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from nas.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD_ARCH = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e1_c16_w8_a8-head_c0_w8_a8-fc_n10_w8_a8"
+HUGE = "9" * 5000
+
+FILES = {  # name -> bytes, written into the case's folder
+    "empty.yaml": b"",
+    "list.yaml": b"- 1\n- 2\n",
+    "binary.yaml": bytes(range(256)) * 8,
+    "tabs.yaml": b"stages:\n\t- channels: 1\n",
+    "hostile.yaml": b"!!python/object/apply:os.system ['touch pwned']\n",
+    "anchors.yaml": b"a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                    b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n",
+    "nokinds.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nstages:\n  - {channels: 8, kinds: [conv]}\n",
+    "badconfig.yaml": b"target-mem: 5MB\ntargte-macs: 3M\n",
+    "badconfig2.yaml": b"target-mem: lots\n",
+    "config-list.yaml": b"- target-mem\n",
+    "bad.npz": b"PK\x03\x04 not really a zip",
+    "profile.json": b"{\"format\": 999}",
+    "garbage.journal": b"\x00\x01\x02 not a journal",
+}
+
+# (argv, text that must appear in the message). {d} is the case's folder.
+CASES = [
+    # budgets and units
+    (["search", "--target-mem", "5 M"], "5 M"),
+    (["search", "--target-mem", ""], "--target-mem"),
+    (["search", "--target-mem=-5MB"], "-5MB"),
+    (["search", "--target-mem", "5XB"], "5XB"),
+    (["search", "--target-mem", HUGE + "TB"], "--target-mem"),
+    (["search", "--target-mem", "0"], "positive"),
+    (["search", "--target-mem", "nan"], "nan"),
+    (["search", "--target-mem", "5MB; rm -rf /"], "rm -rf"),
+    (["search", "--target-macs", "three"], "three"),
+    (["search", "--target-act-mem", "1e5KB"], "1e5KB"),
+    (["search", "--target-latency", "2 parsecs"], "2 parsecs"),
+    (["search", "--target-mem", "5MB", "--budget", "soon"], "soon"),
+    (["search", "--target-mem", "1KB", "--space", str(REPO / "search_spaces/mcu.yaml")], "cheapest"),
+    # counts and names
+    (["search", "--target-mem", "5MB", "--trials", "0"], "--trials"),
+    (["search", "--target-mem", "5MB", "--trials", "-3"], "--trials"),
+    (["search", "--target-mem", "5MB", "--trials", "many"], "many"),
+    (["search", "--target-mem", "5MB", "--workers", "0"], "--workers"),
+    (["search", "--target-mem", "5MB", "--epochs", "0"], "--epochs"),
+    (["search", "--target-mem", "5MB", "--subset", "-1"], "--subset"),
+    (["search", "--target-mem", "5MB", "--sampler", "annealing"], "annealing"),
+    (["search", "--target-mem", "5MB", "--objectives", "beauty"], "beauty"),
+    (["search", "--target-mem", "5MB", "--proxy", "vibes"], "vibes"),
+    (["search", "--target-mem", "5MB", "--study", "../escape"], "../escape"),
+    (["search", "--target-mem", "5MB", "--study", ""], "--study"),
+    (["search", "--target-mem", "5MB", "--frobnicate"], "--frobnicate"),
+    # files: spaces, configs, storages, datasets
+    (["search", "--target-mem", "5MB", "--space", "{d}/missing.yaml"], "missing.yaml"),
+    (["search", "--target-mem", "5MB", "--space", "{d}/empty.yaml"], "empty.yaml"),
+    (["search", "--target-mem", "5MB", "--space", "{d}/binary.yaml"], "binary.yaml"),
+    (["search", "--target-mem", "5MB", "--space", "{d}/hostile.yaml"], "hostile.yaml"),
+    (["search", "--target-mem", "5MB", "--space", "{d}/nokinds.yaml"], "conv"),
+    (["search", "--config", "{d}/badconfig.yaml"], "targte-macs"),
+    (["search", "--config", "{d}/badconfig2.yaml"], "lots"),
+    (["search", "--config", "{d}/config-list.yaml"], "config-list.yaml"),
+    (["search", "--config", "{d}/nope.yaml"], "nope.yaml"),
+    (["search", "--target-mem", "5MB", "--storage", "mysql+nodriver://x"], "mysql+nodriver"),
+    (["search", "--target-mem", "5MB", "--storage", "not a url"], "not a url"),
+    (["search", "--target-mem", "5MB", "--dataset", "imagenet-22k"], "imagenet-22k"),
+    (["search", "--target-mem", "5MB", "--dataset", "fashion-mnist", "--data-dir", "{d}/nowhere"], "nowhere"),
+    (["search", "--target-mem", "5MB", "--dataset", "{d}/bad.npz"], "bad.npz"),
+    # arch strings
+    (["cost", "--arch", ""], "arch string"),
+    (["cost", "--arch", "x" * 100_000], "arch string"),
+    (["cost", "--arch", "in_r28_c1-stem_c8-ir_c16_w3-head_c0-fc_n10"], "w_bits=3"),
+    (["cost", "--arch", "in_r28_c1-stem_c8-ir_c" + HUGE + "-head_c0-fc_n10"], "arch string"),
+    (["cost", "--arch", "in_r28_c1-stem_c8-ir_c16_k4-head_c0-fc_n10"], "kernel=4"),
+    (["cost", "--arch", "in_r28_c1-stem_c8-ïr_c16-head_c0-fc_n10"], "ïr"),
+    (["cost", "--arch", "in_r28_c1-stem_c8-ir_c16-head_c0-fc_n10\n; import os"], "arch string"),
+    (["cost", "--arch", GOOD_ARCH, "--model", "timm:resnet18"], "--arch"),
+    (["cost", "--model", "timm:no_such_net"], "no_such_net"),
+    (["cost", "--model", "resnet18"], "resnet18"),
+    (["cost", "--model", "timm:resnet18", "--input", "-1"], "-1"),
+    # spaces
+    (["space", "show", "{d}/missing.yaml"], "missing.yaml"),
+    (["space", "show", "{d}/list.yaml"], "list.yaml"),
+    (["space", "show", "{d}/tabs.yaml"], "tabs.yaml"),
+    (["space", "show", "{d}/anchors.yaml"], "anchors.yaml"),
+    (["space", "sample", str(REPO / "search_spaces/mcu.yaml"), "-n", "0"], "-n"),
+    (["space", "sample", str(REPO / "search_spaces/mcu.yaml"), "--seed", "x"], "--seed"),
+    (["space", "explode", "x.yaml"], "explode"),
+    # training
+    (["train", "--arch", "in_r28_c1-stem_c8-nope-head_c0-fc_n10", "--dataset", "digits", "--epochs", "1"], "nope"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--epochs", "0"], "--epochs"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/nowhere", "--epochs", "1"], "nowhere"),
+    # studies: report, dashboard, export, infer
+    (["report", "--study", "ghost", "--storage", "journal:{d}/ghost.journal", "-o", "{d}/r.html"], "ghost"),
+    (["report", "--study", "ghost", "--storage", "{d}/garbage.journal", "-o", "{d}/r.html"], "garbage.journal"),
+    (["dashboard", "--study", "ghost", "--storage", "journal:{d}/ghost.journal"], "ghost"),
+    (["dashboard", "--study", "ghost", "--port", "99999"], "99999"),
+    (["export", "--study", "ghost", "--storage", "journal:{d}/ghost.journal", "--best", "-o", "{d}/out"], "ghost"),
+    (["export", "--study", "ghost", "--best", "-o", "{d}/out"], "ghost"),
+    (["infer", "--bundle", "{d}/no-bundle", "--dataset", "digits"], "no-bundle"),
+    # device
+    (["calibrate", "--threads", "0"], "--threads"),
+    (["calibrate", "--device", "tpu"], "tpu"),
+    (["cost", "--arch", GOOD_ARCH, "--profile", "{d}/profile.json"], "profile.json"),
+    (["cost", "--arch", GOOD_ARCH, "--profile", "{d}/nope.json"], "nope.json"),
+    (["bench", "nothing"], "nothing"),
+    (["nonsense"], "nonsense"),
+]
+
+
+@pytest.fixture
+def case_dir(tmp_path, monkeypatch):
+    for name, data in FILES.items():
+        (tmp_path / name).write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAS_PROFILE", str(tmp_path / "no-profile.json"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, needle", CASES, ids=[f"{i:02d}-{c[0][0]}" for i, c in enumerate(CASES)])
+def test_bad_input_fails_with_one_line_and_exit_2(case_dir, capsys, argv, needle):
+    before = sorted(p.name for p in case_dir.iterdir())
+    argv = [a.replace("{d}", str(case_dir)) for a in argv]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if line.strip() and not _is_warning(line)]
+    assert rc == 2, f"exit {rc}: {err[-600:]}"
+    assert len(lines) == 1, err[-1500:]
+    assert needle.replace("{d}", str(case_dir)) in lines[0] or needle in lines[0], lines[0]
+    assert len(lines[0]) < 2000, "the message must stay one readable line, even for huge values"
+    assert sorted(p.name for p in case_dir.iterdir()) == before, "a failed command wrote files"
+    assert not (case_dir / "pwned").exists()
+
+
+def _is_warning(line: str) -> bool:
+    return "Warning" in line or line.startswith("  ") or "optuna_warn(" in line
+
+
+def test_suite_size_is_reported(request):
+    request.config._nas_bad_input_cases = len(CASES)
+    assert len(CASES) >= 60
