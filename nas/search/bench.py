@@ -2,7 +2,7 @@
 
 For each weight budget (default 5MB on search_spaces/default.yaml and 100KB on
 search_spaces/mcu.yaml), on Fashion-MNIST:
-(a) `ladder`: the default search (TPE, zero-cost proxy gate, successive halving);
+(a) `ladder`: the default search (TPE, successive halving over epochs);
 (b) `random`: Optuna's RandomSampler, no proxy, no pruning, each candidate trained fully;
     both get the same wall-clock budget and the same per-candidate fidelity;
 (c) hand-designed baselines that fit the budget, in fp32 (what hand-tuning ships):
@@ -131,7 +131,7 @@ def run(args) -> int:
             config = SearchConfig(
                 study=f"bench-{space_name}-{method}", storage=f"journal:{workdir / f'{space_name}-{method}.journal'}",
                 space=space, budgets=Budgets(mem=target), sampler="tpe" if method == "ladder" else "random",
-                proxy="naswot" if method == "ladder" else "none", pruner="sh" if method == "ladder" else "none",
+                proxy="none", pruner="sh" if method == "ladder" else "none",
                 budget_s=budget_s, seed=args.seed, subset=args.subset, epochs=args.epochs, final_top=1,
                 final_epochs=args.final_epochs, final_subset=args.final_subset)
             start = time.time()

@@ -25,12 +25,13 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, help="seed for sampling, splits and training (default 0)")
     p.add_argument("--objectives", choices=OBJECTIVES, help="accuracy alone with constraints (default) or a Pareto pair")
     p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
-    p.add_argument("--proxy", choices=PROXIES, help="zero-cost proxy gate before training (default naswot)")
+    p.add_argument("--proxy", choices=PROXIES, help="zero-cost proxy gate before training (default none)")
     p.add_argument("--pruner", choices=PRUNERS, help="sh = successive halving over epochs (default), none")
-    p.add_argument("--subset", type=int, help="training images per candidate (default 6000)")
+    p.add_argument("--subset", type=int, help="training images per candidate (default 4000)")
+    p.add_argument("--val-subset", type=int, help="validation images per candidate epoch (default 2000)")
     p.add_argument("--epochs", type=int, help="epochs per candidate (default 3)")
-    p.add_argument("--final-epochs", type=int, help="epochs of the final retraining (default 8)")
-    p.add_argument("--final-subset", type=int, help="training images of the final retraining (default all)")
+    p.add_argument("--final-epochs", type=int, help="epochs of the final retraining (default 4)")
+    p.add_argument("--final-subset", type=int, help="training images of the final retraining (default 20000)")
     p.add_argument("--final-top", type=int, help="best feasible trials to retrain and test (default 1)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -38,7 +39,7 @@ def add_arguments(p):
 
 
 _OPTION_NAMES = ("study", "storage", "space", "dataset", "data_dir", "objectives", "sampler", "trials", "workers",
-                 "seed", "subset", "epochs", "proxy", "pruner", "final_top", "final_epochs", "final_subset", "batch_size",
+                 "seed", "subset", "val_subset", "epochs", "proxy", "pruner", "final_top", "final_epochs", "final_subset", "batch_size",
                  "budget", "target_mem", "target_act_mem", "target_macs", "target_latency")
 
 
@@ -81,3 +82,6 @@ def print_summary(summary: dict) -> None:
               f"test {f['test_accuracy']:.4f}, weight_bytes {format_bytes(f['costs']['weight_bytes'])} "
               f"(budget {format_bytes(summary['budgets']['mem']) if summary['budgets'].get('mem') else 'none'}); "
               f"weights {f['weights']}")
+        predicted = f"{f['latency_ms']:.3g} ms" if f.get("latency_ms") is not None else "no device profile"
+        measured = f"{f['latency_measured_ms']:.3g} ms" if f.get("latency_measured_ms") is not None else "-"
+        print(f"       latency predicted {predicted}, measured {measured} (batch 1, median)")

@@ -61,6 +61,8 @@ def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.F
     record = {
         "trial": trial.number, "arch": trial.user_attrs["arch"], "search_val_accuracy": trial.values[0],
         "val_accuracy": result.accuracy, "test_accuracy": test_accuracy, "weights": str(weights),
+        "latency_ms": trial.user_attrs["costs"].get("latency_ms"),  # predicted
+        "latency_measured_ms": result.infer_ms_per_image,  # batch 1, median, the fake-quant model
         "epochs": config.final_epochs, "subset": config.final_subset, "seed": config.seed,
         "train": {k: v for k, v in result.to_dict().items() if k != "val_history"},
         "wall_s": round(time.time() - start, 1), "costs": trial.user_attrs["costs"],

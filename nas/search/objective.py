@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from nas.build import build_model
 from nas.cost import arch_cost
+from nas.cost.latency import latency_ms
 from nas.data import load_dataset
 from nas.search.budgets import feasible
 from nas.search.config import SearchConfig
@@ -52,9 +53,12 @@ class DataCache:
 
 
 def trial_costs(arch) -> dict:
-    """Analytic costs recorded on a trial (vocabulary names; no per-layer list)."""
-    cost = arch_cost(arch).to_dict()
-    return {k: v for k, v in cost.items() if k != "layers"}
+    """Analytic costs recorded on a trial (vocabulary names; no per-layer list), with the
+    predicted `latency_ms` when this device has a profile (`nas calibrate`), else None."""
+    cost = arch_cost(arch)
+    costs = {k: v for k, v in cost.to_dict().items() if k != "layers"}
+    costs["latency_ms"] = latency_ms(arch, cost=cost)
+    return costs
 
 
 class Objective:
@@ -122,7 +126,7 @@ class Objective:
         max_seconds = None if self.deadline is None else max(1.0, self.deadline - time.time())
         result = train(model, data, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed + trial.number,
                        max_seconds=max_seconds, progress=False, on_epoch_end=on_epoch_end,
-                       measure_inference=False, weight_bytes=costs["weight_bytes"])
+                       measure_inference=False, weight_bytes=costs["weight_bytes"], val_subset=c.val_subset)
         trial.set_user_attr("trained", True)
         trial.set_user_attr("accuracy", result.accuracy)
         trial.set_user_attr("train", _train_record(result))
