@@ -13,6 +13,7 @@ their parameters. It runs when a worker starts.
 
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import optuna
@@ -21,6 +22,10 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 from optuna.trial import TrialState
 
 from nas.errors import UsageError
+
+# Heartbeats, RetryHeartbeatStaleTrialCallback and metric names are marked experimental in
+# Optuna; they are what we rely on deliberately, so their warnings are noise to a user.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 STUDIES_DIR = Path("studies")
 HEARTBEAT_S = 15
