@@ -74,6 +74,7 @@ CASES = [
     (["search", "--config", "{d}/nope.yaml"], "nope.yaml"),
     (["search", "--target-mem", "5MB", "--storage", "mysql+nodriver://x"], "mysql+nodriver"),
     (["search", "--target-mem", "5MB", "--storage", "not a url"], "not a url"),
+    (["search", "--target-mem", "5MB", "--storage", "journal:/proc/nas/s.journal"], "/proc/nas/s.journal"),
     (["search", "--target-mem", "5MB", "--dataset", "imagenet-22k"], "imagenet-22k"),
     (["search", "--target-mem", "5MB", "--dataset", "fashion-mnist", "--data-dir", "{d}/nowhere"], "nowhere"),
     (["search", "--target-mem", "5MB", "--dataset", "{d}/bad.npz"], "bad.npz"),

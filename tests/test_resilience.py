@@ -85,6 +85,21 @@ def test_killed_search_resumes_with_the_same_command(tmp_path, sig):
         assert killed and any(t.user_attrs.get("retry_of") == killed[0].number for t in after_trials)
 
 
+def test_two_local_workers_share_the_journal(tmp_path):
+    name, storage = "pair", f"journal:{tmp_path / 'pair.journal'}"
+    proc = _start(["--study", name, "--storage", storage, "--trials", "4", "--workers", "2", *SEARCH], tmp_path)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-2000:]
+    assert "locked" not in err
+    trials = _trials(name, storage)
+    assert len(_trained(trials)) >= 4
+    assert not [t for t in trials if t.state == TrialState.FAIL]
+    workers = {t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}
+    assert len(workers) == 2, workers  # both processes took trials
+    archs = [t.user_attrs["arch"] for t in _trained(trials) if "duplicate_of" not in t.user_attrs]
+    assert len(archs) == len(set(archs))
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(not os.environ.get("NAS_TEST_POSTGRES_URL"),
                     reason="needs a PostgreSQL server: set NAS_TEST_POSTGRES_URL (.ci/run starts one)")
