@@ -255,7 +255,8 @@ def build(study: optuna.Study, storage: str, trial_number: int | None) -> Report
     report.figures["pareto-weight"] = ("Accuracy vs weight_bytes", fig, None)
 
     lat_budget = budgets.get("latency_ms")
-    have_latency = latency.available or any("latency_ms" in t.user_attrs.get("costs", {}) for t in trials)
+    have_latency = latency.available or any(t.user_attrs.get("costs", {}).get("latency_ms") is not None
+                                            for t in trials)  # the search records None without a profile
     if have_latency:
         fig, _ = pareto_figure(trials, chosen, latency.total, "latency_ms (predicted)", lat_budget,
                                f"budget latency_ms <= {lat_budget:.3g} ms" if lat_budget else "")
