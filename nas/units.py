@@ -32,31 +32,28 @@ def _split(text: str, what: str, where: str, allowed: dict) -> tuple[float, str]
 _EXAMPLE = {"size": "'5MB' or '100KiB'", "count": "'300M' or '1.5G'", "time": "'2ms' or '30m'"}
 
 
+def _positive(text: str, what: str, where: str, units: dict) -> float:
+    """The value of `text` in base units (bytes, count, seconds); must be > 0."""
+    value, unit = _split(text, what, where, units)
+    n = value * units[unit]
+    if n <= 0:
+        raise UsageError(f"{where}: {shown(text)} must be a positive {what}")
+    return n
+
+
 def parse_bytes(text: str, where: str = "size") -> int:
     """'5MB' -> 5_000_000; '5MiB' -> 5_242_880; '512' -> 512."""
-    value, unit = _split(text, "size", where, _SIZE_UNITS)
-    n = value * _SIZE_UNITS[unit]
-    if n <= 0:
-        raise UsageError(f"{where}: {shown(text)} must be a positive size")
-    return int(round(n))
+    return int(round(_positive(text, "size", where, _SIZE_UNITS)))
 
 
 def parse_count(text: str, where: str = "count") -> int:
     """'300M' -> 300_000_000 (for MACs budgets)."""
-    value, unit = _split(text, "count", where, _COUNT_UNITS)
-    n = value * _COUNT_UNITS[unit]
-    if n <= 0:
-        raise UsageError(f"{where}: {shown(text)} must be a positive count")
-    return int(round(n))
+    return int(round(_positive(text, "count", where, _COUNT_UNITS)))
 
 
 def parse_seconds(text: str, where: str = "time") -> float:
     """'2ms' -> 0.002; '30m' -> 1800.0; a bare number is seconds."""
-    value, unit = _split(text, "time", where, {"": 1.0, **_TIME_UNITS_S})
-    s = value * _TIME_UNITS_S.get(unit, 1.0)
-    if s <= 0:
-        raise UsageError(f"{where}: {shown(text)} must be a positive time")
-    return s
+    return _positive(text, "time", where, {"": 1.0, **_TIME_UNITS_S})
 
 
 def format_bytes(n: float) -> str:
