@@ -12,8 +12,11 @@ Timing protocol (`Protocol`): per network, untimed warm-up runs (allocator, oneD
 primitive and packed-weight caches), then individually timed runs (`time.perf_counter_ns`,
 CUDA synchronised) until both a minimum count and a minimum time are reached; the figure is
 the **median**, the noise the interquartile range over the median. Python's GC is off
-while timing. Networks are measured in a shuffled order, training and held-out mixed, so
-that a burst of load elsewhere on the machine does not bias one set.
+while timing. Calibration makes several passes (rounds) over all networks, each in its own
+shuffled order with training and held-out networks mixed, and pools a network's runs from
+all rounds: this machine's speed drifts by 10-20% over minutes (a shared VM host), and a
+burst of load elsewhere must not bias one set or one network. The spread of a network's
+per-round medians is reported with the noise.
 
 What is measured (all drawn from the search spaces, default: search_spaces/{default,mcu,
 binary}.yaml, sampled with a seeded RandomSampler exactly as the search samples them):
@@ -27,7 +30,9 @@ binary}.yaml, sampled with a seeded RandomSampler exactly as the search samples 
 
 Fit: non-negative least squares on the additive model's design matrix (`latency.
 feature_row`), rows weighted by 1 / measured latency so that relative error is what is
-minimised (the goal is a ±10% band), columns scaled to unit norm while solving.
+minimised (the goal is a ±10% band), whole networks weighted `WHOLE_WEIGHT` times a
+single-block one (they are what is predicted; single blocks mostly pin down the terms),
+columns scaled to unit norm while solving.
 Baseline: latency = a + b · macs, fitted on the same training networks with the same
 weighting (least squares).
 
@@ -65,8 +70,9 @@ EXTRA_BITS = ((32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (8, 32), (16, 
 
 @dataclass(frozen=True)
 class Protocol:
-    """How one network is timed (see the module docstring)."""
+    """How networks are timed (see the module docstring); repeats and times are per round."""
 
+    rounds: int = 1  # passes over all networks; a network's samples from every pass are pooled
     warmup_runs: int = 5
     warmup_s: float = 0.1
     min_repeats: int = 15
@@ -74,13 +80,14 @@ class Protocol:
     max_repeats: int = 300
 
     def to_dict(self) -> dict:
-        return {"batch": 1, "statistic": "median", "noise": "iqr / median", "warmup_runs": self.warmup_runs,
-                "warmup_s": self.warmup_s, "min_repeats": self.min_repeats, "min_time_s": self.min_time_s,
-                "max_repeats": self.max_repeats}
+        return {"batch": 1, "statistic": "median", "pooled": "runs of all rounds", "noise": "iqr / median",
+                "rounds": self.rounds, "warmup_runs": self.warmup_runs, "warmup_s": self.warmup_s,
+                "min_repeats": self.min_repeats, "min_time_s": self.min_time_s, "max_repeats": self.max_repeats}
 
 
-FULL = Protocol()
-QUICK = Protocol(warmup_runs=3, warmup_s=0.02, min_repeats=7, min_time_s=0.06, max_repeats=60)
+MEASURE = Protocol()  # one network (`nas cost --measure`)
+FULL = Protocol(rounds=3, warmup_runs=2, warmup_s=0.03, min_repeats=5, min_time_s=0.1, max_repeats=100)
+QUICK = Protocol(rounds=2, warmup_runs=2, warmup_s=0.02, min_repeats=5, min_time_s=0.04, max_repeats=40)
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,9 @@ class Plan:
     heldout: int  # whole networks per space (held out)
 
 
-FULL_PLAN = Plan(single_blocks=100, archs=45, heldout=50)
-QUICK_PLAN = Plan(single_blocks=22, archs=12, heldout=12)
+FULL_PLAN = Plan(single_blocks=60, archs=60, heldout=50)
+QUICK_PLAN = Plan(single_blocks=16, archs=16, heldout=12)
+WHOLE_WEIGHT = 2.0  # whole networks count twice in the fit: they are what is predicted
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,16 @@ class Timing:
     q1_ms: float
     q3_ms: float
     repeats: int
+    round_spread: float = 0.0  # (max - min) of the per-round medians over the median
+
+    @classmethod
+    def of(cls, rounds: list[list[float]]) -> "Timing":
+        """Pool the runs (ms) of every round."""
+        runs = [t for r in rounds for t in r]
+        q1, _, q3 = statistics.quantiles(runs, n=4) if len(runs) > 1 else (runs[0],) * 3
+        median = statistics.median(runs)
+        meds = [statistics.median(r) for r in rounds]
+        return cls(median, q1, q3, len(runs), (max(meds) - min(meds)) / median if median > 0 else 0.0)
 
     @property
     def noise(self) -> float:
@@ -154,15 +172,14 @@ def build_for_timing(arch: ArchSpec, device: str = "cpu"):
     return build_model(arch).eval().use_kernels(True).to(device)
 
 
-def time_forward(model, x, protocol: Protocol = FULL, device: str = "cpu") -> Timing:
-    """Median / quartiles of `model(x)` wall time (ms), per the protocol (module docstring)."""
+def time_runs(model, x, protocol: Protocol = MEASURE, device: str = "cpu") -> list[float]:
+    """Warm-up, then the wall times (ms) of individually timed `model(x)` calls (one round)."""
     import gc
 
     import torch
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     clock = time.perf_counter_ns
-    gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -183,13 +200,39 @@ def time_forward(model, x, protocol: Protocol = FULL, device: str = "cpu") -> Ti
     finally:
         if was_enabled:
             gc.enable()
-    q1, _, q3 = statistics.quantiles(times, n=4)
-    return Timing(statistics.median(times), q1, q3, len(times))
+    return times
 
 
-def measure_arch(arch: ArchSpec, protocol: Protocol = FULL, device: str = "cpu") -> Timing:
-    """Build `arch` and time its forward pass (the protocol of `nas calibrate`)."""
+def time_forward(model, x, protocol: Protocol = MEASURE, device: str = "cpu") -> Timing:
+    """Median / quartiles of `model(x)` wall time (ms) over `protocol.rounds` back-to-back rounds."""
+    return Timing.of([time_runs(model, x, protocol, device) for _ in range(protocol.rounds)])
+
+
+def measure_arch(arch: ArchSpec, protocol: Protocol = MEASURE, device: str = "cpu") -> Timing:
+    """Build `arch` and time its forward pass (`nas cost --measure`)."""
     return time_forward(build_for_timing(arch, device), example_input(arch, device), protocol, device)
+
+
+def measure_all(archs: list[ArchSpec], protocol: Protocol, device: str = "cpu", seed: int = 0,
+                progress: bool = True) -> list[Timing]:
+    """Time every network in `protocol.rounds` passes, each in its own shuffled order (a network
+    is rebuilt in every pass), so that slow drifts of the machine's speed reach every network
+    alike; a network's runs from all passes are pooled."""
+    from tqdm import tqdm
+
+    rng = random.Random(seed)
+    runs: list[list[list[float]]] = [[] for _ in archs]
+    bar = tqdm(total=len(archs) * protocol.rounds, desc="calibrate", unit="net", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    for _ in range(protocol.rounds):
+        order = list(range(len(archs)))
+        rng.shuffle(order)
+        for i in order:
+            arch = archs[i]
+            runs[i].append(time_runs(build_for_timing(arch, device), example_input(arch, device), protocol, device))
+            bar.update()
+    bar.close()
+    return [Timing.of(r) for r in runs]
 
 
 class fixed_threads:
@@ -281,18 +324,23 @@ def plan_networks(spaces: list[Path], plan: Plan, seed: int) -> tuple[list[tuple
 
 # --- fitting ----------------------------------------------------------------------------------
 
-def fit_nnls(rows, y) -> tuple[list[float], list[bool]]:
-    """Non-negative coefficients minimising sum(((row . c) - y) / y)^2; (coefs, column seen)."""
+def _p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
+
+
+def fit_nnls(rows, y, weights=None) -> tuple[list[float], list[bool]]:
+    """Non-negative coefficients minimising sum(w * ((row . c) - y) / y)^2; (coefs, column seen)."""
     import numpy as np
     from scipy.optimize import nnls
 
     X = np.asarray(rows, dtype=float)
     y = np.asarray(y, dtype=float)
-    A = X / y[:, None]
+    w = np.ones(len(y)) if weights is None else np.sqrt(np.asarray(weights, dtype=float))
+    A = X / y[:, None] * w[:, None]
     norms = np.linalg.norm(A, axis=0)
     seen = norms > 0
     scaled = A[:, seen] / norms[seen]
-    c, _ = nnls(scaled, np.ones(len(y)), maxiter=50 * scaled.shape[1])
+    c, _ = nnls(scaled, w, maxiter=50 * scaled.shape[1])
     coefs = np.zeros(X.shape[1])
     coefs[seen] = c / norms[seen]
     return coefs.tolist(), seen.tolist()
@@ -372,8 +420,6 @@ def add_arguments(parser) -> None:
 def calibrate(threads: int, device: str = "cpu", quick: bool = False, spaces=DEFAULT_SPACES, seed: int = 0,
               progress: bool = True) -> tuple[lat.Profile, dict]:
     """Measure, fit and evaluate; returns (profile, report). Writes nothing."""
-    from tqdm import tqdm
-
     protocol, plan = (QUICK, QUICK_PLAN) if quick else (FULL, FULL_PLAN)
     paths = _space_paths(spaces)
     for p in paths:
@@ -384,22 +430,20 @@ def calibrate(threads: int, device: str = "cpu", quick: bool = False, spaces=DEF
     load_start = load_average()
     train, held = plan_networks(paths, plan, seed)
     jobs = [("train", n, a) for n, a in train] + [("heldout", n, a) for n, a in held]
-    random.Random(seed + 7).shuffle(jobs)
-    results = []
     with fixed_threads(threads):
         machine = machine_info(threads, device)
-        kernels = bool(machine["kernels"])
-        bar = tqdm(jobs, desc="calibrate", unit="net", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-        for role, name, arch in bar:
-            timing = measure_arch(arch, protocol, device)
-            cost = arch_cost(arch)
-            results.append({"role": role, "space": name, "arch": encode(arch), "macs": cost.macs,
-                            "row": lat.feature_row(cost, kernels), "timing": timing})
-        bar.close()
+        timings = measure_all([a for _, _, a in jobs], protocol, device, seed, progress)
+    kernels = bool(machine["kernels"])
+    results = []
+    for (role, name, arch), timing in zip(jobs, timings):
+        cost = arch_cost(arch)
+        results.append({"role": role, "space": name, "arch": encode(arch), "macs": cost.macs,
+                        "row": lat.feature_row(cost, kernels), "timing": timing})
     tr = [r for r in results if r["role"] == "train"]
     ho = [r for r in results if r["role"] == "heldout"]
     y_tr = [r["timing"].median_ms for r in tr]
-    coefs, seen = fit_nnls([r["row"] for r in tr], y_tr)
+    whole = [1.0 if r["space"].endswith("/block") else WHOLE_WEIGHT for r in tr]
+    coefs, seen = fit_nnls([r["row"] for r in tr], y_tr, whole)
     it = iter(coefs)
     terms = {t: tuple(next(it) for _ in feats) for t, feats in lat.TERMS.items()}
     seen_terms = {t for (t, _), s in zip(lat.COLUMNS, seen) if s}
@@ -412,6 +456,7 @@ def calibrate(threads: int, device: str = "cpu", quick: bool = False, spaces=DEF
     pred_ho = predict([r["row"] for r in ho])
     base_ho = [a + b * r["macs"] / 1e6 for r in ho]
     noise = [r["timing"].noise for r in results]
+    spread = [r["timing"].round_spread for r in results]
     per_space = {}
     for name in sorted({r["space"] for r in ho}):
         idx = [i for i, r in enumerate(ho) if r["space"] == name]
@@ -424,7 +469,8 @@ def calibrate(threads: int, device: str = "cpu", quick: bool = False, spaces=DEF
                           "fit": agreement([a + b * r["macs"] / 1e6 for r in tr], y_tr),
                           "heldout": agreement(base_ho, y_ho)},
         "noise": {"median_iqr_over_median": statistics.median(noise),
-                  "p90_iqr_over_median": statistics.quantiles(noise, n=10)[-1] if len(noise) > 1 else noise[0]},
+                  "p90_iqr_over_median": _p90(noise),
+                  "median_round_spread": statistics.median(spread), "p90_round_spread": _p90(spread)},
         "unfitted_terms": [t for t in lat.TERMS if t not in seen_terms],
         "load_average_1m": {"start": load_start, "end": load_average()},
         "measure_s": round(time.time() - t0, 1),
@@ -469,10 +515,13 @@ def format_report(profile: lat.Profile, path: str) -> str:
     lines = [f"device profile written to {path}",
              f"  {m['cpu_model']}, {m['cores']} cores, device {m['device']}, {m['threads']} thread(s), torch "
              f"{m['torch']}, packed kernels {m['kernels'] or 'not used'}",
-             f"  timing: median of >= {profile.protocol['min_repeats']} runs at batch 1 after warm-up; noise "
-             f"(IQR / median) median {_pct(s['noise']['median_iqr_over_median'])}, 90th percentile "
-             f"{_pct(s['noise']['p90_iqr_over_median'])}; load average {s['load_average_1m']['start']} -> "
-             f"{s['load_average_1m']['end']}",
+             f"  timing: batch 1, median of the runs of {profile.protocol['rounds']} rounds (>= "
+             f"{profile.protocol['min_repeats']} runs each, after warm-up); noise IQR / median: median "
+             f"{_pct(s['noise']['median_iqr_over_median'])}, 90th percentile {_pct(s['noise']['p90_iqr_over_median'])}; "
+             f"spread of round medians: median {_pct(s['noise']['median_round_spread'])}, 90th percentile "
+             f"{_pct(s['noise']['p90_round_spread'])}",
+             f"  load average (1 min) {s['load_average_1m']['start']} at start, {s['load_average_1m']['end']} at end; "
+             f"{s['measure_s']:.0f} s",
              f"  fit: {fit['networks']} networks ({fit['single_block_networks']} single-block), "
              f"{_pct(fit['within_10pct'])} within ±10%",
              "",

@@ -48,7 +48,7 @@ from pathlib import Path
 from nas.errors import UsageError
 
 FORMAT = "nas-device-profile"
-FORMAT_VERSION = 1  # bump when TERMS or the feature definitions change
+FORMAT_VERSION = 2  # bump when TERMS or the feature definitions change
 ENV_PROFILE = "NAS_PROFILE"
 HINT = "re-run `nas calibrate`"
 
@@ -74,7 +74,7 @@ TERMS: dict[str, tuple[str, ...]] = {
     "act.hswish": _EL,
     "act.sigmoid": _EL,
     # 1-bit convs on the packed kernels: scale/BN folding, pack, XNOR-popcount, fused epilogue
-    "binconv.kernel": ("1", "mwords", "kin", "kout", "kweights"),
+    "binconv.kernel": ("1", "mwords", "ktaps", "kin", "kout", "kweights"),
     "sign.pack": _EL,  # NCHW float -> packed NHWC words (kernel path)
     "sign.fake": _EL,  # sign on the fake-quant path (+1 padding is in the conv's wq.sign)
     "add": _EL,  # residual / shortcut add, kelems = output elements
@@ -160,8 +160,9 @@ def _weighted_terms(layer, kernels: bool, records: dict, k_in: float, k_out: flo
     if kernel_path(layer, kernels):
         h, w = layer.out_shape[1:]
         # 64-bit word operations: output pixels x taps x input words x output channels padded to 64
-        mwords = h * w * layer.kernel ** 2 * math.ceil(c_in / 64) * 64 * math.ceil(c_out / 64) / 1e6
-        terms = [("binconv.kernel", (1.0, mwords, k_in, k_out, k_w))]
+        blocks = h * w * layer.kernel ** 2 * math.ceil(c_out / 64)  # (pixel, tap, 64 output channels) steps
+        mwords = blocks * math.ceil(c_in / 64) * 64 / 1e6
+        terms = [("binconv.kernel", (1.0, mwords, blocks / 1e3, k_in, k_out, k_w))]
         if unit:
             return terms  # BN folded into the epilogue, no activation in a unit
         terms.append(("sign.pack", (1.0, k_in)))
