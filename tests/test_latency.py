@@ -191,3 +191,42 @@ def test_calibrate_bad_options(capsys):
         assert main(["calibrate", "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
     assert main(["calibrate", "--device", "tpu"]) == 2
+
+
+def test_search_target_latency_rejects_slow_candidates_before_training(quick, profile, tmp_path, monkeypatch,
+                                                                       capsys):
+    """`nas search --target-latency`: every trial carries its predicted latency and the matching
+    constraint value; candidates predicted too slow are recorded and never trained; the final
+    record shows predicted next to measured latency."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from nas.search.storage import open_storage
+    from nas.space import load_space, random_archs
+
+    monkeypatch.setenv(latency.ENV_PROFILE, str(quick[0]))
+    (tmp_path / "search_spaces").symlink_to(REPO / "search_spaces")
+    monkeypatch.chdir(tmp_path)
+    # a budget in the middle of the space's predicted latencies, so that both sides occur
+    space = load_space(REPO / "search_spaces" / "mcu.yaml")
+    preds = sorted(latency.predict_latency_ms(a, profile) for a in random_archs(space, 40, seed=5, in_chs=1, num_classes=10))
+    limit_ms = preds[len(preds) // 2]
+    storage = f"journal:{tmp_path / 'lat.journal'}"
+    rc = main(["search", "--target-latency", f"{limit_ms:.4f}ms", "--trials", "6", "--study", "lat",
+               "--storage", storage, "--json", "--dataset", "fashion-mnist", "--space", "search_spaces/mcu.yaml",
+               "--subset", "300", "--epochs", "1", "--final-epochs", "1", "--final-subset", "300",
+               "--no-progress", "--seed", "5"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    limit = float(f"{limit_ms:.4f}")
+    study = optuna.load_study(study_name="lat", storage=open_storage(storage))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        predicted = t.user_attrs["costs"]["latency_ms"]
+        assert predicted == pytest.approx(latency.predict_latency_ms(decode(t.user_attrs["arch"]), profile))
+        assert t.user_attrs["constraints"] == pytest.approx([(predicted - limit) / limit])
+        assert t.user_attrs["feasible"] == (predicted <= limit)
+        assert t.user_attrs["trained"] == (predicted <= limit)
+    final = summary["final"][0]
+    assert final["latency_ms"] <= limit and final["latency_measured_ms"] > 0
