@@ -193,8 +193,8 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
         budget_s = DEFAULT_BUDGET_S
     start = time.time()
     deadline = None if budget_s is None else start + budget_s
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // config.workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // config.workers)  # the cores this process may use (taskset, cgroups)
     _log(f"study {config.study!r} in {config.storage or default_url(config.study)}: {config.space} on "
          f"{probe.name}, {config.budgets.describe()}, "
          + (f"budget {format_seconds(budget_s)}" if budget_s else f"{config.trials} trained trials")
