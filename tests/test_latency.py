@@ -230,3 +230,16 @@ def test_search_target_latency_rejects_slow_candidates_before_training(quick, pr
         assert t.user_attrs["trained"] == (predicted <= limit)
     final = summary["final"][0]
     assert final["latency_ms"] <= limit and final["latency_measured_ms"] > 0
+
+
+@pytest.mark.parametrize("noise, warned", [(0.05, False), (0.25, True)])
+def test_calibrate_report_warns_when_timings_were_noisy(profile, noise, warned):
+    import copy
+    import dataclasses
+
+    from nas.cost.calibrate import format_report
+
+    stats = copy.deepcopy(profile.stats)
+    stats["noise"]["median_iqr_over_median"] = noise
+    text = format_report(dataclasses.replace(profile, stats=stats), "p.json")
+    assert ("timings were noisy" in text) == warned

@@ -101,6 +101,7 @@ class Plan:
 
 FULL_PLAN = Plan(single_blocks=60, archs=60, heldout=50)
 QUICK_PLAN = Plan(single_blocks=16, archs=16, heldout=12)
+NOISY = 0.10  # median IQR / median above which the report warns that the machine was busy
 WHOLE_WEIGHT = 2.0  # whole networks count twice in the fit: they are what is predicted
 
 
@@ -531,6 +532,9 @@ def format_report(profile: lat.Profile, path: str) -> str:
              f"  goal                                  {_pct(GOAL_WITHIN):>14}   {GOAL_SPEARMAN:.3f}"]
     for name, a in ho["per_space"].items():
         lines.append(f"    {name:<34} {_pct(a['within_10pct']):>14}   {a['spearman']:.3f}   ({a['networks']} networks)")
+    if s["noise"]["median_iqr_over_median"] > NOISY:
+        lines.append(f"  warning: timings were noisy (median IQR / median {_pct(s['noise']['median_iqr_over_median'])} > "
+                     f"{_pct(NOISY)}): something else used this machine; re-run `nas calibrate` when it is idle")
     if s["unfitted_terms"]:
         lines.append(f"  note: no measured network had {', '.join(s['unfitted_terms'])}: those terms are 0")
     return "\n".join(lines)
