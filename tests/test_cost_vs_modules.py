@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from nas.build import build_model
 from nas.cost import arch_cost, layout
 from nas.count import count_modules, format_counts
 from nas.space import decode
@@ -81,14 +82,6 @@ def _arch(kind: str, stride: int, bits: int) -> str:
     return (f"in_r16_c3-stem_c32_k3_s1_w8_a8-{block}_w{bits}_a{bits}-head_c48_w8_a8-fc_n10_w8_a8")
 
 
-def _build_model():
-    try:
-        from nas.build import build_model
-    except ImportError as e:  # nas.build lands in the same issue; until then there is nothing to compare
-        pytest.skip(f"nas.build.build_model is not available yet ({e})")
-    return build_model
-
-
 def module_layers(model, arch):
     """Every conv / linear the built model runs: (kind, in C, out (C, H, W), k, stride, groups,
     w_bits, a_bits, payload bytes by `nas.cost.layout`), from forward hooks."""
@@ -125,7 +118,6 @@ def analytic_layers(cost):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kind", list(BLOCKS))
 def test_analytic_equals_module_counter(kind, stride, bits):
-    build_model = _build_model()
     arch = decode(_arch(kind, stride, bits))
     analytic = arch_cost(arch)
     model = build_model(arch)
@@ -142,7 +134,6 @@ def test_analytic_equals_module_counter(kind, stride, bits):
 @pytest.mark.parametrize("bits", [(1, 8), (1, 2), (4, 8), (8, 4)])
 def test_analytic_equals_module_counter_mixed_bits(bits):
     """w != a: binary weights with k-bit activations, and the other way round."""
-    build_model = _build_model()
     w, a = bits
     arch = decode(f"in_r16_c3-stem_c32_k3_s1_w8_a8-grouped_r2_k3_s2_g4_c64_w{w}_a{a}"
                   f"-ir_r1_k3_s1_e2_c64_w{w}_a{a}-head_c0-fc_n10_w8_a8")

@@ -3,7 +3,7 @@
 import json
 import signal
 
-from nas.search.config import OBJECTIVES, PROXIES, PRUNERS, SAMPLERS, build_config, read_config_file
+from nas.search.config import OBJECTIVES, OPTION_NAMES, PROXIES, PRUNERS, SAMPLERS, build_config, read_config_file
 from nas.units import format_bytes, format_count
 
 
@@ -38,11 +38,6 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-_OPTION_NAMES = ("study", "storage", "space", "dataset", "data_dir", "objectives", "sampler", "trials", "workers",
-                 "seed", "subset", "val_subset", "epochs", "proxy", "pruner", "final_top", "final_epochs", "final_subset", "batch_size",
-                 "budget", "target_mem", "target_act_mem", "target_macs", "target_latency")
-
-
 def _sigterm_as_interrupt() -> None:
     """SIGTERM stops a search like Ctrl-C: finished trials are kept, the command resumes it."""
     def handler(signum, frame):
@@ -55,7 +50,7 @@ def run(args) -> int:
 
     _sigterm_as_interrupt()
     file_options = read_config_file(args.config) if args.config else None
-    options = {name: getattr(args, name) for name in _OPTION_NAMES}
+    options = {name: getattr(args, name) for name in OPTION_NAMES}
     config = build_config(options, file_options, args.config or "")
     summary = run_search(config, show_progress=not args.no_progress)
     if args.json:

@@ -64,12 +64,13 @@ class SearchConfig:
             raise UsageError(f"--pruner {self.pruner!r}: expected one of {list(PRUNERS)}")
         if self.proxy not in PROXIES:
             raise UsageError(f"--proxy {self.proxy!r}: expected one of {list(PROXIES)}")
-        for name in ("workers", "epochs", "subset", "final_top", "final_epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected a whole number >= 1")
-        for name in ("val_subset", "final_subset"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected a whole number >= 1")
+        for name in ("workers", "epochs", "subset", "final_top", "final_epochs", "batch_size", "val_subset",
+                     "final_subset"):
+            value = getattr(self, name)
+            if name in ("val_subset", "final_subset") and value is None:
+                continue  # None: the whole split
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number >= 1")
         if self.trials is not None and self.trials < 1:
             raise UsageError(f"--trials {self.trials!r}: expected a whole number >= 1")
         if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):
@@ -107,6 +108,7 @@ _PARSERS = {
     "target_macs": ("macs", lambda v, where: parse_count(str(v), where)),
     "target_latency": ("latency_ms", lambda v, where: parse_seconds(str(v), where) * 1e3),
 }
+OPTION_NAMES = tuple(_PARSERS)  # what the command line and a study config file may set
 _BUDGET_FIELDS = {"mem", "act_mem", "macs", "latency_ms"}
 
 
