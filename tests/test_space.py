@@ -97,7 +97,7 @@ def test_derived_gamma_meets_the_target():
     # alpha * beta^2 * gamma^2 = 2 (EfficientNet's FLOPs-doubling constraint) solved for gamma:
     # sqrt(2 / (1.2 * 1.21)) = 1.1736 (EfficientNet's grid search picked 1.15 near it)
     g = derived_gamma(1.2, 1.1, 2.0)
-    assert g == pytest.approx(1.17363, abs=1e-4)
+    assert g == 1.174  # rounded to 3 decimals by derived_gamma
     assert 1.2 * 1.1**2 * g**2 == pytest.approx(2.0, rel=1e-3)
     assert derived_gamma(2.0, 1.2, 2.0) == 1.0  # never below 1
 
