@@ -7,7 +7,7 @@ from torch import nn
 
 from nas.errors import UsageError
 from nas.quant import (BITS, PACT, ActQuant, ApproxSign, BinaryConv2d, BiRealUnit, QuantConv2d, QuantLinear,
-                       act_steps, dorefa_weight, packed_kernels, quantize_weight, sign)
+                       act_steps, dorefa_weight, pact_reference, packed_kernels, quantize_weight, sign)
 from nas.space.spec import BITS as SPEC_BITS
 
 EXACT = dict(atol=0, rtol=0)
@@ -151,14 +151,16 @@ def test_ternary_weights_are_minus_one_zero_plus_one_times_scale():
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("signed", [False, True])
-def test_pact_forward_and_gradients(bits, signed):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # pact.c, and the PyTorch-ops path
+def test_pact_forward_and_gradients(bits, signed, dtype):
     alpha0 = 1.5
-    x = torch.tensor([-3.0, -1.5, -1.49, -0.7, -0.0, 0.0, 0.1, 0.33, 0.9, 1.49, 1.5, 2.0, 7.0], requires_grad=True)
-    q = ActQuant(bits, signed=signed, clip_init=alpha0)
+    x = torch.tensor([-3.0, -1.5, -1.49, -0.7, -0.0, 0.0, 0.1, 0.33, 0.9, 1.49, 1.5, 2.0, 7.0], dtype=dtype,
+                     requires_grad=True)
+    q = ActQuant(bits, signed=signed, clip_init=alpha0).to(dtype)
     y = q(x)
     steps = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
     assert act_steps(bits, signed) == steps
-    s = torch.tensor(alpha0) / steps
+    s = torch.tensor(alpha0, dtype=dtype) / steps
     lo = -alpha0 if signed else 0.0
     ref = torch.round(x.detach().clamp(lo, alpha0) / s) * s
     torch.testing.assert_close(y, ref, **EXACT)
@@ -166,7 +168,7 @@ def test_pact_forward_and_gradients(bits, signed):
     y.backward(torch.ones_like(y))
     xd = x.detach()
     inside = (xd > -alpha0) & (xd < alpha0) if signed else (xd >= 0) & (xd < alpha0)
-    torch.testing.assert_close(x.grad, inside.float(), **EXACT)
+    torch.testing.assert_close(x.grad, inside.to(dtype), **EXACT)
     expected_clip_grad = (xd >= alpha0).sum() - ((xd <= -alpha0).sum() if signed else 0)
     assert q.clip.grad.item() == float(expected_clip_grad)
 
@@ -177,6 +179,34 @@ def test_pact_clip_gradient_is_weighted_by_upstream():
     y = PACT.apply(x, alpha, 3, True)
     y.backward(torch.tensor([10.0, 1.0, 2.0, 4.0]))
     assert alpha.grad.item() == 1.0 + 2.0 - 4.0  # above: +g, below -alpha: -g
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("steps", [3, 7, 127, 255])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pact_kernel_equals_the_pytorch_formula(signed, steps, layout):
+    """pact.c against `pact_reference` (PyTorch ops) on an activation-sized tensor: values and
+    dy/dx bit-exact, in both memory layouts, multi-threaded; the clip gradient (summed in
+    double by pact.c, in float32 by PyTorch) to float32 rounding."""
+    x = (torch.randn(16, 13, 17, 17, generator=_gen(steps)) * 3).contiguous(memory_format=layout)
+    x.requires_grad_()
+    alpha = torch.tensor(2.37, requires_grad=True)
+    g = torch.randn(x.shape, generator=_gen(steps + 1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y = PACT.apply(x, alpha, steps, signed)
+        y.backward(g)
+    finally:
+        torch.set_num_threads(threads)
+    xd, ad = x.detach(), alpha.detach()
+    assert y.stride() == x.stride()
+    torch.testing.assert_close(y, pact_reference(xd, ad, steps, signed), **EXACT)
+    above = xd >= ad
+    below = (xd <= -ad) if signed else (xd < 0)
+    torch.testing.assert_close(x.grad, g * ~(above | below), **EXACT)
+    expected = (g * above).double().sum() - ((g * below).double().sum() if signed else 0.0)
+    assert alpha.grad.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-4)
 
 
 # ---- 16 / 32 bit --------------------------------------------------------------------------------

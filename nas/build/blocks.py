@@ -96,12 +96,14 @@ class Shift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s, p = self.kernel, self.stride, self.kernel // 2
-        h, w = x.shape[-2:]
-        xp = F.pad(x, (p, p, p, p))  # (N, C, H + 2p, W + 2p), zero fill
+        c, n = x.shape[1], k * k
+        sizes = [c // n + (1 if i < c % n else 0) for i in range(n)]  # torch.tensor_split's sizes
         outs = []
-        for i, part in enumerate(torch.tensor_split(xp, k * k, dim=1)):
+        for i, part in enumerate(torch.split(x, sizes, dim=1)):
             dy, dx = i // k - p, i % k - p
-            outs.append(part[:, :, p + dy:p + dy + h:s, p + dx:p + dx + w:s])  # (N, C_i, ceil(H/s), ceil(W/s))
+            # out[y, x] = in[y + dy, x + dx]: crop dx columns / dy rows on one side, zero-fill the other.
+            # Splitting first and shifting each part keeps the backward pass part-sized.
+            outs.append(F.pad(part, (-dx, dx, -dy, dy))[:, :, ::s, ::s])
         return torch.cat(outs, dim=1)
 
     def extra_repr(self) -> str:

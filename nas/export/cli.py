@@ -72,7 +72,7 @@ def study_config(study):
 def pick_trial(study, best: bool, number: int | None):
     from optuna.trial import TrialState
 
-    from nas.search.runner import best_feasible
+    from nas.search.runner import best_feasible, result_trial
 
     trials = study.get_trials(deepcopy=False)
     if best:
@@ -80,7 +80,7 @@ def pick_trial(study, best: bool, number: int | None):
         if not ranked:
             raise UsageError(f"--best: study {study.study_name!r} has no trained feasible trial yet; "
                              f"run `nas search --study {study.study_name}` longer, or pass --trial N")
-        return ranked[0]
+        return result_trial(study, trials)
     match = [t for t in trials if t.number == number]
     if not match:
         raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r}; "

@@ -34,6 +34,8 @@ the tests can check values and gradients against the formulas exactly.
 
 import torch
 
+from nas.quant import _pact
+
 HALF_MAX = 65504.0  # largest finite float16
 TERNARY_THRESHOLD = 0.7  # TWN: Δ = 0.7 · mean |w|
 
@@ -106,24 +108,52 @@ class HalfSTE(torch.autograd.Function):
 
 
 class PACT(torch.autograd.Function):
-    """Clipped uniform quantizer with a learnable clip (see the module docstring)."""
+    """Clipped uniform quantizer with a learnable clip (see the module docstring).
+
+    Float32 CPU tensors go through `nas.quant._pact` (pact.c), one pass each way; anything
+    else (float64 for synflow, GPU tensors) through the same formula in PyTorch ops. The
+    tests hold the two equal (values and dy/dx at atol=0)."""
 
     @staticmethod
     def forward(ctx, x, alpha, steps: int, signed: bool):
-        lo = -alpha if signed else torch.zeros_like(alpha)
-        ctx.save_for_backward(x, alpha)
-        ctx.signed = signed
-        scale = alpha / steps
-        return torch.round(torch.minimum(torch.maximum(x, lo), alpha) / scale) * scale
+        ctx.signed, ctx.fast = signed, _pact_c_takes(x)
+        if not ctx.fast:
+            ctx.save_for_backward(x, alpha)
+            return pact_reference(x, alpha, steps, signed)
+        if not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous()
+        y = torch.empty_like(x)  # same layout as x
+        ctx.alpha, ctx.alpha_shape = float(alpha), alpha.shape
+        _pact.forward(x.data_ptr(), y.data_ptr(), x.numel(), ctx.alpha, steps, signed, torch.get_num_threads())
+        ctx.save_for_backward(x)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, alpha = ctx.saved_tensors
-        above = x >= alpha
-        below = (x <= -alpha) if ctx.signed else (x < 0)
-        grad_x = grad * ~(above | below)
-        grad_alpha = (grad * above).sum() - ((grad * below).sum() if ctx.signed else 0.0)
-        return grad_x, grad_alpha.reshape(alpha.shape), None, None
+        if not ctx.fast:
+            x, alpha = ctx.saved_tensors
+            above = x >= alpha
+            below = (x <= -alpha) if ctx.signed else (x < 0)
+            grad_x = grad * ~(above | below)
+            grad_alpha = (grad * above).sum() - ((grad * below).sum() if ctx.signed else 0.0)
+            return grad_x, grad_alpha.reshape(alpha.shape), None, None
+        (x,) = ctx.saved_tensors
+        grad = grad.to(memory_format=torch.channels_last if not x.is_contiguous() else torch.contiguous_format)
+        grad_x = torch.empty_like(x)
+        clip_grad = _pact.backward(grad.data_ptr(), x.data_ptr(), grad_x.data_ptr(), x.numel(), ctx.alpha,
+                                   ctx.signed, torch.get_num_threads())
+        return grad_x, torch.tensor(clip_grad, dtype=torch.float32).reshape(ctx.alpha_shape), None, None
+
+
+def pact_reference(x: torch.Tensor, alpha: torch.Tensor, steps: int, signed: bool):
+    """PACT's forward in PyTorch ops: round(clip(x, lo, alpha) / s) * s, s = alpha / steps."""
+    lo = -alpha if signed else torch.zeros_like(alpha)
+    scale = alpha / steps
+    return torch.round(torch.minimum(torch.maximum(x, lo), alpha) / scale) * scale
+
+
+def _pact_c_takes(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu"
 
 
 def channel_dims(w: torch.Tensor) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from torch import nn
 
 from nas.errors import UsageError
 from nas.quant.functions import (PACT, ApproxSign, HalfSTE, SignSTE, act_steps, binary_scale, dorefa_scale,
-                                 quantize_weight)
+                                 pact_reference, quantize_weight)
 
 BITS = (1, 2, 4, 8, 16, 32)  # = nas.space.spec.BITS (a test holds them equal); quant stays a leaf
 PACT_BITS = (2, 4, 8)  # activation widths that own a learnable clip
@@ -70,7 +70,10 @@ class ActQuant(nn.Module):
             return HalfSTE.apply(x)
         if self.bits == 1:
             return ApproxSign.apply(x)
-        return PACT.apply(x, self.clip.clamp_min(MIN_CLIP), act_steps(self.bits, self.signed), self.signed)
+        alpha, steps = self.clip.clamp_min(MIN_CLIP), act_steps(self.bits, self.signed)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return pact_reference(x, alpha, steps, self.signed)  # traceable ops (pact.c is opaque to a trace)
+        return PACT.apply(x, alpha, steps, self.signed)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"

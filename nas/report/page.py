@@ -26,7 +26,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from nas.report import study as study_view
-from nas.search.runner import best_feasible
+from nas.search.runner import best_feasible, result_trial
 from nas.units import format_bytes, format_count, format_seconds
 
 MIN_IMPORTANCE_TRIALS = 3  # fANOVA on fewer trained trials says nothing
@@ -241,7 +241,7 @@ def build(study: optuna.Study, storage: str, trial_number: int | None) -> Report
 
     trials = study.get_trials(deepcopy=False)
     chosen = study_view.pick_trial(study, trials, trial_number)
-    best = best_feasible(trials)[0].number
+    best = result_trial(study, trials).number
     latency = Latency()
     report = Report(study=study, storage=storage, trials=trials, chosen=chosen, latency=latency, best=best)
     budgets = study.user_attrs.get("identity", {}).get("budgets", {})

@@ -76,8 +76,8 @@ def is_feasible(t: FrozenTrial) -> bool:
 
 
 def pick_trial(study: optuna.Study, trials: list[FrozenTrial], number: int | None) -> FrozenTrial:
-    """The trial to show: `number`, or the best feasible trained trial."""
-    from nas.search.runner import best_feasible  # imports torch: not at module level (the dashboard needs none)
+    """The trial to show: `number`, or the search's result (`nas.search.runner.result_trial`)."""
+    from nas.search.runner import best_feasible, result_trial  # imports torch: not at module level
 
     ranked = best_feasible(trials)
     if not ranked:
@@ -86,7 +86,7 @@ def pick_trial(study: optuna.Study, trials: list[FrozenTrial], number: int | Non
                          f"infeasible, {c.pruned} pruned, {c.failed} failed, {c.running} running); "
                          f"run `nas search --study {study.study_name}` longer")
     if number is None:
-        return ranked[0]
+        return result_trial(study, trials)
     by_number = {t.number: t for t in trials}
     if number not in by_number:
         raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r} "

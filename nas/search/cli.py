@@ -32,7 +32,7 @@ def add_arguments(p):
     p.add_argument("--epochs", type=int, help="epochs per candidate (default 3)")
     p.add_argument("--final-epochs", type=int, help="epochs of the final retraining (default 4)")
     p.add_argument("--final-subset", type=int, help="training images of the final retraining (default 20000)")
-    p.add_argument("--final-top", type=int, help="best feasible trials to retrain and test (default 1)")
+    p.add_argument("--final-top", type=int, help="best distinct feasible architectures to retrain; the best final val accuracy wins (default 3)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -72,8 +72,9 @@ def print_summary(summary: dict) -> None:
         lat = f"{b['latency_ms']:.3g} ms" if b.get("latency_ms") is not None else "-"
         print(f"{b['trial']:>5}  {b['accuracy']:>7.4f}  {format_bytes(b['weight_bytes']):>9}  "
               f"{format_bytes(b['peak_act_bytes']):>9}  {format_count(b['macs']):>7}  {lat:>8}  {b['arch']}")
-    for f in summary.get("final", []):
-        print(f"\nfinal: trial {f['trial']} retrained {f['epochs']} epochs: val {f['val_accuracy']:.4f}, "
+    for i, f in enumerate(summary.get("final", [])):
+        mark = "chosen (best final val)" if i == 0 else "retrained"
+        print(f"\nfinal, {mark}: trial {f['trial']}, {f['epochs']} epochs: val {f['val_accuracy']:.4f}, "
               f"test {f['test_accuracy']:.4f}, weight_bytes {format_bytes(f['costs']['weight_bytes'])} "
               f"(budget {format_bytes(summary['budgets']['mem']) if summary['budgets'].get('mem') else 'none'}); "
               f"weights {f['weights']}")

@@ -47,9 +47,9 @@ class SearchConfig:
     # Zero-cost proxy gate before training. Off by default: `nas bench proxies` measured
     # Spearman -0.21..+0.27 for NASWOT and synflow vs trained accuracy on this space (README).
     proxy: str = "none"
-    proxy_keep: float = 0.5
-    pruner: str = "sh"  # successive halving over epochs (single objective), or none  # train a candidate only if its proxy beats this quantile of earlier ones
-    final_top: int = 1  # best feasible trials retrained at the final fidelity and tested once
+    proxy_keep: float = 0.5  # train a candidate only if its proxy beats this quantile of earlier ones
+    pruner: str = "sh"  # successive halving over epochs (single objective), or none
+    final_top: int = 3  # best distinct feasible architectures retrained on the final recipe; best val wins
     final_epochs: int = 4
     final_subset: int | None = 20000  # None: the whole training split
     batch_size: int = 128

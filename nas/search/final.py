@@ -1,5 +1,8 @@
 """Final fidelity: retrain the best feasible trials longer, test each once, keep the weights.
 
+The top rung of the fidelity ladder: the `final_top` best distinct architectures of the
+search are retrained on the final recipe, and the one with the best *validation* accuracy
+after it is the search's result (`chosen`); the test split is never used to choose.
 The test split is touched here and nowhere else in a search. Weights go to
 ``studies/<study>/trial_<n>.safetensors``; the record goes to the study's user attribute
 ``final:<n>`` (finished trials are immutable in Optuna), which `report` and `export` read.
@@ -31,15 +34,33 @@ def final_record(study: optuna.Study, trial_number: int) -> dict | None:
     return study.user_attrs.get(f"final:{trial_number}")
 
 
-def retrain_best(study: optuna.Study, config: SearchConfig, trials: list) -> list[dict]:
-    records = []
+def distinct_archs(trials: list, k: int) -> list:
+    """The first `k` trials of `trials` (best first) with different architectures."""
+    out, seen = [], set()
     for t in trials:
-        done = final_record(study, t.number)
-        if done is not None:
-            records.append(done)
-            continue
-        records.append(retrain_one(study, config, t))
-    return records
+        if t.user_attrs["arch"] not in seen:
+            seen.add(t.user_attrs["arch"])
+            out.append(t)
+        if len(out) == k:
+            break
+    return out
+
+
+def by_final_val(records: list[dict]) -> list[dict]:
+    """Final records, the chosen one first: best validation accuracy, then fewer weight_bytes."""
+    return sorted(records, key=lambda r: (-r["val_accuracy"], r["costs"]["weight_bytes"], r["trial"]))
+
+
+def chosen(study: optuna.Study) -> dict | None:
+    """The search's result: the retrained trial with the best final validation accuracy."""
+    records = [v for k, v in study.user_attrs.items() if k.startswith("final:")]
+    return by_final_val(records)[0] if records else None
+
+
+def retrain_best(study: optuna.Study, config: SearchConfig, trials: list) -> list[dict]:
+    """Retrain `trials` (already retrained ones are read back); records, the chosen one first."""
+    records = [final_record(study, t.number) or retrain_one(study, config, t) for t in trials]
+    return by_final_val(records)
 
 
 def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> dict:

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import optuna
@@ -67,13 +68,28 @@ def best_feasible(trials) -> list:
     return sorted(ok, key=lambda t: (-t.values[0], t.user_attrs["costs"]["weight_bytes"], t.number))
 
 
+def result_trial(study: optuna.Study, trials) -> optuna.trial.FrozenTrial | None:
+    """The search's result: the final rung's choice (best validation accuracy after the
+    final retraining, `final.chosen`) once it ran, else the best feasible trial of the search."""
+    ranked = best_feasible(trials)
+    record = final.chosen(study)
+    picked = [t for t in ranked if record is not None and t.number == record["trial"]]
+    return (picked or ranked or [None])[0]
+
+
 def make_sampler(config: SearchConfig, worker_index: int):
     seed = config.seed + 1000 * worker_index
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)  # constraints: trial.set_constraint
+    # multivariate + group: the space is conditional (each block kind has its own parameters),
+    # and widths, depths and bits interact; constant_liar keeps parallel workers apart.
+    # Constraints reach the sampler through trial.set_constraint.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, multivariate=True, group=True,
+                                          constant_liar=True)
 
 
 def open_study(config: SearchConfig, worker_index: int = 0) -> optuna.Study:
@@ -241,7 +257,8 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
         _log("no feasible trained trial yet: give a larger --budget or --trials")
         return summary
     if not interrupted:
-        summary["final"] = final.retrain_best(study, config, progress.best_feasible_trials[:config.final_top])
+        top = final.distinct_archs(progress.best_feasible_trials, config.final_top)
+        summary["final"] = final.retrain_best(study, config, top)
     summary["best"] = [trial_summary(t) for t in progress.best_feasible_trials[:5]]
     return summary
 
