@@ -116,6 +116,8 @@ CASES = [
     (["cost", "--arch", GOOD_ARCH, "--profile", "{d}/profile.json"], "profile.json"),
     (["cost", "--arch", GOOD_ARCH, "--profile", "{d}/nope.json"], "nope.json"),
     (["bench", "nothing"], "nothing"),
+    (["bench", "search", "--methods", "ladder,annealing"], "annealing"),
+    (["bench", "search", "--targets", "100KB:tiny", "--methods", "hand"], "tiny"),
     (["nonsense"], "nonsense"),
 ]
 

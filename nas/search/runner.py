@@ -73,8 +73,11 @@ def result_trial(study: optuna.Study, trials) -> optuna.trial.FrozenTrial | None
     final retraining, `final.chosen`) once it ran, else the best feasible trial of the search."""
     ranked = best_feasible(trials)
     record = final.chosen(study)
-    picked = [t for t in ranked if record is not None and t.number == record["trial"]]
-    return (picked or ranked or [None])[0]
+    if record is not None:
+        for t in ranked:
+            if t.number == record["trial"]:
+                return t
+    return ranked[0] if ranked else None
 
 
 def make_sampler(config: SearchConfig, worker_index: int):
