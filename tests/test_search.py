@@ -107,3 +107,22 @@ def test_diverging_trial_is_failed_and_the_search_goes_on(in_tmp, monkeypatch, c
     states = [t.state for t in study.trials]
     assert states.count(TrialState.FAIL) == 1
     assert sum(1 for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs["trained"]) >= 2
+
+
+def test_successive_halving_stops_the_weaker_half_and_never_a_finished_candidate(in_tmp, capsys):
+    storage = f"journal:{in_tmp / 'h.journal'}"
+    argv = [a for a in FAST]
+    argv[argv.index("--epochs") + 1] = "2"
+    rc = main(["search", "--target-mem", "100KB", "--trials", "3", "--study", "h", "--storage", storage,
+               "--final-top", "1", *argv])
+    assert rc == 0
+    study = _study("h", storage)
+    halved = [t for t in study.trials if t.state == TrialState.PRUNED and "duplicate_of" not in t.user_attrs]
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs["trained"]]
+    assert halved, "no candidate was stopped after its first epoch"
+    for t in halved:  # stopped at the first rung: one epoch reported, never the last
+        assert sorted(t.intermediate_values) == [1]
+    for t in finished:
+        if "duplicate_of" not in t.user_attrs:
+            assert sorted(t.intermediate_values) == [1, 2]
+            assert t.values[0] == t.intermediate_values[2]

@@ -42,7 +42,7 @@ class SearchConfig:
     workers: int = 1
     seed: int = 0
     subset: int = 4000  # training images per candidate (stratified, fixed per seed)
-    epochs: int = 3  # epochs per candidate; successive halving stops the weak ones after 1
+    epochs: int = 3  # epochs per candidate; successive halving stops the weaker half after 1 and 2
     val_subset: int | None = 2000  # validation images scored after each candidate epoch (None: all)
     # Zero-cost proxy gate before training. Off by default: `nas bench proxies` measured
     # Spearman -0.21..+0.27 for NASWOT and synflow vs trained accuracy on this space (README).

@@ -119,7 +119,7 @@ class Objective:
             if self.multi:
                 return  # Optuna prunes single-objective studies only
             trial.report(val_accuracy, epoch)
-            if trial.should_prune():
+            if epoch < c.epochs and trial.should_prune():  # a fully trained candidate is never pruned
                 trial.set_user_attr("accuracy", val_accuracy)
                 raise optuna.TrialPruned(f"successive halving after epoch {epoch}")
 

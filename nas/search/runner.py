@@ -95,11 +95,18 @@ def make_sampler(config: SearchConfig, worker_index: int):
                                           constant_liar=True)
 
 
+# Successive halving keeps the better half at epochs 1, 2, 4, ...: the first epoch ranks
+# candidates loosely (Spearman 0.47-0.82 against epoch 3 in random-search studies; epoch 2:
+# 0.72-0.91), so keeping a third after epoch 1 threw away nets that start slowly
+# (`nas bench pruners` replays recorded learning curves under both rules; README).
+SH_REDUCTION_FACTOR = 2
+
+
 def open_study(config: SearchConfig, worker_index: int = 0) -> optuna.Study:
     storage = open_storage(config.storage or default_url(config.study))
     directions = ["maximize"] + ["minimize"] * (len(config.objective_names) - 1)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3) if config.pruner == "sh" \
-        else optuna.pruners.NopPruner()
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=SH_REDUCTION_FACTOR) \
+        if config.pruner == "sh" else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=config.study, storage=storage, directions=directions,
                                 sampler=make_sampler(config, worker_index), pruner=pruner, load_if_exists=True)
     if len(study.directions) != len(directions):
