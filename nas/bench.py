@@ -1,10 +1,11 @@
-"""`nas bench kernels | search | proxies | train`: benchmarks that print their figures."""
+"""`nas bench kernels | search | pruners | proxies | train`: benchmarks that print their figures."""
 
 import importlib
 
 BENCHES = {
     "kernels": "nas.kernels.bench",
     "search": "nas.search.bench",
+    "pruners": "nas.search.bench_pruners",
     "proxies": "nas.train.bench_proxies",
     "train": "nas.train.bench_train",
 }

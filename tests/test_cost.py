@@ -3,6 +3,7 @@ payload layout by hand, peak activation memory by hand, NetScore / Information D
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -300,3 +301,21 @@ def test_information_density_and_netscore():
         netscore(71.8, 3.47e6, 3e8)
     with pytest.raises(ValueError, match="positive"):
         information_density(0.5, 0)
+
+
+@pytest.mark.parametrize("path", ["search_spaces/default.yaml", "search_spaces/mcu.yaml", "search_spaces/binary.yaml"])
+def test_space_extremes_bound_every_sampled_member(path):
+    """`nas space show` and the search's budget check use these; compound scaling must be
+    swept jointly (phi alone changes nothing while alpha = beta = 1)."""
+    from nas.cost.extremes import extreme
+    from nas.space import load_space
+    from nas.space.sample import random_archs
+
+    repo = Path(__file__).resolve().parents[1]
+    space = load_space(str(repo / path))
+    sampled = [arch_cost(a) for a in random_archs(space, 150, seed=5)]
+    for field in ("weight_bytes", "macs"):
+        values = [getattr(c, field) for c in sampled]
+        low, high = extreme(space, field), extreme(space, field, largest=True)
+        assert low.value <= min(values) and high.value >= max(values), (field, low.value, high.value, max(values))
+        assert getattr(arch_cost(low.arch), field) == low.value and getattr(arch_cost(high.arch), field) == high.value
