@@ -118,6 +118,7 @@ CASES = [
     (["bench", "nothing"], "nothing"),
     (["bench", "search", "--methods", "ladder,annealing"], "annealing"),
     (["bench", "search", "--targets", "100KB:tiny", "--methods", "hand"], "tiny"),
+    (["bench", "search", "--methods", "hand", "--hand-fit", "lots"], "--hand-fit"),
     (["bench", "pruners"], "no learning curves"),
     (["bench", "pruners", "--curves", "{d}/no-curves.json"], "no-curves.json"),
     (["bench", "pruners", "--curves", "benchmarks/learning_curves.json", "--budget-epochs", "60,lots"], "lots"),

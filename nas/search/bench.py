@@ -10,7 +10,8 @@ search_spaces/mcu.yaml), on Fashion-MNIST:
     both use the same per-candidate fidelity;
 (c) hand-designed baselines that fit the budget, in fp32 (what hand-tuning ships):
     a width-scaled timm MobileNetV3-small and a ResNet-20-like CIFAR net, width grown in
-    steps of 1/16 until the next step would exceed the budget.
+    steps of 1/16 until the next step would exceed the budget (or `--hand-fit SIZE`,
+    e.g. the search's result for an equal-size comparison).
 Every method's best model gets the same final recipe (epochs, images, seed) and is tested
 once on the test split. Printed: best feasible validation accuracy of the search, final
 validation and test accuracy, weight_bytes of the model, per method.
@@ -46,6 +47,9 @@ def add_arguments(p):
     p.add_argument("--final-subset", type=int, default=20000, help="training images of the final recipe")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)} (the hand nets do not depend on --budget)")
+    p.add_argument("--hand-fit", metavar="SIZE",
+                   help="fit the hand nets to this many weight bytes instead of the target (e.g. the search's "
+                        "result, for an equal-size comparison)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -129,6 +133,7 @@ def run(args) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UsageError(f"--methods {args.methods!r}: unknown {unknown}; expected a subset of {list(METHODS)}")
+    hand_fit = parse_bytes(args.hand_fit, "--hand-fit") if args.hand_fit else None
     rows, workdir = [], Path(tempfile.mkdtemp(prefix="nas-bench-search-"))
     for pair in args.targets.split(","):
         target_text, _, space_name = pair.partition(":")
@@ -162,10 +167,11 @@ def run(args) -> int:
             rows.append(row)
         hand = (("mobilenetv3_small", mobilenetv3_small), ("resnet20_like", resnet20_like))
         for name, make in hand if "hand" in methods else ():
-            fit = widest_fitting(make, target, FASHION_MNIST_CHANNELS, FASHION_MNIST_CLASSES)
-            row = {"target": target, "space": space, "method": f"{name} (hand)"}
+            fit_bytes = hand_fit or target
+            fit = widest_fitting(make, fit_bytes, FASHION_MNIST_CHANNELS, FASHION_MNIST_CLASSES)
+            row = {"target": target, "space": space, "method": f"{name} (hand)", "fitted_to": fit_bytes}
             if fit is None:
-                row["note"] = "no width fits the budget"
+                row["note"] = f"no width fits {format_bytes(fit_bytes)}"
             else:
                 width, model = fit
                 _log(f"{format_bytes(target)}: {name} width {width} ({format_bytes(fp32_payload_bytes(model))} fp32)")
