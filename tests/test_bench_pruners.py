@@ -62,7 +62,11 @@ def test_nas_bench_pruners_json(capsys):
     rc = main(["bench", "pruners", "--curves", str(CURVES), "--budget-epochs", "24", "--factors", "2",
                "--reps", "3", "--json"])
     assert rc == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    out = json.loads(capsys.readouterr().out)
+    for space in ("default", "mcu"):
+        assert set(out["rank_vs_last_epoch"][space]) == {"1", "2"}  # rungs before the last of 3 epochs
+        assert all(-1.0 <= rho <= 1.0 for rho in out["rank_vs_last_epoch"][space].values())
+    rows = out["rows"]
     assert {(r["space"], r["pruner"]) for r in rows} == {(s, p) for s in ("default", "mcu")
                                                           for p in ("none", "sh rf=2")}
     for r in rows:

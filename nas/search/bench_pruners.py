@@ -4,7 +4,9 @@ Replays recorded learning curves (validation accuracy after every epoch of candi
 were trained to the end, from studies run without a pruner, e.g. the random-search studies
 of `nas bench search`) through Optuna's own pruners. Each repetition draws candidates in a
 random order (with replacement) and lets the pruner stop them epoch by epoch until an epoch
-budget is spent; a stopped candidate costs the epochs it ran. Printed per budget and rule:
+budget is spent; a stopped candidate costs the epochs it ran. Printed first, per space:
+Spearman's rank correlation of each epoch's accuracy with the last epoch's (how well a
+rung ranks). Then per budget and rule:
 candidates tried, and the mean over repetitions of the best (and mean of the top three)
 last-epoch accuracy among the candidates that finished, which is what the search hands to
 its final rung.
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from scipy.stats import spearmanr
 
 from nas.errors import UsageError
 
@@ -118,9 +121,11 @@ def run(args) -> int:
     rules = {"none": lambda: optuna.pruners.NopPruner()}
     for f in factors:
         rules[f"sh rf={f}"] = lambda f=f: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=f)
-    rows = []
+    rows, ranks = [], {}
     for space, curves in groups.items():
         curves = np.asarray(curves, dtype=float)
+        ranks[space] = {epoch: float(spearmanr(curves[:, epoch - 1], curves[:, -1])[0])
+                        for epoch in range(1, curves.shape[1])}
         for budget in budgets:
             for name, make in rules.items():
                 rng = np.random.default_rng(args.seed)  # the same candidate orders for every rule
@@ -136,8 +141,11 @@ def run(args) -> int:
                              "top3": float(np.mean(top3))})
                 print(f"nas bench pruners: {space} {budget} epochs {name} done", file=sys.stderr, flush=True)
     if args.json:
-        print(json.dumps({"rows": rows, "reps": args.reps, "seed": args.seed}))
+        print(json.dumps({"rank_vs_last_epoch": ranks, "rows": rows, "reps": args.reps, "seed": args.seed}))
         return 0
+    for space, by_epoch in ranks.items():
+        print(f"{space}: Spearman rho with the last epoch's accuracy, " +
+              ", ".join(f"epoch {e}: {rho:+.2f}" for e, rho in by_epoch.items()))
     print(f"{'space':<10} {'curves':>6} {'epochs':>6} {'pruner':<8} {'tried':>6} {'best':>7} {'top 3':>7}")
     for r in rows:
         print(f"{r['space']:<10} {r['curves']:>6} {r['budget_epochs']:>6} {r['pruner']:<8} {r['tried']:>6.1f} "
