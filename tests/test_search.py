@@ -126,3 +126,13 @@ def test_successive_halving_stops_the_weaker_half_and_never_a_finished_candidate
         if "duplicate_of" not in t.user_attrs:
             assert sorted(t.intermediate_values) == [1, 2]
             assert t.values[0] == t.intermediate_values[2]
+
+
+@pytest.mark.parametrize("size", [126_092, 5_000_000])
+def test_hand_nets_are_the_widest_that_fit_the_size(size):
+    """`nas bench search` fits its hand baselines to the budget or to `--hand-fit SIZE`."""
+    from nas.search.bench import fp32_payload_bytes, mobilenetv3_small, resnet20_like, widest_fitting
+    for make in (resnet20_like, mobilenetv3_small):
+        width, model = widest_fitting(make, size, 1, 10)
+        assert fp32_payload_bytes(model) <= size
+        assert fp32_payload_bytes(make(width + 1 / 16, 1, 10)) > size
