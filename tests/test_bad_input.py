@@ -28,6 +28,8 @@ FILES = {  # name -> bytes, written into the case's folder
     "badconfig.yaml": b"target-mem: 5MB\ntargte-macs: 3M\n",
     "badconfig2.yaml": b"target-mem: lots\n",
     "config-list.yaml": b"- target-mem\n",
+    "list.json": b"[[0.5, 0.6, 0.7]]\n",
+    "ragged.json": b'{"default": [[0.5, 0.6, 0.7], [0.5, 0.6]]}\n',
     "bad.npz": b"PK\x03\x04 not really a zip",
     "profile.json": b"{\"format\": 999}",
     "garbage.journal": b"\x00\x01\x02 not a journal",
@@ -121,6 +123,8 @@ CASES = [
     (["bench", "search", "--methods", "hand", "--hand-fit", "lots"], "--hand-fit"),
     (["bench", "pruners"], "no learning curves"),
     (["bench", "pruners", "--curves", "{d}/no-curves.json"], "no-curves.json"),
+    (["bench", "pruners", "--curves", "{d}/list.json"], "expected a JSON object"),
+    (["bench", "pruners", "--curves", "{d}/ragged.json"], "one epoch count"),
     (["bench", "pruners", "--curves", "benchmarks/learning_curves.json", "--budget-epochs", "60,lots"], "lots"),
     (["nonsense"], "nonsense"),
 ]

@@ -51,8 +51,11 @@ def curves_from_storage(url: str, seen: set) -> dict[str, list[list[float]]]:
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.PRUNED for t in trials):
             continue  # its finished curves are the survivors of a pruner: biased
-        epochs = study.user_attrs.get("config", {}).get("epochs")
-        space = Path(str(study.user_attrs.get("config", {}).get("space", summary.study_name))).stem
+        config = study.user_attrs.get("config") or {}
+        epochs = config.get("epochs")
+        if not isinstance(epochs, int):
+            continue  # not a `nas search` study: no epoch count to check curves against
+        space = Path(str(config.get("space", summary.study_name))).stem
         for t in trials:
             arch, iv = t.user_attrs.get("arch"), t.intermediate_values
             if t.state != TrialState.COMPLETE or not iv or arch in seen or sorted(iv) != list(range(1, epochs + 1)):
@@ -60,6 +63,22 @@ def curves_from_storage(url: str, seen: set) -> dict[str, list[list[float]]]:
             seen.add(arch)
             out.setdefault(space, []).append([float(iv[e]) for e in sorted(iv)])
     return out
+
+
+def read_curves(path: str) -> dict[str, list[list[float]]]:
+    """A `--save-curves` file: {space: [[acc after epoch 1, 2, ...], ...]}."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--curves {path!r}: {e}") from None
+    ok = isinstance(data, dict) and all(
+        isinstance(curves, list) and all(isinstance(c, list) and len(c) >= 2 and
+                                         all(isinstance(v, (int, float)) for v in c) for c in curves)
+        for curves in data.values())
+    if not ok:
+        raise UsageError(f"--curves {path!r}: expected a JSON object of space name -> list of learning curves "
+                         f"(lists of >= 2 accuracies), as written by --save-curves")
+    return data
 
 
 def replay(curves: np.ndarray, budget_epochs: int, pruner: optuna.pruners.BasePruner,
@@ -106,14 +125,15 @@ def run(args) -> int:
         for space, curves in curves_from_storage(url, seen).items():
             groups.setdefault(space, []).extend(curves)
     for path in args.curves:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"--curves {path!r}: {e}") from None
-        for space, curves in data.items():
+        for space, curves in read_curves(path).items():
             groups.setdefault(space, []).extend(curves)
     if not groups:
         raise UsageError("no learning curves: give --storage URL (a study run without a pruner) or --curves FILE")
+    for space, curves in groups.items():
+        lengths = sorted({len(c) for c in curves})
+        if len(lengths) != 1:
+            raise UsageError(f"space {space!r}: learning curves of {lengths} epochs; expected one epoch count "
+                             f"per space (runs of the same protocol)")
     if args.save_curves:
         Path(args.save_curves).write_text(json.dumps(groups) + "\n", encoding="utf-8")
 
