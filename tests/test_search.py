@@ -65,6 +65,27 @@ def test_short_search_trains_only_feasible_candidates(in_tmp, capsys):
     assert sum(1 for t in after.trials if t.state == TrialState.COMPLETE and t.user_attrs["trained"]) >= 5
 
 
+def test_trials_count_distinct_trainings_not_duplicates(in_tmp, capsys):
+    """A resumed random search replays its seeded proposals; the replays reuse stored results
+    and must not count towards --trials, so the resumed run trains one new candidate."""
+    storage = f"journal:{in_tmp / 'studies' / 'd.journal'}"
+    argv = ["search", "--target-mem", "40KB", "--study", "d", "--storage", storage, "--sampler", "random",
+            "--final-top", "1", "--json", *FAST]
+    assert main([*argv, "--trials", "2"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--trials", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    study = _study("d", storage)
+    own = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs["trained"]
+           and "duplicate_of" not in t.user_attrs]
+    replays = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len({t.user_attrs["arch"] for t in own}) == len(own) == 3
+    assert replays and summary["duplicates"] == len(replays) and summary["trained"] == 3
+    for t in replays:
+        original = study.trials[t.user_attrs["duplicate_of"]]
+        assert t.user_attrs["arch"] == original.user_attrs["arch"] and t.values == original.values
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--target-mem", "5 M"], "--target-mem"),
     (["--target-mem", "1KB"], "below the cheapest architecture"),

@@ -62,7 +62,8 @@ def run(args) -> int:
 
 def print_summary(summary: dict) -> None:
     print(f"study {summary['study']}: {summary['trained']} trained, {summary['infeasible']} infeasible "
-          f"(never trained), {summary['pruned']} pruned, {summary['failed']} failed in {summary['elapsed_s']} s")
+          f"(never trained), {summary['pruned']} pruned, {summary['duplicates']} duplicates (result reused), "
+          f"{summary['failed']} failed in {summary['elapsed_s']} s")
     if not summary.get("best"):
         print("no feasible trained architecture yet")
         return

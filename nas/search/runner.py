@@ -2,8 +2,10 @@
 
 A study is resumed by running the same command again: finished trials are kept, dead
 workers' RUNNING trials are failed and their architectures re-enqueued, and `--trials`
-counts the trained candidates of the whole study. Ctrl-C stops after recording what
-finished; the final retraining is skipped then (run the command again to finish).
+counts the distinct candidates trained in the whole study (a trial that proposes an
+architecture trained before reuses its result and does not count). Ctrl-C stops after
+recording what finished; the final retraining is skipped then (run the command again to
+finish).
 """
 
 import multiprocessing as mp
@@ -36,7 +38,8 @@ MAX_FAIL_STREAK = 5  # consecutive failed trials (errors, NaN) before a worker s
 
 @dataclass
 class StudyProgress:
-    trained: int = 0
+    trained: int = 0  # distinct candidates trained; a duplicate architecture reuses a result
+    duplicates: int = 0  # trials that proposed an architecture trained (or in training) before
     infeasible: int = 0
     pruned: int = 0
     failed: int = 0
@@ -48,7 +51,9 @@ def progress_of(study: optuna.Study) -> StudyProgress:
     p = StudyProgress()
     trials = study.get_trials(deepcopy=False)
     for t in trials:
-        if t.state == TrialState.COMPLETE and t.user_attrs.get("trained"):
+        if "duplicate_of" in t.user_attrs:
+            p.duplicates += 1
+        elif t.state == TrialState.COMPLETE and t.user_attrs.get("trained"):
             p.trained += 1
         elif t.state == TrialState.COMPLETE:
             p.infeasible += 1
@@ -257,7 +262,7 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
     summary = {"study": config.study, "storage": config.storage or default_url(config.study),
                "space": config.space, "dataset": probe.name, "budgets": config.budgets.to_dict(),
                "trained": progress.trained, "infeasible": progress.infeasible, "pruned": progress.pruned,
-               "failed": progress.failed, "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted}
+               "duplicates": progress.duplicates, "failed": progress.failed, "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted}
     if gave_up and progress.best is None:
         low = extreme(space, "weight_bytes", in_chs=probe.in_chs, num_classes=probe.num_classes)
         raise UsageError(f"{MAX_INFEASIBLE_STREAK} infeasible candidates in a row for {config.budgets.describe()}; "
@@ -296,7 +301,7 @@ class _ProgressBar:
         self.last = time.time()
         p = progress_of(study)
         self.bar.n = p.trained
-        post = {"infeasible": p.infeasible, "pruned": p.pruned}
+        post = {"infeasible": p.infeasible, "pruned": p.pruned, "duplicates": p.duplicates}
         if p.best is not None:
             post["best"] = f"{p.best.values[0]:.4f} @ {format_bytes(p.best.user_attrs['costs']['weight_bytes'])}"
         if self.budget_s:
