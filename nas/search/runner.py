@@ -262,7 +262,8 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
     summary = {"study": config.study, "storage": config.storage or default_url(config.study),
                "space": config.space, "dataset": probe.name, "budgets": config.budgets.to_dict(),
                "trained": progress.trained, "infeasible": progress.infeasible, "pruned": progress.pruned,
-               "duplicates": progress.duplicates, "failed": progress.failed, "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted}
+               "duplicates": progress.duplicates, "failed": progress.failed,
+               "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted}
     if gave_up and progress.best is None:
         low = extreme(space, "weight_bytes", in_chs=probe.in_chs, num_classes=probe.num_classes)
         raise UsageError(f"{MAX_INFEASIBLE_STREAK} infeasible candidates in a row for {config.budgets.describe()}; "
