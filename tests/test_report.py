@@ -87,7 +87,11 @@ def test_report_is_self_contained_and_holds_the_study(report, study_dir):
     study = _study(study_dir)
     trained = [t for t in study.trials if t.user_attrs.get("trained")]
     assert summary["report"] == str(path.resolve()) and summary["bytes"] == path.stat().st_size
-    assert summary["trained"] == len(trained) and summary["trials"] == len(study.trials)
+    duplicates = {t.number for t in study.trials if "duplicate_of" in t.user_attrs}
+    assert summary["trained"] == len({t.number for t in trained} - duplicates) and summary["trials"] == len(study.trials)
+    assert summary["duplicates"] == len(duplicates)
+    parts = ("trained", "duplicates", "infeasible", "pruned", "failed", "running")
+    assert sum(summary[k] for k in parts) == summary["trials"], summary
     assert summary["chosen_trial"] == summary["best_trial"] == _best(study)
     chosen = study.trials[summary["chosen_trial"]]
     assert summary["arch"] == chosen.user_attrs["arch"]
@@ -161,7 +165,7 @@ def test_report_of_a_study_without_trained_trials_is_a_usage_error(tmp_path, cap
         "arch": "x", "costs": {"weight_bytes": 1}, "constraints": [1.0], "feasible": False, "trained": False}))
     assert main(["report", "--study", "empty", "--storage", url, "-o", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
-    assert "no trained trial yet (1 trials: 1 infeasible" in err and len(err.strip().splitlines()) == 1
+    assert "no trained trial yet (1 trials: 0 trained, 0 duplicate, 1 infeasible" in err and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------ Chromium

@@ -148,6 +148,16 @@ def test_successive_halving_stops_the_weaker_half_and_never_a_finished_candidate
             assert sorted(t.intermediate_values) == [1, 2]
             assert t.values[0] == t.intermediate_values[2]
 
+    # the same architecture proposed again is not trained a second time: stopped early again
+    # at once, naming the trial that was halved (and a resumed search trains one new candidate)
+    first, last = halved[0], max(t.number for t in study.trials)
+    study.enqueue_trial(first.params, skip_if_exists=False)
+    assert main(["search", "--target-mem", "100KB", "--trials", "4", "--study", "h", "--storage", storage,
+                 "--final-top", "1", *argv]) == 0
+    again = _study("h", storage).trials[last + 1]
+    assert again.params == first.params and again.state == TrialState.PRUNED
+    assert again.user_attrs["duplicate_of"] == first.number and not again.intermediate_values
+
 
 @pytest.mark.parametrize("size", [126_092, 5_000_000])
 def test_hand_nets_are_the_widest_that_fit_the_size(size):

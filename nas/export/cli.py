@@ -72,7 +72,7 @@ def study_config(study):
 def pick_trial(study, best: bool, number: int | None):
     from optuna.trial import TrialState
 
-    from nas.search.runner import best_feasible, result_trial
+    from nas.search.results import best_feasible, result_trial
 
     trials = study.get_trials(deepcopy=False)
     if best:
@@ -112,7 +112,8 @@ def run(args) -> int:
     from nas.cost import arch_cost
     from nas.data import load_dataset
     from nas.export.bundle import check_budget, check_output, export_model, set_threads
-    from nas.search.final import final_record, retrain_one
+    from nas.search.final import retrain_one
+    from nas.search.results import final_record
     from nas.space import decode
 
     set_threads(args.threads)

@@ -18,7 +18,8 @@ def add_arguments(p):
 
 def run(args) -> int:
     from nas.report import page
-    from nas.report.study import counts, open_study
+    from nas.report.study import open_study
+    from nas.search.results import tally
 
     out = Path(args.output)
     if out.is_dir():
@@ -32,7 +33,7 @@ def run(args) -> int:
     except OSError as e:
         raise UsageError(f"-o {args.output!r}: cannot write ({e.strerror})") from None
     chosen = report.chosen
-    c = counts(report.trials)
+    c = tally(report.trials)
     summary = {
         "report": str(out.resolve()), "bytes": out.stat().st_size, "study": study.study_name, "storage": url,
         **c.to_dict(), "pareto_trials": report.pareto, "best_trial": report.best, "chosen_trial": chosen.number,
@@ -45,7 +46,8 @@ def run(args) -> int:
         print(json.dumps(_finite(summary)))
     else:
         print(f"wrote {out} ({summary['bytes'] / 1e6:.1f} MB): study {study.study_name!r}, {c.trials} trials "
-              f"({c.trained} trained, {c.infeasible} infeasible, {c.pruned} pruned), trial {chosen.number} per layer")
+              f"({c.trained} trained, {c.duplicates} duplicate, {c.infeasible} infeasible, {c.pruned} pruned), "
+              f"trial {chosen.number} per layer")
         for note in summary["notes"]:
             print(f"nas: note: {note}", file=sys.stderr)
     return 0

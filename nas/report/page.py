@@ -26,7 +26,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from nas.report import study as study_view
-from nas.search.runner import best_feasible, result_trial
+from nas.search.results import best_feasible, is_feasible, result_trial, tally
 from nas.units import format_bytes, format_count, format_seconds
 
 MIN_IMPORTANCE_TRIALS = 3  # fANOVA on fewer trained trials says nothing
@@ -147,11 +147,11 @@ def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget:
             continue
         if t.state == TrialState.COMPLETE and t.user_attrs.get("trained"):
             trained.append(Point(t, study_view.search_accuracy(t), x))
-        elif t.state == TrialState.COMPLETE and not study_view.is_feasible(t):
+        elif t.state == TrialState.COMPLETE and not is_feasible(t):
             infeasible.append(Point(t, None, x))
         elif t.state == TrialState.PRUNED:
             pruned.append(Point(t, study_view.search_accuracy(t), x))
-    feasible_trained = [p for p in trained if study_view.is_feasible(p.trial)]
+    feasible_trained = [p for p in trained if is_feasible(p.trial)]
     front = pareto_front(feasible_trained)
     fig = go.Figure()
     fig.add_trace(_scatter(feasible_trained, "trained, feasible", "feasible", color=FEASIBLE, size=9))
@@ -370,7 +370,7 @@ def _figure_html(fig_id: str, fig: go.Figure | None, note: str | None) -> str:
 def render(report: Report) -> str:
     s, t = report.study, report.chosen
     identity = s.user_attrs.get("identity", {})
-    c = study_view.counts(report.trials)
+    c = tally(report.trials)
     budgets = ", ".join(f"{k} {format_bytes(v) if k.endswith('mem') else v}"
                         for k, v in identity.get("budgets", {}).items() if v is not None) or "none"
     parts = [
@@ -382,8 +382,9 @@ def render(report: Report) -> str:
         f"<code>{html.escape(str(identity.get('space', '?')))}</code> · dataset "
         f"<code>{html.escape(str(identity.get('dataset', '?')))}</code> · budgets {html.escape(budgets)} · "
         f"objectives {html.escape(str(identity.get('objectives', '?')))}</p>",
-        f"<p class='small' id='counts'>{c.trials} trials: {c.trained} trained, {c.infeasible} infeasible (never "
-        f"trained), {c.pruned} pruned, {c.failed} failed, {c.running} running</p>",
+        f"<p class='small' id='counts'>{c.trials} trials: {c.trained} trained, {c.duplicates} duplicate (an "
+        f"architecture trained before: its result reused), {c.infeasible} infeasible (never trained), "
+        f"{c.pruned} pruned, {c.failed} failed, {c.running} running</p>",
         "<h2>Best feasible trials</h2>", _best_table(report.trials, report.latency),
     ]
     order = ("pareto-weight", "pareto-latency", "history", "importance")

@@ -6,14 +6,13 @@ file or SQLite database that does not exist is a usage error, not a new empty st
 """
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.errors import UsageError
-from nas.search.budgets import feasible
+from nas.search.results import best_feasible, final_record, result_trial, tally
 from nas.search.storage import default_url, open_storage
 
 
@@ -49,41 +48,11 @@ def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, object
     return optuna.load_study(study_name=name, storage=storage), storage, url
 
 
-@dataclass(frozen=True)
-class Counts:
-    trials: int
-    trained: int  # COMPLETE and trained (feasible by construction)
-    infeasible: int  # COMPLETE, never trained
-    pruned: int
-    failed: int
-    running: int
-
-    def to_dict(self) -> dict:
-        return dict(vars(self))
-
-
-def counts(trials: list[FrozenTrial]) -> Counts:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    trained = sum(1 for t in complete if t.user_attrs.get("trained"))
-    return Counts(trials=len(trials), trained=trained, infeasible=len(complete) - trained,
-                  pruned=sum(1 for t in trials if t.state == TrialState.PRUNED),
-                  failed=sum(1 for t in trials if t.state == TrialState.FAIL),
-                  running=sum(1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)))
-
-
-def is_feasible(t: FrozenTrial) -> bool:
-    return feasible(t.user_attrs.get("constraints", [1.0]))
-
-
 def pick_trial(study: optuna.Study, trials: list[FrozenTrial], number: int | None) -> FrozenTrial:
-    """The trial to show: `number`, or the search's result (`nas.search.runner.result_trial`)."""
-    from nas.search.runner import best_feasible, result_trial  # imports torch: not at module level
-
+    """The trial to show: `number`, or the search's result (`nas.search.results.result_trial`)."""
     ranked = best_feasible(trials)
     if not ranked:
-        c = counts(trials)
-        raise UsageError(f"--study {study.study_name!r}: no trained trial yet ({c.trials} trials: {c.infeasible} "
-                         f"infeasible, {c.pruned} pruned, {c.failed} failed, {c.running} running); "
+        raise UsageError(f"--study {study.study_name!r}: no trained trial yet ({tally(trials).describe()}); "
                          f"run `nas search --study {study.study_name}` longer")
     if number is None:
         return result_trial(study, trials)
@@ -113,7 +82,6 @@ def seed_metrics(study: optuna.Study, trial: FrozenTrial) -> dict:
     Accuracy is validation accuracy for `search` and test accuracy for `final`; Information
     Density and NetScore use that column's accuracy (Wong's units: %, M params, M macs)."""
     from nas.cost.metrics import information_density, netscore
-    from nas.search.final import final_record
 
     costs = trial.user_attrs["costs"]
 

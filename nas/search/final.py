@@ -20,6 +20,7 @@ from nas.build import build_model
 from nas.cost.calibrate import example_input, time_forward
 from nas.data import load_dataset
 from nas.search.config import SearchConfig
+from nas.search.results import by_final_val, final_record
 from nas.search.storage import STUDIES_DIR
 from nas.space import decode
 from nas.train.evaluate import evaluate
@@ -28,10 +29,6 @@ from nas.train.trainer import train
 
 def artifacts_dir(study_name: str) -> Path:
     return STUDIES_DIR / study_name
-
-
-def final_record(study: optuna.Study, trial_number: int) -> dict | None:
-    return study.user_attrs.get(f"final:{trial_number}")
 
 
 def distinct_archs(trials: list, k: int) -> list:
@@ -44,17 +41,6 @@ def distinct_archs(trials: list, k: int) -> list:
         if len(out) == k:
             break
     return out
-
-
-def by_final_val(records: list[dict]) -> list[dict]:
-    """Final records, the chosen one first: best validation accuracy, then fewer weight_bytes."""
-    return sorted(records, key=lambda r: (-r["val_accuracy"], r["costs"]["weight_bytes"], r["trial"]))
-
-
-def chosen(study: optuna.Study) -> dict | None:
-    """The search's result: the retrained trial with the best final validation accuracy."""
-    records = [v for k, v in study.user_attrs.items() if k.startswith("final:")]
-    return by_final_val(records)[0] if records else None
 
 
 def retrain_best(study: optuna.Study, config: SearchConfig, trials: list) -> list[dict]:

@@ -5,7 +5,8 @@ For each trial, cheapest check first:
    analytically; record costs and constraint values on the trial;
 2. infeasible -> COMPLETE with accuracy 0, `trained=False`: never built, never trained;
 3. an architecture already trained in this study -> its result is reused, not retrained;
-   one being trained right now by another worker -> PRUNED (`duplicate_of`);
+   one being trained right now by another worker, or stopped early before -> PRUNED
+   (`duplicate_of` names the trial either way);
 4. zero-cost proxy on one real batch -> PRUNED when below the `proxy_keep` quantile of the
    earlier candidates' proxies (after a few warm-up candidates);
 5. short quantization-aware training on a subset, reporting validation accuracy after
@@ -100,6 +101,10 @@ class Objective:
             trial.set_user_attr("duplicate_of", duplicate.number)
             if duplicate.state == TrialState.RUNNING:
                 raise optuna.TrialPruned(f"architecture is being trained by trial {duplicate.number}")
+            if duplicate.state == TrialState.PRUNED:
+                if "accuracy" in duplicate.user_attrs:
+                    trial.set_user_attr("accuracy", duplicate.user_attrs["accuracy"])
+                raise optuna.TrialPruned(f"architecture was stopped early in trial {duplicate.number}")
             for key in ("accuracy", "train", "proxy"):
                 if key in duplicate.user_attrs:
                     trial.set_user_attr(key, duplicate.user_attrs[key])
@@ -147,10 +152,13 @@ class Objective:
 
     @staticmethod
     def _find_duplicate(trial, arch: str):
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if t.number == trial.number or t.user_attrs.get("arch") != arch:
+        """The trial that trained (or is training, or stopped early) `arch` before, if any.
+        Trials that were themselves duplicates, failed ones and infeasible ones do not count."""
+        states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
+        for t in trial.study.get_trials(deepcopy=False, states=states):
+            if t.number == trial.number or t.user_attrs.get("arch") != arch or "duplicate_of" in t.user_attrs:
                 continue
-            if t.state == TrialState.RUNNING or t.user_attrs.get("trained"):
+            if t.state != TrialState.COMPLETE or t.user_attrs.get("trained"):
                 return t
         return None
 

@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import optuna
 import torch
@@ -24,9 +23,9 @@ from tqdm import tqdm
 from nas.cost.extremes import extreme
 from nas.errors import UsageError
 from nas.search import final
-from nas.search.budgets import feasible
 from nas.search.config import SearchConfig
 from nas.search.objective import DataCache, Objective
+from nas.search.results import best_feasible, tally
 from nas.search.storage import default_url, fail_dead_local_trials, open_storage
 from nas.space import Space, load_space
 from nas.units import format_bytes, format_count, format_seconds
@@ -36,53 +35,9 @@ MAX_INFEASIBLE_STREAK = 500  # consecutive infeasible samples before a worker gi
 MAX_FAIL_STREAK = 5  # consecutive failed trials (errors, NaN) before a worker stops: likely a bug
 
 
-@dataclass
-class StudyProgress:
-    trained: int = 0  # distinct candidates trained; a duplicate architecture reuses a result
-    duplicates: int = 0  # trials that proposed an architecture trained (or in training) before
-    infeasible: int = 0
-    pruned: int = 0
-    failed: int = 0
-    best: optuna.trial.FrozenTrial | None = None
-    best_feasible_trials: list = field(default_factory=list)
-
-
-def progress_of(study: optuna.Study) -> StudyProgress:
-    p = StudyProgress()
-    trials = study.get_trials(deepcopy=False)
-    for t in trials:
-        if "duplicate_of" in t.user_attrs:
-            p.duplicates += 1
-        elif t.state == TrialState.COMPLETE and t.user_attrs.get("trained"):
-            p.trained += 1
-        elif t.state == TrialState.COMPLETE:
-            p.infeasible += 1
-        elif t.state == TrialState.PRUNED:
-            p.pruned += 1
-        elif t.state == TrialState.FAIL:
-            p.failed += 1
-    p.best_feasible_trials = best_feasible(trials)
-    p.best = p.best_feasible_trials[0] if p.best_feasible_trials else None
-    return p
-
-
-def best_feasible(trials) -> list:
-    """Trained, feasible, COMPLETE trials, best accuracy first (ties: smaller weight_bytes)."""
-    ok = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")
-          and feasible(t.user_attrs.get("constraints", [1.0]))]
-    return sorted(ok, key=lambda t: (-t.values[0], t.user_attrs["costs"]["weight_bytes"], t.number))
-
-
-def result_trial(study: optuna.Study, trials) -> optuna.trial.FrozenTrial | None:
-    """The search's result: the final rung's choice (best validation accuracy after the
-    final retraining, `final.chosen`) once it ran, else the best feasible trial of the search."""
-    ranked = best_feasible(trials)
-    record = final.chosen(study)
-    if record is not None:
-        for t in ranked:
-            if t.number == record["trial"]:
-                return t
-    return ranked[0] if ranked else None
+def _trained(study: optuna.Study) -> int:
+    """Distinct candidates trained so far in the whole study: what `--trials` counts."""
+    return tally(study.get_trials(deepcopy=False)).trained
 
 
 def make_sampler(config: SearchConfig, worker_index: int):
@@ -167,7 +122,7 @@ class _Stopper:
             study.stop()
         if self.deadline is not None and time.time() >= self.deadline:
             study.stop()
-        if self.config.trials is not None and progress_of(study).trained >= self.config.trials:
+        if self.config.trials is not None and _trained(study) >= self.config.trials:
             study.stop()
 
 
@@ -183,7 +138,7 @@ def run_worker(config: SearchConfig, worker_index: int, deadline: float | None, 
     probe = data.get(space.resolution, config.subset)
     objective = Objective(config, space, data, probe.in_chs, probe.num_classes, deadline)
     stopper = _Stopper(config, deadline)
-    if config.trials is not None and progress_of(study).trained >= config.trials:
+    if config.trials is not None and _trained(study) >= config.trials:
         return True
     timeout = None if deadline is None else max(0.0, deadline - time.time())
     study.optimize(objective, timeout=timeout, callbacks=[stopper, *callbacks], catch=(Exception,),
@@ -258,24 +213,25 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
         bar.update(study)
         bar.close()
 
-    progress = progress_of(study)
+    trials = study.get_trials(deepcopy=False)
+    counts, ranked = tally(trials), best_feasible(trials)
     summary = {"study": config.study, "storage": config.storage or default_url(config.study),
                "space": config.space, "dataset": probe.name, "budgets": config.budgets.to_dict(),
-               "trained": progress.trained, "infeasible": progress.infeasible, "pruned": progress.pruned,
-               "duplicates": progress.duplicates, "failed": progress.failed,
+               "trained": counts.trained, "infeasible": counts.infeasible, "pruned": counts.pruned,
+               "duplicates": counts.duplicates, "failed": counts.failed,
                "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted}
-    if gave_up and progress.best is None:
+    if gave_up and not ranked:
         low = extreme(space, "weight_bytes", in_chs=probe.in_chs, num_classes=probe.num_classes)
         raise UsageError(f"{MAX_INFEASIBLE_STREAK} infeasible candidates in a row for {config.budgets.describe()}; "
                          f"the cheapest found has weight_bytes {format_bytes(low.value)}")
-    if progress.best is None:
+    if not ranked:
         summary["best"] = []
         _log("no feasible trained trial yet: give a larger --budget or --trials")
         return summary
     if not interrupted:
-        top = final.distinct_archs(progress.best_feasible_trials, config.final_top)
+        top = final.distinct_archs(ranked, config.final_top)
         summary["final"] = final.retrain_best(study, config, top)
-    summary["best"] = [trial_summary(t) for t in progress.best_feasible_trials[:5]]
+    summary["best"] = [trial_summary(t) for t in ranked[:5]]
     return summary
 
 
@@ -300,11 +256,13 @@ class _ProgressBar:
         if time.time() - self.last < 1.0:
             return
         self.last = time.time()
-        p = progress_of(study)
-        self.bar.n = p.trained
-        post = {"infeasible": p.infeasible, "pruned": p.pruned, "duplicates": p.duplicates}
-        if p.best is not None:
-            post["best"] = f"{p.best.values[0]:.4f} @ {format_bytes(p.best.user_attrs['costs']['weight_bytes'])}"
+        trials = study.get_trials(deepcopy=False)
+        counts, ranked = tally(trials), best_feasible(trials)
+        self.bar.n = counts.trained
+        post = {"infeasible": counts.infeasible, "pruned": counts.pruned, "duplicates": counts.duplicates}
+        if ranked:
+            best = ranked[0]
+            post["best"] = f"{best.values[0]:.4f} @ {format_bytes(best.user_attrs['costs']['weight_bytes'])}"
         if self.budget_s:
             post["left"] = format_seconds(max(0.0, self.start + self.budget_s - time.time()))
         self.bar.set_postfix(post, refresh=True)
