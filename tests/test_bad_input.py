@@ -58,6 +58,7 @@ CASES = [
     (["search", "--target-mem", "5MB", "--workers", "0"], "--workers"),
     (["search", "--target-mem", "5MB", "--epochs", "0"], "--epochs"),
     (["search", "--target-mem", "5MB", "--subset", "-1"], "--subset"),
+    (["search", "--target-mem", "5MB", "--final-batch-size", "0"], "--final-batch-size"),
     (["search", "--target-mem", "5MB", "--sampler", "annealing"], "annealing"),
     (["search", "--target-mem", "5MB", "--objectives", "beauty"], "beauty"),
     (["search", "--target-mem", "5MB", "--proxy", "vibes"], "vibes"),

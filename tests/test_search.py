@@ -159,6 +159,20 @@ def test_successive_halving_stops_the_weaker_half_and_never_a_finished_candidate
     assert again.user_attrs["duplicate_of"] == first.number and not again.intermediate_values
 
 
+def test_hand_nets_and_finalists_share_the_final_recipe(in_tmp, capsys):
+    """`nas bench search` trains its hand nets exactly as the search retrains its finalists."""
+    from nas.search.bench import _final, resnet20_like
+    from nas.search.config import SearchConfig
+    config = SearchConfig(seed=3, final_epochs=1, final_subset=500)
+    hand = _final(resnet20_like(0.25, 1, 10), config)
+    storage = f"journal:{in_tmp / 'f.journal'}"
+    assert main(["search", "--target-mem", "40KB", "--trials", "1", "--study", "f", "--storage", storage,
+                 "--final-top", "1", "--json", *FAST]) == 0
+    finalist = json.loads(capsys.readouterr().out)["final"][0]
+    assert finalist["batch_size"] == finalist["train"]["batch_size"] == hand["batch_size"] == config.final_batch_size
+    assert finalist["train"]["steps"] == hand["steps"] and finalist["subset"] == 500
+
+
 @pytest.mark.parametrize("size", [126_092, 5_000_000])
 def test_hand_nets_are_the_widest_that_fit_the_size(size):
     """`nas bench search` fits its hand baselines to the budget or to `--hand-fit SIZE`."""

@@ -12,8 +12,8 @@ search_spaces/mcu.yaml), on Fashion-MNIST:
     a width-scaled timm MobileNetV3-small and a ResNet-20-like CIFAR net, width grown in
     steps of 1/16 until the next step would exceed the budget (or `--hand-fit SIZE`,
     e.g. the search's result for an equal-size comparison).
-Every method's best model gets the same final recipe (epochs, images, seed) and is tested
-once on the test split. Printed: best feasible validation accuracy of the search, final
+Every method's best model gets the same final recipe (`nas.search.final.final_train`:
+epochs, images, batch size, seed) and is tested once on the test split. Printed: best feasible validation accuracy of the search, final
 validation and test accuracy, weight_bytes of the model, per method.
 """
 
@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from nas.data import load_dataset
 from nas.errors import UsageError
 from nas.search.budgets import Budgets
 from nas.search.config import SearchConfig
@@ -34,7 +33,8 @@ from nas.units import format_bytes, format_seconds, parse_bytes, parse_seconds
 
 SPACE_FOR = {"default": "search_spaces/default.yaml", "mcu": "search_spaces/mcu.yaml"}
 METHODS = ("ladder", "random", "hand")
-FASHION_MNIST_CHANNELS, FASHION_MNIST_CLASSES = 1, 10  # the bench's dataset; the hand nets are built for it
+# the bench's dataset (Fashion-MNIST): the hand nets are built for it
+FASHION_MNIST_CHANNELS, FASHION_MNIST_CLASSES, FASHION_MNIST_RESOLUTION = 1, 10, 28
 
 
 def add_arguments(p):
@@ -114,15 +114,14 @@ def widest_fitting(make, budget: int, in_chs: int, num_classes: int):
     return best
 
 
-def _final(model, args) -> dict:
-    """The final recipe of `nas.search.final.retrain_one`, applied to a hand-designed model."""
+def _final(model, config: SearchConfig) -> dict:
+    """The search's final recipe (`nas.search.final.final_train`), applied to a hand-designed model."""
+    from nas.search.final import final_data, final_train
     from nas.train.evaluate import evaluate
-    from nas.train.trainer import train
-    data = load_dataset("fashion-mnist", split_seed=args.seed, subset=args.final_subset, resolution=28)
-    torch.manual_seed(args.seed)
-    result = train(model, data, epochs=args.final_epochs, seed=args.seed, progress=True, measure_inference=False)
+    data = final_data(config, FASHION_MNIST_RESOLUTION)
+    result = final_train(model, data, config, measure_inference=False)
     return {"val_accuracy": result.accuracy, "test_accuracy": evaluate(model, data.test),
-            "train_time_s": round(result.train_time_s, 1)}
+            "train_time_s": round(result.train_time_s, 1), "batch_size": result.batch_size, "steps": result.steps}
 
 
 def run(args) -> int:
@@ -166,6 +165,7 @@ def run(args) -> int:
             row["wall_s"] = round(time.time() - start, 1)
             rows.append(row)
         hand = (("mobilenetv3_small", mobilenetv3_small), ("resnet20_like", resnet20_like))
+        final_recipe = SearchConfig(seed=args.seed, final_epochs=args.final_epochs, final_subset=args.final_subset)
         for name, make in hand if "hand" in methods else ():
             fit_bytes = hand_fit or target
             fit = widest_fitting(make, fit_bytes, FASHION_MNIST_CHANNELS, FASHION_MNIST_CLASSES)
@@ -175,16 +175,17 @@ def run(args) -> int:
             else:
                 width, model = fit
                 _log(f"{format_bytes(target)}: {name} width {width} ({format_bytes(fp32_payload_bytes(model))} fp32)")
-                row.update(width=width, weight_bytes=fp32_payload_bytes(model), **_final(model, args))
+                row.update(width=width, weight_bytes=fp32_payload_bytes(model), **_final(model, final_recipe))
             rows.append(row)
     out = {"rows": rows, "budget_per_method": args.budget, "final_epochs": args.final_epochs,
-           "final_subset": args.final_subset, "subset": args.subset, "epochs": args.epochs, "seed": args.seed,
-           "threads": torch.get_num_threads()}
+           "final_subset": args.final_subset, "final_batch_size": SearchConfig.final_batch_size,
+           "subset": args.subset, "epochs": args.epochs, "seed": args.seed, "threads": torch.get_num_threads()}
     if args.json:
         print(json.dumps(out))
     else:
         print(f"\nsearch budget {args.budget} per method; final recipe {args.final_epochs} epochs on "
-              f"{args.final_subset} images, seed {args.seed}; Fashion-MNIST, {torch.get_num_threads()} threads")
+              f"{args.final_subset} images at batch {SearchConfig.final_batch_size}, seed {args.seed}; "
+              f"Fashion-MNIST, {torch.get_num_threads()} threads")
         print(f"{'budget':>8} {'method':<26} {'weight':>9} {'search val':>10} {'final val':>9} {'test':>7} "
               f"{'trained':>7} {'finalists':>9}")
         for r in rows:

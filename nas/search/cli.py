@@ -33,7 +33,8 @@ def add_arguments(p):
     p.add_argument("--final-epochs", type=int, help="epochs of the final retraining (default 4)")
     p.add_argument("--final-subset", type=int, help="training images of the final retraining (default 20000)")
     p.add_argument("--final-top", type=int, help="best distinct feasible architectures to retrain; the best final val accuracy wins (default 3)")
-    p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
+    p.add_argument("--batch-size", type=int, help="candidates' training batch size (default 128)")
+    p.add_argument("--final-batch-size", type=int, help="batch size of the final retraining (default 64)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -52,7 +52,10 @@ class SearchConfig:
     final_top: int = 3  # best distinct feasible architectures retrained on the final recipe; best val wins
     final_epochs: int = 4
     final_subset: int | None = 20000  # None: the whole training split
-    batch_size: int = 128
+    batch_size: int = 128  # candidates' training batch
+    # the final recipe's batch: the final rung and `nas bench search`'s hand nets train alike
+    # (`nas.search.final.final_train`); 64 gives twice the optimizer steps of 128
+    final_batch_size: int = 64
 
     def __post_init__(self):
         self.space = self.space or default_space()
@@ -65,7 +68,7 @@ class SearchConfig:
         if self.proxy not in PROXIES:
             raise UsageError(f"--proxy {self.proxy!r}: expected one of {list(PROXIES)}")
         for name in ("workers", "epochs", "subset", "final_top", "final_epochs", "batch_size", "val_subset",
-                     "final_subset"):
+                     "final_subset", "final_batch_size"):
             value = getattr(self, name)
             if name in ("val_subset", "final_subset") and value is None:
                 continue  # None: the whole split
@@ -101,7 +104,7 @@ _PARSERS = {
     "sampler": ("sampler", str), "trials": ("trials", int), "workers": ("workers", int), "seed": ("seed", int),
     "subset": ("subset", int), "epochs": ("epochs", int), "proxy": ("proxy", str), "pruner": ("pruner", str),
     "final_top": ("final_top", int), "val_subset": ("val_subset", int), "final_epochs": ("final_epochs", int), "final_subset": ("final_subset", int),
-    "batch_size": ("batch_size", int),
+    "batch_size": ("batch_size", int), "final_batch_size": ("final_batch_size", int),
     "budget": ("budget_s", lambda v, where: parse_seconds(str(v), where)),
     "target_mem": ("mem", lambda v, where: parse_bytes(str(v), where)),
     "target_act_mem": ("act_mem", lambda v, where: parse_bytes(str(v), where)),

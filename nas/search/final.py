@@ -49,17 +49,28 @@ def retrain_best(study: optuna.Study, config: SearchConfig, trials: list) -> lis
     return by_final_val(records)
 
 
+def final_data(config: SearchConfig, resolution: int):
+    """The final recipe's data: a fixed stratified `final_subset` of the training split (`seed`)."""
+    return load_dataset(config.dataset, config.data_dir, split_seed=config.seed, subset=config.final_subset,
+                        resolution=resolution)
+
+
+def final_train(model, data, config: SearchConfig, **kwargs):
+    """The final recipe, defined once for the search's finalists and for `nas bench search`'s
+    hand-designed nets: `final_epochs` epochs at batch `final_batch_size`, seeded by `seed`."""
+    return train(model, data, epochs=config.final_epochs, batch_size=config.final_batch_size, seed=config.seed,
+                 progress=True, **kwargs)
+
+
 def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> dict:
     arch = decode(trial.user_attrs["arch"])
-    data = load_dataset(config.dataset, config.data_dir, split_seed=config.seed, subset=config.final_subset,
-                        resolution=arch.resolution)
+    data = final_data(config, arch.resolution)
     print(f"nas: final training of trial {trial.number} ({config.final_epochs} epochs on "
           f"{config.final_subset or len(data.train)} images): {trial.user_attrs['arch']}", file=sys.stderr)
     torch.manual_seed(config.seed)
     model = build_model(arch)
     start = time.time()
-    result = train(model, data, epochs=config.final_epochs, batch_size=config.batch_size, seed=config.seed,
-                   progress=True, weight_bytes=trial.user_attrs["costs"]["weight_bytes"])
+    result = final_train(model, data, config, weight_bytes=trial.user_attrs["costs"]["weight_bytes"])
     test_accuracy = evaluate(model, data.test)
     out = artifacts_dir(config.study)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +85,8 @@ def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.F
         "val_accuracy": result.accuracy, "test_accuracy": test_accuracy, "weights": str(weights),
         "latency_ms": trial.user_attrs["costs"].get("latency_ms"),  # predicted
         "latency_measured_ms": measured,
-        "epochs": config.final_epochs, "subset": config.final_subset, "seed": config.seed,
+        "epochs": config.final_epochs, "subset": config.final_subset, "batch_size": config.final_batch_size,
+        "seed": config.seed,
         "train": {k: v for k, v in result.to_dict().items() if k != "val_history"},
         "wall_s": round(time.time() - start, 1), "costs": trial.user_attrs["costs"],
     }
