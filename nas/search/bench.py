@@ -13,8 +13,9 @@ search_spaces/mcu.yaml), on Fashion-MNIST:
     steps of 1/16 until the next step would exceed the budget (or `--hand-fit SIZE`,
     e.g. the search's result for an equal-size comparison).
 Every method's best model gets the same final recipe (`nas.search.final.final_train`:
-epochs, images, batch size, seed) and is tested once on the test split. Printed: best feasible validation accuracy of the search, final
-validation and test accuracy, weight_bytes of the model, per method.
+epochs, images, batch size, seed) and is tested once on the test split. Printed: best
+feasible validation accuracy of the search, final validation and test accuracy,
+weight_bytes of the model, per method.
 """
 
 import json
