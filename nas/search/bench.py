@@ -135,6 +135,8 @@ def run(args) -> int:
         raise UsageError(f"--methods {args.methods!r}: unknown {unknown}; expected a subset of {list(METHODS)}")
     hand_fit = parse_bytes(args.hand_fit, "--hand-fit") if args.hand_fit else None
     rows, workdir = [], Path(tempfile.mkdtemp(prefix="nas-bench-search-"))
+    # the hand nets' final recipe: the search's own (`nas.search.final.final_train`)
+    final_recipe = SearchConfig(seed=args.seed, final_epochs=args.final_epochs, final_subset=args.final_subset)
     for pair in args.targets.split(","):
         target_text, _, space_name = pair.partition(":")
         target = parse_bytes(target_text, "--targets")
@@ -166,7 +168,6 @@ def run(args) -> int:
             row["wall_s"] = round(time.time() - start, 1)
             rows.append(row)
         hand = (("mobilenetv3_small", mobilenetv3_small), ("resnet20_like", resnet20_like))
-        final_recipe = SearchConfig(seed=args.seed, final_epochs=args.final_epochs, final_subset=args.final_subset)
         for name, make in hand if "hand" in methods else ():
             fit_bytes = hand_fit or target
             fit = widest_fitting(make, fit_bytes, FASHION_MNIST_CHANNELS, FASHION_MNIST_CLASSES)

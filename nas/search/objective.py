@@ -101,13 +101,11 @@ class Objective:
             trial.set_user_attr("duplicate_of", duplicate.number)
             if duplicate.state == TrialState.RUNNING:
                 raise optuna.TrialPruned(f"architecture is being trained by trial {duplicate.number}")
-            if duplicate.state == TrialState.PRUNED:
-                if "accuracy" in duplicate.user_attrs:
-                    trial.set_user_attr("accuracy", duplicate.user_attrs["accuracy"])
-                raise optuna.TrialPruned(f"architecture was stopped early in trial {duplicate.number}")
             for key in ("accuracy", "train", "proxy"):
                 if key in duplicate.user_attrs:
                     trial.set_user_attr(key, duplicate.user_attrs[key])
+            if duplicate.state == TrialState.PRUNED:
+                raise optuna.TrialPruned(f"architecture was stopped early in trial {duplicate.number}")
             trial.set_user_attr("trained", True)
             return duplicate.values[0] if not self.multi else tuple(duplicate.values)
 
