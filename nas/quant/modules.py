@@ -146,22 +146,23 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         """Inputs are ±1 and padded with +1 (not 0)."""
         return self.a_bits == 1
 
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         padding = self.padding
         if self.one_padded() and any(padding):
             ph, pw = padding
             x = F.pad(x, (pw, pw, ph, ph), value=1.0)
             padding = 0
-        return F.conv2d(x, weight, None, self.stride, padding, self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_quant(x)
         if self.w_bits == 1:
             # accumulate ±1 weights exactly, then scale per channel: (N, C_out, H, W)
             y = self._conv(x, SignSTE.apply(self.weight)) * binary_scale(self.weight).reshape(1, -1, 1, 1)
-        else:
-            y = self._conv(x, self.quant_weight())
-        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
+            return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
+        # the bias inside the conv, as nn.Conv2d adds it: at 32 bits this is nn.Conv2d exactly
+        # (a separate `+ bias` rounds differently on some oneDNN kernels, e.g. AVX2-only CPUs)
+        return self._conv(x, self.quant_weight(), self.bias)
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
