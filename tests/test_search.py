@@ -1,6 +1,7 @@
 """`nas search` end to end on real data (a Fashion-MNIST subset), with a real journal storage."""
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -181,3 +182,14 @@ def test_hand_nets_are_the_widest_that_fit_the_size(size):
         width, model = widest_fitting(make, size, 1, 10)
         assert fp32_payload_bytes(model) <= size
         assert fp32_payload_bytes(make(width + 1 / 16, 1, 10)) > size
+
+
+def test_the_readme_study_config_loads():
+    """`nas search --config studies/fm-100k.yaml` (README): the shipped file parses into the
+    options it states."""
+    from nas.search.config import build_config, read_config_file
+
+    root = Path(__file__).resolve().parents[1]
+    config = build_config({}, read_config_file(str(root / "studies" / "fm-100k.yaml")))
+    assert config.study == "fm-100k" and config.space == "search_spaces/mcu.yaml"
+    assert config.budgets.mem == 100_000 and config.budget_s == 1800

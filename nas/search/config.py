@@ -45,7 +45,7 @@ class SearchConfig:
     epochs: int = 3  # epochs per candidate; successive halving stops the weaker half after 1 and 2
     val_subset: int | None = 2000  # validation images scored after each candidate epoch (None: all)
     # Zero-cost proxy gate before training. Off by default: `nas bench proxies` measured
-    # Spearman -0.21..+0.27 for NASWOT and synflow vs trained accuracy on this space (README).
+    # Spearman -0.21..+0.27 for NASWOT and synflow vs trained accuracy on this space (docs/results.md).
     proxy: str = "none"
     proxy_keep: float = 0.5  # train a candidate only if its proxy beats this quantile of earlier ones
     pruner: str = "sh"  # successive halving over epochs (single objective), or none

@@ -58,7 +58,7 @@ def make_sampler(config: SearchConfig, worker_index: int):
 # Successive halving keeps the better half at epochs 1, 2, 4, ...: the first epoch ranks
 # candidates loosely (Spearman +0.70 with epoch 3 on the default space's recorded curves,
 # epoch 2: +0.81), so keeping a third after epoch 1 threw away nets that start slowly
-# (`nas bench pruners` replays recorded learning curves under both rules; README).
+# (`nas bench pruners` replays recorded learning curves under both rules; docs/results.md).
 SH_REDUCTION_FACTOR = 2
 
 
