@@ -2,7 +2,7 @@
 device, fit the latency model of `nas.cost.latency`, write the device profile, and report
 the model's error on held-out architectures against the "latency ∝ macs" baseline.
 
-What is measured: the eval-mode forward pass of `nas.build.build_model(arch)` at batch 1
+What is measured: the eval-mode forward pass of `nas.blocks.build_model(arch)` at batch 1
 (input: a fixed seeded N(0, 1) image; no op here has data-dependent speed), under
 `torch.inference_mode()`, with the thread count fixed (`torch.set_num_threads`; the packed
 kernels use the same count), 1-bit convs on the packed-binary kernels where they apply
@@ -37,7 +37,7 @@ Baseline: latency = a + b · macs, fitted on the same training networks with the
 weighting (least squares).
 
 This file builds and runs modules (it is the measurement); `nas.cost.latency` only prices
-specs and never imports torch. torch and `nas.build` are imported inside functions so
+specs and never imports torch. torch and `nas.blocks` are imported inside functions so
 that importing this module stays light.
 """
 
@@ -167,7 +167,7 @@ def build_for_timing(arch: ArchSpec, device: str = "cpu"):
     """The built network as it is timed: eval mode, packed kernels allowed, on `device`."""
     import torch
 
-    from nas.build import build_model
+    from nas.blocks.model import build_model
 
     torch.manual_seed(0)
     return build_model(arch).eval().use_kernels(True).to(device)

@@ -1,6 +1,6 @@
 """Predicted latency of an `ArchSpec` on a profiled device, and the device profile itself.
 
-What is predicted: the wall time of one eval-mode forward pass of the network `nas.build`
+What is predicted: the wall time of one eval-mode forward pass of the network `nas.blocks`
 builds from the spec, at batch 1, on the device and thread count the profile was measured
 on (`nas calibrate`), with 1-bit layers on the packed-binary C kernels where they apply
 (a_bits = 1, groups = 1, CPU, kernels built) and every other quantized layer on the

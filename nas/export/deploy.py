@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.build import build_model
+from nas.blocks.model import build_model
 from nas.export.fold import bn_partners, geometries
 from nas.export.payload import LayerRecord, decode_payload
 from nas.kernels import reference

@@ -16,7 +16,7 @@ import optuna
 import torch
 from safetensors.torch import save_file
 
-from nas.build import build_model
+from nas.blocks.model import build_model
 from nas.cost.calibrate import example_input, time_forward
 from nas.data import load_dataset
 from nas.search.config import SearchConfig

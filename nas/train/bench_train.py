@@ -103,7 +103,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import optuna
 
-    from nas.build import build_model
+    from nas.blocks.model import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
     from nas.errors import UsageError

@@ -57,7 +57,7 @@ def _fit(spec, data, where: str):
 
 
 def run(args) -> int:
-    from nas.build import build_model
+    from nas.blocks.model import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
     from nas.space import decode_arch, encode_arch
