@@ -2,7 +2,8 @@
 
 Each kind file (`ir.py`, `shift.py`, `grouped.py`, `dense.py`) holds, side by side:
 
-- `KEYS`: the arch-string keys its segment takes (`nas.space.codec` reads them);
+- `KEYS`: the arch-string keys its segment takes, in canonical order;
+- `MODULE_NAMES`: cost op role -> the module it is built as (float, 1-bit);
 - `expand(net, prefix, x, b, in_chs, stride)`: its op expansion onto a
   `nas.cost.graph.GraphBuilder`, i.e. what the cost model prices;
 - `build(b, in_chs, stride)`: its modules.
@@ -24,6 +25,27 @@ from nas.blocks import dense, grouped, ir, shift
 
 KINDS = {"ir": ir, "shift": shift, "grouped": grouped, "dense": dense}  # kind name -> kind module
 
+
+
+def module_name(arch, op_name: str) -> str:
+    """The qualified module name (`QuantNet.quant_layers`) of a weighted cost op (`conv` /
+    `linear` in `nas.cost.expand`), through the op's kind file's `MODULE_NAMES`."""
+    if op_name in ("stem", "head"):
+        return f"{op_name}.conv"
+    if not op_name.startswith("blocks."):
+        return op_name
+    _, i, j, rest = op_name.split(".", 3)
+    b = arch.blocks[int(i)]
+    shortcut = rest.endswith(".shortcut.conv")
+    if shortcut:
+        rest = rest[: -len(".shortcut.conv")]
+    *outer, role = rest.split(".")
+    name = ".".join([*outer, KINDS[b.kind].MODULE_NAMES.get(role, (role, role))[b.binary]])
+    if b.binary:  # a Bi-Real unit: its binary conv, or its shortcut's 1x1 conv
+        name += ".shortcut.conv" if shortcut else ".conv"
+    return f"blocks.{i}.{j}.{name}"
+
+
 _TORCH_NAMES = {
     "build_model": "nas.blocks.model", "QuantNet": "nas.blocks.model", "QuantLayer": "nas.blocks.model",
     "build_stage": "nas.blocks.model", "Block": "nas.blocks.layers", "ChannelShuffle": "nas.blocks.layers",
@@ -39,4 +61,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'nas.blocks' has no attribute {name!r}")
 
 
-__all__ = ["KINDS", *_TORCH_NAMES]
+__all__ = ["KINDS", "module_name", *_TORCH_NAMES]

@@ -5,6 +5,8 @@ transition to c + BN, and a 2x2 average pool (ceil mode) when stride 2. No resid
 """
 
 KEYS = ("r", "k", "s", "gr", "c", "w", "a")  # arch-string keys, in canonical order
+# cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
+MODULE_NAMES = {"conv1": ("conv1", "unit1"), "conv2": ("conv2", "unit2"), "conv": ("conv", "unit")}
 DENSE_BOTTLENECK = 4  # a dense layer's 1x1 widens to 4 * growth (DenseNet-B)
 ONE_BLOCK_PER_STAGE = True  # `repeats` counts dense layers, not blocks
 

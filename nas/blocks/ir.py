@@ -10,6 +10,8 @@ and channels kept. SE squeezes to max(1, round(block input * se)), ReLU inside, 
 from nas.blocks.common import has_residual, mid_chs
 
 KEYS = ("r", "k", "s", "e", "c", "se", "w", "a")  # arch-string keys, in canonical order
+# cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
+MODULE_NAMES = {"conv_dw": ("conv_dw", "dw"), "conv_pw": ("conv_pw", "pw"), "conv_pwl": ("conv_pwl", "pwl")}
 
 
 def se_chs(in_chs: int, se: float) -> int:
