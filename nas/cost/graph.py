@@ -50,6 +50,7 @@ import math
 from dataclasses import dataclass
 
 from nas.blocks import KINDS
+from nas.cost.layout import has_clip
 from nas.blocks.ir import se_chs
 from nas.space.spec import SHORTCUT_BITS, ArchSpec, BlockSpec, make_divisible
 
@@ -174,12 +175,12 @@ class GraphBuilder:
         read = a_bits if quantized_input else REAL_BITS
         return self._op(name, "conv", [x], [read], (out_chs, conv_out(h, kernel, stride), conv_out(w, kernel, stride)),
                         kernel=kernel, stride=stride, groups=groups, w_bits=w_bits, bn=bn, bias=bias, act=act,
-                        clip=quantized_input and 2 <= a_bits <= 8, binary=binary)
+                        clip=quantized_input and has_clip(a_bits), binary=binary)
 
     def linear(self, name, x, out_features, *, w_bits, a_bits, bias=True) -> int:
         c, _, _ = self.shapes[x]
         return self._op(name, "linear", [x], [a_bits], (out_features, 1, 1), kernel=1, w_bits=w_bits, bias=bias,
-                        clip=2 <= a_bits <= 8, binary=w_bits == 1)
+                        clip=has_clip(a_bits), binary=w_bits == 1)
 
     def elementwise(self, name, kind, inputs, bits, out_shape=None, **kw) -> int:
         shape = out_shape or self.shapes[inputs[0]]

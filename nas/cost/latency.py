@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nas.cost.kernel_path import on_packed_kernels
 from nas.errors import UsageError
 
 FORMAT = "nas-device-profile"
@@ -110,7 +111,7 @@ def _conv_class(layer) -> str:
 
 def kernel_path(layer, kernels: bool) -> bool:
     """Does this conv run on the packed-binary kernels (`nas.quant.binary.BinaryConv2d.kernel_ready`)?"""
-    return kernels and layer.op == "conv" and layer.w_bits == 1 and layer.a_bits == 1 and layer.groups == 1
+    return kernels and layer.op == "conv" and on_packed_kernels(layer.w_bits, layer.a_bits, layer.groups)
 
 
 def op_terms(layer, kernels: bool, records: dict | None = None) -> list[tuple[str, tuple[float, ...]]]:

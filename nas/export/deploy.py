@@ -40,10 +40,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.blocks.model import build_model
+from nas.cost.kernel_path import on_packed_kernels
 from nas.export.fold import bn_partners, geometries
 from nas.export.payload import LayerRecord, decode_payload
 from nas.kernels import reference
 from nas.quant import ActQuant, BiRealUnit, QuantConv2d, QuantLinear, packed_kernels
+from nas.quant.binary import kernel_runtime_ready
 from nas.space import ArchSpec
 
 
@@ -82,9 +84,8 @@ class PackedBinaryConv2d(nn.Module):
         self._layer = None  # nas.kernels.BinaryConv2d, prepared on first kernel call
 
     def kernel_ready(self, x: torch.Tensor) -> bool:
-        return (self.a_bits == 1 and self.groups == 1 and not self.training and x.device.type == "cpu"
-                and x.dtype == torch.float32 and not torch.jit.is_tracing()
-                and not (torch.is_grad_enabled() and x.requires_grad) and packed_kernels() is not None)
+        return on_packed_kernels(1, self.a_bits, self.groups) and kernel_runtime_ready(
+            self, x, torch.is_grad_enabled() and x.requires_grad)
 
     def _kernel(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         kernels = packed_kernels()

@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.cost.layout import has_clip
 from nas.errors import UsageError
 from nas.quant.functions import (PACT, ApproxSign, HalfSTE, SignSTE, act_steps, binary_scale, dorefa_scale,
                                  pact_reference, quantize_weight)
+from nas.space.spec import BITS  # the one list of bit widths
 
-BITS = (1, 2, 4, 8, 16, 32)  # = nas.space.spec.BITS (a test holds them equal); quant stays a leaf
-PACT_BITS = (2, 4, 8)  # activation widths that own a learnable clip
+PACT_BITS = tuple(b for b in BITS if has_clip(b))  # activation widths that own a learnable clip
 # Initial PACT clips. ReLU outputs get 6 (ReLU6's range) at 8 bits; fewer levels start
 # with a tighter clip so BN-scaled inputs (~N(0, 1)) do not all round to zero. Signed
 # sites see BN outputs and residual sums directly.
