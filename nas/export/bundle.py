@@ -71,7 +71,7 @@ def predictions(model: torch.nn.Module, dataset, batch_size: int = EVAL_BATCH) -
 
 def timings(model: torch.nn.Module, dataset) -> dict:
     """Measured latency (batch 1, median ms per image) and throughput (images/s at batch 256)."""
-    from nas.train.evaluate import measure_inference_ms
+    from nas.measure.timing import measure_inference_ms
 
     x, _ = dataset.batch(torch.arange(min(THROUGHPUT_BATCH, len(dataset))))
     many = measure_inference_ms(model, x, repeats=5, warmup=1)
@@ -81,7 +81,7 @@ def timings(model: torch.nn.Module, dataset) -> dict:
 
 def latency_of(model: torch.nn.Module, dataset) -> float:
     """Median ms per image at batch 1 on the dataset's first image."""
-    from nas.train.evaluate import measure_inference_ms
+    from nas.measure.timing import measure_inference_ms
 
     x, _ = dataset.batch(torch.arange(1))
     return round(measure_inference_ms(model, x, repeats=LATENCY_REPEATS), 4)

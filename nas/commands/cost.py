@@ -98,7 +98,7 @@ def add_latency(result: dict, arch, cost: Cost) -> dict:
 
 def measure(result: dict) -> dict:
     """Time the built network (`nas calibrate`'s protocol), threads as the profile's, else torch's default."""
-    from nas.cost import calibrate
+    from nas.measure import calibrate
 
     path = latency.default_profile_path()
     threads = latency.require_profile(path).machine["threads"] if path.is_file() else latency.default_threads()
