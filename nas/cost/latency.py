@@ -443,11 +443,6 @@ def predict_latency_ms(arch, profile: Profile, cost=None) -> float:
     return predict(arch, profile, cost).total_ms
 
 
-def predict_layers(arch, profile: Profile, cost=None) -> list[LayerLatency]:
-    """Per-op predictions, execution order (the network constant is `predict(...).network_ms`)."""
-    return list(predict(arch, profile, cost).layers)
-
-
 def latency_ms(arch, path=None, cost=None) -> float | None:
     """Predicted latency on this device, or None when no profile exists (for other modules:
     the search's `--target-latency`). A corrupt profile raises UsageError."""

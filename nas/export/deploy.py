@@ -28,8 +28,8 @@ Numerics against the fake-quant model (`weights.safetensors`), same input:
   the logits are bit-identical on every image; the claim held is argmax equality.
 - 16 bits, BatchNorm folded into fp16 weights as the layout says: the folded weight is
   rounded to fp16 again (relative error up to 2^-11 per weight), which moves downstream
-  quantization boundaries often: on a weakly trained model with every bit width (52%
-  accuracy) 94.8% of predictions agreed, 100% with the same weights kept in fp32.
+  quantization boundaries often, so predictions may disagree on some images (a measured
+  figure is in docs/architecture.md, "Lab figures").
 `nas export` measures the agreement on the whole test split, records it in the manifest
 (`prediction_agreement`) and warns when it is below 1.
 """
