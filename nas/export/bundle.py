@@ -28,7 +28,6 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import torch
 import yaml
@@ -140,27 +139,14 @@ def _manifest_digest(manifest: dict) -> str:
 
 # ---- TorchScript / ONNX of the fake-quant model -------------------------------------------
 
-class _NoCtx:
-    """Stands in for an autograd ctx while tracing: nothing is saved for a backward."""
-
-    def save_for_backward(self, *tensors):
-        pass
-
-
 @contextlib.contextmanager
 def traceable(model: torch.nn.Module):
-    """Fake-quant forward as plain tensor ops: the quantizers' autograd Functions run their
-    `forward` directly (a traced autograd.Function is a Python op TorchScript cannot save),
-    and binary layers take the fake-quant path (same function as the kernels). Inference only."""
-    from nas.quant import functions
-
-    fns = [f for f in vars(functions).values()
-           if isinstance(f, type) and issubclass(f, torch.autograd.Function) and f is not torch.autograd.Function]
+    """The fake-quant model as it is traced: eval mode, no autograd, binary layers on the
+    fake-quant path (same function as the kernels). The quantizers trace as plain tensor ops
+    by themselves (`nas.quant.functions.quantizer`). Inference only."""
     flags = [(m, m.use_kernels) for m in model.modules() if isinstance(m, BinaryConv2d)]
     was_training = model.training
     with contextlib.ExitStack() as stack:
-        for f in fns:
-            stack.enter_context(mock.patch.object(f, "apply", (lambda f: lambda *a: f.forward(_NoCtx(), *a))(f)))
         stack.enter_context(torch.no_grad())
         for m, _ in flags:
             m.use_kernels = False
