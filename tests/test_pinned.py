@@ -1,8 +1,9 @@
 """Behaviour pinned across the blocks / cost refactor (issue 23): for a fixed seed, the sampled
 arch strings, their costs and the exported payload bytes are those of the code before it.
 
-The expected values were computed on the original tree (commit c83b5cc, the branch point of
-this refactor) by sampling `random_archs(space, 3, seed=7)` from each shipped search space,
+The expected values were computed on the untouched original tree (/work/main at commit
+3c32728, two commits past this branch's base c83b5cc; neither commit touches sampling,
+costing or the payload) by sampling `random_archs(space, 3, seed=7)` from each shipped search space,
 costing each arch with `arch_cost` and building it (`torch.manual_seed(0)`) to take its
 payload (`nas.export.bundle.payload_of`): length and the first 16 hex digits of its sha256.
 """
