@@ -139,7 +139,7 @@ def test_proxies_on_built_networks(digits):
                  "-head_c64_w8_a8-fc_n10_w8_a8",
                  "in_r16_c1-stem_c16_k3_s1_w8_a8-grouped_r2_k3_s1_g1_c32_w1_a1-head_c0_w8_a8-fc_n10_w8_a8"):
         torch.manual_seed(0)
-        model = build.build_model(nas_space.decode_arch(arch))
+        model = build.build_model(nas_space.decode(arch))
         assert math.isfinite(naswot(model, x)) and math.isfinite(synflow(model, x)) and synflow(model, x) > 0
 
 
