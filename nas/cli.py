@@ -1,4 +1,4 @@
-"""`nas` command line. Each subcommand lives beside the code it drives and exposes
+"""`nas` command line. Each subcommand (`nas.commands.<name>`, or a module beside the code it drives) exposes
 `add_arguments(parser)` and `run(args) -> int`; this module only wires them up.
 
 User mistakes raise `nas.errors.UsageError`: printed as one line, exit code 2.
@@ -15,15 +15,15 @@ from nas.errors import UsageError
 # command -> (module with add_arguments/run, one-line help). Modules load lazily so that
 # `nas --help` and light commands stay fast.
 COMMANDS = {
-    "search": ("nas.search.cli", "search a space for the best feasible architecture under budgets"),
-    "report": ("nas.report.cli", "write a self-contained plotly HTML report of a study"),
+    "search": ("nas.commands.search", "search a space for the best feasible architecture under budgets"),
+    "report": ("nas.commands.report", "write a self-contained plotly HTML report of a study"),
     "dashboard": ("nas.report.dashboard", "serve optuna-dashboard on a study's storage (127.0.0.1)"),
-    "export": ("nas.export.cli", "export a trial as a deployable bundle, size verified against the budget"),
+    "export": ("nas.commands.export", "export a trial as a deployable bundle, size verified against the budget"),
     "infer": ("nas.export.infer", "run an exported bundle on a dataset"),
-    "cost": ("nas.cost.cli", "analytic costs of an arch string or a timm model"),
-    "space": ("nas.space.cli", "inspect a search space: show its size and extremes, sample arch strings"),
-    "train": ("nas.train.cli", "train an arch string quantization-aware on a dataset"),
-    "calibrate": ("nas.cost.calibrate", "measure this device and fit the latency model"),
+    "cost": ("nas.commands.cost", "analytic costs of an arch string or a timm model"),
+    "space": ("nas.commands.space", "inspect a search space: show its size and extremes, sample arch strings"),
+    "train": ("nas.commands.train", "train an arch string quantization-aware on a dataset"),
+    "calibrate": ("nas.measure.calibrate", "measure this device and fit the latency model"),
     "bench": ("nas.bench", "benchmarks that print their figures: kernels, search, pruners, proxies, train"),
 }
 

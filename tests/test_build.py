@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.build import ChannelShuffle, QuantNet, Shift, build_model
+from nas.blocks import ChannelShuffle, QuantNet, Shift, build_model
 from nas.errors import UsageError
 from nas.quant import BinaryConv2d, QuantConv2d, QuantLinear
 from nas.space import decode, load_space, random_archs

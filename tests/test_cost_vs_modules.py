@@ -1,12 +1,12 @@
 """The module counter (`nas.count`) on closed forms, and the analytic cost model (`nas.cost`,
-specs only) against the counter on the built module (`nas.build.build_model`): params and
+specs only) against the counter on the built module (`nas.blocks.build_model`): params and
 macs equal on every block kind x stride x bit width."""
 
 import pytest
 import torch
 from torch import nn
 
-from nas.build import build_model
+from nas.blocks.model import build_model
 from nas.cost import arch_cost, layout
 from nas.count import count_modules, format_counts
 from nas.space import decode

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nas.build import build_model
+from nas.blocks.model import build_model
 from nas.cli import main
 from nas.cost import TOTALS, arch_cost
 from nas.data import load_dataset

@@ -237,7 +237,7 @@ def test_calibrate_report_warns_when_timings_were_noisy(profile, noise, warned):
     import copy
     import dataclasses
 
-    from nas.cost.calibrate import format_report
+    from nas.measure.calibrate import format_report
 
     stats = copy.deepcopy(profile.stats)
     stats["noise"]["median_iqr_over_median"] = noise

@@ -133,13 +133,13 @@ def test_synflow_stays_finite_where_float32_overflows(batch):
 
 def test_proxies_on_built_networks(digits):
     nas_space = pytest.importorskip("nas.space")
-    build = pytest.importorskip("nas.build")
+    build = pytest.importorskip("nas.blocks.model")
     x = proxy_batch(digits.resized(16).train, 32)
     for arch in ("in_r16_c1-stem_c16_k3_s1_w8_a8-ir_r1_k3_s2_e3_c24_w4_a4_hs-shift_r1_k3_s1_e3_c24_w8_a8"
                  "-head_c64_w8_a8-fc_n10_w8_a8",
                  "in_r16_c1-stem_c16_k3_s1_w8_a8-grouped_r2_k3_s1_g1_c32_w1_a1-head_c0_w8_a8-fc_n10_w8_a8"):
         torch.manual_seed(0)
-        model = build.build_model(nas_space.decode_arch(arch))
+        model = build.build_model(nas_space.decode(arch))
         assert math.isfinite(naswot(model, x)) and math.isfinite(synflow(model, x)) and synflow(model, x) > 0
 
 
@@ -163,7 +163,7 @@ def test_score_arch_scores_then_trains(digits):
 
 
 def test_nas_bench_proxies_json(capsys):
-    pytest.importorskip("nas.build")
+    pytest.importorskip("nas.blocks.model")
     import json
 
     from nas.cli import main

@@ -207,7 +207,7 @@ DIGITS_ARCH = "in_r8_c1-stem_c16_k3_s1_w8_a8-ir_r1_k3_s2_e3_c24_w8_a8-head_c0_w8
 
 
 def test_nas_train_json(capsys):
-    pytest.importorskip("nas.build")
+    pytest.importorskip("nas.blocks.model")
     from nas.cli import main
 
     assert main(["train", "--arch", DIGITS_ARCH, "--dataset", "digits", "--epochs", "3", "--seed", "1",
@@ -221,7 +221,7 @@ def test_nas_train_json(capsys):
 
 
 def test_nas_train_with_teacher_and_human_output(capsys):
-    pytest.importorskip("nas.build")
+    pytest.importorskip("nas.blocks.model")
     from nas.cli import main
 
     teacher = DIGITS_ARCH.replace("c24", "c48")
@@ -232,7 +232,7 @@ def test_nas_train_with_teacher_and_human_output(capsys):
 
 
 def test_nas_train_bad_input_is_one_line_exit_2(capsys):
-    pytest.importorskip("nas.build")
+    pytest.importorskip("nas.blocks.model")
     from nas.cli import main
 
     assert main(["train", "--arch", DIGITS_ARCH.replace("in_r8_c1", "in_r8_c3"), "--dataset", "digits"]) == 2
@@ -244,7 +244,7 @@ def test_nas_train_bad_input_is_one_line_exit_2(capsys):
 
 
 def test_nas_bench_train_json(capsys):
-    pytest.importorskip("nas.build")
+    pytest.importorskip("nas.blocks.model")
     from nas.cli import main
 
     assert main(["bench", "train", "--arch", DIGITS_ARCH, "--dataset", "digits", "--subset", "256",

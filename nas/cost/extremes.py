@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from nas.cost import arch_cost
 from nas.space import ArchSpec, Space, replay
+from nas.space.sample import CHOICE_FIELD, STAGE_ORDER
 
 MAX_SWEEPS = 6
 RANDOM_STARTS, RANDOM_POOL = 3, 64  # descents also start from the best 3 of 64 random points
@@ -47,10 +48,9 @@ def parameter_choices(space: Space) -> dict[str, list]:
     params["fc.bits"] = bits(space.classifier.bits)
     for i, st in enumerate(space.stages):
         p = f"s{i}."
-        for key, values in (("kind", st.kinds), ("repeats", st.repeats), ("kernel", st.kernel),
-                            ("expand", st.expand), ("se", st.se), ("groups", st.groups),
-                            ("growth", st.growth), ("act", st.act)):
-            params[p + key] = list(values)
+        params[p + "kind"] = list(st.kinds)
+        for key in STAGE_ORDER:
+            params[p + key] = list(getattr(st, CHOICE_FIELD[key]))
         params[p + "bits"] = bits(st.bits)
     return params
 

@@ -3,7 +3,7 @@
 This is the one place that knows a network's structure for costing; `nas.cost.model`
 prices the ops, `nas.cost.layout` prices the weights. It follows the layer structure in
 `nas.space.spec`'s module docstring exactly. Pure Python: never imports torch or
-`nas.build`.
+`nas.blocks.layers` / `nas.blocks.model`.
 
 Ops (`Op.kind`): ``conv`` (any conv, groups and 1x1 included; BatchNorm folded into it
 and its activation fused, so BN / act are not separate ops), ``linear``, ``sign``
@@ -17,10 +17,10 @@ shortcut first (pool, then 1x1 conv; the fused kernel takes it as its residual i
 then sign-and-pack -> binary conv -> add; a residual add comes last in its block; then
 head, global pool, [post-pool conv], classifier. Every op reads its inputs and writes its
 output whole (the packed-binary kernels fuse the residual add, so for them this order is
-an upper bound). This is the order `nas.build` registers and runs its modules in.
+an upper bound). This is the order `nas.blocks.model` registers and runs its modules in.
 
-Structure decisions the spec leaves open, stated here once (`nas.build.blocks` makes the
-same ones):
+Each block kind's ops come from its own file, `nas.blocks.<kind>.expand` (the file that
+also builds its modules). Structure decisions the spec leaves open, stated once:
 - a residual add joins block input and output wherever a repeat of an ``ir``, ``shift``
   or ``grouped`` block has stride 1 and keeps the channel count; dense blocks have none
   (concatenation is their shortcut); 1-bit blocks have none (every binary conv has its
@@ -49,29 +49,20 @@ bytes: H*W*ceil(C*b/8); wider tensors take H*W*C*b/8 bytes.
 import math
 from dataclasses import dataclass
 
-from nas.space.spec import DENSE_BOTTLENECK, SHORTCUT_BITS, ArchSpec, BlockSpec
+from nas.blocks import KINDS
+from nas.cost.layout import has_clip
+from nas.blocks.ir import se_chs
+from nas.space.spec import SHORTCUT_BITS, ArchSpec, BlockSpec, make_divisible
 
 REAL_BITS = 32  # the real-valued stream, unquantized conv inputs, logits
 MIN_ELEMENTWISE_BITS = 8  # add / concat / pool / shift consumers never read below 8 bits
-DENSE_POOL_CEIL = True
-
-
-def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
-    """timm's `make_divisible` (timm/layers/helpers.py), copied so that costing needs no torch:
-    nearest multiple of `divisor`, at least `min_value` (default divisor), never below 90%
-    of `v`. `tests/test_cost.py` checks it against timm's."""
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < round_limit * v:
-        new_v += divisor
-    return new_v
 
 
 @dataclass(frozen=True)
 class Conventions:
     """Structure choices where timm's reference models differ from this project's blocks.
 
-    `PROJECT` is what `nas.build` builds; the others exist so that `nas cost --model timm:...`
+    `PROJECT` is what `nas.blocks` builds; the others exist so that `nas cost --model timm:...`
     costs timm's MobileNetV3 exactly through the same expansion.
     """
 
@@ -142,7 +133,7 @@ def tensor_bytes(shape: Shape, bits: int) -> int:
 def se_channels(block_in: int, se_in: int, se: float, conventions: Conventions) -> int:
     if conventions.se_rd == "mid_divisible":
         return make_divisible(se_in * se, 8)
-    return max(1, round(block_in * se))
+    return se_chs(block_in, se)
 
 
 class GraphBuilder:
@@ -184,12 +175,12 @@ class GraphBuilder:
         read = a_bits if quantized_input else REAL_BITS
         return self._op(name, "conv", [x], [read], (out_chs, conv_out(h, kernel, stride), conv_out(w, kernel, stride)),
                         kernel=kernel, stride=stride, groups=groups, w_bits=w_bits, bn=bn, bias=bias, act=act,
-                        clip=quantized_input and 2 <= a_bits <= 8, binary=binary)
+                        clip=quantized_input and has_clip(a_bits), binary=binary)
 
     def linear(self, name, x, out_features, *, w_bits, a_bits, bias=True) -> int:
         c, _, _ = self.shapes[x]
         return self._op(name, "linear", [x], [a_bits], (out_features, 1, 1), kernel=1, w_bits=w_bits, bias=bias,
-                        clip=2 <= a_bits <= 8, binary=w_bits == 1)
+                        clip=has_clip(a_bits), binary=w_bits == 1)
 
     def elementwise(self, name, kind, inputs, bits, out_shape=None, **kw) -> int:
         shape = out_shape or self.shapes[inputs[0]]
@@ -217,6 +208,12 @@ class GraphBuilder:
     def concat(self, name, xs, bits) -> int:
         _, h, w = self.shapes[xs[0]]
         return self.elementwise(name, "concat", xs, bits, (sum(self.shapes[x][0] for x in xs), h, w))
+
+    def elementwise_bits(self, b: BlockSpec) -> int:
+        return elementwise_bits(b)
+
+    def se_channels(self, block_in: int, se_in: int, se: float) -> int:
+        return se_channels(block_in, se_in, se, self.conventions)
 
     # --- composite pieces ---
 
@@ -250,52 +247,6 @@ def elementwise_bits(b: BlockSpec) -> int:
     return REAL_BITS if b.binary else max(b.a_bits, MIN_ELEMENTWISE_BITS)
 
 
-def _block(net: GraphBuilder, prefix: str, x: int, b: BlockSpec, in_chs: int, stride: int) -> int:
-    """One repeat of a block kind (for ``dense``: the whole block). Returns the output tensor."""
-    act = None if b.binary else b.act
-    elem = elementwise_bits(b)
-    out = b.out_chs
-    if b.kind == "ir":
-        if b.expand == 1:  # timm's DepthwiseSeparableConv
-            y = net.unit(f"{prefix}.conv_dw", x, in_chs, b.kernel, stride, in_chs, b, act)
-            if b.se:
-                rd = se_channels(in_chs, in_chs, b.se, net.conventions)
-                y = net.squeeze_excite(f"{prefix}.se", y, rd, b, elem)
-            y = net.unit(f"{prefix}.conv_pw", y, out, 1, 1, 1, b, None)
-        else:  # timm's InvertedResidual
-            mid = make_divisible(in_chs * b.expand)
-            y = net.unit(f"{prefix}.conv_pw", x, mid, 1, 1, 1, b, act)
-            y = net.unit(f"{prefix}.conv_dw", y, mid, b.kernel, stride, mid, b, act)
-            if b.se:
-                rd = se_channels(in_chs, mid, b.se, net.conventions)
-                y = net.squeeze_excite(f"{prefix}.se", y, rd, b, elem)
-            y = net.unit(f"{prefix}.conv_pwl", y, out, 1, 1, 1, b, None)
-    elif b.kind == "shift":
-        mid = make_divisible(in_chs * b.expand)
-        y = net.unit(f"{prefix}.conv_pw", x, mid, 1, 1, 1, b, act)
-        y = net.shift(f"{prefix}.shift", y, b.kernel, stride, elem)
-        y = net.unit(f"{prefix}.conv_pwl", y, out, 1, 1, 1, b, None)
-    elif b.kind == "grouped":
-        y = net.unit(f"{prefix}.conv_g", x, out, b.kernel, stride, b.groups, b, act)
-        if b.groups > 1:
-            y = net.elementwise(f"{prefix}.shuffle", "shuffle", [y], elem, groups=b.groups)
-        y = net.unit(f"{prefix}.conv_g1", y, out, 1, 1, b.groups, b, None)
-    elif b.kind == "dense":
-        features = x
-        for i in range(b.repeats):
-            h = net.unit(f"{prefix}.layers.{i}.conv1", features, DENSE_BOTTLENECK * b.growth, 1, 1, 1, b, act)
-            h = net.unit(f"{prefix}.layers.{i}.conv2", h, b.growth, b.kernel, 1, 1, b, act)
-            features = net.concat(f"{prefix}.layers.{i}.concat", [features, h], elem)
-        y = net.unit(f"{prefix}.transition.conv", features, out, 1, 1, 1, b, None)  # linear transition
-        if stride == 2:
-            y = net.avgpool(f"{prefix}.transition.pool", y, elem, ceil_mode=DENSE_POOL_CEIL)
-    else:  # BlockSpec validates kinds; a new kind must be taught here before it can be costed
-        raise ValueError(f"block kind {b.kind!r} has no cost expansion; expected one of ir, shift, grouped, dense")
-    if b.kind != "dense" and not b.binary and stride == 1 and in_chs == out:
-        y = net.add(f"{prefix}.add", x, y, elem)
-    return y
-
-
 def expand(arch: ArchSpec, conventions: Conventions = PROJECT) -> Graph:
     """ArchSpec -> ops in execution order, tensor shapes and storage bits."""
     net = GraphBuilder(conventions)
@@ -306,10 +257,11 @@ def expand(arch: ArchSpec, conventions: Conventions = PROJECT) -> Graph:
     chs = stem.out_chs
     for i, b in enumerate(arch.blocks):
         net.block = i
-        repeats = 1 if b.kind == "dense" else b.repeats
+        kind = KINDS[b.kind]  # BlockSpec validates kinds
+        repeats = 1 if getattr(kind, "ONE_BLOCK_PER_STAGE", False) else b.repeats
         for j in range(repeats):
             stride = b.stride if j == 0 else 1
-            x = _block(net, f"blocks.{i}.{j}", x, b, chs, stride)
+            x = kind.expand(net, f"blocks.{i}.{j}", x, b, chs, stride)
             chs = b.out_chs
     net.block = len(arch.blocks)
     head = arch.head

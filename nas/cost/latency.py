@@ -1,6 +1,6 @@
 """Predicted latency of an `ArchSpec` on a profiled device, and the device profile itself.
 
-What is predicted: the wall time of one eval-mode forward pass of the network `nas.build`
+What is predicted: the wall time of one eval-mode forward pass of the network `nas.blocks`
 builds from the spec, at batch 1, on the device and thread count the profile was measured
 on (`nas calibrate`), with 1-bit layers on the packed-binary C kernels where they apply
 (a_bits = 1, groups = 1, CPU, kernels built) and every other quantized layer on the
@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nas.cost.kernel_path import on_packed_kernels
 from nas.errors import UsageError
 
 FORMAT = "nas-device-profile"
@@ -110,7 +111,7 @@ def _conv_class(layer) -> str:
 
 def kernel_path(layer, kernels: bool) -> bool:
     """Does this conv run on the packed-binary kernels (`nas.quant.binary.BinaryConv2d.kernel_ready`)?"""
-    return kernels and layer.op == "conv" and layer.w_bits == 1 and layer.a_bits == 1 and layer.groups == 1
+    return kernels and layer.op == "conv" and on_packed_kernels(layer.w_bits, layer.a_bits, layer.groups)
 
 
 def op_terms(layer, kernels: bool, records: dict | None = None) -> list[tuple[str, tuple[float, ...]]]:
@@ -440,11 +441,6 @@ def predict(arch, profile: Profile, cost=None) -> Prediction:
 def predict_latency_ms(arch, profile: Profile, cost=None) -> float:
     """Predicted latency in milliseconds (see the module docstring for what is predicted)."""
     return predict(arch, profile, cost).total_ms
-
-
-def predict_layers(arch, profile: Profile, cost=None) -> list[LayerLatency]:
-    """Per-op predictions, execution order (the network constant is `predict(...).network_ms`)."""
-    return list(predict(arch, profile, cost).layers)
 
 
 def latency_ms(arch, path=None, cost=None) -> float | None:

@@ -35,12 +35,14 @@ Plus, for each quantized activation site (the input of a conv / linear read at
 
 import math
 
+from nas.space.spec import BITS
+
 FLOAT32_BYTES = 4
 FLOAT16_BYTES = 2
 WORD_BITS = 64  # packed-binary word
 WORD_BYTES = 8
 CLIP_BYTES = FLOAT32_BYTES  # PACT clip of one quantized activation site
-WEIGHT_BITS = (1, 2, 4, 8, 16, 32)
+WEIGHT_BITS = BITS
 
 
 def _check(b: int, c_out: int, c_in_g: int, k_h: int, k_w: int) -> None:

@@ -22,7 +22,8 @@ does not change any cost is noted (activations other than ReLU / hard-swish).
 import math
 from dataclasses import dataclass, field
 
-from nas.cost.graph import PROJECT, Conventions, make_divisible
+from nas.cost.graph import PROJECT, Conventions
+from nas.space.spec import make_divisible
 from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
 
 EFFICIENTNET = (

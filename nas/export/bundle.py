@@ -28,7 +28,6 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import torch
 import yaml
@@ -71,7 +70,7 @@ def predictions(model: torch.nn.Module, dataset, batch_size: int = EVAL_BATCH) -
 
 def timings(model: torch.nn.Module, dataset) -> dict:
     """Measured latency (batch 1, median ms per image) and throughput (images/s at batch 256)."""
-    from nas.train.evaluate import measure_inference_ms
+    from nas.measure.timing import measure_inference_ms
 
     x, _ = dataset.batch(torch.arange(min(THROUGHPUT_BATCH, len(dataset))))
     many = measure_inference_ms(model, x, repeats=5, warmup=1)
@@ -81,7 +80,7 @@ def timings(model: torch.nn.Module, dataset) -> dict:
 
 def latency_of(model: torch.nn.Module, dataset) -> float:
     """Median ms per image at batch 1 on the dataset's first image."""
-    from nas.train.evaluate import measure_inference_ms
+    from nas.measure.timing import measure_inference_ms
 
     x, _ = dataset.batch(torch.arange(1))
     return round(measure_inference_ms(model, x, repeats=LATENCY_REPEATS), 4)
@@ -140,27 +139,14 @@ def _manifest_digest(manifest: dict) -> str:
 
 # ---- TorchScript / ONNX of the fake-quant model -------------------------------------------
 
-class _NoCtx:
-    """Stands in for an autograd ctx while tracing: nothing is saved for a backward."""
-
-    def save_for_backward(self, *tensors):
-        pass
-
-
 @contextlib.contextmanager
 def traceable(model: torch.nn.Module):
-    """Fake-quant forward as plain tensor ops: the quantizers' autograd Functions run their
-    `forward` directly (a traced autograd.Function is a Python op TorchScript cannot save),
-    and binary layers take the fake-quant path (same function as the kernels). Inference only."""
-    from nas.quant import functions
-
-    fns = [f for f in vars(functions).values()
-           if isinstance(f, type) and issubclass(f, torch.autograd.Function) and f is not torch.autograd.Function]
+    """The fake-quant model as it is traced: eval mode, no autograd, binary layers on the
+    fake-quant path (same function as the kernels). The quantizers trace as plain tensor ops
+    by themselves (`nas.quant.functions.quantizer`). Inference only."""
     flags = [(m, m.use_kernels) for m in model.modules() if isinstance(m, BinaryConv2d)]
     was_training = model.training
     with contextlib.ExitStack() as stack:
-        for f in fns:
-            stack.enter_context(mock.patch.object(f, "apply", (lambda f: lambda *a: f.forward(_NoCtx(), *a))(f)))
         stack.enter_context(torch.no_grad())
         for m, _ in flags:
             m.use_kernels = False

@@ -28,8 +28,8 @@ Numerics against the fake-quant model (`weights.safetensors`), same input:
   the logits are bit-identical on every image; the claim held is argmax equality.
 - 16 bits, BatchNorm folded into fp16 weights as the layout says: the folded weight is
   rounded to fp16 again (relative error up to 2^-11 per weight), which moves downstream
-  quantization boundaries often: on a weakly trained model with every bit width (52%
-  accuracy) 94.8% of predictions agreed, 100% with the same weights kept in fp32.
+  quantization boundaries often, so predictions may disagree on some images (a measured
+  figure is in docs/architecture.md, "Lab figures").
 `nas export` measures the agreement on the whole test split, records it in the manifest
 (`prediction_agreement`) and warns when it is below 1.
 """
@@ -39,11 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.build import build_model
+from nas.blocks.model import build_model
+from nas.cost.kernel_path import on_packed_kernels
 from nas.export.fold import bn_partners, geometries
 from nas.export.payload import LayerRecord, decode_payload
 from nas.kernels import reference
 from nas.quant import ActQuant, BiRealUnit, QuantConv2d, QuantLinear, packed_kernels
+from nas.quant.binary import kernel_runtime_ready
 from nas.space import ArchSpec
 
 
@@ -82,9 +84,8 @@ class PackedBinaryConv2d(nn.Module):
         self._layer = None  # nas.kernels.BinaryConv2d, prepared on first kernel call
 
     def kernel_ready(self, x: torch.Tensor) -> bool:
-        return (self.a_bits == 1 and self.groups == 1 and not self.training and x.device.type == "cpu"
-                and x.dtype == torch.float32 and not torch.jit.is_tracing()
-                and not (torch.is_grad_enabled() and x.requires_grad) and packed_kernels() is not None)
+        return on_packed_kernels(1, self.a_bits, self.groups) and kernel_runtime_ready(
+            self, x, torch.is_grad_enabled() and x.requires_grad)
 
     def _kernel(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         kernels = packed_kernels()

@@ -1,5 +1,5 @@
 """Quantization: quantizer functions with straight-through gradients, fake-quant layers,
-Bi-Real binary units. Imports neither `nas.build` nor `nas.cost`."""
+Bi-Real binary units. Imports `nas.cost.kernel_path` (which convs the packed kernels run) and not `nas.blocks`."""
 
 from nas.quant.binary import BinaryConv2d, BiRealUnit, bireal_shortcut, packed_kernels
 from nas.quant.functions import (PACT, ApproxSign, HalfSTE, RoundSTE, SignSTE, TernarySTE, act_steps,

@@ -31,8 +31,16 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from nas.cost.kernel_path import on_packed_kernels
 from nas.quant.functions import binary_scale
 from nas.quant.modules import QuantConv2d
+
+
+def kernel_runtime_ready(module: nn.Module, x: torch.Tensor, needs_grad: bool) -> bool:
+    """The runtime half of the kernel path (the structural half: `nas.cost.kernel_path`):
+    eval mode, no gradient wanted, CPU float32, not tracing, kernels built."""
+    return (not module.training and not needs_grad and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.jit.is_tracing() and packed_kernels() is not None)
 
 
 def packed_kernels():
@@ -59,12 +67,10 @@ class BinaryConv2d(QuantConv2d):
     def kernel_ready(self, x: torch.Tensor) -> bool:
         """Whether this call may run the packed kernel (see the module docstring)."""
         square = len(set(self.kernel_size)) == 1 and len(set(self.stride)) == 1 and len(set(self.padding)) == 1
+        dilation = self.dilation[0] if len(set(self.dilation)) == 1 else 0
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if not (self.use_kernels and not self.training and not needs_grad and self.a_bits == 1
-                and self.groups == 1 and self.dilation == (1, 1) and square
-                and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_tracing()):
-            return False
-        return packed_kernels() is not None
+        return (self.use_kernels and on_packed_kernels(1, self.a_bits, self.groups, square, dilation)
+                and kernel_runtime_ready(self, x, needs_grad))
 
     def _packed_weight(self, kernels):
         key = (self.weight._version, self.weight.data_ptr())

@@ -45,6 +45,23 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
+class _NoCtx:
+    """Stands in for an autograd ctx while tracing: nothing is saved for a backward."""
+
+    def save_for_backward(self, *tensors):
+        pass
+
+
+def quantizer(fn: type[torch.autograd.Function], *args):
+    """`fn.apply(*args)`; while tracing (TorchScript, the ONNX exporter) `fn.forward` as plain
+    tensor ops instead: a traced autograd.Function is a Python op TorchScript cannot save,
+    and a trace is for inference only. Every quantizer of `nas.quant` is called through here,
+    so the fake-quant model is traceable by design."""
+    if torch.jit.is_tracing():
+        return fn.forward(_NoCtx(), *args)
+    return fn.apply(*args)
+
+
 class ApproxSign(torch.autograd.Function):
     """Bi-Real activation binarizer: sign forward, piecewise-polynomial gradient backward."""
 
@@ -178,10 +195,10 @@ def dorefa_weight(w: torch.Tensor, bits: int, ternary: bool = False) -> torch.Te
     if ternary:
         n = t / m
         delta = TERNARY_THRESHOLD * n.detach().abs().mean(dim=channel_dims(w), keepdim=True)
-        return m * TernarySTE.apply(n, delta)
+        return m * quantizer(TernarySTE, n, delta)
     levels = 2**bits - 1
     w01 = t / (2 * m) + 0.5  # eq. 2-32, in [0, 1]
-    return m * (2 * RoundSTE.apply(levels * w01) / levels - 1)  # eq. 2-33, times m_c
+    return m * (2 * quantizer(RoundSTE, levels * w01) / levels - 1)  # eq. 2-33, times m_c
 
 
 def quantize_weight(w: torch.Tensor, bits: int, ternary: bool = False) -> torch.Tensor:
@@ -189,10 +206,10 @@ def quantize_weight(w: torch.Tensor, bits: int, ternary: bool = False) -> torch.
     if bits == 32:
         return w
     if bits == 16:
-        return HalfSTE.apply(w)
+        return quantizer(HalfSTE, w)
     if bits == 1:
         shape = (-1,) + (1,) * (w.dim() - 1)
-        return SignSTE.apply(w) * binary_scale(w).reshape(shape)
+        return quantizer(SignSTE, w) * binary_scale(w).reshape(shape)
     return dorefa_weight(w, bits, ternary)
 
 

@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.cost.layout import has_clip
 from nas.errors import UsageError
 from nas.quant.functions import (PACT, ApproxSign, HalfSTE, SignSTE, act_steps, binary_scale, dorefa_scale,
-                                 pact_reference, quantize_weight)
+                                 pact_reference, quantize_weight, quantizer)
+from nas.space.spec import BITS  # the one list of bit widths
 
-BITS = (1, 2, 4, 8, 16, 32)  # = nas.space.spec.BITS (a test holds them equal); quant stays a leaf
-PACT_BITS = (2, 4, 8)  # activation widths that own a learnable clip
+PACT_BITS = tuple(b for b in BITS if has_clip(b))  # activation widths that own a learnable clip
 # Initial PACT clips. ReLU outputs get 6 (ReLU6's range) at 8 bits; fewer levels start
 # with a tighter clip so BN-scaled inputs (~N(0, 1)) do not all round to zero. Signed
 # sites see BN outputs and residual sums directly.
@@ -67,13 +68,13 @@ class ActQuant(nn.Module):
         if self.bits == 32:
             return x
         if self.bits == 16:
-            return HalfSTE.apply(x)
+            return quantizer(HalfSTE, x)
         if self.bits == 1:
-            return ApproxSign.apply(x)
+            return quantizer(ApproxSign, x)
         alpha, steps = self.clip.clamp_min(MIN_CLIP), act_steps(self.bits, self.signed)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return pact_reference(x, alpha, steps, self.signed)  # traceable ops (pact.c is opaque to a trace)
-        return PACT.apply(x, alpha, steps, self.signed)
+        return quantizer(PACT, x, alpha, steps, self.signed)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
@@ -158,7 +159,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         x = self.act_quant(x)
         if self.w_bits == 1:
             # accumulate ±1 weights exactly, then scale per channel: (N, C_out, H, W)
-            y = self._conv(x, SignSTE.apply(self.weight)) * binary_scale(self.weight).reshape(1, -1, 1, 1)
+            y = self._conv(x, quantizer(SignSTE, self.weight)) * binary_scale(self.weight).reshape(1, -1, 1, 1)
             return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
         # the bias inside the conv, as nn.Conv2d adds it: at 32 bits this is nn.Conv2d exactly
         # (a separate `+ bias` rounds differently on some oneDNN kernels, e.g. AVX2-only CPUs)
@@ -195,7 +196,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_quant(x)
         if self.w_bits == 1:
-            y = F.linear(x, SignSTE.apply(self.weight)) * binary_scale(self.weight)  # (N, out)
+            y = F.linear(x, quantizer(SignSTE, self.weight)) * binary_scale(self.weight)  # (N, out)
         else:
             y = F.linear(x, self.quant_weight())
         return y if self.bias is None else y + self.bias

@@ -153,7 +153,3 @@ def build_config(options: dict, file_options: dict | None = None, where_file: st
             value = parse(value, where)
         (budgets if target in _BUDGET_FIELDS else kwargs)[target] = value
     return SearchConfig(budgets=Budgets(**budgets), **kwargs)
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(SearchConfig)]

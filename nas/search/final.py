@@ -16,8 +16,8 @@ import optuna
 import torch
 from safetensors.torch import save_file
 
-from nas.build import build_model
-from nas.cost.calibrate import example_input, time_forward
+from nas.blocks.model import build_model
+from nas.measure.timing import example_input, time_forward
 from nas.data import load_dataset
 from nas.search.config import SearchConfig
 from nas.search.results import by_final_val, final_record

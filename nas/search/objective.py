@@ -23,7 +23,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from nas.build import build_model
+from nas.blocks.model import build_model
 from nas.cost import arch_cost
 from nas.cost.latency import latency_ms
 from nas.data import load_dataset

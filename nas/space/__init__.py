@@ -6,11 +6,8 @@ from nas.space.sample import Sample, random_archs, random_samples, replay, sampl
 from nas.space.scaling import Scaling, scale_arch
 from nas.space.spec import BITS, BLOCK_KINDS, ArchSpec, BlockSpec, ConvSpec, FcSpec
 
-decode_arch = decode
-encode_arch = encode
-
 __all__ = [
     "ArchSpec", "BlockSpec", "ConvSpec", "FcSpec", "BITS", "BLOCK_KINDS", "Sample", "Scaling", "Space",
-    "decode", "decode_arch", "encode", "encode_arch", "encode_block", "load_space", "random_archs",
+    "decode", "encode", "encode_block", "load_space", "random_archs",
     "random_samples", "replay", "sample_arch", "scale_arch", "space_size",
 ]

@@ -24,6 +24,24 @@ class Sample:
     scaling: Scaling
 
 
+# The space's parameter schema, written once: per stage, the choices every kind takes, then
+# those only some kinds take (squeeze-excite only in non-binary ir blocks). `sample_arch`,
+# `space_size` and `nas.cost.extremes.parameter_choices` all read it.
+STAGE_PARAMS = ("repeats", "kernel", "act")
+KIND_PARAMS = {"ir": ("expand", "se"), "shift": ("expand",), "grouped": ("groups",), "dense": ("growth",)}
+CHOICE_FIELD = {"repeats": "repeats", "kernel": "kernel", "act": "act", "expand": "expand", "se": "se",
+                "groups": "groups", "growth": "growth"}  # stage parameter -> StageChoices field
+# the order stage parameters are suggested in: Optuna's random sampler draws per call, so
+# the order is part of what a seed means
+STAGE_ORDER = ("repeats", "kernel", "expand", "se", "groups", "growth", "act")
+UNSET = {"expand": 1.0, "se": 0.0, "groups": 1, "growth": 0}  # BlockSpec value where a kind has no choice
+
+
+def kind_params(kind: str, w_bits: int) -> tuple[str, ...]:
+    """The stage parameters a block of `kind` at `w_bits` takes (beyond STAGE_PARAMS)."""
+    return tuple(p for p in KIND_PARAMS[kind] if not (p == "se" and w_bits == 1))
+
+
 def _pick(trial, name: str, choices: tuple):
     if len(choices) == 1:
         return choices[0]
@@ -45,20 +63,11 @@ def _stage(trial, i: int, st: StageChoices) -> BlockSpec:
     p = f"s{i}."
     kind = _pick(trial, p + "kind", st.kinds)
     w_bits, a_bits = _pick_bits(trial, p + "bits", st.bits)
-    return BlockSpec(
-        kind=kind,
-        out_chs=st.channels,
-        stride=st.stride,
-        repeats=_pick(trial, p + "repeats", st.repeats),
-        kernel=_pick(trial, p + "kernel", st.kernel),
-        expand=_pick(trial, p + "expand", st.expand) if kind in ("ir", "shift") else 1.0,
-        se=_pick(trial, p + "se", st.se) if kind == "ir" and w_bits != 1 else 0.0,
-        groups=_pick(trial, p + "groups", st.groups) if kind == "grouped" else 1,
-        growth=_pick(trial, p + "growth", st.growth) if kind == "dense" else 0,
-        act=_pick(trial, p + "act", st.act),
-        w_bits=w_bits,
-        a_bits=a_bits,
-    )
+    chosen = dict(UNSET)
+    for name in STAGE_ORDER:
+        if name in STAGE_PARAMS or name in kind_params(kind, w_bits):
+            chosen[name] = _pick(trial, p + name, getattr(st, CHOICE_FIELD[name]))
+    return BlockSpec(kind=kind, out_chs=st.channels, stride=st.stride, w_bits=w_bits, a_bits=a_bits, **chosen)
 
 
 def _end(trial, name: str, ch: EndChoices) -> ConvSpec:
@@ -108,15 +117,9 @@ def random_archs(space: Space, n: int, seed: int, in_chs: int | None = None,
 def _stage_count(st: StageChoices) -> int:
     total = 0
     for kind in st.kinds:
-        per_kind = len(st.repeats) * len(st.kernel) * len(st.act)
-        if kind in ("ir", "shift"):
-            per_kind *= len(st.expand)
-        if kind == "grouped":
-            per_kind *= len(st.groups)
-        if kind == "dense":
-            per_kind *= len(st.growth)
+        per_kind = math.prod(len(getattr(st, CHOICE_FIELD[name])) for name in STAGE_PARAMS)
         for w, _ in st.bits:
-            total += per_kind * (len(st.se) if kind == "ir" and w != 1 else 1)
+            total += per_kind * math.prod(len(getattr(st, CHOICE_FIELD[name])) for name in kind_params(kind, w))
     return total
 
 

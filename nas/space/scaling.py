@@ -4,7 +4,7 @@ depth x alpha^phi, width x beta^phi, resolution x gamma^phi, with alpha * beta^2
 so that MACs grow by ~2^phi (EfficientNet: alpha=1.2, beta=1.1, gamma=1.15).
 
 Rounding rules (stated once, here):
-- channels: timm's `make_divisible(c * beta^phi, divisor)` - nearest multiple of the
+- channels: `make_divisible(c * beta^phi, divisor)` (timm's rule, `nas.space.spec`) - nearest multiple of the
   divisor (8 by default; a multiple of the block's groups too for grouped blocks), never
   below 90% of the request;
 - repeats (and dense layers): ceil(r * alpha^phi), as timm does for depth;
@@ -15,10 +15,8 @@ Rounding rules (stated once, here):
 import math
 from dataclasses import dataclass
 
-from timm.layers import make_divisible
-
 from nas.errors import UsageError
-from nas.space.spec import ArchSpec, replace
+from nas.space.spec import ArchSpec, make_divisible, replace
 
 EFFICIENTNET = (1.2, 1.1, 1.15)  # alpha, beta, gamma found by grid search on B0
 

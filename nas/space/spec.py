@@ -1,6 +1,6 @@
 """Architecture specs: frozen dataclasses that describe a network as plain data.
 
-A spec is decoded from an arch string (`codec.py`), built into modules (`nas.build`) and
+A spec is decoded from an arch string (`codec.py`), built into modules (`nas.blocks`) and
 costed analytically (`nas.cost`). Decoding never builds; building never parses.
 
 Network layout, in execution order::
@@ -52,7 +52,20 @@ BLOCK_KINDS = ("ir", "shift", "grouped", "dense")
 ACTS = ("relu", "hswish", "none")  # "none": linear output (e.g. a stem feeding binary blocks)
 STRIDES = (1, 2)
 SHORTCUT_BITS = 8  # weight bits of the 1x1 shortcut conv in binary units (Bi-Real keeps it real)
-DENSE_BOTTLENECK = 4  # dense layers' 1x1 conv widens to 4 * growth (DenseNet-BC)
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round `v` to the nearest multiple of `divisor` (halves round up), at least `min_value`
+    (default `divisor`); if that loses more than 10% of `v`, add one `divisor`.
+
+    The rule of timm's `make_divisible` (timm/layers/helpers.py, from the TF MobileNet
+    reference), written here so costing and arch strings need neither torch nor timm;
+    `tests/test_cost.py` checks it against timm's."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
 
 
 def _check_choice(where: str, name: str, value, allowed) -> None:

@@ -105,11 +105,11 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import optuna
 
-    from nas.build import build_model
+    from nas.blocks.model import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
     from nas.errors import UsageError
-    from nas.space import encode_arch, load_space, random_archs
+    from nas.space import encode, load_space, random_archs
 
     if args.n < 3:
         raise UsageError(f"--n {args.n}: expected at least 3 architectures (a rank correlation needs them)")
@@ -122,7 +122,7 @@ def run(args) -> int:
     for i, arch in enumerate(archs):
         d = by_resolution.setdefault(arch.resolution, data.resized(arch.resolution))
         cost = arch_cost(arch)
-        s = score_arch(encode_arch(arch), lambda arch=arch: build_model(arch), d, args.epochs, args.subset,
+        s = score_arch(encode(arch), lambda arch=arch: build_model(arch), d, args.epochs, args.subset,
                        args.batch, {"macs": float(cost.macs), "weight_bytes": float(cost.weight_bytes)},
                        seed=args.seed, val_subset=args.val_subset)
         scores.append(s)

@@ -103,20 +103,20 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import optuna
 
-    from nas.build import build_model
+    from nas.blocks.model import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
     from nas.errors import UsageError
-    from nas.space import decode_arch, encode_arch
+    from nas.space import decode, encode
 
     if args.repeats < 1:
         raise UsageError(f"--repeats {args.repeats}: expected a whole number >= 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = load_dataset(args.dataset, args.data_dir)
-    arch = decode_arch(args.arch) if args.arch else mid_size_arch(in_chs=data.in_chs, num_classes=data.num_classes)
+    arch = decode(args.arch) if args.arch else mid_size_arch(in_chs=data.in_chs, num_classes=data.num_classes)
     data = data.resized(arch.resolution)
-    print(f"arch {encode_arch(arch)} ({arch_cost(arch).macs / 1e6:.1f} M MACs)", file=sys.stderr)
-    info = {"arch": encode_arch(arch), "macs": arch_cost(arch).macs, "dataset": data.name,
+    print(f"arch {encode(arch)} ({arch_cost(arch).macs / 1e6:.1f} M MACs)", file=sys.stderr)
+    info = {"arch": encode(arch), "macs": arch_cost(arch).macs, "dataset": data.name,
             **compare(lambda: build_model(arch), data, args.subset, args.batch_size, args.repeats)}
     if args.json:
         print(json.dumps(info))

@@ -1,11 +1,9 @@
-"""Accuracy on a dataset and inference time per image."""
-
-import statistics
-import time
+"""Accuracy on a dataset; inference time per image is `nas.measure.timing.measure_inference_ms`."""
 
 import torch
 import torch.nn as nn
 
+from nas.measure.timing import measure_inference_ms  # noqa: F401  (re-exported by nas.train)
 from nas.train.batches import iterate
 
 
@@ -24,30 +22,3 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, channels_last: bo
     if total == 0:
         raise ValueError("evaluate: the dataset is empty; expected at least one image")
     return correct / total
-
-
-def measure_inference_ms(model: nn.Module, example: torch.Tensor, repeats: int = 30, warmup: int = 5,
-                         channels_last: bool = False) -> float:
-    """Median milliseconds per image of ``model(example)`` in eval mode, over `repeats` runs.
-
-    `example` is a real input batch (B, C, H, W); B = 1 measures latency, a larger B
-    throughput per image. `warmup` untimed runs come first (allocator, oneDNN kernels).
-    Uses the calling thread settings (`torch.get_num_threads()`).
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats={repeats!r}: expected >= 1")
-    if channels_last:
-        example = example.contiguous(memory_format=torch.channels_last)
-    was_training = model.training
-    model.eval()
-    times = []
-    try:
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                t = time.perf_counter()
-                model(example)
-                if i >= warmup:
-                    times.append(time.perf_counter() - t)
-    finally:
-        model.train(was_training)
-    return statistics.median(times) * 1000.0 / example.shape[0]

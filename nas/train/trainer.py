@@ -74,10 +74,9 @@ class TrainResult:
 def wants_channels_last(model: nn.Module) -> bool:
     """NHWC when the model has grouped / depthwise convs.
 
-    Measured on this 2-core CPU (torch 2.14, batch 128, train step): NHWC is 3-8x faster
-    for MobileNetV3 / EfficientNet-B0 (depthwise convs), 14% faster for a small plain CNN
-    with one depthwise conv, and 18% slower for ResNet-18 (dense convs only). A fixed rule,
-    not a timing race, so the choice (and so the numerics) is the same on every run.
+    NHWC speeds up depthwise / grouped convs on CPU and slows dense-only nets (measured
+    figures: docs/architecture.md, "Lab figures"). A fixed rule, not a timing race, so the
+    choice (and so the numerics) is the same on every run.
     """
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 

@@ -13,10 +13,20 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from nas.build.blocks import Block, act_output_signed, build_stage, conv_bn_act
+from nas.blocks import KINDS
+from nas.blocks.layers import Block, act_output_signed, conv_bn_act
 from nas.errors import UsageError
 from nas.quant import BinaryConv2d, QuantConv2d, QuantLinear
-from nas.space.spec import ArchSpec
+from nas.space.spec import ArchSpec, BlockSpec
+
+
+def build_stage(b: BlockSpec, in_chs: int) -> nn.Sequential:
+    """A stage: `b.repeats` blocks (the first strided and changing channels); dense: one block."""
+    kind = KINDS[b.kind]
+    if getattr(kind, "ONE_BLOCK_PER_STAGE", False):
+        return nn.Sequential(kind.build(b, in_chs, b.stride))
+    return nn.Sequential(*[kind.build(b, in_chs if i == 0 else b.out_chs, b.stride if i == 0 else 1)
+                           for i in range(b.repeats)])
 
 
 class QuantLayer(NamedTuple):

@@ -2,7 +2,7 @@
 device, fit the latency model of `nas.cost.latency`, write the device profile, and report
 the model's error on held-out architectures against the "latency ∝ macs" baseline.
 
-What is measured: the eval-mode forward pass of `nas.build.build_model(arch)` at batch 1
+What is measured: the eval-mode forward pass of `nas.blocks.build_model(arch)` at batch 1
 (input: a fixed seeded N(0, 1) image; no op here has data-dependent speed), under
 `torch.inference_mode()`, with the thread count fixed (`torch.set_num_threads`; the packed
 kernels use the same count), 1-bit convs on the packed-binary kernels where they apply
@@ -37,7 +37,7 @@ Baseline: latency = a + b · macs, fitted on the same training networks with the
 weighting (least squares).
 
 This file builds and runs modules (it is the measurement); `nas.cost.latency` only prices
-specs and never imports torch. torch and `nas.build` are imported inside functions so
+specs and never imports torch. torch and `nas.blocks` are imported inside functions so
 that importing this module stays light.
 """
 
@@ -57,6 +57,8 @@ from pathlib import Path
 from nas.cost import latency as lat
 from nas.cost.model import arch_cost
 from nas.errors import UsageError
+from nas.measure.timing import (FULL, MEASURE, QUICK, Protocol, Timing, build_for_timing,  # noqa: F401
+                                example_input, measure_arch, time_forward, time_runs)
 from nas.space import encode, load_space, random_archs
 from nas.space.spec import ArchSpec, ConvSpec, replace
 
@@ -67,71 +69,6 @@ BAND = 0.10
 # bit widths a mutated single-block network may take (a_bits = 1 needs w_bits = 1)
 EXTRA_BITS = ((32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (8, 32), (16, 8), (4, 8), (2, 8), (1, 8))
 
-
-@dataclass(frozen=True)
-class Protocol:
-    """How networks are timed (see the module docstring); repeats and times are per round."""
-
-    rounds: int = 1  # passes over all networks; a network's samples from every pass are pooled
-    warmup_runs: int = 5
-    warmup_s: float = 0.1
-    min_repeats: int = 15
-    min_time_s: float = 0.4
-    max_repeats: int = 300
-
-    def to_dict(self) -> dict:
-        return {"batch": 1, "statistic": "median", "pooled": "runs of all rounds", "noise": "iqr / median",
-                "rounds": self.rounds, "warmup_runs": self.warmup_runs, "warmup_s": self.warmup_s,
-                "min_repeats": self.min_repeats, "min_time_s": self.min_time_s, "max_repeats": self.max_repeats}
-
-
-MEASURE = Protocol()  # one network (`nas cost --measure`)
-FULL = Protocol(rounds=3, warmup_runs=2, warmup_s=0.03, min_repeats=5, min_time_s=0.1, max_repeats=100)
-QUICK = Protocol(rounds=2, warmup_runs=2, warmup_s=0.02, min_repeats=5, min_time_s=0.04, max_repeats=40)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How many networks of each set, per space."""
-
-    single_blocks: int  # single-block networks per space (training)
-    archs: int  # whole networks per space (training)
-    heldout: int  # whole networks per space (held out)
-
-
-FULL_PLAN = Plan(single_blocks=60, archs=60, heldout=50)
-QUICK_PLAN = Plan(single_blocks=16, archs=16, heldout=12)
-NOISY = 0.10  # median IQR / median above which the report warns that the machine was busy
-WHOLE_WEIGHT = 2.0  # whole networks count twice in the fit: they are what is predicted
-
-
-@dataclass(frozen=True)
-class Timing:
-    median_ms: float
-    q1_ms: float
-    q3_ms: float
-    repeats: int
-    round_spread: float = 0.0  # (max - min) of the per-round medians over the median
-
-    @classmethod
-    def of(cls, rounds: list[list[float]]) -> "Timing":
-        """Pool the runs (ms) of every round."""
-        runs = [t for r in rounds for t in r]
-        q1, _, q3 = statistics.quantiles(runs, n=4) if len(runs) > 1 else (runs[0],) * 3
-        median = statistics.median(runs)
-        meds = [statistics.median(r) for r in rounds]
-        return cls(median, q1, q3, len(runs), (max(meds) - min(meds)) / median if median > 0 else 0.0)
-
-    @property
-    def noise(self) -> float:
-        """Interquartile range over the median."""
-        return (self.q3_ms - self.q1_ms) / self.median_ms if self.median_ms > 0 else 0.0
-
-    def to_dict(self) -> dict:
-        return {"median_ms": self.median_ms, "q1_ms": self.q1_ms, "q3_ms": self.q3_ms, "repeats": self.repeats}
-
-
-# --- timing ----------------------------------------------------------------------------------
 
 def check_device(device: str) -> None:
     import torch
@@ -155,63 +92,19 @@ def parse_threads(value) -> int:
     return n
 
 
-def example_input(arch: ArchSpec, device: str = "cpu"):
-    """The timed input: a fixed seeded N(0, 1) image (1, in_chs, R, R)."""
-    import torch
+@dataclass(frozen=True)
+class Plan:
+    """How many networks of each set, per space."""
 
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(1, arch.in_chs, arch.resolution, arch.resolution, generator=g).to(device)
-
-
-def build_for_timing(arch: ArchSpec, device: str = "cpu"):
-    """The built network as it is timed: eval mode, packed kernels allowed, on `device`."""
-    import torch
-
-    from nas.build import build_model
-
-    torch.manual_seed(0)
-    return build_model(arch).eval().use_kernels(True).to(device)
+    single_blocks: int  # single-block networks per space (training)
+    archs: int  # whole networks per space (training)
+    heldout: int  # whole networks per space (held out)
 
 
-def time_runs(model, x, protocol: Protocol = MEASURE, device: str = "cpu") -> list[float]:
-    """Warm-up, then the wall times (ms) of individually timed `model(x)` calls (one round)."""
-    import gc
-
-    import torch
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    clock = time.perf_counter_ns
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with torch.inference_mode():
-            start, runs = time.perf_counter(), 0
-            while runs < protocol.warmup_runs or time.perf_counter() - start < protocol.warmup_s:
-                model(x)
-                sync()
-                runs += 1
-            times = []
-            start = time.perf_counter()
-            while len(times) < protocol.min_repeats or (time.perf_counter() - start < protocol.min_time_s
-                                                        and len(times) < protocol.max_repeats):
-                t = clock()
-                model(x)
-                sync()
-                times.append((clock() - t) / 1e6)
-    finally:
-        if was_enabled:
-            gc.enable()
-    return times
-
-
-def time_forward(model, x, protocol: Protocol = MEASURE, device: str = "cpu") -> Timing:
-    """Median / quartiles of `model(x)` wall time (ms) over `protocol.rounds` back-to-back rounds."""
-    return Timing.of([time_runs(model, x, protocol, device) for _ in range(protocol.rounds)])
-
-
-def measure_arch(arch: ArchSpec, protocol: Protocol = MEASURE, device: str = "cpu") -> Timing:
-    """Build `arch` and time its forward pass (`nas cost --measure`)."""
-    return time_forward(build_for_timing(arch, device), example_input(arch, device), protocol, device)
+FULL_PLAN = Plan(single_blocks=60, archs=60, heldout=50)
+QUICK_PLAN = Plan(single_blocks=16, archs=16, heldout=12)
+NOISY = 0.10  # median IQR / median above which the report warns that the machine was busy
+WHOLE_WEIGHT = 2.0  # whole networks count twice in the fit: they are what is predicted
 
 
 def measure_all(archs: list[ArchSpec], protocol: Protocol, device: str = "cpu", seed: int = 0,

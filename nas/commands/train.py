@@ -57,17 +57,17 @@ def _fit(spec, data, where: str):
 
 
 def run(args) -> int:
-    from nas.build import build_model
+    from nas.blocks.model import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
-    from nas.space import decode_arch, encode_arch
+    from nas.space import decode, encode
     from nas.train.evaluate import evaluate
     from nas.train.trainer import TrainingDiverged, train
 
     _check(args)
     max_seconds = parse_seconds(args.max_time, "--max-time") if args.max_time else None
-    spec = decode_arch(args.arch)
-    teacher_spec = decode_arch(args.teacher) if args.teacher else None
+    spec = decode(args.arch)
+    teacher_spec = decode(args.teacher) if args.teacher else None
     if teacher_spec is not None and teacher_spec.resolution != spec.resolution:
         raise UsageError(f"--teacher: input resolution {teacher_spec.resolution} differs from --arch's "
                          f"{spec.resolution}; expected the same in_r value")
@@ -103,7 +103,7 @@ def run(args) -> int:
         print(f"nas train: {e}", file=sys.stderr)
         return 1
 
-    out = {"arch": encode_arch(spec), "dataset": data.name, "params": sum(p.numel() for p in model.parameters()),
+    out = {"arch": encode(spec), "dataset": data.name, "params": sum(p.numel() for p in model.parameters()),
            **result.to_dict(), "teacher": args.teacher, "teacher_accuracy": teacher_acc,
            "threads": torch.get_num_threads()}
     if args.test:

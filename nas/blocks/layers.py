@@ -1,7 +1,6 @@
-"""One builder per block kind: a `BlockSpec` and its input channels -> modules.
+"""The torch layers the block kinds (`nas.blocks.<kind>.build`) are made of.
 
-The layer structure of every kind is the one in `nas/space/spec.py`'s docstring (the cost
-model follows the same text). Conventions this file fixes:
+Conventions this file fixes:
 
 - convs have no bias, except squeeze-excite's two 1x1 convs; every conv has padding k // 2;
 - every conv's input is quantized to the block's `a_bits` and its weight to `w_bits`,
@@ -18,16 +17,14 @@ model follows the same text). Conventions this file fixes:
 """
 
 from collections import OrderedDict
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import get_act_layer, make_divisible
-from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+from timm.layers import get_act_layer
 from torch import nn
 
 from nas.quant import BinaryConv2d, BiRealUnit, QuantConv2d
-from nas.space.spec import DENSE_BOTTLENECK, SHORTCUT_BITS, BlockSpec
+from nas.space.spec import SHORTCUT_BITS, BlockSpec
 
 ACT_LAYERS = {"relu": "relu", "hswish": "hard_swish"}  # spec name -> timm name
 
@@ -126,73 +123,10 @@ class ChannelShuffle(nn.Module):
         return f"groups={self.groups}"
 
 
-# ---- ir: inverted residual / depthwise-separable (timm's blocks) --------------------------
-
-def _swap_conv(parent: nn.Module, name: str, w_bits: int, a_bits: int, signed: bool) -> None:
+def swap_conv(parent: nn.Module, name: str, w_bits: int, a_bits: int, signed: bool) -> None:
+    """Replace a float conv child with its quantized twin (timm blocks build float convs)."""
     setattr(parent, name, QuantConv2d.from_conv(getattr(parent, name), w_bits, a_bits, signed))
 
-
-def ir_block(b: BlockSpec, in_chs: int, stride: int) -> nn.Module:
-    """MBConv / depthwise-separable block; 1-bit: chain of binary units."""
-    out_chs = b.out_chs
-    if b.binary:
-        if b.expand == 1:
-            return Block([("dw", unit(b, in_chs, in_chs, b.kernel, stride, in_chs)),
-                          ("pw", unit(b, in_chs, out_chs, 1))])
-        mid = make_divisible(in_chs * b.expand)
-        return Block([("pw", unit(b, in_chs, mid, 1)),
-                      ("dw", unit(b, mid, mid, b.kernel, stride, mid)),
-                      ("pwl", unit(b, mid, out_chs, 1))])
-    act = act_layer(b.act)
-    se_layer = None
-    if b.se:  # squeezes to round(block input * se), ReLU inside, sigmoid gate (EfficientNet)
-        se_layer = partial(SqueezeExcite, rd_channels=max(1, round(in_chs * b.se)), force_act_layer=nn.ReLU)
-    post = act_output_signed(b.act)
-    if b.expand == 1:
-        blk = DepthwiseSeparableConv(in_chs, out_chs, b.kernel, stride, act_layer=act, se_layer=se_layer)
-        convs = [("conv_dw", True), ("conv_pw", post)]
-    else:
-        blk = InvertedResidual(in_chs, out_chs, b.kernel, stride, exp_ratio=b.expand, act_layer=act,
-                               se_layer=se_layer)
-        convs = [("conv_pw", True), ("conv_dw", post), ("conv_pwl", post)]
-    for name, signed in convs:
-        _swap_conv(blk, name, b.w_bits, b.a_bits, signed)
-    if b.se:
-        for name in ("conv_reduce", "conv_expand"):
-            _swap_conv(blk.se, name, b.w_bits, 32, True)
-    return blk
-
-
-# ---- shift: pointwise, shift, pointwise -----------------------------------------------------
-
-def shift_block(b: BlockSpec, in_chs: int, stride: int) -> nn.Module:
-    mid = make_divisible(in_chs * b.expand)
-    if b.binary:
-        return Block([("pw1", unit(b, in_chs, mid, 1)), ("shift", Shift(b.kernel, stride)),
-                      ("pw2", unit(b, mid, b.out_chs, 1))])
-    q = dict(w_bits=b.w_bits, a_bits=b.a_bits)
-    pw1 = conv_bn_act(in_chs, mid, 1, signed=True, act=b.act, **q)
-    pw2 = conv_bn_act(mid, b.out_chs, 1, signed=act_output_signed(b.act), act=None, **q)
-    layers = [(f"{n}1", m) for n, m in pw1] + [("shift", Shift(b.kernel, stride))] + [(f"{n}2", m) for n, m in pw2]
-    return Block(layers, has_skip=stride == 1 and in_chs == b.out_chs)
-
-
-# ---- grouped: grouped k x k, channel shuffle, grouped 1x1 ----------------------------------
-
-def grouped_block(b: BlockSpec, in_chs: int, stride: int) -> nn.Module:
-    g, out_chs = b.groups, b.out_chs
-    shuffle = [("shuffle", ChannelShuffle(g))] if g > 1 else []
-    if b.binary:
-        return Block([("gconv", unit(b, in_chs, out_chs, b.kernel, stride, g))] + shuffle
-                     + [("gpw", unit(b, out_chs, out_chs, 1, 1, g))])
-    q = dict(w_bits=b.w_bits, a_bits=b.a_bits)
-    c1 = conv_bn_act(in_chs, out_chs, b.kernel, stride, g, signed=True, act=b.act, **q)
-    c2 = conv_bn_act(out_chs, out_chs, 1, 1, g, signed=act_output_signed(b.act), act=None, **q)
-    layers = [(f"{n}1", m) for n, m in c1] + shuffle + [(f"{n}2", m) for n, m in c2]
-    return Block(layers, has_skip=stride == 1 and in_chs == out_chs)
-
-
-# ---- dense: dense layers concatenated, transition ------------------------------------------
 
 class DenseBlock(nn.Module):
     """x -> cat(x, layer(x)) for each dense layer -> transition."""
@@ -206,36 +140,3 @@ class DenseBlock(nn.Module):
         for layer in self.layers:
             x = torch.cat([x, layer(x)], dim=1)  # (N, C + growth, H, W)
         return self.transition(x)
-
-
-def dense_block(b: BlockSpec, in_chs: int, stride: int) -> nn.Module:
-    """`b.repeats` dense layers (1x1 to 4*gr, k x k to gr), then a 1x1 transition to c."""
-    gr, wide = b.growth, DENSE_BOTTLENECK * b.growth
-    pool = [("pool", nn.AvgPool2d(2, ceil_mode=True))] if stride == 2 else []
-    q = dict(w_bits=b.w_bits, a_bits=b.a_bits)
-    layers, chs = [], in_chs
-    for _ in range(b.repeats):
-        if b.binary:
-            layers.append(Block([("unit1", unit(b, chs, wide, 1)), ("unit2", unit(b, wide, gr, b.kernel))]))
-        else:
-            c1 = conv_bn_act(chs, wide, 1, signed=True, act=b.act, **q)
-            c2 = conv_bn_act(wide, gr, b.kernel, signed=act_output_signed(b.act), act=b.act, **q)
-            layers.append(Block([(f"{n}1", m) for n, m in c1] + [(f"{n}2", m) for n, m in c2]))
-        chs += gr
-    if b.binary:
-        transition = Block([("unit", unit(b, chs, b.out_chs, 1))] + pool)
-    else:
-        transition = Block(conv_bn_act(chs, b.out_chs, 1, signed=True, act=None, **q) + pool)  # linear
-    return DenseBlock(layers, transition)
-
-
-BLOCK_BUILDERS = {"ir": ir_block, "shift": shift_block, "grouped": grouped_block, "dense": dense_block}
-
-
-def build_stage(b: BlockSpec, in_chs: int) -> nn.Sequential:
-    """A stage: `b.repeats` blocks (the first strided and changing channels); dense: one block."""
-    build = BLOCK_BUILDERS[b.kind]
-    if b.kind == "dense":
-        return nn.Sequential(build(b, in_chs, b.stride))
-    blocks = [build(b, in_chs if i == 0 else b.out_chs, b.stride if i == 0 else 1) for i in range(b.repeats)]
-    return nn.Sequential(*blocks)

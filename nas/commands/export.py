@@ -108,7 +108,7 @@ def run(args) -> int:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from nas.build import build_model
+    from nas.blocks.model import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
     from nas.export.bundle import check_budget, check_output, export_model, set_threads

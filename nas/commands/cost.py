@@ -11,7 +11,7 @@ Human output: a per-layer table, then totals. `--json`: one JSON object on stdou
 
 Latency: with a device profile (`nas calibrate`; `nas.cost.latency.default_profile_path`),
 `--arch` also reports the predicted `latency_ms` (total and per layer; null without a
-profile, with a note). `--measure` builds the network (`--arch`: `nas.build`; `--model`:
+profile, with a note). `--measure` builds the network (`--arch`: `nas.blocks`; `--model`:
 timm's module) and times its eval-mode forward at batch 1 with the protocol of
 `nas calibrate` (warm-up, median of repeats, threads fixed to the profile's or torch's
 default): `latency_measured_ms`, plus `latency_measured` (quartiles, repeats, threads).
@@ -98,7 +98,7 @@ def add_latency(result: dict, arch, cost: Cost) -> dict:
 
 def measure(result: dict) -> dict:
     """Time the built network (`nas calibrate`'s protocol), threads as the profile's, else torch's default."""
-    from nas.cost import calibrate
+    from nas.measure import calibrate
 
     path = latency.default_profile_path()
     threads = latency.require_profile(path).machine["threads"] if path.is_file() else latency.default_threads()
