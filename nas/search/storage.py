@@ -102,6 +102,10 @@ class RecoveringJournalBackend(JournalFileBackend):
                     f"`cp {path} {path}.bak && truncate -s {offset} {path}`") from None
             offset += len(line)
         tail = data[good_end:]
+        head = b'{"op_code":'
+        if good_end == 0 and tail and not (tail.startswith(head) or head.startswith(tail)):
+            raise UsageError(f"--storage {path!r}: not an Optuna journal (it does not start with a journal "
+                             f"record); expected a .journal file written by nas or Optuna, or a new path")
         if not tail or not repair:  # Optuna's reader skips a torn last line
             return
         try:  # only the newline was lost: the record itself is whole
