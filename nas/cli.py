@@ -76,6 +76,11 @@ def main(argv=None) -> int:
 
 def _one_line(e: Exception) -> tuple[str, int]:
     """(message, exit code): known failure classes exit 2, anything else is a bug (exit 1)."""
+    if isinstance(e, AssertionError) and isinstance(e.__context__, (OSError, UsageError)):
+        # Optuna's _run_trial (optuna 4.x) replaces a storage write that failed after the
+        # objective (a full disk) by `AssertionError: Should not reach.` in its finally block;
+        # the real failure is that error's context
+        e = e.__context__
     if isinstance(e, UsageError):
         return str(e), 2
     if isinstance(e, OSError):

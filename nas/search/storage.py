@@ -146,9 +146,9 @@ class RecoveringJournalBackend(JournalFileBackend):
                     while view:
                         view = view[os.write(fd, view):]
                     os.fsync(fd)
-                except OSError:
+                except OSError as e:
                     os.ftruncate(fd, size)  # leave no torn record behind
-                    raise
+                    raise OSError(e.errno, e.strerror, self._file_path) from None
             finally:
                 os.close(fd)
 
