@@ -20,6 +20,8 @@ import os
 import socket
 import stat
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -195,7 +197,7 @@ def open_storage(url: str):
         raise UsageError(f"--storage {url!r}: not a storage URL; expected journal:PATH, a .journal file, "
                          f"or an RDB URL like postgresql://user:pw@host/db or sqlite:///file.db")
     try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        return RetryingRDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
                           engine_kwargs=_engine_kwargs(url))
     except Exception as e:  # sqlalchemy raises many types for bad URLs / unreachable servers
@@ -226,6 +228,61 @@ def _engine_kwargs(url: str) -> dict:
     if url.startswith("postgresql"):
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}}
     return {"pool_pre_ping": True}
+
+
+RETRY_FOR_S = float(os.environ.get("NAS_STORAGE_RETRY_S", 300))  # how long a database may be away
+_retry_state = threading.local()
+
+
+def _transient(e: BaseException) -> bool:
+    """A lost or refused database connection (worth retrying), not a bad query or a conflict."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OperationalError) or (isinstance(err, DBAPIError) and err.connection_invalidated):
+            return True
+    return False
+
+
+def _retrying(method):
+    def call(self, *args, **kwargs):
+        if getattr(_retry_state, "depth", 0):  # an inner call: the outermost one retries
+            return method(self, *args, **kwargs)
+        _retry_state.depth = 1
+        try:
+            deadline, wait, warned = time.monotonic() + RETRY_FOR_S, 0.5, False
+            while True:
+                try:
+                    result = method(self, *args, **kwargs)
+                    if warned:
+                        print("nas: storage: database reachable again; carrying on", file=sys.stderr, flush=True)
+                    return result
+                except Exception as e:
+                    if not _transient(e) or time.monotonic() + wait > deadline:
+                        raise
+                    if not warned:
+                        print(f"nas: storage: database unreachable ({type(e).__name__}); retrying for up to "
+                              f"{RETRY_FOR_S:.0f} s (NAS_STORAGE_RETRY_S)", file=sys.stderr, flush=True)
+                        warned = True
+                    time.sleep(wait)
+                    wait = min(wait * 2, 8.0)
+        finally:
+            _retry_state.depth = 0
+    call.__name__, call.__doc__ = method.__name__, method.__doc__
+    return call
+
+
+class RetryingRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose every public call is retried with backoff (0.5 s doubling to
+    8 s) while the database is unreachable, for up to RETRY_FOR_S; then the error is raised
+    and the search stops with its finished trials kept. Wrapping is needed because
+    RDBStorage raises StorageInternalError on the first lost connection, which kills the
+    worker (a restarted or briefly stopped PostgreSQL server)."""
+
+
+for _name, _method in vars(RDBStorage).items():
+    if callable(_method) and not _name.startswith("_"):
+        setattr(RetryingRDBStorage, _name, _retrying(_method))
 
 
 def worker_id() -> str:
