@@ -6,6 +6,7 @@ tried is printed at the end of the test run."""
 import gzip
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,18 @@ FILES = {  # name -> bytes, written into the case's folder
     "bad.npz": b"PK\x03\x04 not really a zip",
     "profile.json": b"{\"format\": 999}",
     "garbage.journal": b"\x00\x01\x02 not a journal",
+    # resource exhaustion: refused by nas/limits.py before anything is expanded or allocated
+    "alias-bomb.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                       + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
+                                  for i in range(12)),
+    "deep.yaml": b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    "huge.yaml": b"# " + b"x" * (2 << 20) + b"\n",
+    "repeats.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nstages:\n  - {channels: 8, repeats: [100000]}\n",
+    "phi.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [1000]}\nstages:\n  - {channels: 8}\n",
+    "dup-config.yaml": b"target-mem: 5MB\ntarget_mem: 1KB\n",
+    "alias-config.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                         + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
+                                    for i in range(12)),
 }
 
 # (argv, text that must appear in the message). {d} is the case's folder.
@@ -128,6 +141,22 @@ CASES = [
     (["bench", "pruners", "--curves", "{d}/ragged.json"], "one epoch count"),
     (["bench", "pruners", "--curves", "benchmarks/learning_curves.json", "--budget-epochs", "60,lots"], "lots"),
     (["nonsense"], "nonsense"),
+    # limits (nas/limits.py, docs/limits.md)
+    (["space", "show", "{d}/alias-bomb.yaml"], "aliases"),
+    (["space", "show", "{d}/deep.yaml"], "nested deeper"),
+    (["space", "show", "{d}/huge.yaml"], "over the limit"),
+    (["space", "show", "{d}/repeats.yaml"], "repeats"),
+    (["space", "show", "{d}/phi.yaml"], "phi"),
+    (["search", "--config", "{d}/dup-config.yaml"], "duplicate key"),
+    (["search", "--config", "{d}/alias-config.yaml", "--target-mem", "5MB"], "aliases"),
+    (["search", "--config", "{d}/deep.yaml", "--target-mem", "5MB"], "nested deeper"),
+    (["cost", "--arch", GOOD_ARCH.replace("ir_r1", "ir_r999999999")], "repeats"),
+    (["cost", "--arch", GOOD_ARCH.replace("ir_r1", "ir_r100000")], "repeats"),
+    (["cost", "--arch", GOOD_ARCH.replace("_c16_", "_c999999_")], "out_chs"),
+    (["cost", "--arch", GOOD_ARCH.replace("ir_r1_k3", "ir_r1_k999")], "kernel"),
+    (["cost", "--arch", GOOD_ARCH.replace("in_r28", "in_r99999")], "resolution"),
+    (["search", "--target-mem", "5MB", "--storage", "sqlite://"], "in-memory"),
+    (["search", "--target-mem", "5MB", "--storage", "{d}/garbage.journal"], "not an Optuna journal"),
 ]
 
 
@@ -144,8 +173,12 @@ def case_dir(tmp_path, monkeypatch):
 def test_bad_input_fails_with_one_line_and_exit_2(case_dir, capsys, argv, needle):
     before = sorted(p.name for p in case_dir.iterdir())
     argv = [a.replace("{d}", str(case_dir)) for a in argv]
+    start = time.monotonic()
     rc = main(argv)
+    elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err[-1500:]
+    assert elapsed < 30, f"took {elapsed:.1f} s; a bad input must be refused quickly"
     lines = [line for line in err.splitlines() if line.strip() and not _is_warning(line)]
     assert rc == 2, f"exit {rc}: {err[-600:]}"
     assert len(lines) == 1, err[-1500:]
