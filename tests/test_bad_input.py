@@ -156,6 +156,9 @@ CASES = [
     (["cost", "--arch", GOOD_ARCH.replace("ir_r1_k3", "ir_r1_k999")], "kernel"),
     (["cost", "--arch", GOOD_ARCH.replace("in_r28", "in_r99999")], "resolution"),
     (["search", "--target-mem", "5MB", "--storage", "sqlite://"], "in-memory"),
+    (["cost", "--arch", GOOD_ARCH.replace("_k3_s2", "_k\uff13_s2")], "malformed token"),
+    (["search", "--target-mem", "\uff15MB"], "--target-mem"),
+    (["search", "--target-mem", "9" * 400 + "GB"], "--target-mem"),
     (["search", "--target-mem", "5MB", "--storage", "{d}/garbage.journal"], "not an Optuna journal"),
 ]
 
