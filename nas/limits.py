@@ -117,3 +117,41 @@ class LimitedSafeLoader(yaml.SafeLoader):
 def load_yaml(path, what: str):
     """A YAML file through the size, alias, depth and duplicate-key limits."""
     return yaml.load(read_text(path, MAX_YAML_BYTES, what), Loader=LimitedSafeLoader)  # noqa: S506 (safe subclass)
+
+
+MAX_DATASET_BYTES = 4 << 30      # one dataset array (decompressed): 4 GiB
+MAX_IMAGE_PIXELS = 4096 * 4096   # one image (an ImageFolder PNG, an IDX/npz image)
+
+
+def check_dataset_bytes(path, nbytes: int, what: str = "holds") -> None:
+    """Refuse a dataset array larger than MAX_DATASET_BYTES (`nbytes` in Python ints: no overflow)."""
+    if nbytes > MAX_DATASET_BYTES:
+        raise LimitExceeded(f"dataset file {path}: {what} {nbytes} bytes, over the limit of "
+                            f"{MAX_DATASET_BYTES} (docs/limits.md)")
+
+
+def gunzip_limited(path, data: bytes, max_bytes: int | None = None) -> bytes:
+    """gzip-decompress `data`, refusing (before allocating more) output over `max_bytes`: a
+    6 MB gzip bomb would otherwise expand into gigabytes."""
+    import zlib
+
+    max_bytes = MAX_DATASET_BYTES if max_bytes is None else max_bytes
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = d.decompress(data, max_bytes + 1)
+    if len(out) > max_bytes or d.unconsumed_tail:
+        raise LimitExceeded(f"dataset file {path}: decompresses to over {max_bytes} bytes, the limit "
+                            f"(docs/limits.md)")
+    return out + d.flush()
+
+
+def check_npz_members(path) -> None:
+    """Each array of an .npz (a zip) is checked by its declared uncompressed size before numpy
+    reads it: a small zip bomb cannot expand."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                check_dataset_bytes(path, info.file_size, f"array {info.filename[:60]!r} holds")
+    except zipfile.BadZipFile:
+        return  # numpy gives its own one-line error

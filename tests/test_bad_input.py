@@ -11,11 +11,44 @@ from pathlib import Path
 
 import pytest
 
+from nas import limits
 from nas.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_ARCH = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e1_c16_w8_a8-head_c0_w8_a8-fc_n10_w8_a8"
 HUGE = "9" * 5000
+
+BOMB_LIMIT = 64 << 20  # the dataset limit during this suite (docs/limits.md gives the real one)
+
+
+def _gzip_bomb() -> bytes:
+    """A gzip stream of an IDX header then 128 MiB of zeros (~130 KB); the suite lowers the dataset
+    limit to BOMB_LIMIT so that the bombs stay quick to build; the mechanism is the same at 4 GiB."""
+    import zlib
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [c.compress(b"\x00\x00\x08\x03" + (2048).to_bytes(4, "big") + (256).to_bytes(4, "big") * 2)]
+    block = bytes(1 << 24)
+    parts += [c.compress(block) for _ in range(8)]
+    return b"".join(parts) + c.flush()
+
+
+def _npz_bomb() -> bytes:
+    """An .npz whose array x declares (and would expand to) 128 MiB of zeros (see _gzip_bomb)."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    header = b"\x93NUMPY\x01\x00"
+    meta = b"{'descr': '|u1', 'fortran_order': False, 'shape': (2048, 256, 256), }"
+    meta += b" " * (118 - len(meta)) + b"\n"
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("x.npy", "w", force_zip64=True) as f:
+            f.write(header + len(meta).to_bytes(2, "little") + meta)
+            block = bytes(1 << 24)
+            for _ in range(8):
+                f.write(block)
+        z.writestr("y.npy", b"")
+    return buf.getvalue()
+
 
 FILES = {  # name -> bytes, written into the case's folder
     "empty.yaml": b"",
@@ -35,6 +68,10 @@ FILES = {  # name -> bytes, written into the case's folder
     "profile.json": b"{\"format\": 999}",
     "garbage.journal": b"\x00\x01\x02 not a journal",
     # resource exhaustion: refused by nas/limits.py before anything is expanded or allocated
+    # an IDX header of 65536^4 (overflows int64), a gzip bomb (5 GB of zeros in ~5 MB), a zip-bomb .npz
+    "idx-overflow/train-images-idx3-ubyte": b"\x00\x00\x08\x04" + (65536).to_bytes(4, "big") * 4,
+    "idx-gzbomb/train-images-idx3-ubyte.gz": _gzip_bomb(),
+    "bomb.npz": _npz_bomb(),
     "alias-bomb.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                        + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
                                   for i in range(12)),
@@ -156,6 +193,9 @@ CASES = [
     (["cost", "--arch", GOOD_ARCH.replace("ir_r1_k3", "ir_r1_k999")], "kernel"),
     (["cost", "--arch", GOOD_ARCH.replace("in_r28", "in_r99999")], "resolution"),
     (["search", "--target-mem", "5MB", "--storage", "sqlite://"], "in-memory"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/idx-overflow", "--epochs", "1"], "over the limit"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/idx-gzbomb", "--epochs", "1"], "over"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/bomb.npz", "--epochs", "1"], "over the limit"),
     (["cost", "--arch", GOOD_ARCH.replace("_k3_s2", "_k\uff13_s2")], "malformed token"),
     (["search", "--target-mem", "\uff15MB"], "--target-mem"),
     (["search", "--target-mem", "9" * 400 + "GB"], "--target-mem"),
@@ -166,8 +206,10 @@ CASES = [
 @pytest.fixture
 def case_dir(tmp_path, monkeypatch):
     for name, data in FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(data)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(limits, "MAX_DATASET_BYTES", BOMB_LIMIT)
     monkeypatch.setenv("NAS_PROFILE", str(tmp_path / "no-profile.json"))
     return tmp_path
 
