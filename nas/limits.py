@@ -155,3 +155,39 @@ def check_npz_members(path) -> None:
                 check_dataset_bytes(path, info.file_size, f"array {info.filename[:60]!r} holds")
     except zipfile.BadZipFile:
         return  # numpy gives its own one-line error
+
+
+MAX_JSON_DEPTH = 32
+MAX_JSON_INT_DIGITS = 30
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits, over the limit of {MAX_JSON_INT_DIGITS}")
+    return int(text)
+
+
+def _depth(value) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, level = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                stack.extend((c, level + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def load_json(path, what: str):
+    """A JSON file within MAX_JSON_BYTES, MAX_JSON_DEPTH and MAX_JSON_INT_DIGITS; a ValueError
+    (json.JSONDecodeError included) with a one-line reason otherwise."""
+    text = read_text(path, MAX_JSON_BYTES, what)
+    import json
+
+    try:
+        value = json.loads(text, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value

@@ -72,6 +72,9 @@ FILES = {  # name -> bytes, written into the case's folder
     "idx-overflow/train-images-idx3-ubyte": b"\x00\x00\x08\x04" + (65536).to_bytes(4, "big") * 4,
     "idx-gzbomb/train-images-idx3-ubyte.gz": _gzip_bomb(),
     "bomb.npz": _npz_bomb(),
+    "bundle-deep/manifest.json": b"[" * 100000 + b"]" * 100000,
+    "bundle-bigint/manifest.json": b'{"format": ' + b"9" * 5000 + b"}",
+    "bundle-shapes/manifest.json": b'{"format": "x", "files": ["a", "b"]}',
     "alias-bomb.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                        + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
                                   for i in range(12)),
@@ -193,6 +196,9 @@ CASES = [
     (["cost", "--arch", GOOD_ARCH.replace("ir_r1_k3", "ir_r1_k999")], "kernel"),
     (["cost", "--arch", GOOD_ARCH.replace("in_r28", "in_r99999")], "resolution"),
     (["search", "--target-mem", "5MB", "--storage", "sqlite://"], "in-memory"),
+    (["infer", "--bundle", "{d}/bundle-deep", "--dataset", "digits"], "nested deeper"),
+    (["infer", "--bundle", "{d}/bundle-bigint", "--dataset", "digits"], "digits"),
+    (["infer", "--bundle", "{d}/bundle-shapes", "--dataset", "digits"], "manifest"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/idx-overflow", "--epochs", "1"], "over the limit"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/idx-gzbomb", "--epochs", "1"], "over"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/bomb.npz", "--epochs", "1"], "over the limit"),

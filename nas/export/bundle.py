@@ -33,7 +33,7 @@ import yaml
 from safetensors.torch import save_file
 
 import nas
-from nas import fsio
+from nas import fsio, limits
 from nas.cost import arch_cost
 from nas.errors import UsageError
 from nas.export.deploy import packed_model
@@ -305,8 +305,8 @@ def verify_bundle(bundle_dir) -> dict:
     if not path.is_file():
         raise UsageError(f"bundle {d}: {MANIFEST} is missing; expected a bundle written by `nas export`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = limits.load_json(path, "bundle manifest")  # size, depth, integer digits
+    except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"bundle {d}: {MANIFEST} is not valid JSON ({str(e).splitlines()[0]}); "
                          f"the file is corrupt, re-export the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -317,9 +317,10 @@ def verify_bundle(bundle_dir) -> dict:
                          f"manifest_sha256); re-export the bundle")
     files = manifest.get("files") or {}
     for name in FILES:
-        entry, p = files.get(name), d / name
-        if entry is None:
-            raise UsageError(f"bundle {d}: {MANIFEST} lists no {name}; expected every file of {list(FILES)}")
+        entry, p = files.get(name) if isinstance(files, dict) else None, d / name
+        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
+            raise UsageError(f"bundle {d}: {MANIFEST} lists no {name} with bytes and sha256; "
+                             f"expected every file of {list(FILES)}")
         if not p.is_file():
             raise UsageError(f"bundle {d}: {name} is missing (listed in {MANIFEST}); re-export the bundle")
         size = p.stat().st_size
