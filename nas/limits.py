@@ -141,7 +141,10 @@ def gunzip_limited(path, data: bytes, max_bytes: int | None = None) -> bytes:
     if len(out) > max_bytes or d.unconsumed_tail:
         raise LimitExceeded(f"dataset file {path}: decompresses to over {max_bytes} bytes, the limit "
                             f"(docs/limits.md)")
-    return out + d.flush()
+    out += d.flush()
+    if not d.eof:  # what gzip.decompress says of a truncated file
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+    return out
 
 
 def check_npz_members(path) -> None:
