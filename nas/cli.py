@@ -1,13 +1,17 @@
 """`nas` command line. Each subcommand (`nas.commands.<name>`, or a module beside the code it drives) exposes
 `add_arguments(parser)` and `run(args) -> int`; this module only wires them up.
 
-User mistakes raise `nas.errors.UsageError`: printed as one line, exit code 2.
-`--debug` shows the traceback of any error.
+The one exception boundary (`main`): user mistakes (`nas.errors.UsageError`), system errors
+(OSError: full disk, read-only, permissions, name too long; printed with the path), storage
+errors (an unreachable or broken database) and exhausted memory are one line and exit 2;
+anything else is a bug: one line naming it, exit 1. `--debug` shows the traceback of any
+error. Ctrl-C exits 130 and SIGTERM 143 (128 + the signal), finished trials kept.
 """
 
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from nas.errors import UsageError
@@ -30,7 +34,8 @@ COMMANDS = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's usage errors: one line, exit 2
-        raise UsageError(f"{self.prog}: {message}")
+        where = f" (see `{self.prog} --help`)" if self.prog != "nas" else " (see `nas --help`)"
+        raise UsageError(f"{message}{where}")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -58,14 +63,38 @@ def main(argv=None) -> int:
         command = next((a for a in argv if not a.startswith("-")), None)
         args = build_parser(command).parse_args(argv)
         return int(_module(args._module).run(args) or 0)
-    except UsageError as e:
+    except KeyboardInterrupt as e:
+        print("nas: interrupted; finished trials are kept", file=sys.stderr)
+        return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
+    except Exception as e:  # the one boundary: every failure becomes one line
         if debug:
             raise
-        print(f"nas: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("nas: interrupted", file=sys.stderr)
-        return 130
+        line, code = _one_line(e)
+        print(f"nas: error: {line}", file=sys.stderr)
+        return code
+
+
+def _one_line(e: Exception) -> tuple[str, int]:
+    """(message, exit code): known failure classes exit 2, anything else is a bug (exit 1)."""
+    if isinstance(e, AssertionError) and isinstance(e.__context__, (OSError, UsageError)):
+        # Optuna's _run_trial (optuna 4.x) replaces a storage write that failed after the
+        # objective (a full disk) by `AssertionError: Should not reach.` in its finally block;
+        # the real failure is that error's context
+        e = e.__context__
+    if isinstance(e, UsageError):
+        return str(e), 2
+    if isinstance(e, OSError):
+        from nas.fsio import write_error
+        where = e.filename if e.filename is not None else "a file"
+        return str(write_error(where, e, "cannot use")), 2
+    if isinstance(e, MemoryError):
+        return "out of memory; expected smaller inputs (see docs/limits.md)", 2
+    if isinstance(e, RecursionError):
+        return "input nested too deeply (see docs/limits.md)", 2
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    if type(e).__module__.split(".")[0] in ("sqlalchemy", "psycopg2") or "StorageInternalError" in type(e).__name__:
+        return f"storage failed ({type(e).__name__}: {first}); finished trials are kept", 2
+    return f"internal error {type(e).__name__}: {first} (run with --debug for the traceback)", 1
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 
 
 def _split(text: str, what: str, where: str, allowed: dict) -> tuple[float, str]:
-    m = re.fullmatch(_NUMBER + r"([A-Za-z]*)", text.strip()) if isinstance(text, str) else None
-    if m is None or m.group(2).lower() not in allowed:
+    # re.ASCII: Unicode digits ('５MB') are refused; 30 digits at most, so a number never parses to inf
+    m = re.fullmatch(_NUMBER + r"([A-Za-z]*)", text.strip(), re.ASCII) if isinstance(text, str) else None
+    if m is None or m.group(2).lower() not in allowed or len(m.group(1)) > 30:
         units = ", ".join(u for u in allowed if u) or "none"
         raise UsageError(
             f"{where}: {shown(text)} is not a {what}; expected a number with an optional unit "

@@ -6,15 +6,49 @@ tried is printed at the end of the test run."""
 import gzip
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from nas import limits
 from nas.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_ARCH = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e1_c16_w8_a8-head_c0_w8_a8-fc_n10_w8_a8"
 HUGE = "9" * 5000
+
+BOMB_LIMIT = 64 << 20  # the dataset limit during this suite (docs/limits.md gives the real one)
+
+
+def _gzip_bomb() -> bytes:
+    """A gzip stream of an IDX header then 128 MiB of zeros (~130 KB); the suite lowers the dataset
+    limit to BOMB_LIMIT so that the bombs stay quick to build; the mechanism is the same at 4 GiB."""
+    import zlib
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [c.compress(b"\x00\x00\x08\x03" + (2048).to_bytes(4, "big") + (256).to_bytes(4, "big") * 2)]
+    block = bytes(1 << 24)
+    parts += [c.compress(block) for _ in range(8)]
+    return b"".join(parts) + c.flush()
+
+
+def _npz_bomb() -> bytes:
+    """An .npz whose array x declares (and would expand to) 128 MiB of zeros (see _gzip_bomb)."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    header = b"\x93NUMPY\x01\x00"
+    meta = b"{'descr': '|u1', 'fortran_order': False, 'shape': (2048, 256, 256), }"
+    meta += b" " * (118 - len(meta)) + b"\n"
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("x.npy", "w", force_zip64=True) as f:
+            f.write(header + len(meta).to_bytes(2, "little") + meta)
+            block = bytes(1 << 24)
+            for _ in range(8):
+                f.write(block)
+        z.writestr("y.npy", b"")
+    return buf.getvalue()
+
 
 FILES = {  # name -> bytes, written into the case's folder
     "empty.yaml": b"",
@@ -33,6 +67,25 @@ FILES = {  # name -> bytes, written into the case's folder
     "bad.npz": b"PK\x03\x04 not really a zip",
     "profile.json": b"{\"format\": 999}",
     "garbage.journal": b"\x00\x01\x02 not a journal",
+    # resource exhaustion: refused by nas/limits.py before anything is expanded or allocated
+    # an IDX header of 65536^4 (overflows int64), a gzip bomb (5 GB of zeros in ~5 MB), a zip-bomb .npz
+    "idx-overflow/train-images-idx3-ubyte": b"\x00\x00\x08\x04" + (65536).to_bytes(4, "big") * 4,
+    "idx-gzbomb/train-images-idx3-ubyte.gz": _gzip_bomb(),
+    "bomb.npz": _npz_bomb(),
+    "bundle-deep/manifest.json": b"[" * 100000 + b"]" * 100000,
+    "bundle-bigint/manifest.json": b'{"format": ' + b"9" * 5000 + b"}",
+    "bundle-shapes/manifest.json": b'{"format": "x", "files": ["a", "b"]}',
+    "alias-bomb.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                       + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
+                                  for i in range(12)),
+    "deep.yaml": b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    "huge.yaml": b"# " + b"x" * (2 << 20) + b"\n",
+    "repeats.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nstages:\n  - {channels: 8, repeats: [100000]}\n",
+    "phi.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [1000]}\nstages:\n  - {channels: 8}\n",
+    "dup-config.yaml": b"target-mem: 5MB\ntarget_mem: 1KB\n",
+    "alias-config.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                         + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
+                                    for i in range(12)),
 }
 
 # (argv, text that must appear in the message). {d} is the case's folder.
@@ -128,14 +181,41 @@ CASES = [
     (["bench", "pruners", "--curves", "{d}/ragged.json"], "one epoch count"),
     (["bench", "pruners", "--curves", "benchmarks/learning_curves.json", "--budget-epochs", "60,lots"], "lots"),
     (["nonsense"], "nonsense"),
+    # limits (nas/limits.py, docs/limits.md)
+    (["space", "show", "{d}/alias-bomb.yaml"], "aliases"),
+    (["space", "show", "{d}/deep.yaml"], "nested deeper"),
+    (["space", "show", "{d}/huge.yaml"], "over the limit"),
+    (["space", "show", "{d}/repeats.yaml"], "repeats"),
+    (["space", "show", "{d}/phi.yaml"], "phi"),
+    (["search", "--config", "{d}/dup-config.yaml"], "duplicate key"),
+    (["search", "--config", "{d}/alias-config.yaml", "--target-mem", "5MB"], "aliases"),
+    (["search", "--config", "{d}/deep.yaml", "--target-mem", "5MB"], "nested deeper"),
+    (["cost", "--arch", GOOD_ARCH.replace("ir_r1", "ir_r999999999")], "repeats"),
+    (["cost", "--arch", GOOD_ARCH.replace("ir_r1", "ir_r100000")], "repeats"),
+    (["cost", "--arch", GOOD_ARCH.replace("_c16_", "_c999999_")], "out_chs"),
+    (["cost", "--arch", GOOD_ARCH.replace("ir_r1_k3", "ir_r1_k999")], "kernel"),
+    (["cost", "--arch", GOOD_ARCH.replace("in_r28", "in_r99999")], "resolution"),
+    (["search", "--target-mem", "5MB", "--storage", "sqlite://"], "in-memory"),
+    (["infer", "--bundle", "{d}/bundle-deep", "--dataset", "digits"], "nested deeper"),
+    (["infer", "--bundle", "{d}/bundle-bigint", "--dataset", "digits"], "digits"),
+    (["infer", "--bundle", "{d}/bundle-shapes", "--dataset", "digits"], "manifest"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/idx-overflow", "--epochs", "1"], "over the limit"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/idx-gzbomb", "--epochs", "1"], "over"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/bomb.npz", "--epochs", "1"], "over the limit"),
+    (["cost", "--arch", GOOD_ARCH.replace("_k3_s2", "_k\uff13_s2")], "malformed token"),
+    (["search", "--target-mem", "\uff15MB"], "--target-mem"),
+    (["search", "--target-mem", "9" * 400 + "GB"], "--target-mem"),
+    (["search", "--target-mem", "5MB", "--storage", "{d}/garbage.journal"], "not an Optuna journal"),
 ]
 
 
 @pytest.fixture
 def case_dir(tmp_path, monkeypatch):
     for name, data in FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(data)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(limits, "MAX_DATASET_BYTES", BOMB_LIMIT)
     monkeypatch.setenv("NAS_PROFILE", str(tmp_path / "no-profile.json"))
     return tmp_path
 
@@ -144,8 +224,12 @@ def case_dir(tmp_path, monkeypatch):
 def test_bad_input_fails_with_one_line_and_exit_2(case_dir, capsys, argv, needle):
     before = sorted(p.name for p in case_dir.iterdir())
     argv = [a.replace("{d}", str(case_dir)) for a in argv]
+    start = time.monotonic()
     rc = main(argv)
+    elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err[-1500:]
+    assert elapsed < 30, f"took {elapsed:.1f} s; a bad input must be refused quickly"
     lines = [line for line in err.splitlines() if line.strip() and not _is_warning(line)]
     assert rc == 2, f"exit {rc}: {err[-600:]}"
     assert len(lines) == 1, err[-1500:]

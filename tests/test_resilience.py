@@ -25,7 +25,7 @@ SEARCH = ["--target-mem", "40KB", "--space", str(REPO / "search_spaces/mcu.yaml"
 
 
 def _start(args, cwd, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "nas.cli", "search", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -56,7 +56,7 @@ def _trained(trials):
     return [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_killed_search_resumes_with_the_same_command(tmp_path, sig):
     name, storage = "kill", f"journal:{tmp_path / 'kill.journal'}"
     args = ["--study", name, "--storage", storage, "--trials", "3", *SEARCH]
@@ -66,9 +66,11 @@ def test_killed_search_resumes_with_the_same_command(tmp_path, sig):
         t.state == TrialState.RUNNING for t in _trials(name, storage)), 600, proc), "no trial finished in time"
     proc.send_signal(sig)
     proc.wait(timeout=120)
+    # `nas search && nas export` must not carry on: 128 + the signal, as shells report it
+    assert proc.returncode == {signal.SIGKILL: -9, signal.SIGINT: 130, signal.SIGTERM: 143}[sig], proc.stderr.read()[-2000:]
     before = _finished(_trials(name, storage))
     assert before
-    if sig == signal.SIGINT:  # a clean stop: nothing left RUNNING
+    if sig != signal.SIGKILL:  # a clean stop: nothing left RUNNING
         assert all(t.state != TrialState.RUNNING for t in _trials(name, storage))
 
     again = _start(args, tmp_path)

@@ -179,3 +179,28 @@ def test_missing_space_file(tmp_path):
 def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(UsageError, match="malformed YAML"):
         load_space(_write(tmp_path, "!!python/object/apply:os.system ['echo hi']\n"))
+
+
+def test_space_sample_streams_a_huge_count():
+    """`nas space sample -n 999999999999` prints its first lines at once (it does not build the list)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nas.cli", "space", "sample", str(repo / "search_spaces/mcu.yaml"),
+                             "-n", "999999999999"], cwd=repo, stdout=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    try:
+        start = time.monotonic()
+        lines = [proc.stdout.readline() for _ in range(1200)]
+        assert time.monotonic() - start < 120
+    finally:
+        proc.kill()
+        proc.wait()
+    from nas.space import decode, load_space, random_archs
+    from nas.space import encode
+    expected = [encode(a) for a in random_archs(load_space(repo / "search_spaces/mcu.yaml"), 1200, 0)]
+    assert [line.strip() for line in lines] == expected  # the same sequence across study chunks
+    assert decode(lines[0].strip())

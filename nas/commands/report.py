@@ -5,6 +5,7 @@ import math
 import sys
 from pathlib import Path
 
+from nas import fsio
 from nas.errors import UsageError
 
 
@@ -27,11 +28,7 @@ def run(args) -> int:
     study, _, url = open_study(args.study, args.storage)
     report = page.build(study, url, args.trial)
     text = page.render(report)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"-o {args.output!r}: cannot write ({e.strerror})") from None
+    fsio.write_text(out, text)  # atomic: a full disk leaves the old report, not half a new one
     chosen = report.chosen
     c = tally(report.trials)
     summary = {

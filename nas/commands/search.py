@@ -42,8 +42,12 @@ def add_arguments(p):
 def _sigterm_as_interrupt() -> None:
     """SIGTERM stops a search like Ctrl-C: finished trials are kept, the command resumes it."""
     def handler(signum, frame):
+        _RECEIVED.append(signum)
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, handler)
+
+
+_RECEIVED: list[int] = []  # SIGTERM once received: the exit code is 143 rather than Ctrl-C's 130
 
 
 def run(args) -> int:
@@ -58,6 +62,8 @@ def run(args) -> int:
         print(json.dumps(summary, default=str))
     else:
         print_summary(summary)
+    if summary.get("interrupted"):  # `nas search && nas export` must not carry on after Ctrl-C
+        return 128 + (_RECEIVED[-1] if _RECEIVED else signal.SIGINT)
     return 0
 
 

@@ -21,14 +21,15 @@ def add_arguments(p):
 
 def run(args) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from nas.space import encode, load_space, random_archs
+    from nas.space import encode, load_space
+    from nas.space.sample import iter_random_archs
 
     space = load_space(args.file)
     if args.space_command == "sample":
         if args.n < 1:
             raise UsageError(f"-n {args.n}: expected a whole number >= 1")
-        for arch in random_archs(space, args.n, args.seed):
-            print(encode(arch))
+        for arch in iter_random_archs(space, args.n, args.seed):  # streams: -n may be huge
+            print(encode(arch), flush=args.n > 1000)
         return 0
     return _show(space, args.json)
 

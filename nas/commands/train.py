@@ -111,7 +111,10 @@ def run(args) -> int:
     if args.save:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save)
+        from nas import fsio
+
+        with fsio.atomic_file(args.save) as tmp:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
         out["saved"] = args.save
     if args.json:
         print(json.dumps(out))

@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nas import fsio
 from nas.cost.kernel_path import on_packed_kernels
 from nas.errors import UsageError
 
@@ -293,10 +294,7 @@ def save_profile(profile: Profile, path=None) -> Path:
     """Write `profile` as JSON (atomically; parent folders made). Returns the path written."""
     path = Path(path) if path is not None else default_profile_path(profile.machine.get("threads"),
                                                                      profile.machine.get("device", "cpu"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
-    os.replace(tmp, path)
+    fsio.write_text(path, json.dumps(profile.to_dict(), indent=1) + "\n")
     return path
 
 

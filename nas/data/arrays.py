@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nas import limits
 from nas.data.raw import RawSplits, to_labels, to_uint8_nchw
 from nas.errors import UsageError
 
@@ -15,6 +16,7 @@ def load_npz(path: Path) -> RawSplits:
     """Arrays of an `.npz` file, loaded without pickle (object arrays are refused)."""
     if not path.is_file():
         raise UsageError(f"dataset file {path}: does not exist; {NPZ_EXPECTED}")
+    limits.check_npz_members(path)  # a zip bomb is refused before numpy expands it
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from nas import limits
 from nas.data.raw import RawSplits
 from nas.errors import UsageError
 
@@ -44,8 +45,14 @@ def _probe(tree: ImageFolder) -> list[tuple[str, tuple[int, int]]]:
         try:
             with Image.open(path) as im:
                 info.append((im.mode, im.size))
+        except Image.DecompressionBombError:
+            info.append(("", (limits.MAX_IMAGE_PIXELS + 1, 1)))
         except (UnidentifiedImageError, OSError) as e:
             raise UsageError(f"dataset file {path}: not a readable image ({e}); {HOW_TO_GET}") from None
+        width, height = info[-1][1]
+        if width * height > limits.MAX_IMAGE_PIXELS:  # refused from its header, before decoding
+            raise limits.LimitExceeded(f"dataset file {path}: {width}x{height} pixels, over the limit of "
+                                       f"{limits.MAX_IMAGE_PIXELS} per image (docs/limits.md)")
     return info
 
 

@@ -4,12 +4,13 @@ Format (LeCun): two zero bytes, a type byte (0x08 = unsigned byte), a byte givin
 number of dimensions, then one big-endian int32 per dimension, then the data in C order.
 """
 
-import gzip
+import math
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from nas import limits
 from nas.data.raw import RawSplits
 from nas.errors import UsageError
 
@@ -42,7 +43,7 @@ def read_idx(path: Path, how_to_get: str) -> np.ndarray:
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            raw = limits.gunzip_limited(path, raw)
     except (OSError, EOFError, zlib.error) as e:
         raise UsageError(f"dataset file {path}: cannot be read or unzipped ({e}); {how_to_get}") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
@@ -51,6 +52,7 @@ def read_idx(path: Path, how_to_get: str) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    limits.check_dataset_bytes(path, math.prod(dims), "header says it holds")  # Python ints: no int64 overflow
     if len(raw) != header + int(np.prod(dims, dtype=np.int64)):
         raise UsageError(
             f"dataset file {path}: truncated or corrupt; header says {dims} = "

@@ -22,9 +22,7 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +32,7 @@ import yaml
 from safetensors.torch import save_file
 
 import nas
+from nas import fsio, limits
 from nas.cost import arch_cost
 from nas.errors import UsageError
 from nas.export.deploy import packed_model
@@ -251,9 +250,11 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         "payload": {"file": "payload.bin", "layout": "nas.cost.layout", "byte_order": "little", "layers": index},
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    # weights.safetensors, model.ts and model.onnx each hold the float weights; torch.jit.save
+    # aborts the interpreter on a full disk, so the space is checked before anything is written
+    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    fsio.require_free_space(out.parent, 3 * float_bytes + len(payload) + (1 << 20), "-o")
+    with fsio.atomic_dir(out) as tmp:
         (tmp / "arch.yaml").write_text(yaml.safe_dump({"arch": arch_string, "space": space, "scaling": scaling},
                                                       sort_keys=False), encoding="utf-8")
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
@@ -267,10 +268,6 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         manifest["manifest_sha256"] = _manifest_digest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         _default_permissions(tmp)  # mkdtemp makes 0700, safetensors 0600: a bundle is meant to be shared
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -280,18 +277,6 @@ def _default_permissions(d: Path) -> None:
     os.chmod(d, 0o777 & ~umask)
     for f in d.iterdir():
         os.chmod(f, 0o666 & ~umask)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """rename(2) the finished directory onto `out` (an absent or empty directory is replaced
-    atomically; a non-empty one, with --force, is moved aside first and then removed)."""
-    if out.exists() and any(out.iterdir()):
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 # ---- verify and load -------------------------------------------------------------------------
@@ -306,8 +291,8 @@ def verify_bundle(bundle_dir) -> dict:
     if not path.is_file():
         raise UsageError(f"bundle {d}: {MANIFEST} is missing; expected a bundle written by `nas export`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = limits.load_json(path, "bundle manifest")  # size, depth, integer digits
+    except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"bundle {d}: {MANIFEST} is not valid JSON ({str(e).splitlines()[0]}); "
                          f"the file is corrupt, re-export the bundle") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -318,9 +303,10 @@ def verify_bundle(bundle_dir) -> dict:
                          f"manifest_sha256); re-export the bundle")
     files = manifest.get("files") or {}
     for name in FILES:
-        entry, p = files.get(name), d / name
-        if entry is None:
-            raise UsageError(f"bundle {d}: {MANIFEST} lists no {name}; expected every file of {list(FILES)}")
+        entry, p = files.get(name) if isinstance(files, dict) else None, d / name
+        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
+            raise UsageError(f"bundle {d}: {MANIFEST} lists no {name} with bytes and sha256; "
+                             f"expected every file of {list(FILES)}")
         if not p.is_file():
             raise UsageError(f"bundle {d}: {name} is missing (listed in {MANIFEST}); re-export the bundle")
         size = p.stat().st_size

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from nas import limits
 from nas.errors import UsageError
 from nas.search.budgets import Budgets
 from nas.units import parse_bytes, parse_count, parse_seconds
@@ -120,7 +121,7 @@ def read_config_file(path: str) -> dict:
     if not p.is_file():
         raise UsageError(f"--config {path!r}: no such file; expected a YAML study config")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = limits.load_yaml(p, "--config")  # size, aliases, depth, duplicate keys
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -16,6 +16,7 @@ import optuna
 import torch
 from safetensors.torch import save_file
 
+from nas import fsio
 from nas.blocks.model import build_model
 from nas.measure.timing import example_input, time_forward
 from nas.data import load_dataset
@@ -75,8 +76,9 @@ def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.F
     out = artifacts_dir(config.study)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"trial_{trial.number}.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights),
-              metadata={"arch": trial.user_attrs["arch"]})
+    with fsio.atomic_file(weights) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"arch": trial.user_attrs["arch"]})
     # measured the way `nas calibrate` measures what the latency model predicts: batch 1, eval
     # mode, 1-bit layers on the packed kernels (the training's own figure is the fake-quant path)
     measured = time_forward(model.eval().use_kernels(True), example_input(arch)).median_ms

@@ -34,7 +34,7 @@ _KEYS = {
     "dense": {k: v for k, v in _BLOCK_KEYS.items() if k not in ("e", "se", "g")},
 }
 _FLOAT_FIELDS = {"expand", "se"}
-_TOKEN = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)?")
+_TOKEN = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)?", re.ASCII)  # ASCII digits only: 'k３' is refused
 _FLAGS = {"hs": ("act", "hswish"), "noact": ("act", "none")}
 _HAS_ACT = {"stem", "head", "ir", "shift", "grouped", "dense"}
 

@@ -29,14 +29,16 @@ from pathlib import Path
 
 import yaml
 
+from nas import limits
 from nas.errors import UsageError
 from nas.space.spec import ACTS, BITS, BLOCK_KINDS, STRIDES
 
 _BITS_RE = re.compile(r"w(\d+)a(\d+)")
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings remember the line of each key (for error messages)."""
+class _LineLoader(limits.LimitedSafeLoader):
+    """SafeLoader whose mappings remember the line of each key (for error messages), within the
+    alias and depth limits."""
 
 
 class _LineDict(dict):
@@ -142,6 +144,9 @@ class _Reader:
                 raise self.fail(m, key, f"{path}.{key}", f"{v!r} is not allowed; expected one of {list(allowed)}")
             if minimum is not None and v < minimum:
                 raise self.fail(m, key, f"{path}.{key}", f"{v!r} is not allowed; expected >= {minimum}")
+            limit = limits.MAGNITUDES.get(key)
+            if limit is not None and isinstance(v, (int, float)) and abs(v) > limit:
+                raise self.fail(m, key, f"{path}.{key}", f"{v:g} is over the limit {limit:g} (docs/limits.md)")
             out.append(v)
         return tuple(out)
 
@@ -183,7 +188,8 @@ def load_space(path) -> Space:
     if not Path(path).is_file():
         raise UsageError(f"{path}: no such space file; expected a YAML file like search_spaces/default.yaml")
     try:
-        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506 (safe subclass)
+        text = limits.read_text(path, limits.MAX_YAML_BYTES, "space file")
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (safe subclass)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""

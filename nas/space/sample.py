@@ -109,6 +109,19 @@ def random_samples(space: Space, n: int, seed: int, in_chs: int | None = None,
     return [sample_arch(space, study.ask(), in_chs, num_classes) for _ in range(n)]
 
 
+def iter_random_archs(space: Space, n: int, seed: int, chunk: int = 1000):
+    """The arch strings of `random_archs` one at a time, in constant memory (`nas space sample
+    -n 999999999999` prints its first line at once): a fresh in-memory study every `chunk`
+    samples, drawing from the same seeded sampler, so the sequence is the same."""
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    done = 0
+    while done < n:
+        study = optuna.create_study(sampler=sampler)
+        for _ in range(min(chunk, n - done)):
+            yield sample_arch(space, study.ask()).arch
+            done += 1
+
+
 def random_archs(space: Space, n: int, seed: int, in_chs: int | None = None,
                  num_classes: int | None = None) -> list[ArchSpec]:
     return [s.arch for s in random_samples(space, n, seed, in_chs, num_classes)]

@@ -46,6 +46,7 @@ and grouped blocks and the dense transition end with BN and no activation anyway
 from dataclasses import dataclass, field, fields
 
 from nas.errors import UsageError
+from nas.limits import check_magnitude
 
 BITS = (1, 2, 4, 8, 16, 32)
 BLOCK_KINDS = ("ir", "shift", "grouped", "dense")
@@ -76,6 +77,7 @@ def _check_choice(where: str, name: str, value, allowed) -> None:
 def _check_min(where: str, name: str, value, minimum) -> None:
     if not isinstance(value, (int, float)) or value < minimum:
         raise UsageError(f"{where}: {name}={value!r} is not allowed; expected a number >= {minimum}")
+    check_magnitude(where, name, value)  # before anything is built from it
 
 
 def _check_bits(where: str, w_bits: int, a_bits: int) -> None:

@@ -1,0 +1,188 @@
+"""Writing files so that a crash, a kill or a full disk never leaves half a file in place.
+
+- `atomic_file(path)`: write to a temporary file beside `path`, fsync it, rename(2) it onto
+  `path`, fsync the directory. A reader sees the old file or the new one, never a mix; on any
+  failure the temporary file is removed and the old file is untouched.
+- `atomic_dir(out)`: the same for a directory of files (an export bundle): it is built in
+  `.NAME.PID.XXXX.partial` beside `out` and renamed into place when complete. Partial
+  directories left by killed processes are removed by the next export to the same place
+  (`clean_stale_partials`).
+- `write_error(path, e)`: an OSError as one line naming the path (ENOSPC, EROFS, EACCES,
+  ENAMETOOLONG...), a `WriteError`, which the CLI prints and exits 2 on.
+
+A leaf module: it imports nothing from nas but nas.errors.
+"""
+
+import errno
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from nas.errors import UsageError
+
+PARTIAL_SUFFIX = ".partial"
+
+_WHY = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.ENOTDIR: "a parent is not a directory",
+    errno.EISDIR: "is a directory",
+    errno.EFBIG: "file too large",
+    errno.EIO: "input/output error",
+    errno.ELOOP: "too many levels of symbolic links",
+}
+
+
+class WriteError(UsageError):
+    """A file could not be written (or read) for a reason of the system: one line naming the path."""
+
+
+def write_error(path, e: OSError, action: str = "cannot write") -> WriteError:
+    why = _WHY.get(e.errno, e.strerror or type(e).__name__)
+    return WriteError(f"{action} {str(path)!r}: {why} (errno {e.errno and errno.errorcode.get(e.errno, e.errno)})")
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path):
+    """Yields a temporary Path beside `path`; write it; on success it replaces `path` atomically."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file is meant to be shared
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path, data: bytes) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def clean_stale_partials(parent: Path, name: str) -> list[Path]:
+    """Remove `.NAME.PID.*.partial` directories in `parent` whose process is gone; returns them."""
+    removed = []
+    try:
+        entries = list(Path(parent).glob(f".{name}.*{PARTIAL_SUFFIX}"))
+    except OSError:
+        return removed
+    for d in entries:
+        pid = d.name[len(name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def atomic_dir(out, replace_nonempty: bool = True):
+    """Yields a temporary directory beside `out`; fill it; on success it is renamed onto `out`
+    (an absent or empty `out` is replaced atomically; a non-empty one is moved aside first and
+    then removed). On any failure the temporary directory is removed."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_partials(out.parent, out.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=out.parent))
+    except OSError as e:
+        raise write_error(out, e) from None
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+        if out.exists() and any(out.iterdir()):
+            if not replace_nonempty:
+                raise UsageError(f"-o {str(out)!r}: not empty; expected an empty or new directory")
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(out, e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def require_free_space(directory, needed_bytes: int, what: str) -> None:
+    """Refuse before writing when the file system holding `directory` has less than
+    `needed_bytes` free. Needed because some writers (torch.jit.save) abort the interpreter on
+    ENOSPC instead of raising, so the failure must be caught before them."""
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < needed_bytes:
+        raise WriteError(f"{what} {str(directory)!r}: {free} bytes free on its file system, "
+                         f"about {needed_bytes} needed; free some space or choose another place")

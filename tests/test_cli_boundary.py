@@ -1,0 +1,47 @@
+"""The one exception boundary of nas/cli.py: known failure classes are one line and exit 2 with
+the path; anything else is exit 1 with a one-line summary pointing at --debug."""
+
+import errno
+import os
+
+from nas.cli import _one_line, main
+from nas.errors import UsageError
+
+
+def test_known_failures_are_exit_2_with_the_path():
+    line, code = _one_line(OSError(errno.ENOSPC, "No space left on device", "/data/studies/s.journal"))
+    assert code == 2 and "/data/studies/s.journal" in line and "no space left" in line
+    line, code = _one_line(OSError(errno.ENAMETOOLONG, "File name too long", "x" * 300))
+    assert code == 2 and "file name too long" in line
+    assert _one_line(UsageError("--seed -1: expected >= 0")) == ("--seed -1: expected >= 0", 2)
+    assert _one_line(MemoryError())[1] == 2
+
+
+def test_optuna_should_not_reach_is_unwrapped_to_its_storage_error():
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "s.journal")
+        finally:
+            raise AssertionError("Should not reach.")  # what optuna's _run_trial does
+    except AssertionError as e:
+        line, code = _one_line(e)
+    assert code == 2 and "s.journal" in line and "no space" in line
+
+
+def test_unknown_failures_are_exit_1_pointing_at_debug():
+    line, code = _one_line(ZeroDivisionError("division by zero\nsecond line"))
+    assert code == 1 and "ZeroDivisionError: division by zero" in line and "--debug" in line and "\n" not in line
+
+
+def test_argparse_errors_have_a_single_prefix(capsys):
+    assert main(["cost", "--no-such-option"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nas: error: ") and "nas: error: nas" not in err and len(err.splitlines()) == 1
+
+
+def test_a_path_over_255_bytes_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--study", "s", "--storage", f"journal:{'x' * 300}.journal", "-o", "r.html"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,77 @@
+"""A PostgreSQL server stopped for ~15 s in the middle of a search, for real: the worker waits,
+reconnects and completes, every trial kept. Needs NAS_TEST_POSTGRES_URL (.ci/run sets it) and
+root to stop and start the cluster with pg_ctlcluster (the cluster serving the URL's port)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.search.storage import open_storage
+
+REPO = Path(__file__).resolve().parents[1]
+URL = os.environ.get("NAS_TEST_POSTGRES_URL")
+SEARCH = ["--target-mem", "40KB", "--space", str(REPO / "search_spaces/mcu.yaml"), "--subset", "300",
+          "--epochs", "1", "--final-epochs", "1", "--final-subset", "300", "--proxy", "none", "--no-progress",
+          "--seed", "5", "--final-top", "1"]
+
+
+def _cluster(port: int):
+    if not shutil.which("pg_lsclusters") or os.geteuid() != 0:
+        return None
+    for line in subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout.splitlines():
+        version, name, cluster_port = line.split()[:3]
+        if int(cluster_port) == port:
+            return version, name
+    return None
+
+
+def _trials(name):
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(URL)).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.skipif(not URL, reason="needs a PostgreSQL server: set NAS_TEST_POSTGRES_URL (.ci/run starts one)")
+def test_search_waits_through_a_postgres_outage(tmp_path):
+    cluster = _cluster(urlparse(URL).port or 5432)
+    if cluster is None:
+        pytest.skip("cannot find the URL's cluster with pg_lsclusters as root")
+    name = f"outage-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "NAS_STORAGE_RETRY_S": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "nas.cli", "search", "--study", name, "--storage", URL,
+                             "--trials", "4", *SEARCH], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 600
+        while time.time() < end and not [t for t in _trials(name) if t.state == TrialState.COMPLETE]:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.5)
+        before = {t.number: t.values for t in _trials(name) if t.state == TrialState.COMPLETE}
+        assert before
+        subprocess.run(["pg_ctlcluster", *cluster, "stop", "-m", "fast"], check=True)
+        time.sleep(15)
+        subprocess.run(["pg_ctlcluster", *cluster, "start"], check=True)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        subprocess.run(["pg_ctlcluster", *cluster, "start"], capture_output=True)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "database unreachable" in err and "reachable again" in err, err[-3000:]
+    after = _trials(name)
+    assert {t.number: t.values for t in after if t.number in before} == before
+    assert len([t for t in after if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")]) >= 4
+    optuna.delete_study(study_name=name, storage=open_storage(URL))
