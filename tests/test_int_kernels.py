@@ -80,9 +80,10 @@ def test_conv_equals_int64_reference(level, shape, w_bits, a_bits, signed):
     w = _weights(g, (cout, cin // groups, k, k), w_bits)
     scale = (g.standard_normal(cout) * 1e-3).astype(np.float32)
     bias = g.standard_normal(cout).astype(np.float32)
+    scale[:3], bias[:2] = (0.0, -0.0, -1e-3), (-0.0, -0.0)  # signed zeros into relu / hswish
     for activation in ("none", "relu", "hswish"):
         y, ref = _run(x, w, w_bits, s, p, groups, scale, bias, activation=activation)
-        np.testing.assert_array_equal(y, ref)  # atol=0, float32 bit for bit (no NaN possible)
+        np.testing.assert_array_equal(y.view(np.int32), ref.view(np.int32))  # float32 bit for bit, -0.0 too
 
 
 def test_accumulator_extremes_are_exact(level):

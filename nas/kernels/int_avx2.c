@@ -9,6 +9,41 @@
 
 #define PB 4 /* output pixels per block */
 
+/* nas_int_store on 8 consecutive channels c..c+7 of pixel pix, as float32 vector ops that
+ * give the scalar code's results bit for bit: IEEE mul / add / div, max / min whose
+ * operand order returns what the scalar ternaries return (including +0.0 for relu(-0.0)),
+ * round to nearest even. */
+TGT static void store8(const int_args *a, long pix, int c, __m256i acc)
+{
+    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(a->scale + c));
+    y = _mm256_add_ps(y, _mm256_loadu_ps(a->bias + c));
+    const long at = pix * a->cout + c;
+    if (a->res)
+        y = _mm256_add_ps(y, _mm256_loadu_ps(a->res + at));
+    const __m256 zero = _mm256_setzero_ps();
+    if (a->act == NAS_ACT_RELU) {
+        y = _mm256_max_ps(y, zero); /* y > 0 ? y : +0.0 (max returns its 2nd operand unless y > 0) */
+    } else if (a->act == NAS_ACT_HSWISH) {
+        __m256 t = _mm256_add_ps(y, _mm256_set1_ps(3.f));
+        t = _mm256_max_ps(t, zero);              /* t < 0 ? 0 : t (t is never -0.0: x + 3 != -0) */
+        t = _mm256_min_ps(t, _mm256_set1_ps(6.f));
+        y = _mm256_div_ps(_mm256_mul_ps(y, t), _mm256_set1_ps(6.f));
+    }
+    if (a->yc) {
+        /* clamp: lo where y < lo, alpha where v > alpha; equal values may differ only in the
+         * sign of a zero, which rounds to the same code */
+        __m256 v = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(a->q_lo)), _mm256_set1_ps(a->q_alpha));
+        v = _mm256_div_ps(v, _mm256_set1_ps(a->q_s));
+        int32_t code[8] __attribute__((aligned(32)));
+        _mm256_store_si256((__m256i *)code,
+                           _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        for (int l = 0; l < 8; l++)
+            a->yc[at + l] = (uint8_t)code[l];
+    } else {
+        _mm256_storeu_ps(a->yf + at, y);
+    }
+}
+
 TGT static void conv_row(const int_args *a, long n, long oy)
 {
     const long cstride = (long)a->G * a->cpad;
@@ -60,10 +95,20 @@ TGT static void conv_row(const int_args *a, long n, long oy)
                         }
                     }
                 for (int i = 0; i < np; i++) {
+                    const long pix = (n * a->Ho + oy) * a->Wo + ox0 + i;
+                    if (nl == NAS_INT_LANES) {
+                        store8(a, pix, c0, acc[i][0]);
+                        store8(a, pix, c0 + 8, acc[i][1]);
+                        continue;
+                    }
                     _mm256_store_si256((__m256i *)out[i], acc[i][0]);
                     _mm256_store_si256((__m256i *)(out[i] + 8), acc[i][1]);
-                    const long pix = (n * a->Ho + oy) * a->Wo + ox0 + i;
-                    for (int l = 0; l < nl; l++)
+                    int l = 0;
+                    if (nl >= 8) {
+                        store8(a, pix, c0, acc[i][0]);
+                        l = 8;
+                    }
+                    for (; l < nl; l++)
                         nas_int_store(a, pix, c0 + l, out[i][l]);
                 }
             }
@@ -73,7 +118,6 @@ TGT static void conv_row(const int_args *a, long n, long oy)
 TGT static void dw_row(const int_args *a, long n, long oy)
 {
     const long C = a->cout;
-    int32_t out[8] __attribute__((aligned(32)));
     for (long ox = 0; ox < a->Wo; ox++) {
         const long pix = (n * a->Ho + oy) * a->Wo + ox;
         long c = 0;
@@ -86,9 +130,7 @@ TGT static void dw_row(const int_args *a, long n, long oy)
                     const __m256i wv = _mm256_loadu_si256((const __m256i *)(a->wd + ((long)ky * a->kw + kx) * C + c));
                     acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
                 }
-            _mm256_store_si256((__m256i *)out, acc);
-            for (int l = 0; l < 8; l++)
-                nas_int_store(a, pix, (int)(c + l), out[l]);
+            store8(a, pix, (int)c, acc);
         }
         for (; c < C; c++) {
             int32_t acc = 0;
@@ -101,18 +143,20 @@ TGT static void dw_row(const int_args *a, long n, long oy)
     }
 }
 
-/* 8 independent vpmaddwd + vpaddd chains: 8 * 16 int16 MACs per pass. */
+/* 8 independent vpmaddwd + vpaddd chains: 8 * 16 int16 MACs per pass (the asm barrier
+ * on x keeps the multiply inside the loop). */
 TGT static int64_t peak(long reps)
 {
     __m256i acc[8];
-    const __m256i x = _mm256_set1_epi16(3), w = _mm256_set1_epi16(5);
+    __m256i x = _mm256_set1_epi16(3);
+    const __m256i w = _mm256_set1_epi16(5);
     for (int i = 0; i < 8; i++)
         acc[i] = _mm256_set1_epi32(i);
     for (long r = 0; r < reps; r++) {
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++)
             acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(x, w));
-        __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]));
+        __asm__ volatile("" : "+x"(x));
     }
     int32_t buf[8] __attribute__((aligned(32)));
     int64_t s = 0;

@@ -49,9 +49,11 @@ static int64_t peak(long reps)
     int32_t acc[64] = {0};
     volatile int16_t seed = 3;
     int16_t x = seed, w = (int16_t)(seed + 1);
-    for (long r = 0; r < reps; r++)
+    for (long r = 0; r < reps; r++) {
         for (int i = 0; i < 64; i++)
             acc[i] += (int32_t)x * (int16_t)(w + i);
+        __asm__ volatile("" : "+r"(x));
+    }
     int64_t s = 0;
     for (int i = 0; i < 64; i++)
         s += acc[i];
