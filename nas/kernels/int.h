@@ -7,7 +7,9 @@
  * Standard / grouped conv weights in lane layout (16 output channels of a group in lanes,
  * two input channels per lane, the operand of vpmaddwd / vpdpwssd):
  *   wl (G, nb, kh, kw, cpad / 2, 16, 2) int16, nb = ceil(cout_g / 16), zero past cout_g
- * Depthwise (groups = Cin = Cout) weights: wd (kh, kw, C) int32, channels in lanes.
+ * Depthwise (groups = Cin = Cout) weights: wd (kh, kw, C) int32 slots holding the int16 code in
+ * the low half and 0 in the high half, channels in lanes (vpmaddwd of a sign-extended input
+ * with such a slot is exactly x * w).
  * Accumulators are int32 (exact: |acc| <= 255 * 255 * K < 2^31, K = kh kw cin_g checked).
  * The epilogue (nas_int_store) is the same scalar float32 code for every level, compiled
  * with -ffp-contract=off: bit-identical results on every level.

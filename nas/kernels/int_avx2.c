@@ -121,6 +121,23 @@ TGT static void dw_row(const int_args *a, long n, long oy)
     for (long ox = 0; ox < a->Wo; ox++) {
         const long pix = (n * a->Ho + oy) * a->Wo + ox;
         long c = 0;
+        for (; c + 32 <= C; c += 32) { /* 4 independent accumulators hide vpmaddwd's latency */
+            __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                              _mm256_setzero_si256()};
+            for (int ky = 0; ky < a->kh; ky++)
+                for (int kx = 0; kx < a->kw; kx++) {
+                    const int16_t *x = a->xp + ((n * a->Hp + oy * a->sh + ky) * a->Wp + ox * a->sw + kx) * C + c;
+                    const int32_t *w = a->wd + ((long)ky * a->kw + kx) * C + c;
+#pragma GCC unroll 4
+                    for (int j = 0; j < 4; j++) {
+                        const __m256i xv = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(x + 8 * j)));
+                        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 8 * j));
+                        acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(xv, wv));
+                    }
+                }
+            for (int j = 0; j < 4; j++)
+                store8(a, pix, (int)(c + 8 * j), acc[j]);
+        }
         for (; c + 8 <= C; c += 8) {
             __m256i acc = _mm256_setzero_si256();
             for (int ky = 0; ky < a->kh; ky++)
@@ -128,7 +145,7 @@ TGT static void dw_row(const int_args *a, long n, long oy)
                     const int16_t *x = a->xp + ((n * a->Hp + oy * a->sh + ky) * a->Wp + ox * a->sw + kx) * C + c;
                     const __m256i xv = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)x));
                     const __m256i wv = _mm256_loadu_si256((const __m256i *)(a->wd + ((long)ky * a->kw + kx) * C + c));
-                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
                 }
             store8(a, pix, (int)c, acc);
         }
@@ -137,7 +154,7 @@ TGT static void dw_row(const int_args *a, long n, long oy)
             for (int ky = 0; ky < a->kh; ky++)
                 for (int kx = 0; kx < a->kw; kx++)
                     acc += (int32_t)a->xp[((n * a->Hp + oy * a->sh + ky) * a->Wp + ox * a->sw + kx) * C + c]
-                           * a->wd[((long)ky * a->kw + kx) * C + c];
+                           * (int16_t)a->wd[((long)ky * a->kw + kx) * C + c];
             nas_int_store(a, pix, (int)c, acc);
         }
     }

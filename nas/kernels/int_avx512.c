@@ -78,7 +78,7 @@ TGT static void dw_row(const int_args *a, long n, long oy)
                     const int16_t *x = a->xp + ((n * a->Hp + oy * a->sh + ky) * a->Wp + ox * a->sw + kx) * C + c;
                     const __m512i xv = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)x));
                     const __m512i wv = _mm512_loadu_si512((const void *)(a->wd + ((long)ky * a->kw + kx) * C + c));
-                    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, wv));
+                    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(xv, wv));
                 }
             _mm512_store_si512((void *)out, acc);
             for (int l = 0; l < 16; l++)
@@ -89,7 +89,7 @@ TGT static void dw_row(const int_args *a, long n, long oy)
             for (int ky = 0; ky < a->kh; ky++)
                 for (int kx = 0; kx < a->kw; kx++)
                     acc += (int32_t)a->xp[((n * a->Hp + oy * a->sh + ky) * a->Wp + ox * a->sw + kx) * C + c]
-                           * a->wd[((long)ky * a->kw + kx) * C + c];
+                           * (int16_t)a->wd[((long)ky * a->kw + kx) * C + c];
             nas_int_store(a, pix, (int)c, acc);
         }
     }

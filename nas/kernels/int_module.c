@@ -246,6 +246,16 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         for (long row = 0; row < N * H; row++) {
             const long n = row / H, y = row % H;
             int16_t *d = xp + ((n * Hp + y + ph) * Wp + pw) * cstride;
+            const long i0 = (n * H + y) * W * cin;
+            if (cpad == cin_g) { /* same channel layout: one widening pass over the row */
+                if (x_signed)
+                    for (long i = 0; i < W * cin; i++)
+                        d[i] = ((const int8_t *)xb)[i0 + i];
+                else
+                    for (long i = 0; i < W * cin; i++)
+                        d[i] = ((const uint8_t *)xb)[i0 + i];
+                continue;
+            }
             for (long xx = 0; xx < W; xx++)
                 for (long g = 0; g < G; g++)
                     for (long c = 0; c < cin_g; c++) {

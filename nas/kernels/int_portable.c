@@ -38,7 +38,7 @@ static void dw_row(const int_args *a, long n, long oy)
             for (int ky = 0; ky < a->kh; ky++)
                 for (int kx = 0; kx < a->kw; kx++)
                     acc += (int32_t)a->xp[((n * a->Hp + oy * a->sh + ky) * a->Wp + ox * a->sw + kx) * cstride + c]
-                           * a->wd[((long)ky * a->kw + kx) * C + c];
+                           * (int16_t)a->wd[((long)ky * a->kw + kx) * C + c];
             nas_int_store(a, pix, (int)c, acc);
         }
     }

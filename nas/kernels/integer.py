@@ -112,7 +112,8 @@ class IntegerConv:
         self.depthwise = cin_g == 1 and groups == cout
         wn = w_int.detach().contiguous().numpy()
         if self.depthwise:
-            self._wl, self._wd = None, np.ascontiguousarray(wn[:, 0].transpose(1, 2, 0).astype(np.int32))  # (kh, kw, C)
+            # (kh, kw, C) int32 slots: the int16 code in the low half, 0 above (see int.h)
+            self._wl, self._wd = None, np.ascontiguousarray(wn[:, 0].transpose(1, 2, 0)).view(np.uint16).astype(np.int32)
         else:
             cout_g, pairs = cout // groups, (cin_g + 1) // 2
             self._wl = np.empty(groups * -(-cout_g // _LANES) * kh * kw * pairs * _LANES * 2, np.int16)
