@@ -1,4 +1,6 @@
-"""`nas bench kernels [--threads N] [--json]`: packed-binary kernels against PyTorch fp32.
+"""`nas bench kernels [--bits 1,2,4,8] [--threads N] [--json]`: packed-binary kernels against
+PyTorch fp32 (--bits 1, the default); with --bits 2,4,8 also the integer kernels against
+PyTorch fp32 and onnxruntime int8 (rows described in nas/kernels/int_bench.py).
 
 Per layer shape (ResNet-18's 3x3 layers and small shapes of a 28x28 binary search space):
 the binary layer's time (a prepared `BinaryConv2d`, as a model holds it; median of repeats
@@ -48,6 +50,9 @@ def add_arguments(parser):
     parser.add_argument("--seconds", type=float, default=0.4,
                         help="time budget per measurement, in seconds (default: 0.4)")
     parser.add_argument("--no-network", action="store_true", help="skip the end-to-end Bi-Real-18 network")
+    parser.add_argument("--bits", default="1", metavar="B[,B...]",
+                        help="weight widths to bench: 1 (binary kernels) and/or 2, 4, 8 (integer kernels, "
+                             "against PyTorch fp32 and onnxruntime int8); default 1")
 
 
 def _log(msg: str) -> None:
@@ -263,7 +268,52 @@ def _table(result) -> str:
     return "\n".join(lines)
 
 
+def _parse_bits(text: str) -> list[int]:
+    from nas.errors import UsageError
+    try:
+        bits = sorted({int(b) for b in text.split(",")})
+    except ValueError:
+        bits = []
+    if not bits or any(b not in (1, 2, 4, 8) for b in bits):
+        raise UsageError(f"--bits {text!r}: expected a comma-separated list of 1, 2, 4, 8")
+    return bits
+
+
+def _run_integer(bits, threads_list, seconds) -> tuple[list, float, str, list]:
+    """The integer kernels' rows (nas/kernels/int_bench.py) for the widths in `bits`."""
+    import torch
+
+    from nas.kernels import int_bench as IB
+    from nas.kernels import integer as I
+    if not I.available():
+        raise RuntimeError("nas.kernels._int is not built; run `pip install -e .`")
+    level = I.isa()
+    peak = IB.int16_peak(I._ext, I.supported_isas()[0])
+    rows = []
+    saved = torch.get_num_threads()
+    try:
+        for threads in threads_list:
+            torch.set_num_threads(threads)
+            for row in IB.INT_LAYERS:
+                for b in bits:
+                    _log(f"  int {b}-bit {row[0]} @ {threads} thread(s)")
+                    r = IB.bench_int_layer(row, b, threads, seconds, _median_times)
+                    r["peak_share"] = r["gmacs_per_s"] * 1e9 / (peak * threads)
+                    rows.append(r)
+    finally:
+        torch.set_num_threads(saved)
+    return rows, peak, level, IB.int_goals(rows)
+
+
 def run(args) -> int:
+    bits = _parse_bits(args.bits)
+    int_bits = [b for b in bits if b != 1]
+    if 1 in bits:
+        return _run_binary(args, int_bits)
+    return _run_binary(args, int_bits, binary=False)
+
+
+def _run_binary(args, int_bits, binary: bool = True) -> int:
     import torch
     import torch.nn.functional as F
 
@@ -289,7 +339,7 @@ def run(args) -> int:
     peak = _popcount_peak(ext, best)
     layers, networks = [], []
     try:
-        for threads in threads_list:
+        for threads in (threads_list if binary else []):
             torch.set_num_threads(threads)
             for row in LAYERS:
                 _log(f"  {row[0]} @ {threads} thread(s)")
@@ -302,9 +352,11 @@ def run(args) -> int:
     finally:
         torch.set_num_threads(saved_threads)
 
+    int_rows, int_peak, int_level, int_goals = _run_integer(int_bits, threads_list, args.seconds) if int_bits \
+        else ([], None, None, [])
     others = _others_load(start, _snapshot())
     goals = []
-    for threads in threads_list:
+    for threads in (threads_list if binary else []):
         rows = [r for r in layers if r["threads"] == threads][:RESNET_ROWS]
         med = statistics.median(r["speedup_packed"] for r in rows)
         goals.append({"goal": f"median speedup on ResNet-18 3x3 shapes >= {GOAL_SPEEDUP:.0f}x at {threads} thread(s)",
@@ -318,8 +370,13 @@ def run(args) -> int:
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "isa": isa, "supported_isas": K.supported_isas(),
                     "others_load": others, "torch": torch.__version__},
         "popcount_peak_bmacs_per_s": peak,
-        "layers": layers, "network": networks, "goals": goals,
-        "all_bit_exact": all(r["bit_exact"] for r in layers + networks),
+        "layers": layers, "network": networks, "goals": goals + int_goals,
+        "int16_peak_macs_per_s": int_peak, "int_level": int_level,
+        # one row per layer and width, binary (bits 1) and integer alike
+        "rows": [{"name": r["layer"], "bits": 1, "threads": r["threads"], "ms": r["binary_packed_ms"],
+                  "fp32_ms": r["fp32_ms"], "onnxruntime_ms": None, "speedup_vs_fp32": r["speedup_packed"],
+                  "speedup_vs_onnxruntime": None, "exact": r["bit_exact"]} for r in layers] + int_rows,
+        "all_bit_exact": all(r["bit_exact"] for r in layers + networks) and all(r["exact"] for r in int_rows),
     }
     if others is not None and others > 0.1:
         _log(f"warning: other processes used {others:.0%} of the CPUs during the run; these timings are skewed")
@@ -328,4 +385,8 @@ def run(args) -> int:
         print(json.dumps(result))
     else:
         print(_table(result))
+        if int_rows:
+            from nas.kernels.int_bench import int_table
+            print()
+            print(int_table(int_rows, int_peak, int_level))
     return 0 if result["all_bit_exact"] else 1

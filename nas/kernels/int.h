@@ -1,0 +1,88 @@
+/* Shared declarations of the integer (2..8-bit) conv kernels, nas.kernels._int.
+ *
+ * Semantics: nas/quant/integer.py. Codes: activations uint8 / int8 NHWC, weights int16
+ * (w_int = 2q - L, odd in -255..255, or ternary -1/0/1). The driver (int_module.c) widens
+ * the input once into a zero-padded int16 copy, pairs of input channels adjacent:
+ *   xp (N, Hp, Wp, G, cpad)  int16, cpad = cin_g rounded up to even, Hp = H + 2 ph ...
+ * Standard / grouped conv weights in lane layout (16 output channels of a group in lanes,
+ * two input channels per lane, the operand of vpmaddwd / vpdpwssd):
+ *   wl (G, nb, kh, kw, cpad / 2, 16, 2) int16, nb = ceil(cout_g / 16), zero past cout_g
+ * Depthwise (groups = Cin = Cout) weights: wd (kh, kw, C) int32 slots holding the int16 code in
+ * the low half and 0 in the high half, channels in lanes (vpmaddwd of a sign-extended input
+ * with such a slot is exactly x * w).
+ * Accumulators are int32 (exact: |acc| <= 255 * 255 * K < 2^31, K = kh kw cin_g checked).
+ * The epilogue (nas_int_store) is the same scalar float32 code for every level, compiled
+ * with -ffp-contract=off: bit-identical results on every level.
+ */
+#ifndef NAS_INT_H
+#define NAS_INT_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define NAS_INT_LANES 16
+
+enum { NAS_ACT_NONE = 0, NAS_ACT_RELU = 1, NAS_ACT_HSWISH = 2 };
+
+typedef struct int_args {
+    const int16_t *xp;  /* padded int16 input (N, Hp, Wp, G * cpad) */
+    long N, Hp, Wp, Ho, Wo;
+    int G, cin_g, cpad, cout, cout_g, nb;
+    int kh, kw, sh, sw;
+    const int16_t *wl;  /* lane layout, or NULL for depthwise */
+    const int32_t *wd;  /* depthwise weights (kh, kw, C), or NULL */
+    const float *scale, *bias; /* (cout,) */
+    const float *res;   /* (N, Ho, Wo, cout) float32 or NULL */
+    int act;
+    float *yf;          /* float output (N, Ho, Wo, cout) or NULL */
+    uint8_t *yc;        /* code output (N, Ho, Wo, cout) bytes (int8 / uint8) or NULL */
+    float q_lo, q_alpha, q_s; /* requantization clip and scale when yc */
+} int_args;
+
+/* Epilogue of one output value: pixel index pix = (n * Ho + oy) * Wo + ox, channel c. */
+static inline void nas_int_store(const int_args *a, long pix, int c, int32_t acc)
+{
+    float y = (float)acc * a->scale[c];
+    y = y + a->bias[c];
+    if (a->res)
+        y = y + a->res[pix * a->cout + c];
+    if (a->act == NAS_ACT_RELU) {
+        y = y > 0.f ? y : 0.f;
+    } else if (a->act == NAS_ACT_HSWISH) {
+        float t = y + 3.f;
+        t = t < 0.f ? 0.f : t;
+        t = t > 6.f ? 6.f : t;
+        y = (y * t) / 6.f;
+    }
+    if (a->yc) {
+        float v = y < a->q_lo ? a->q_lo : y;
+        v = v > a->q_alpha ? a->q_alpha : v;
+        v = v / a->q_s;
+        a->yc[pix * a->cout + c] = (uint8_t)(int)rintf(v);
+    } else {
+        a->yf[pix * a->cout + c] = y;
+    }
+}
+
+/* One output row (n, oy), all channels. */
+typedef void (*int_row_fn)(const int_args *a, long n, long oy);
+
+typedef struct int_level {
+    const char *name;
+    int_row_fn conv;  /* standard / grouped, lane-layout weights */
+    int_row_fn dw;    /* depthwise */
+    /* Dot-product peak microkernel: reps passes of a block of independent multiply-adds on
+     * registers; returns a checksum; macs_per_rep int16 MACs per rep. */
+    int64_t (*peak)(long reps);
+    long macs_per_rep;
+} int_level;
+
+extern const int_level nas_int_portable;
+#if defined(__x86_64__) || defined(__i386__)
+#define NAS_INT_X86 1
+extern const int_level nas_int_avx2;
+extern const int_level nas_int_avx512;
+#endif
+
+#endif

@@ -1,0 +1,365 @@
+/* nas.kernels._int: CPython binding, ISA dispatch and threaded driver of the integer
+ * (2..8-bit) conv kernels. The Python-facing layer is nas/kernels/integer.py; it allocates
+ * every output and passes numpy arrays; this module checks each buffer's item type and size
+ * before touching it and releases the GIL while it computes.
+ *
+ * Dispatch as nas.kernels._binary: AVX-512 VNNI -> AVX2 -> portable, chosen at import from
+ * the CPU, or forced with NAS_KERNEL_ISA=avx512|avx2|portable (a level the CPU lacks is an
+ * error at the first kernel call), or at run time with set_isa().
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "int.h"
+
+static const int_level *g_level = NULL;
+static char g_error[256];
+
+static int level_supported(const int_level *lv)
+{
+#ifdef NAS_INT_X86
+    if (lv == &nas_int_avx512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    if (lv == &nas_int_avx2)
+        return __builtin_cpu_supports("avx2");
+#endif
+    return lv == &nas_int_portable;
+}
+
+static const int_level *const ALL_LEVELS[] = {
+#ifdef NAS_INT_X86
+    &nas_int_avx512, &nas_int_avx2,
+#endif
+    &nas_int_portable,
+};
+#define N_LEVELS ((int)(sizeof(ALL_LEVELS) / sizeof(ALL_LEVELS[0])))
+
+static const int_level *level_by_name(const char *name)
+{
+    for (int i = 0; i < N_LEVELS; i++)
+        if (strcmp(ALL_LEVELS[i]->name, name) == 0)
+            return ALL_LEVELS[i];
+    return NULL;
+}
+
+static const int_level *best_level(void)
+{
+    for (int i = 0; i < N_LEVELS; i++)
+        if (level_supported(ALL_LEVELS[i]))
+            return ALL_LEVELS[i];
+    return &nas_int_portable;
+}
+
+static void choose(const char *name, const char *source)
+{
+    g_error[0] = '\0';
+    g_level = NULL;
+    if (!name || !*name) {
+        g_level = best_level();
+        return;
+    }
+    const int_level *lv = level_by_name(name);
+    if (!lv)
+        snprintf(g_error, sizeof g_error, "%s%.40s is not a kernel level; expected avx512, avx2 or portable", source,
+                 name);
+    else if (!level_supported(lv))
+        snprintf(g_error, sizeof g_error, "%s%.40s but this CPU does not support it (best here: %s)", source, name,
+                 best_level()->name);
+    else
+        g_level = lv;
+}
+
+static const int_level *current_level(void)
+{
+    if (!g_level)
+        PyErr_SetString(PyExc_RuntimeError, g_error);
+    return g_level;
+}
+
+/* ------------------------------------------------------------------ buffers */
+
+/* A C-contiguous buffer with items of `itemsize` bytes whose format is one of `formats`,
+ * holding exactly `need` items. On failure sets an exception naming `what`, returns -1. */
+static int get_buf(PyObject *o, Py_buffer *b, int writable, const char *formats, int itemsize, Py_ssize_t need,
+                   const char *what)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, b, flags) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous%s array", what, writable ? " writable" : "");
+        return -1;
+    }
+    const char *f = b->format ? b->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    if (!(b->itemsize == itemsize && f[0] && f[1] == '\0' && strchr(formats, f[0]))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected items of format '%s' (%d bytes), got '%s'", what, formats, itemsize,
+                     b->format ? b->format : "B");
+        PyBuffer_Release(b);
+        return -1;
+    }
+    if (b->len != need * b->itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items, got %zd", what, need, b->len / b->itemsize);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static int clamp_threads(long threads)
+{
+#ifdef _OPENMP
+    return threads < 1 ? 1 : (int)(threads > 1024 ? 1024 : threads);
+#else
+    (void)threads;
+    return 1;
+#endif
+}
+
+/* ------------------------------------------------------------------ weights */
+
+static long lane_blocks(long cout_g) { return (cout_g + NAS_INT_LANES - 1) / NAS_INT_LANES; }
+
+/* repack(w (Cout, cin_g, kh, kw) int16, out, cout, cin_g, kh, kw, groups): lane layout. */
+static PyObject *py_repack(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *oo;
+    long cout, cin_g, kh, kw, G;
+    if (!PyArg_ParseTuple(args, "OOlllll", &wo, &oo, &cout, &cin_g, &kh, &kw, &G))
+        return NULL;
+    if (cout < 1 || cin_g < 1 || kh < 1 || kw < 1 || G < 1 || cout % G != 0) {
+        PyErr_Format(PyExc_ValueError, "repack: bad shape cout=%ld cin_g=%ld kernel=%ldx%ld groups=%ld", cout, cin_g,
+                     kh, kw, G);
+        return NULL;
+    }
+    const long cout_g = cout / G, nb = lane_blocks(cout_g), cpad = (cin_g + 1) / 2 * 2, pairs = cpad / 2;
+    Py_buffer w, o;
+    if (get_buf(wo, &w, 0, "h", 2, cout * cin_g * kh * kw, "repack: w") < 0)
+        return NULL;
+    if (get_buf(oo, &o, 1, "h", 2, G * nb * kh * kw * pairs * NAS_INT_LANES * 2, "repack: out") < 0) {
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    const int16_t *src = w.buf;
+    int16_t *dst = o.buf;
+    memset(dst, 0, o.len);
+    for (long g = 0; g < G; g++)
+        for (long co = 0; co < cout_g; co++) {
+            const long b = co / NAS_INT_LANES, l = co % NAS_INT_LANES, c = g * cout_g + co;
+            for (long ci = 0; ci < cin_g; ci++)
+                for (long ky = 0; ky < kh; ky++)
+                    for (long kx = 0; kx < kw; kx++) {
+                        const long at = ((((g * nb + b) * kh + ky) * kw + kx) * pairs + ci / 2) * NAS_INT_LANES * 2
+                                        + l * 2 + ci % 2;
+                        dst[at] = src[((c * cin_g + ci) * kh + ky) * kw + kx];
+                    }
+        }
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&o);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ conv */
+
+/* conv2d(x, x_signed, wl, wd, N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, groups, scale, bias,
+ *        res, act, yf, yc, q_lo, q_alpha, q_s, threads)
+ * x (N, H, W, cin) uint8 / int8 codes; wl lane layout (or None with wd (kh, kw, C) int32 for
+ * depthwise); res / yf / yc None or arrays; exactly one of yf, yc. */
+static PyObject *py_conv2d(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *wlo, *wdo, *so, *bo, *ro, *yfo, *yco;
+    int x_signed, act;
+    long N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, G, threads;
+    float q_lo, q_alpha, q_s;
+    if (!PyArg_ParseTuple(args, "OpOOllllllllllllOOOiOOfffl", &xo, &x_signed, &wlo, &wdo, &N, &H, &W, &cin, &cout,
+                          &kh, &kw, &sh, &sw, &ph, &pw, &G, &so, &bo, &ro, &act, &yfo, &yco, &q_lo, &q_alpha, &q_s,
+                          &threads))
+        return NULL;
+    const int_level *lv = current_level();
+    if (!lv)
+        return NULL;
+    const int dw = wlo == Py_None;
+    if (N < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 ||
+        G < 1 || cin % G || cout % G || (dw && !(G == cin && G == cout)) || act < 0 || act > 2 ||
+        (yfo == Py_None) == (yco == Py_None) || (dw && wdo == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "conv2d: inconsistent geometry, weights or outputs");
+        return NULL;
+    }
+    const long Hp = H + 2 * ph, Wp = W + 2 * pw;
+    if (Hp < kh || Wp < kw) {
+        PyErr_Format(PyExc_ValueError, "conv2d: empty output for input %ldx%ld, kernel %ldx%ld", H, W, kh, kw);
+        return NULL;
+    }
+    const long Ho = (Hp - kh) / sh + 1, Wo = (Wp - kw) / sw + 1;
+    const long cin_g = cin / G, cout_g = cout / G, cpad = dw ? 1 : (cin_g + 1) / 2 * 2;
+    if (kh * kw * cin_g > 33024) {
+        PyErr_Format(PyExc_ValueError, "conv2d: kh*kw*cin_g = %ld exceeds 33024 (int32 accumulators)", kh * kw * cin_g);
+        return NULL;
+    }
+    const long nb = lane_blocks(cout_g);
+    Py_buffer x, wl = {0}, wd = {0}, s, b, r = {0}, yf = {0}, yc = {0};
+    int have_wl = 0, have_wd = 0, have_s = 0, have_b = 0, have_r = 0, have_yf = 0, have_yc = 0;
+    PyObject *ret = NULL;
+    if (get_buf(xo, &x, 0, x_signed ? "b" : "B", 1, N * H * W * cin, "conv2d: x") < 0)
+        return NULL;
+    if (!dw && !(have_wl = get_buf(wlo, &wl, 0, "h", 2, G * nb * kh * kw * (cpad / 2) * NAS_INT_LANES * 2,
+                                   "conv2d: lane weights") == 0))
+        goto done;
+    if (dw && !(have_wd = get_buf(wdo, &wd, 0, "i", 4, kh * kw * cout, "conv2d: depthwise weights") == 0))
+        goto done;
+    if (!(have_s = get_buf(so, &s, 0, "f", 4, cout, "conv2d: scale") == 0))
+        goto done;
+    if (!(have_b = get_buf(bo, &b, 0, "f", 4, cout, "conv2d: bias") == 0))
+        goto done;
+    if (ro != Py_None && !(have_r = get_buf(ro, &r, 0, "f", 4, N * Ho * Wo * cout, "conv2d: residual") == 0))
+        goto done;
+    if (yfo != Py_None && !(have_yf = get_buf(yfo, &yf, 1, "f", 4, N * Ho * Wo * cout, "conv2d: yf") == 0))
+        goto done;
+    if (yco != Py_None && !(have_yc = get_buf(yco, &yc, 1, "bB", 1, N * Ho * Wo * cout, "conv2d: yc") == 0))
+        goto done;
+    if (have_yc && !(q_s > 0.f) ) {
+        PyErr_Format(PyExc_ValueError, "conv2d: requantization scale %g must be > 0", (double)q_s);
+        goto done;
+    }
+    const long cstride = G * cpad;
+    int16_t *xp = calloc((size_t)(N * Hp * Wp * cstride), sizeof(int16_t));
+    if (!xp) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int_args a = {xp, N, Hp, Wp, Ho, Wo, (int)G, (int)cin_g, (int)cpad, (int)cout, (int)cout_g, (int)nb,
+                  (int)kh, (int)kw, (int)sh, (int)sw, have_wl ? wl.buf : NULL, have_wd ? wd.buf : NULL,
+                  s.buf, b.buf, have_r ? r.buf : NULL, act, have_yf ? yf.buf : NULL, have_yc ? yc.buf : NULL,
+                  q_lo, q_alpha, q_s};
+    const int nt = clamp_threads(threads);
+    const void *xb = x.buf;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+        for (long row = 0; row < N * H; row++) {
+            const long n = row / H, y = row % H;
+            int16_t *d = xp + ((n * Hp + y + ph) * Wp + pw) * cstride;
+            const long i0 = (n * H + y) * W * cin;
+            if (cpad == cin_g) { /* same channel layout: one widening pass over the row */
+                if (x_signed)
+                    for (long i = 0; i < W * cin; i++)
+                        d[i] = ((const int8_t *)xb)[i0 + i];
+                else
+                    for (long i = 0; i < W * cin; i++)
+                        d[i] = ((const uint8_t *)xb)[i0 + i];
+                continue;
+            }
+            for (long xx = 0; xx < W; xx++)
+                for (long g = 0; g < G; g++)
+                    for (long c = 0; c < cin_g; c++) {
+                        const long i = ((n * H + y) * W + xx) * cin + g * cin_g + c;
+                        d[xx * cstride + g * cpad + c] = x_signed ? ((const int8_t *)xb)[i] : ((const uint8_t *)xb)[i];
+                    }
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (long row = 0; row < N * Ho; row++)
+            (dw ? lv->dw : lv->conv)(&a, row / Ho, row % Ho);
+    }
+    Py_END_ALLOW_THREADS
+    free(xp);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&x);
+    if (have_wl) PyBuffer_Release(&wl);
+    if (have_wd) PyBuffer_Release(&wd);
+    if (have_s) PyBuffer_Release(&s);
+    if (have_b) PyBuffer_Release(&b);
+    if (have_r) PyBuffer_Release(&r);
+    if (have_yf) PyBuffer_Release(&yf);
+    if (have_yc) PyBuffer_Release(&yc);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ dispatch API */
+
+static PyObject *py_isa(PyObject *self, PyObject *noargs)
+{
+    const int_level *lv = current_level();
+    return lv ? PyUnicode_FromString(lv->name) : NULL;
+}
+
+static PyObject *py_supported(PyObject *self, PyObject *noargs)
+{
+    PyObject *l = PyList_New(0);
+    for (int i = 0; l && i < N_LEVELS; i++)
+        if (level_supported(ALL_LEVELS[i])) {
+            PyObject *s = PyUnicode_FromString(ALL_LEVELS[i]->name);
+            if (!s || PyList_Append(l, s) < 0) {
+                Py_XDECREF(s);
+                Py_DECREF(l);
+                return NULL;
+            }
+            Py_DECREF(s);
+        }
+    return l;
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg)
+{
+    if (arg == Py_None) {
+        choose(getenv("NAS_KERNEL_ISA"), "NAS_KERNEL_ISA=");
+        Py_RETURN_NONE;
+    }
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name)
+        return NULL;
+    const int_level *lv = level_by_name(name);
+    if (!lv || !level_supported(lv)) {
+        PyErr_Format(PyExc_ValueError, "set_isa: %.40s is %s (supported here: best is %s)", name,
+                     lv ? "not supported by this CPU" : "not a kernel level", best_level()->name);
+        return NULL;
+    }
+    g_level = lv;
+    g_error[0] = '\0';
+    Py_RETURN_NONE;
+}
+
+/* peak(name, reps) -> (checksum, macs): the level's multiply-add microkernel. */
+static PyObject *py_peak(PyObject *self, PyObject *args)
+{
+    const char *name;
+    long reps;
+    if (!PyArg_ParseTuple(args, "sl", &name, &reps))
+        return NULL;
+    const int_level *lv = level_by_name(name);
+    if (!lv || !level_supported(lv)) {
+        PyErr_Format(PyExc_ValueError, "peak: %.40s is not a kernel level this CPU runs", name);
+        return NULL;
+    }
+    int64_t sum;
+    Py_BEGIN_ALLOW_THREADS
+    sum = lv->peak(reps);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(Ll)", (long long)sum, reps * lv->macs_per_rep);
+}
+
+static PyMethodDef methods[] = {
+    {"repack", py_repack, METH_VARARGS, "Lane layout of int16 conv weights."},
+    {"conv2d", py_conv2d, METH_VARARGS, "Integer conv2d with the fused epilogue."},
+    {"isa", py_isa, METH_NOARGS, "Kernel level in use."},
+    {"supported", py_supported, METH_NOARGS, "Kernel levels this CPU runs, best first."},
+    {"set_isa", py_set_isa, METH_O, "Force a kernel level (None: NAS_KERNEL_ISA / best)."},
+    {"peak", py_peak, METH_VARARGS, "Multiply-add peak microkernel of a level."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_int", "Integer (2..8-bit) conv kernels.", -1, methods};
+
+PyMODINIT_FUNC PyInit__int(void)
+{
+    choose(getenv("NAS_KERNEL_ISA"), "NAS_KERNEL_ISA=");
+    return PyModule_Create(&module);
+}

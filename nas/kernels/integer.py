@@ -1,0 +1,184 @@
+"""Integer (2..8-bit) conv / linear kernels: torch-facing wrapper of `nas.kernels._int`.
+
+Semantics (codes, accumulation, the float32 epilogue): `nas.quant.integer`; the numpy int64
+reference is `nas.kernels.int_reference`, equal at atol=0 on every kernel level.
+
+    x      (N, H, W, Cin) uint8 (unsigned PACT codes) or int8 (signed codes), NHWC
+    w_int  (Cout, Cin / groups, kh, kw) int16 weight codes (`nas.quant.integer.weight_codes`),
+           |w_int| <= 2^w_bits - 1, re-laid out once when an `IntegerConv` is built
+    out    float32 (N, Ho, Wo, Cout), or the next layer's codes: uint8 when the requantization
+           clip starts at 0, int8 when it is signed
+
+Kernel levels as the binary kernels: 'avx512' (AVX-512 VNNI), 'avx2', 'portable'; the best
+the CPU runs unless NAS_KERNEL_ISA forces one (a level the CPU lacks makes every call raise)
+or `set_isa()` does at run time. Threads: OpenMP, `threads=None` = torch.get_num_threads().
+Depthwise layers (groups = Cin = Cout) have their own channels-in-lanes loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nas.quant.integer import ACTIVATIONS, MAX_K, check_int_bits
+
+try:
+    from nas.kernels import _int as _ext
+except ImportError as e:  # not built
+    _ext = None
+    _IMPORT_ERROR = e
+else:
+    _IMPORT_ERROR = None
+
+__all__ = ["available", "isa", "supported_isas", "set_isa", "IntegerConv", "int_conv2d", "int_linear"]
+
+_ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}  # = NAS_ACT_* in int.h
+_LANES = 16  # = NAS_INT_LANES
+
+
+def available() -> bool:
+    """True if the compiled integer kernels can be imported."""
+    return _ext is not None
+
+
+def _need():
+    if _ext is None:
+        raise RuntimeError(f"nas.kernels._int is not built ({_IMPORT_ERROR}); install the package with `pip install -e .`")
+    return _ext
+
+
+def isa() -> str:
+    """The kernel level in use: 'avx512', 'avx2' or 'portable'."""
+    return _need().isa()
+
+
+def supported_isas() -> list[str]:
+    """Kernel levels this CPU runs, best first."""
+    return list(_need().supported())
+
+
+def set_isa(name: str | None) -> None:
+    """Force a kernel level for this process; None goes back to NAS_KERNEL_ISA / the best."""
+    _need().set_isa(name)
+
+
+def _pair(v, fn: str, arg: str) -> tuple[int, int]:
+    if type(v) is int:
+        return v, v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(type(i) is int for i in v):
+        return v[0], v[1]
+    raise ValueError(f"{fn}: {arg}: expected an int or a pair of ints, got {v!r}")
+
+
+def _np(t, dtype: torch.dtype, shape, fn: str, arg: str) -> np.ndarray:
+    if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.is_cpu):
+        raise TypeError(f"{fn}: {arg}: expected a CPU tensor of {dtype}, got {getattr(t, 'dtype', type(t).__name__)}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {arg}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    return t.detach().contiguous().numpy()
+
+
+class IntegerConv:
+    """An integer conv layer prepared once: weights in the kernels' layout, scale, bias and
+    activation fixed. Calling it runs the fused kernel on NHWC activation codes.
+
+    w_int (Cout, Cin / groups, kh, kw) int16 with |w_int| <= 2^w_bits - 1; scale, bias
+    (Cout,) float32 (bias None = +0.0); activation 'none' | 'relu' | 'hswish'.
+    """
+
+    def __init__(self, w_int: torch.Tensor, w_bits: int, stride=1, padding=0, groups: int = 1,
+                 scale: torch.Tensor | None = None, bias: torch.Tensor | None = None, activation: str = "none",
+                 *, _fn: str = "IntegerConv"):
+        ext = _need()
+        check_int_bits(_fn, "w_bits", w_bits)
+        if not (isinstance(w_int, torch.Tensor) and w_int.dtype == torch.int16 and w_int.dim() == 4):
+            raise TypeError(f"{_fn}: w_int must be an int16 (Cout, Cin/groups, kh, kw) tensor, "
+                            f"got {getattr(w_int, 'dtype', type(w_int).__name__)} {tuple(getattr(w_int, 'shape', ()))}")
+        if activation not in _ACT_ID:
+            raise ValueError(f"{_fn}: activation={activation!r}; expected one of {list(ACTIVATIONS)}")
+        cout, cin_g, kh, kw = w_int.shape
+        if not (type(groups) is int and groups >= 1 and cout % groups == 0):
+            raise ValueError(f"{_fn}: groups={groups!r} must be an int >= 1 dividing Cout={cout}")
+        limit = 2**w_bits - 1
+        if int(w_int.abs().max()) > limit:
+            raise ValueError(f"{_fn}: weight codes reach {int(w_int.abs().max())}, beyond ±{limit} for w_bits={w_bits}")
+        if kh * kw * cin_g > MAX_K:
+            raise ValueError(f"{_fn}: kh*kw*Cin/groups = {kh * kw * cin_g} exceeds {MAX_K} (int32 accumulators)")
+        self.stride, self.padding = _pair(stride, _fn, "stride"), _pair(padding, _fn, "padding")
+        if min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"{_fn}: bad stride {stride!r} / padding {padding!r}")
+        self.w_bits, self.groups, self.kernel = w_bits, groups, (kh, kw)
+        self.in_chs, self.out_chs, self.activation = cin_g * groups, cout, activation
+        self.depthwise = cin_g == 1 and groups == cout
+        wn = w_int.detach().contiguous().numpy()
+        if self.depthwise:
+            # (kh, kw, C) int32 slots: the int16 code in the low half, 0 above (see int.h)
+            self._wl, self._wd = None, np.ascontiguousarray(wn[:, 0].transpose(1, 2, 0)).view(np.uint16).astype(np.int32)
+        else:
+            cout_g, pairs = cout // groups, (cin_g + 1) // 2
+            self._wl = np.empty(groups * -(-cout_g // _LANES) * kh * kw * pairs * _LANES * 2, np.int16)
+            ext.repack(wn, self._wl, cout, cin_g, kh, kw, groups)
+            self._wd = None
+        self._scale = (np.ones(cout, np.float32) if scale is None
+                       else _np(scale, torch.float32, (cout,), _fn, "scale").copy())
+        self._bias = (np.zeros(cout, np.float32) if bias is None
+                      else _np(bias, torch.float32, (cout,), _fn, "bias").copy())
+        self._fn = _fn
+
+    def output_size(self, H: int, W: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None, requant: tuple | None = None,
+                 threads: int | None = None) -> torch.Tensor:
+        """x (N, H, W, Cin) uint8 / int8 codes; residual (N, Ho, Wo, Cout) float32 or None;
+        requant (lo, alpha, s_next) gives codes rint(min(max(y, lo), alpha) / s_next) (uint8 if
+        lo >= 0, else int8) instead of float32."""
+        fn = self._fn
+        if not (isinstance(x, torch.Tensor) and x.dtype in (torch.uint8, torch.int8) and x.is_cpu and x.dim() == 4):
+            raise TypeError(f"{fn}: x must be a CPU uint8 / int8 (N, H, W, C) tensor of codes, "
+                            f"got {getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+        N, H, W, C = x.shape
+        if C != self.in_chs:
+            raise ValueError(f"{fn}: x has {C} channels, the layer expects {self.in_chs}")
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        Ho, Wo = self.output_size(H, W)
+        if Ho < 1 or Wo < 1:
+            raise ValueError(f"{fn}: empty output for input {H}x{W}, kernel {self.kernel}, padding {self.padding}")
+        rn = None if residual is None else _np(residual, torch.float32, (N, Ho, Wo, self.out_chs), fn, "residual")
+        yf = yc = None
+        q = (0.0, 0.0, 1.0)
+        if requant is None:
+            yf = np.empty((N, Ho, Wo, self.out_chs), np.float32)
+        else:
+            if not (isinstance(requant, tuple) and len(requant) == 3):
+                raise ValueError(f"{fn}: requant must be (lo, alpha, s_next), got {requant!r}")
+            q = tuple(float(np.float32(v)) for v in requant)
+            if not (q[2] > 0 and q[1] > q[0]):
+                raise ValueError(f"{fn}: requant {requant!r}: expected s_next > 0 and alpha > lo")
+            yc = np.empty((N, Ho, Wo, self.out_chs), np.uint8 if q[0] >= 0 else np.int8)
+        xn = x.contiguous().numpy()
+        _ext.conv2d(xn, x.dtype == torch.int8, self._wl, self._wd, N, H, W, C, self.out_chs, kh, kw, sh, sw, ph, pw,
+                    self.groups, self._scale, self._bias, rn, _ACT_ID[self.activation], yf, yc, q[0], q[1], q[2],
+                    torch.get_num_threads() if threads is None else int(threads))
+        return torch.from_numpy(yf if yc is None else yc)
+
+
+def int_conv2d(x, w_int, w_bits, stride=1, padding=0, groups=1, scale=None, bias=None, residual=None,
+               activation="none", requant=None, threads=None) -> torch.Tensor:
+    """One-shot integer conv (builds an `IntegerConv`; for repeated calls build it once)."""
+    layer = IntegerConv(w_int, w_bits, stride, padding, groups, scale, bias, activation, _fn="int_conv2d")
+    return layer(x, residual, requant, threads)
+
+
+def int_linear(x, w_int, w_bits, scale=None, bias=None, residual=None, activation="none", requant=None,
+               threads=None) -> torch.Tensor:
+    """Integer linear = 1x1 conv on (N, 1, 1, C): x (N, Cin) codes, w_int (Cout, Cin) int16,
+    residual (N, Cout); returns (N, Cout)."""
+    if not (isinstance(x, torch.Tensor) and x.dim() == 2 and isinstance(w_int, torch.Tensor) and w_int.dim() == 2):
+        raise ValueError(f"int_linear: expected x (N, Cin) and w_int (Cout, Cin), got "
+                         f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(w_int, 'shape', ()))}")
+    N, cout = x.shape[0], w_int.shape[0]
+    r = None if residual is None else residual.reshape(N, 1, 1, -1)
+    layer = IntegerConv(w_int[:, :, None, None], w_bits, 1, 0, 1, scale, bias, activation, _fn="int_linear")
+    return layer(x.reshape(N, 1, 1, -1), r, requant, threads).reshape(N, cout)
