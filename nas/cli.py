@@ -24,6 +24,7 @@ COMMANDS = {
     "space": ("nas.space.cli", "inspect a search space: show its size and extremes, sample arch strings"),
     "train": ("nas.train.cli", "train an arch string quantization-aware on a dataset"),
     "calibrate": ("nas.cost.calibrate", "measure this device and fit the latency model"),
+    "compress": ("nas.compress.cli", "prune, share weights or quantize a trained float model; exact payload"),
     "bench": ("nas.bench", "benchmarks that print their figures: kernels, search, pruners, proxies, train"),
 }
 

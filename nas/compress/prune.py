@@ -42,11 +42,11 @@ def layers_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def schedule(sparsity: float, steps: int) -> list[float]:
-    """Zhu & Gupta's cubic schedule: the sparsity after each of `steps` prune steps."""
-    if steps < 1:
-        raise UsageError(f"--iterative {steps}: expected a whole number >= 1")
-    return [sparsity * (1 - (1 - t / steps) ** 3) for t in range(1, steps + 1)]
+def schedule(steps: int) -> list[float]:
+    """Zhu & Gupta's cubic schedule: the share of the final sparsity reached after each step."""
+    if not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"--iterative {steps!r}: expected a whole number of prune steps >= 1")
+    return [1 - (1 - t / steps) ** 3 for t in range(1, steps + 1)]
 
 
 def _pruned_count(m: nn.Module) -> int:
@@ -54,25 +54,31 @@ def _pruned_count(m: nn.Module) -> int:
     return 0 if mask is None else int((mask == 0).sum())
 
 
-def prune_unstructured_(model: nn.Module, sparsity: float, skip: tuple[str, ...] = ()) -> None:
-    """Mask each layer up to `sparsity` of its weights (the smallest |w| first)."""
-    for name, m in layers_of(model):
-        if name in skip:
-            continue
+def prune_unstructured_(model: nn.Module, sparsity: float, per_layer: dict[int, float] | None = None,
+                        fraction: float = 1.0) -> None:
+    """Mask each layer up to its sparsity (the smallest |w| first).
+
+    per_layer: layer index (execution order) -> sparsity, overriding `sparsity`.
+    fraction: this step's share of the final sparsity (the iterative schedule's s_t / s).
+    """
+    for i, (name, m) in enumerate(layers_of(model)):
+        target = (per_layer or {}).get(i, sparsity) * fraction
         n = m.weight.numel()
-        more = round(sparsity * n) - _pruned_count(m)  # only the unpruned slots are ranked again
+        more = round(target * n) - _pruned_count(m)  # only the unpruned slots are ranked again
         if more > 0:
             prune.l1_unstructured(m, "weight", amount=more)
 
 
-def prune_structured_(model: nn.Module, sparsity: float) -> None:
-    """Mask `sparsity` of each layer's output channels (smallest L2 norm); the classifier is kept."""
+def prune_structured_(model: nn.Module, sparsity: float, per_layer: dict[int, float] | None = None,
+                      fraction: float = 1.0) -> None:
+    """Mask each layer's share of output channels (smallest L2 norm); the classifier is kept."""
     layers = layers_of(model)
-    for name, m in layers[:-1]:
+    for i, (name, m) in enumerate(layers[:-1]):
+        sparsity_i = (per_layer or {}).get(i, sparsity) * fraction
         c = m.weight.shape[0]
         already = 0 if getattr(m, "weight_mask", None) is None else \
             int((m.weight_mask.reshape(c, -1).sum(1) == 0).sum())
-        more = min(round(sparsity * c), c - 1) - already  # never a layer of zero channels
+        more = min(round(sparsity_i * c), c - 1) - already  # never a layer of zero channels
         if more > 0:
             prune.ln_structured(m, "weight", amount=more, n=2, dim=0)
 

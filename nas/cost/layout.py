@@ -122,7 +122,7 @@ def clip_bytes(a_bits: int) -> int:
 #
 # Packing: values are packed little-endian LSB-first into one bit stream per section,
 # padded with zero bits to a whole byte at the end of the section. The encoding of a
-# pruned layer is whichever of bitmap and relative is smaller (ties: bitmap).
+# layer is whichever of dense, bitmap and relative is smallest (ties in that order).
 
 DENSE, BITMAP, RELATIVE, PQ = 0, 1, 2, 3
 ENCODING_NAMES = {DENSE: "dense", BITMAP: "bitmap", RELATIVE: "relative", PQ: "pq"}
@@ -165,10 +165,16 @@ def relative_bytes(entries: int, index_bits: int, share_bits: int | None) -> int
     return bits_bytes(entries * (index_bits + value_bits(share_bits)))
 
 
-def sparse_choice(n: int, nnz: int, entries: int, index_bits: int, share_bits: int | None) -> tuple[int, int]:
-    """(encoding, weight bytes) of a pruned layer: the smaller of bitmap and relative."""
-    b, r = bitmap_bytes(n, nnz, share_bits), relative_bytes(entries, index_bits, share_bits)
-    return (BITMAP, b) if b <= r else (RELATIVE, r)
+def weight_encoding(n: int, nnz: int, entries: int, index_bits: int, share_bits: int | None) -> tuple[int, int]:
+    """(encoding, weight bytes): the smallest of dense, bitmap and relative (ties in that order).
+
+    A pruned layer almost always picks bitmap or relative; dense wins only when few weights
+    were pruned (e.g. a layer left whole by structured pruning).
+    """
+    options = [(dense_bytes(n, share_bits), DENSE), (bitmap_bytes(n, nnz, share_bits), BITMAP),
+               (relative_bytes(entries, index_bits, share_bits), RELATIVE)]
+    size, enc = min(options, key=lambda o: (o[0], o[1]))
+    return enc, size
 
 
 def pq_index_bits(k: int) -> int:
