@@ -22,6 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--weights", required=True, help="safetensors file of the trained weights")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir")
+    p.add_argument("--resolution", type=int, help="--model only: resize the images (LeNet-5 needs >= 16)")
     p.add_argument("--prune", type=float, metavar="S", help="sparsity per layer, 0 <= S < 1 (e.g. 0.9)")
     p.add_argument("--layer-sparsity", default="", metavar="I=S,...",
                    help="per-layer overrides by layer index in execution order, e.g. 0=0.5,3=0.8")
@@ -122,6 +123,8 @@ def run(args) -> int:
         from nas.space import decode_arch
 
         data = data.resized(decode_arch(args.arch).resolution)
+    elif args.resolution:
+        data = data.resized(args.resolution)
     model = load_model(args, data)
     result = compress(model, data, config)
     payload = result.pop("payload")

@@ -49,6 +49,9 @@ class CompressConfig:
         if self.ptq is not None and (self.prune is not None or self.share is not None):
             raise UsageError("--ptq with --prune / --share: expected one of the two paths (the int8 record "
                              "has no sparse or codebook form)")
+        if self.ptq is not None and self.calib_images < self.batch_size:
+            raise UsageError(f"--calib-images {self.calib_images}: the calibration set is smaller than one batch "
+                             f"({self.batch_size}); expected >= {self.batch_size}")
         if self.retrain_epochs < 0:
             raise UsageError(f"--retrain-epochs {self.retrain_epochs}: expected >= 0")
 
@@ -75,18 +78,16 @@ def ptq_weight_bytes(model: nn.Module, static: bool) -> int:
 def calibration_images(data, n: int, batch_size: int) -> torch.Tensor:
     from nas.train.batches import iterate, subset_of
 
-    if n < batch_size:
-        raise UsageError(f"--calib-images {n}: the calibration set is smaller than one batch ({batch_size}); "
-                         f"expected >= {batch_size}")
     if n > len(data.train):
         raise UsageError(f"--calib-images {n}: expected at most {len(data.train)} (the training split)")
     return torch.cat([x for x, _ in iterate(subset_of(data.train, n), batch_size)])
 
 
-def compress(model: nn.Module, data, config: CompressConfig, log=sys.stderr) -> dict:
+def compress(model: nn.Module, data, config: CompressConfig, log=None) -> dict:
     """Compress `model` in place; return the payload bytes, the per-layer table and the figures."""
     from nas.train.evaluate import evaluate
 
+    log = sys.stderr if log is None else log
     before = evaluate(model, data.test)
     fp32 = fp32_weight_bytes(model)
     print(f"uncompressed: test accuracy {before:.4f}, fp32 weight_bytes {fp32}", file=log, flush=True)

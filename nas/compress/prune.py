@@ -197,7 +197,7 @@ def remove_pruned_channels_(model: nn.Module) -> list[int]:
 
 def retrain(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, batch_size: int = 64,
             regularizer: str | None = "l2", strength: float = 1e-5, teacher: nn.Module | None = None,
-            seed: int = 0, subset: int | None = None, log=sys.stderr, label: str = "retrain",
+            seed: int = 0, subset: int | None = None, log=None, label: str = "retrain",
             on_step=None) -> None:
     """Fine-tune `model` (masks or shared weights in place) on data.train; one line per epoch.
 
@@ -208,6 +208,7 @@ def retrain(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, batch_size
     from nas.train.distill import distillation_loss
     from nas.train.evaluate import evaluate
 
+    log = sys.stderr if log is None else log
     train_set = subset_of(data.train, subset)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator().manual_seed(seed)
