@@ -287,3 +287,29 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys, traine
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err
     assert not (tmp_path / "o").exists()
+
+
+# ---- product quantization ----------------------------------------------------------------
+
+def test_pq_payload_is_predicted_exactly_and_decodes_exactly():
+    from nas.compress.pq import pq_weights_
+    torch.manual_seed(0)
+    net = lenet5()
+    pq_weights_(net, 5, 16)  # conv2 C_in 20, fc1 800, fc2 500: all divisible by 5
+    plans = model_plan(net)
+    assert [p.encoding for p in plans] == [layout.DENSE, layout.PQ, layout.PQ, layout.PQ]
+    payload, _ = encode_model(net)
+    assert len(payload) == sum(p.record_bytes for p in plans)
+    pos = 0
+    for plan, (_, m) in zip(plans, P.layers_of(net)):
+        w, _, used = decode_layer(payload[pos:], plan.kind, plan.shape, plan.share_bits, plan.pq)
+        assert np.array_equal(w, m.weight.detach().numpy())
+        pos += used
+    assert plans[1].weight_bytes == 16 * 5 * 4 + math.ceil(50 * 25 * 4 * 4 / 8)  # 5000 sub-vectors x 4 bits
+
+
+def test_pq_with_d_not_dividing_the_channels_is_exit_2(tmp_path, capsys, trained):
+    rc = main(["compress", "--model", "lenet5", "--weights", str(trained[1]), "--dataset", "digits",
+               "--resolution", "16", "-o", str(tmp_path / "o"), "--pq", "d=3,k=16"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--pq d=3" in err and "20 input channels" in err

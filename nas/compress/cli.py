@@ -1,5 +1,5 @@
 """`nas compress (--arch A | --model lenet5) --weights W [--prune S [--structured] [--iterative N]]
-[--share BITS] [--ptq static8|dynamic8] -o DIR`: compress a trained float model.
+[--share BITS] [--pq d=D,k=K] [--ptq static8|dynamic8] -o DIR`: compress a trained float model.
 
 Deep Compression's order: prune (retrain after each step) -> share (fine-tune the
 centroids) -> pack. The output directory gets `payload.bin` (exactly the `weight_bytes`
@@ -32,6 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--strength", type=float, default=1e-5, help="regularization strength (default 1e-5)")
     p.add_argument("--share", type=int, metavar="BITS", help="codebook of 2^BITS shared values per layer")
     p.add_argument("--share-method", choices=("kmeans", "gmm"), default="kmeans")
+    p.add_argument("--pq", metavar="d=D,k=K", help="product quantization: sub-vectors of D input channels, "
+                                                   "K centroids per layer (e.g. d=4,k=256)")
     p.add_argument("--ptq", help="post-training affine quantization: static8 or dynamic8")
     p.add_argument("--calibration", choices=("minmax", "percentile", "mse"), default="minmax")
     p.add_argument("--calib-images", type=int, default=256, help="training images for PTQ calibration")
@@ -62,11 +64,14 @@ def config_of(args):
     from nas.compress.pipeline import CompressConfig
     from nas.compress.ptq import parse_ptq
 
+    from nas.compress.pq import parse_pq
+
     ptq = replace(parse_ptq(args.ptq), calibration=args.calibration) if args.ptq else None
+    pq = parse_pq(args.pq) if args.pq else None
     return CompressConfig(prune=args.prune, layer_sparsity=parse_layer_sparsity(args.layer_sparsity),
                           structured=args.structured, iterative=args.iterative, retrain_epochs=args.retrain_epochs,
                           regularizer=None if args.regularizer == "none" else args.regularizer,
-                          strength=args.strength, share=args.share, share_method=args.share_method, ptq=ptq,
+                          strength=args.strength, share=args.share, share_method=args.share_method, pq=pq, ptq=ptq,
                           calib_images=args.calib_images, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
 
 
@@ -126,6 +131,10 @@ def run(args) -> int:
     elif args.resolution:
         data = data.resized(args.resolution)
     model = load_model(args, data)
+    if config.pq is not None:
+        from nas.compress.pq import check_pq
+
+        check_pq(model, config.pq[0])
     result = compress(model, data, config)
     payload = result.pop("payload")
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nas.compress.pq import pq_of
 from nas.compress.prune import layers_of
 from nas.compress.share import shared_of
 from nas.cost import layout
@@ -26,13 +27,15 @@ class LayerPlan:
     entries: int  # relative encoding's entries (non-zeros + fillers)
     share_bits: int | None
     encoding: int
+    pq: tuple[int, int] | None
     weight_bytes: int  # the weight section alone
     record_bytes: int  # header + codebook + weights + bias
 
     def to_dict(self) -> dict:
         return {"layer": self.name, "kind": self.kind, "shape": list(self.shape), "params": self.n,
                 "nonzero": self.nnz, "sparsity": 1 - self.nnz / self.n,
-                "codebook": 2 ** self.share_bits if self.share_bits else None,
+                "codebook": (f"{self.pq[1]}x{self.pq[0]}" if self.pq else
+                             2 ** self.share_bits if self.share_bits else None),
                 "encoding": layout.ENCODING_NAMES[self.encoding], "bytes": self.record_bytes}
 
 
@@ -54,6 +57,14 @@ def _values(m: nn.Module) -> tuple[np.ndarray, int | None, np.ndarray | None]:
 
 def layer_plan(name: str, m: nn.Module) -> LayerPlan:
     w = m.weight.detach()
+    pqw = pq_of(m)
+    if pqw is not None:
+        k, d = pqw.codebook.shape
+        s = len(pqw.index)
+        wb = layout.pq_bytes(s, k, d)
+        return LayerPlan(name, "conv" if isinstance(m, nn.Conv2d) else "linear", tuple(w.shape), w.numel(),
+                         int((w != 0).sum()), s, None, layout.PQ, (d, k), wb,
+                         layout.compressed_layer_bytes(layout.PQ, w.shape[0], wb))
     flat = w.flatten().numpy()
     kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
     nz = np.flatnonzero(flat)
@@ -61,7 +72,7 @@ def layer_plan(name: str, m: nn.Module) -> LayerPlan:
     index_bits = layout.RELATIVE_INDEX_BITS[kind]
     entries = layout.relative_entries(_gaps(nz), index_bits)
     enc, wb = layout.weight_encoding(flat.size, len(nz), entries, index_bits, share_bits)
-    return LayerPlan(name, kind, tuple(w.shape), flat.size, len(nz), entries, share_bits, enc, wb,
+    return LayerPlan(name, kind, tuple(w.shape), flat.size, len(nz), entries, share_bits, enc, None, wb,
                      layout.compressed_layer_bytes(enc, w.shape[0], wb, share_bits))
 
 
@@ -81,7 +92,20 @@ def unpack_bits(buf: bytes, bits: int, count: int) -> np.ndarray:
     return (stream.reshape(count, bits).astype(np.uint64) << np.arange(bits, dtype=np.uint64)).sum(1)
 
 
+def _bias(plan: LayerPlan, m: nn.Module) -> bytes:
+    return (m.bias.detach() if m.bias is not None else torch.zeros(plan.shape[0])).numpy().astype("<f4").tobytes()
+
+
+def _header(encoding: int, count: int) -> bytes:
+    return np.array([encoding], dtype=np.uint8).tobytes() + np.array([count], dtype="<u4").tobytes()
+
+
 def encode_layer(plan: LayerPlan, m: nn.Module) -> bytes:
+    if plan.encoding == layout.PQ:
+        pqw = pq_of(m)
+        k, _ = pqw.codebook.shape
+        return (_header(layout.PQ, len(pqw.index)) + pqw.codebook.detach().numpy().astype("<f4").tobytes()
+                + pack_bits(pqw.index.numpy(), layout.pq_index_bits(k)) + _bias(plan, m))
     values, share_bits, book = _values(m)
     vb = layout.value_bits(share_bits)
     flat = m.weight.detach().flatten().numpy()
@@ -106,10 +130,8 @@ def encode_layer(plan: LayerPlan, m: nn.Module) -> bytes:
         ib = layout.RELATIVE_INDEX_BITS[plan.kind]
         packed = gap_col | (val_col << np.uint64(ib))  # index_bits + value_bits <= 40 < 64
         body = pack_bits(packed, ib + vb)  # gap in the low index_bits, value above: one interleaved stream
-    header = np.array([plan.encoding], dtype=np.uint8).tobytes() + np.array([count], dtype="<u4").tobytes()
     codebook = b"" if book is None else book.astype("<f4").tobytes()
-    bias = (m.bias.detach() if m.bias is not None else torch.zeros(plan.shape[0])).numpy().astype("<f4").tobytes()
-    return header + codebook + body + bias
+    return _header(plan.encoding, count) + codebook + body + _bias(plan, m)
 
 
 def encode_model(model: nn.Module) -> tuple[bytes, list[LayerPlan]]:
@@ -124,12 +146,25 @@ def encode_model(model: nn.Module) -> tuple[bytes, list[LayerPlan]]:
     return b"".join(parts), plans
 
 
-def decode_layer(buf: bytes, kind: str, shape: tuple[int, ...], share_bits: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(weight float32 of `shape`, bias, bytes consumed) from one record."""
+def decode_layer(buf: bytes, kind: str, shape: tuple[int, ...], share_bits: int | None,
+                 pq: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(weight float32 of `shape`, bias, bytes consumed) from one record; pq = (d, k)."""
     n, c_out = int(np.prod(shape)), shape[0]
     enc = buf[0]
     count = int(np.frombuffer(buf[1:5], dtype="<u4")[0])
     pos = layout.RECORD_HEADER_BYTES
+    if enc == layout.PQ:
+        d, k = pq
+        book = np.frombuffer(buf[pos:pos + k * d * 4], dtype="<f4").reshape(k, d)
+        pos += k * d * 4
+        size = layout.bits_bytes(count * layout.pq_index_bits(k))
+        index = unpack_bits(buf[pos:pos + size], layout.pq_index_bits(k), count).astype(np.int64)
+        pos += size
+        v = book[index]  # (S, d)
+        w = v.reshape(shape[0], shape[2], shape[3], shape[1]).transpose(0, 3, 1, 2) if len(shape) == 4 \
+            else v.reshape(shape)
+        bias = np.frombuffer(buf[pos:pos + c_out * 4], dtype="<f4").copy()
+        return np.ascontiguousarray(w), bias, pos + c_out * 4
     book = None
     if share_bits:
         book = np.frombuffer(buf[pos:pos + layout.codebook_bytes(share_bits)], dtype="<f4")

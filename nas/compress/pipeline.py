@@ -30,6 +30,7 @@ class CompressConfig:
     strength: float = 1e-5
     share: int | None = None  # codebook bits
     share_method: str = "kmeans"  # kmeans | gmm
+    pq: tuple[int, int] | None = None  # (d, k): product quantization instead of scalar sharing
     ptq: PTQConfig | None = None
     calib_images: int = 256
     batch_size: int = 64
@@ -52,6 +53,9 @@ class CompressConfig:
         if self.ptq is not None and self.calib_images < self.batch_size:
             raise UsageError(f"--calib-images {self.calib_images}: the calibration set is smaller than one batch "
                              f"({self.batch_size}); expected >= {self.batch_size}")
+        if self.pq is not None and (self.share is not None or self.prune is not None or self.ptq is not None):
+            raise UsageError("--pq with --prune / --share / --ptq: expected --pq alone (a product-quantized "
+                             "layer has neither zeros nor a scalar codebook)")
         if self.retrain_epochs < 0:
             raise UsageError(f"--retrain-epochs {self.retrain_epochs}: expected >= 0")
 
@@ -127,6 +131,17 @@ def compress(model: nn.Module, data, config: CompressConfig, log=None) -> dict:
         out["test_accuracy_shared_before_finetune"] = evaluate(model, data.test)
         if config.retrain_epochs:
             P.retrain(model, data, config.retrain_epochs, regularizer=None, label="codebook fine-tune", **retrain)
+    if config.pq is not None:
+        import copy
+
+        from nas.compress.pq import pq_weights_
+
+        teacher = copy.deepcopy(model).eval()
+        pq_weights_(model, *config.pq, seed=config.seed)
+        out["test_accuracy_pq_before_finetune"] = evaluate(model, data.test)
+        if config.retrain_epochs:
+            P.retrain(model, data, config.retrain_epochs, regularizer=None, teacher=teacher,
+                      label="pq fine-tune (distilled)", **retrain)
     plans = model_plan(model)
     predicted = sum(p.record_bytes for p in plans)
     payload, written_plans = encode_model(model)
