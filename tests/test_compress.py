@@ -313,3 +313,46 @@ def test_pq_with_d_not_dividing_the_channels_is_exit_2(tmp_path, capsys, trained
                "--resolution", "16", "-o", str(tmp_path / "o"), "--pq", "d=3,k=16"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "--pq d=3" in err and "20 input channels" in err
+
+
+# ---- an arch string: BatchNorm folded, then compressed ---------------------------------
+
+ARCH32 = "in_r8_c1-stem_c16_k3_s1_w32_a32-ir_r1_k3_s2_e2_c16_w32_a32-head_c0_w32_a32-fc_n10_w32_a32"
+
+
+def test_arch_folds_batchnorm_and_compresses_through_the_cli(tmp_path, capsys):
+    import json
+    from safetensors.torch import save_file
+    from nas.build.model import build_model
+    from nas.compress.model import plain_from_arch
+    from nas.data import load_dataset
+    from nas.space import decode_arch
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    net = build_model(decode_arch(ARCH32))
+    P.retrain(net, data, 2, lr=3e-3, log=open("/dev/null", "w"))
+    path = tmp_path / "a.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    x, _ = data.test.batch(torch.arange(16))
+    net.eval()
+    before = net(x)
+    torch.testing.assert_close(plain_from_arch(net)(x), before, rtol=0, atol=1e-4)
+    out = tmp_path / "out"
+    assert main(["compress", "--arch", ARCH32, "--weights", str(path), "--dataset", "digits", "--prune", "0.5",
+                 "--share", "5", "-o", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert (out / "payload.bin").stat().st_size == m["weight_bytes"]
+    assert [r["layer"] for r in m["layers"]][0] == "stem.conv"
+
+
+def test_a_quantized_arch_is_refused(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from nas.build.model import build_model
+    from nas.space import decode_arch
+    arch = ARCH32.replace("fc_n10_w32_a32", "fc_n10_w8_a8")
+    path = tmp_path / "q.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(decode_arch(arch)).state_dict().items()}, str(path))
+    rc = main(["compress", "--arch", arch, "--weights", str(path), "--dataset", "digits", "--prune", "0.5",
+               "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "layer fc is quantized" in err

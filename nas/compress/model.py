@@ -54,6 +54,7 @@ def plain_from_arch(model) -> nn.Module:
         plain.weight.mul_(g.reshape(shape))
         plain.bias = nn.Parameter(bias.clone())
         _set(model, layer.name, plain)
-        if bn_name is not None:
-            _set(model, bn_name, nn.Identity())
+        if bn_name is not None:  # timm's BatchNormAct2d carries its activation: keep it
+            rest = [getattr(bn, a) for a in ("drop", "act") if isinstance(getattr(bn, a, None), nn.Module)]
+            _set(model, bn_name, nn.Sequential(*rest) if rest else nn.Identity())
     return model
