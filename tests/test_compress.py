@@ -260,6 +260,24 @@ def test_static_ptq_keeps_accuracy_and_reports_errors(digits16, trained):
     after = evaluate(net, digits16.test)
     assert before > 0.8 and after >= before - 0.02
     assert len(rows) == 4 and all(r["weight_sqnr_db"] > 30 and r["act_sqnr_db"] > 20 for r in rows)
+    from nas.compress.payload import decode_ptq_layer, encode_ptq
+    from nas.compress.pipeline import ptq_weight_bytes
+    payload = encode_ptq(net)
+    assert len(payload) == ptq_weight_bytes(net, static=True)
+    pos = 0
+    for _, m in P.layers_of(net):
+        w, b, used = decode_ptq_layer(payload[pos:], tuple(m.weight.shape), static=True)
+        assert np.array_equal(w, m.weight.detach().numpy())  # the codes times the scale, atol = 0
+        pos += used
+    assert pos == len(payload)
+
+
+def test_dynamic_ptq_ranges_activations_per_call(digits16, trained):
+    import copy
+    from nas.train.evaluate import evaluate
+    net = copy.deepcopy(trained[0])
+    rows = apply_ptq(net, digits16.train.batch(torch.arange(128))[0], PTQConfig("dynamic"))
+    assert evaluate(net, digits16.test) > 0.8 and all("act_sqnr_db" in r for r in rows)
 
 
 def test_nas_compress_writes_the_predicted_payload(digits16, trained, tmp_path, capsys):

@@ -99,7 +99,8 @@ def load_model(args, data):
     return model if args.model else plain_from_arch(model)
 
 
-def print_table(result: dict, file=sys.stdout) -> None:
+def print_table(result: dict, file=None) -> None:
+    file = sys.stdout if file is None else file
     rows = result["layers"]
     if rows and "encoding" in rows[0]:
         print(f"{'layer':<12}{'shape':<20}{'sparsity':>9}{'codebook':>9}{'encoding':>10}{'bytes':>10}", file=file)

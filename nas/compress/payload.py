@@ -193,3 +193,32 @@ def decode_layer(buf: bytes, kind: str, shape: tuple[int, ...], share_bits: int 
     pos += size
     bias = np.frombuffer(buf[pos:pos + c_out * 4], dtype="<f4").copy()
     return w.reshape(shape), bias, pos + c_out * 4
+
+
+# ---- post-training int8 (`nas.compress.ptq`) ----------------------------------------------
+# Per layer the 8-bit record of `nas.cost.layout` (codes, float32 scale[C_out], float32 bias)
+# with the codes as two's-complement int8 (symmetric, zero point 0), then for a static
+# site float32 scale + int32 zero point of its input (`layout.AFFINE_ACT_BYTES`).
+
+def encode_ptq(model: nn.Module) -> bytes:
+    parts = []
+    for _, m in layers_of(model):
+        w, s = m.weight.detach(), m.ptq_weight_scale
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        codes = torch.round(w / s.reshape(shape)).to(torch.int8)  # exact: w = q * s
+        parts += [codes.numpy().tobytes(), s.numpy().astype("<f4").tobytes(),
+                  (m.bias.detach() if m.bias is not None else torch.zeros(w.shape[0])).numpy().astype("<f4").tobytes()]
+        if m.ptq_act is not None:
+            a_s, a_z = m.ptq_act
+            parts += [np.array([float(a_s)], dtype="<f4").tobytes(), np.array([int(a_z)], dtype="<i4").tobytes()]
+    return b"".join(parts)
+
+
+def decode_ptq_layer(buf: bytes, shape: tuple[int, ...], static: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """(dequantized weight, bias, bytes consumed) of one int8 record."""
+    n, c_out = int(np.prod(shape)), shape[0]
+    codes = np.frombuffer(buf[:n], dtype=np.int8).reshape(shape)
+    scale = np.frombuffer(buf[n:n + 4 * c_out], dtype="<f4")
+    bias = np.frombuffer(buf[n + 4 * c_out:n + 8 * c_out], dtype="<f4")
+    w = codes.astype(np.float32) * scale.reshape((-1,) + (1,) * (len(shape) - 1))
+    return w, bias.copy(), n + 8 * c_out + layout.affine_act_bytes(static)

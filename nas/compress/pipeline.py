@@ -100,10 +100,15 @@ def compress(model: nn.Module, data, config: CompressConfig, log=None) -> dict:
     if config.ptq is not None:
         calib = calibration_images(data, config.calib_images, config.batch_size)
         rows = apply_ptq(model, calib, config.ptq)
+        from nas.compress.payload import encode_ptq
+
         predicted = ptq_weight_bytes(model, config.ptq.mode == "static")
+        payload = encode_ptq(model)
+        if len(payload) != predicted:
+            raise AssertionError(f"int8 payload {len(payload)} bytes != predicted {predicted}")
         after = evaluate(model, data.test)
-        return {**out, "test_accuracy_after": after, "weight_bytes": predicted, "layers": rows,
-                "ratio": fp32 / predicted, "payload": None}
+        return {**out, "test_accuracy_after": after, "weight_bytes": predicted, "payload_bytes": len(payload),
+                "layers": rows, "ratio": fp32 / predicted, "payload": payload}
 
     retrain = dict(lr=config.lr, batch_size=config.batch_size, seed=config.seed, log=log)
     if config.prune is not None or config.layer_sparsity:

@@ -190,6 +190,7 @@ def quantize_weights_(layers, bits: int, symmetric: bool) -> list[dict]:
         rows.append({"layer": name, **{f"weight_{k}": v for k, v in quant_error(w, w_hat).items()}})
         with torch.no_grad():
             m.weight.copy_(w_hat)
+        m.ptq_weight_scale = s  # (C_out,) read by the payload writer
     return rows
 
 
@@ -221,4 +222,5 @@ def apply_ptq(model: nn.Module, calib_images: torch.Tensor, config: PTQConfig) -
         row.update({f"act_{k}": v for k, v in quant_error(x, fake_quantize(x, s, z, config.bits)).items()})
         row["act_scale"], row["act_zero_point"] = float(s), int(z)
         m.register_forward_pre_hook(hook)
+        m.ptq_act = (s, z) if config.mode == "static" else None  # the static site's stored (scale, zero point)
     return rows
