@@ -374,3 +374,16 @@ def test_a_quantized_arch_is_refused(tmp_path, capsys):
                "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "layer fc is quantized" in err
+
+
+def test_price_before_training_bounds_the_written_record():
+    torch.manual_seed(0)
+    net = lenet5()
+    P.prune_unstructured_(net, 0.9, {0: 0.4})
+    P.make_permanent_(net)
+    share_weights_(net, 4, pruned=True)
+    for i, plan in enumerate(model_plan(net)):
+        bound = layout.pruned_layer_bytes_bound(plan.n, plan.shape[0], 0.4 if i == 0 else 0.9, 4)
+        assert plan.record_bytes <= bound
+        if plan.encoding == layout.BITMAP:
+            assert plan.record_bytes == bound  # exact when the bitmap wins

@@ -201,3 +201,15 @@ AFFINE_ACT_BYTES = FLOAT32_BYTES + 4
 def affine_act_bytes(static: bool) -> int:
     """Static PTQ stores each activation site's (scale, zero point); dynamic computes them at run time."""
     return AFFINE_ACT_BYTES if static else 0
+
+
+def pruned_layer_bytes_bound(n: int, c_out: int, sparsity: float, share_bits: int | None) -> int:
+    """Priced before training: a pruned (and shared) layer's record is at most this.
+
+    The non-zero count round((1 - sparsity) n) is known from the sparsity alone, so the
+    dense and bitmap sizes are exact in advance; the relative encoding depends on where the
+    survivors fall and is used only when smaller, so the chosen record never exceeds this.
+    """
+    nnz = n - round(sparsity * n)
+    weights = min(dense_bytes(n, share_bits), bitmap_bytes(n, nnz, share_bits))
+    return compressed_layer_bytes(BITMAP, c_out, weights, share_bits)
