@@ -387,3 +387,13 @@ def test_price_before_training_bounds_the_written_record():
         assert plan.record_bytes <= bound
         if plan.encoding == layout.BITMAP:
             assert plan.record_bytes == bound  # exact when the bitmap wins
+
+
+def test_dropout_rescaling_starts_from_the_dense_rate_at_every_step():
+    torch.manual_seed(0)
+    net = lenet5(dropout=0.5)
+    conn = P.connections(net)
+    for frac in P.schedule(3):
+        P.prune_unstructured_(net, 0.75, fraction=frac)
+        P.rescale_dropout_(net, conn)
+    assert net[7].p == pytest.approx(0.5 * math.sqrt(0.25), abs=1e-3)  # fc2 keeps a quarter of its weights

@@ -106,7 +106,9 @@ def rescale_dropout_(model: nn.Module, connections_before: dict[str, int]) -> li
             continue
         n_name, layer = nxt
         now = int((layer.weight != 0).sum())
-        new = retrain_dropout(m.p, connections_before[n_name], now)
+        if not hasattr(m, "p_original"):  # D_o: the rate the dense net trained with, kept across steps
+            m.p_original = m.p
+        new = retrain_dropout(m.p_original, connections_before[n_name], now)
         changes.append((name, m.p, new))
         m.p = new
     return changes
