@@ -39,6 +39,7 @@ def check_sparsity(sparsity: float, where: str = "--prune") -> float:
 
 
 def layers_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every conv / linear (QuantConv2d and QuantLinear are subclasses), in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nas.compress.prune import layers_of
 from nas.errors import UsageError
 
 CALIBRATIONS = ("minmax", "percentile", "mse")
@@ -159,11 +160,6 @@ def parse_ptq(text: str) -> PTQConfig:
     raise UsageError(f"--ptq {text!r}: expected static8 or dynamic8")
 
 
-def target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every conv / linear (QuantConv2d and QuantLinear are subclasses), in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
 class _ActQuantHook:
     """forward_pre_hook fake-quantizing a layer's input: fixed (s, z) or ranged per call."""
 
@@ -202,7 +198,7 @@ def apply_ptq(model: nn.Module, calib_images: torch.Tensor, config: PTQConfig) -
     modes report each site's activation error on them.
     """
     model.eval()
-    layers = target_layers(model)
+    layers = layers_of(model)
     seen: dict[str, list[torch.Tensor]] = {n: [] for n, _ in layers}
     handles = [m.register_forward_pre_hook(lambda mod, inp, n=n: seen[n].append(inp[0].detach()))
                for n, m in layers]
