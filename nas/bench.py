@@ -1,4 +1,4 @@
-"""`nas bench kernels | search | pruners | proxies | train`: benchmarks that print their figures."""
+"""`nas bench kernels | search | pruners | proxies | train | compress`: benchmarks that print their figures."""
 
 import importlib
 
@@ -8,6 +8,7 @@ BENCHES = {
     "pruners": "nas.search.bench_pruners",
     "proxies": "nas.train.bench_proxies",
     "train": "nas.train.bench_train",
+    "compress": "nas.compress.bench",
 }
 
 

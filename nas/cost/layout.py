@@ -98,3 +98,120 @@ def has_clip(a_bits: int) -> bool:
 
 def clip_bytes(a_bits: int) -> int:
     return CLIP_BYTES if has_clip(a_bits) else 0
+
+
+# ---- Compressed layers (`nas compress`: pruning, weight sharing, product quantization) ----
+#
+# One record per conv / linear layer, in execution order. ``n = C_out * C_in_g * k_h * k_w``
+# weights, ``nnz`` of them non-zero after pruning. A weight's *value* is either a float32
+# (no sharing) or a ``b``-bit index into the layer's codebook (sharing)::
+#
+#     uint8    encoding      0 dense, 1 bitmap, 2 relative indices, 3 product-quantized
+#     uint32   count         dense: n; bitmap: nnz; relative: entries (nnz + fillers);
+#                            pq: sub-vectors
+#     float32  codebook[2^b] (shared layers only; a pruned layer's index 0 is 0.0, the
+#                            value of the pruned weights and of the fillers)
+#     dense     n values packed at value_bits
+#     bitmap    ceil(n / 8) bytes, bit i (LSB first) = weight i is non-zero,
+#               then the nnz values packed at value_bits
+#     relative  entries of (index_bits gap, value_bits value) interleaved as one packed bit
+#               stream: gap = zeros skipped since the previous entry; a run of zeros longer
+#               than 2^index_bits - 1 inserts a filler entry (gap 2^index_bits - 1, value 0),
+#               Deep Compression's scheme (Han et al. 2016, sec. 2: 8 bits conv, 5 bits fc)
+#     pq        float32 codebook[k, d] (in place of the scalar codebook), then one
+#               ceil(log2 k)-bit index per sub-vector, packed
+#     float32  bias[C_out]
+#
+# Packing: values are packed little-endian LSB-first into one bit stream per section,
+# padded with zero bits to a whole byte at the end of the section. The encoding of a
+# layer is whichever of dense, bitmap and relative is smallest (ties in that order).
+
+DENSE, BITMAP, RELATIVE, PQ = 0, 1, 2, 3
+ENCODING_NAMES = {DENSE: "dense", BITMAP: "bitmap", RELATIVE: "relative", PQ: "pq"}
+RECORD_HEADER_BYTES = 1 + 4  # uint8 encoding + uint32 count
+RELATIVE_INDEX_BITS = {"conv": 8, "linear": 5}  # Deep Compression's choice
+
+
+def bits_bytes(bits: int) -> int:
+    """A packed bit section padded to a whole byte."""
+    return math.ceil(bits / 8)
+
+
+def codebook_bytes(share_bits: int | None) -> int:
+    """float32 codebook of 2^b shared values; none without sharing."""
+    return 0 if not share_bits else (2 ** share_bits) * FLOAT32_BYTES
+
+
+def value_bits(share_bits: int | None) -> int:
+    return share_bits if share_bits else 32
+
+
+def relative_entries(gaps, index_bits: int) -> int:
+    """Entries of the relative encoding: each non-zero weight plus the fillers its gap needs.
+
+    gaps: for each non-zero weight in flat order, the zeros skipped since the previous one.
+    """
+    span = 2 ** index_bits
+    return sum(1 + int(g) // span for g in gaps)
+
+
+def dense_bytes(n: int, share_bits: int | None) -> int:
+    return bits_bytes(n * value_bits(share_bits))
+
+
+def bitmap_bytes(n: int, nnz: int, share_bits: int | None) -> int:
+    return bits_bytes(n) + bits_bytes(nnz * value_bits(share_bits))
+
+
+def relative_bytes(entries: int, index_bits: int, share_bits: int | None) -> int:
+    return bits_bytes(entries * (index_bits + value_bits(share_bits)))
+
+
+def weight_encoding(n: int, nnz: int, entries: int, index_bits: int, share_bits: int | None) -> tuple[int, int]:
+    """(encoding, weight bytes): the smallest of dense, bitmap and relative (ties in that order).
+
+    A pruned layer almost always picks bitmap or relative; dense wins only when few weights
+    were pruned (e.g. a layer left whole by structured pruning).
+    """
+    options = [(dense_bytes(n, share_bits), DENSE), (bitmap_bytes(n, nnz, share_bits), BITMAP),
+               (relative_bytes(entries, index_bits, share_bits), RELATIVE)]
+    size, enc = min(options, key=lambda o: (o[0], o[1]))
+    return enc, size
+
+
+def pq_index_bits(k: int) -> int:
+    return max(1, math.ceil(math.log2(k)))
+
+
+def pq_bytes(subvectors: int, k: int, d: int) -> int:
+    """Codebook float32[k, d] + one ceil(log2 k)-bit index per sub-vector, packed."""
+    return k * d * FLOAT32_BYTES + bits_bytes(subvectors * pq_index_bits(k))
+
+
+def compressed_layer_bytes(encoding: int, c_out: int, weight_bytes: int, share_bits: int | None = None) -> int:
+    """A whole compressed record: header + codebook + weights (as `*_bytes` above) + bias."""
+    book = 0 if encoding == PQ else codebook_bytes(share_bits)
+    return RECORD_HEADER_BYTES + book + weight_bytes + bias_bytes(c_out)
+
+
+# Post-training affine quantization (seed 001): per activation site a float32 scale and an
+# int32 zero point (static); weights use the 8-bit record above with a symmetric per-channel
+# scale (zero point 0), so they need nothing new.
+AFFINE_ACT_BYTES = FLOAT32_BYTES + 4
+
+
+def affine_act_bytes(static: bool) -> int:
+    """Static PTQ stores each activation site's (scale, zero point); dynamic computes them at run time."""
+    return AFFINE_ACT_BYTES if static else 0
+
+
+def pruned_layer_bytes_bound(n: int, c_out: int, sparsity: float, share_bits: int | None) -> int:
+    """Priced before training: a pruned (and shared) layer's record is at most this.
+
+    The non-zero count round((1 - sparsity) n) is known from the sparsity alone, so the
+    dense and bitmap sizes are exact in advance; the relative encoding depends on where the
+    survivors fall and is used only when smaller, so the chosen record never exceeds this.
+    """
+    nnz = n - round(sparsity * n)
+    weights = min(dense_bytes(n, share_bits), bitmap_bytes(n, nnz, share_bits))
+    return compressed_layer_bytes(BITMAP, c_out, weights, share_bits)

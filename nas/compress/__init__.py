@@ -1,0 +1,4 @@
+"""Compression after training (seeds 001, 002; survey 000 ch. 2): post-training affine
+quantization (`ptq`), pruning (`prune`), weight sharing (`share`), product quantization
+(`pq`), and the compressed payload writer (`payload`), priced by `nas.cost.layout`.
+"""
