@@ -24,6 +24,11 @@ BLOCKS = {  # a block segment per kind and option (c64 from a 32-channel stem: t
     "grouped": "grouped_r2_k3_s{s}_g4_c64",
     "grouped_g1": "grouped_r1_k3_s{s}_g1_c32",
     "dense": "dense_r2_k3_s{s}_gr16_c64",
+    # dilated k x k convs (key d); 1-bit blocks take no dilation, so at w1 they run undilated
+    "ir_e1_d2": "ir_r2_k3_s{s}_e1_c64_d2",
+    "ir_e3_d3": "ir_r2_k5_s{s}_e3_c64_se0.25_d3",
+    "grouped_d2": "grouped_r2_k3_s{s}_g4_c64_d2",
+    "dense_d2": "dense_r2_k3_s{s}_gr16_c64_d2",
 }
 BITS = (1, 2, 4, 8, 16, 32)
 
@@ -38,6 +43,8 @@ def _arch(kind: str, stride: int, bits: int):
     block = BLOCKS[kind].format(s=stride)
     if "_se" in block and bits == 1:
         block = block.replace("_se0.25", "")  # SE is not allowed in binary blocks
+    if bits == 1:
+        block = block.replace("_d2", "").replace("_d3", "")  # nor is dilation
     return decode(f"in_r16_c3-stem_c32_k3_s1_w8_a8-{block}_w{bits}_a{bits}-head_c48_w8_a8-fc_n10_w8_a8")
 
 

@@ -1,10 +1,10 @@
 """``dense``: DenseNet block: `repeats` dense layers, each 1x1 to DENSE_BOTTLENECK * growth +
-BN + act then k x k to growth + BN + act, concatenated onto the features; then a linear 1x1
+BN + act then k x k (dilation `d`) to growth + BN + act, concatenated onto the features; then a linear 1x1
 transition to c + BN, and a 2x2 average pool (ceil mode) when stride 2. No residual add
 (concatenation is its shortcut). A dense stage is one block (`repeats` counts its layers).
 """
 
-KEYS = ("r", "k", "s", "gr", "c", "w", "a")  # arch-string keys, in canonical order
+KEYS = ("r", "k", "s", "gr", "c", "d", "w", "a")  # arch-string keys, in canonical order
 # cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
 MODULE_NAMES = {"conv1": ("conv1", "unit1"), "conv2": ("conv2", "unit2"), "conv": ("conv", "unit")}
 DENSE_BOTTLENECK = 4  # a dense layer's 1x1 widens to 4 * growth (DenseNet-B)
@@ -17,7 +17,7 @@ def expand(net, prefix: str, x: int, b, in_chs: int, stride: int) -> int:
     features = x
     for i in range(b.repeats):
         h = net.unit(f"{prefix}.layers.{i}.conv1", features, DENSE_BOTTLENECK * b.growth, 1, 1, 1, b, act)
-        h = net.unit(f"{prefix}.layers.{i}.conv2", h, b.growth, b.kernel, 1, 1, b, act)
+        h = net.unit(f"{prefix}.layers.{i}.conv2", h, b.growth, b.kernel, 1, 1, b, act, b.dilation)
         features = net.concat(f"{prefix}.layers.{i}.concat", [features, h], elem)
     y = net.unit(f"{prefix}.transition.conv", features, b.out_chs, 1, 1, 1, b, None)  # linear transition
     if stride == 2:
@@ -40,7 +40,7 @@ def build(b, in_chs: int, stride: int):
             layers.append(Block([("unit1", unit(b, chs, wide, 1)), ("unit2", unit(b, wide, gr, b.kernel))]))
         else:
             c1 = conv_bn_act(chs, wide, 1, signed=True, act=b.act, **q)
-            c2 = conv_bn_act(wide, gr, b.kernel, signed=act_output_signed(b.act), act=b.act, **q)
+            c2 = conv_bn_act(wide, gr, b.kernel, signed=act_output_signed(b.act), act=b.act, dilation=b.dilation, **q)
             layers.append(Block([(f"{n}1", m) for n, m in c1] + [(f"{n}2", m) for n, m in c2]))
         chs += gr
     if b.binary:

@@ -1,11 +1,11 @@
 """``grouped``: ShuffleNet-style grouped block: grouped k x k conv to c (stride s) + BN + act,
 channel shuffle (only when groups > 1: with one group it is the identity), grouped 1x1 conv
-+ BN. Residual add when stride 1 and channels kept. 1-bit: both convs as Bi-Real units.
++ BN. `d`: the k x k conv's dilation. Residual add when stride 1 and channels kept. 1-bit: both convs as Bi-Real units.
 """
 
 from nas.blocks.common import has_residual
 
-KEYS = ("r", "k", "s", "g", "c", "w", "a")  # arch-string keys, in canonical order
+KEYS = ("r", "k", "s", "g", "c", "d", "w", "a")  # arch-string keys, in canonical order
 # cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
 MODULE_NAMES = {"conv_g": ("conv1", "gconv"), "conv_g1": ("conv2", "gpw")}
 
@@ -13,7 +13,7 @@ MODULE_NAMES = {"conv_g": ("conv1", "gconv"), "conv_g1": ("conv2", "gpw")}
 def expand(net, prefix: str, x: int, b, in_chs: int, stride: int) -> int:
     act = None if b.binary else b.act
     elem = net.elementwise_bits(b)
-    y = net.unit(f"{prefix}.conv_g", x, b.out_chs, b.kernel, stride, b.groups, b, act)
+    y = net.unit(f"{prefix}.conv_g", x, b.out_chs, b.kernel, stride, b.groups, b, act, b.dilation)
     if b.groups > 1:
         y = net.elementwise(f"{prefix}.shuffle", "shuffle", [y], elem, groups=b.groups)
     y = net.unit(f"{prefix}.conv_g1", y, b.out_chs, 1, 1, b.groups, b, None)
@@ -31,7 +31,7 @@ def build(b, in_chs: int, stride: int):
         return Block([("gconv", unit(b, in_chs, out_chs, b.kernel, stride, g))] + shuffle
                      + [("gpw", unit(b, out_chs, out_chs, 1, 1, g))])
     q = dict(w_bits=b.w_bits, a_bits=b.a_bits)
-    c1 = conv_bn_act(in_chs, out_chs, b.kernel, stride, g, signed=True, act=b.act, **q)
+    c1 = conv_bn_act(in_chs, out_chs, b.kernel, stride, g, signed=True, act=b.act, dilation=b.dilation, **q)
     c2 = conv_bn_act(out_chs, out_chs, 1, 1, g, signed=act_output_signed(b.act), act=None, **q)
     layers = [(f"{n}1", m) for n, m in c1] + shuffle + [(f"{n}2", m) for n, m in c2]
     return Block(layers, has_skip=has_residual(b, in_chs, stride))

@@ -3,13 +3,13 @@
 expand == 1: depthwise k x k (stride s) + BN + act [+ SE], pointwise 1x1 to c + BN.
 expand > 1:  pointwise 1x1 to mid = make_divisible(in * e) + BN + act, depthwise k x k
 (stride s) + BN + act [+ SE], pointwise-linear 1x1 to c + BN. Residual add when stride 1
-and channels kept. SE squeezes to max(1, round(block input * se)), ReLU inside, sigmoid gate.
+and channels kept. `d`: the depthwise conv's dilation (timm pads d * (k - 1) / 2). SE squeezes to max(1, round(block input * se)), ReLU inside, sigmoid gate.
 1-bit: the same convs as Bi-Real units, no SE, no block residual.
 """
 
 from nas.blocks.common import has_residual, mid_chs
 
-KEYS = ("r", "k", "s", "e", "c", "se", "w", "a")  # arch-string keys, in canonical order
+KEYS = ("r", "k", "s", "e", "c", "se", "d", "w", "a")  # arch-string keys, in canonical order
 # cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
 MODULE_NAMES = {"conv_dw": ("conv_dw", "dw"), "conv_pw": ("conv_pw", "pw"), "conv_pwl": ("conv_pwl", "pwl")}
 
@@ -23,14 +23,14 @@ def expand(net, prefix: str, x: int, b, in_chs: int, stride: int) -> int:
     act = None if b.binary else b.act
     elem = net.elementwise_bits(b)
     if b.expand == 1:  # timm's DepthwiseSeparableConv
-        y = net.unit(f"{prefix}.conv_dw", x, in_chs, b.kernel, stride, in_chs, b, act)
+        y = net.unit(f"{prefix}.conv_dw", x, in_chs, b.kernel, stride, in_chs, b, act, b.dilation)
         if b.se:
             y = net.squeeze_excite(f"{prefix}.se", y, net.se_channels(in_chs, in_chs, b.se), b, elem)
         y = net.unit(f"{prefix}.conv_pw", y, b.out_chs, 1, 1, 1, b, None)
     else:  # timm's InvertedResidual
         mid = mid_chs(b, in_chs)
         y = net.unit(f"{prefix}.conv_pw", x, mid, 1, 1, 1, b, act)
-        y = net.unit(f"{prefix}.conv_dw", y, mid, b.kernel, stride, mid, b, act)
+        y = net.unit(f"{prefix}.conv_dw", y, mid, b.kernel, stride, mid, b, act, b.dilation)
         if b.se:
             y = net.squeeze_excite(f"{prefix}.se", y, net.se_channels(in_chs, mid, b.se), b, elem)
         y = net.unit(f"{prefix}.conv_pwl", y, b.out_chs, 1, 1, 1, b, None)
@@ -64,10 +64,10 @@ def build(b, in_chs: int, stride: int):
         se_layer = partial(SqueezeExcite, rd_channels=se_chs(in_chs, b.se), force_act_layer=nn.ReLU)
     post = act_output_signed(b.act)
     if b.expand == 1:
-        blk = DepthwiseSeparableConv(in_chs, out_chs, b.kernel, stride, act_layer=act, se_layer=se_layer)
+        blk = DepthwiseSeparableConv(in_chs, out_chs, b.kernel, stride, b.dilation, act_layer=act, se_layer=se_layer)
         convs = [("conv_dw", True), ("conv_pw", post)]
     else:
-        blk = InvertedResidual(in_chs, out_chs, b.kernel, stride, exp_ratio=b.expand, act_layer=act,
+        blk = InvertedResidual(in_chs, out_chs, b.kernel, stride, b.dilation, exp_ratio=b.expand, act_layer=act,
                                se_layer=se_layer)
         convs = [("conv_pw", True), ("conv_dw", post), ("conv_pwl", post)]
     for name, signed in convs:

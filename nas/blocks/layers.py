@@ -2,7 +2,8 @@
 
 Conventions this file fixes:
 
-- convs have no bias, except squeeze-excite's two 1x1 convs; every conv has padding k // 2;
+- convs have no bias, except squeeze-excite's two 1x1 convs; every conv has padding d * (k // 2)
+  (dilation d, 1 unless the arch string's `d` says otherwise);
 - every conv's input is quantized to the block's `a_bits` and its weight to `w_bits`,
   except the SE convs, whose weights take `w_bits` and whose inputs stay float;
 - an input site is *unsigned* (PACT clip [0, α]) only when it directly follows a ReLU (in
@@ -39,19 +40,22 @@ def act_output_signed(act: str) -> bool:
 
 
 def quant_conv(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1, *, w_bits: int,
-               a_bits: int, signed: bool) -> QuantConv2d:
-    """A bias-free conv with padding k // 2 at the given bits (BinaryConv2d at w_bits == 1)."""
+               a_bits: int, signed: bool, dilation: int = 1) -> QuantConv2d:
+    """A bias-free conv with padding d * (k // 2) at the given bits (BinaryConv2d at w_bits == 1,
+    never dilated: `BlockSpec` refuses dilation in 1-bit blocks)."""
     if w_bits == 1:
+        if dilation != 1:
+            raise ValueError(f"quant_conv: dilation={dilation} with w_bits=1; expected 1 (binary convs have no dilation)")
         return BinaryConv2d(in_chs, out_chs, kernel, stride, kernel // 2, groups, a_bits=a_bits, signed=signed)
-    return QuantConv2d(in_chs, out_chs, kernel, stride, kernel // 2, groups=groups, bias=False, w_bits=w_bits,
-                       a_bits=a_bits, signed=signed)
+    return QuantConv2d(in_chs, out_chs, kernel, stride, dilation * (kernel // 2), dilation, groups=groups, bias=False,
+                       w_bits=w_bits, a_bits=a_bits, signed=signed)
 
 
 def conv_bn_act(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1, *, w_bits: int,
-                a_bits: int, signed: bool, act: str | None) -> list[tuple[str, nn.Module]]:
+                a_bits: int, signed: bool, act: str | None, dilation: int = 1) -> list[tuple[str, nn.Module]]:
     """conv + BN (+ act): named layers to put into a `Block`."""
     layers = [("conv", quant_conv(in_chs, out_chs, kernel, stride, groups, w_bits=w_bits, a_bits=a_bits,
-                                  signed=signed)),
+                                  signed=signed, dilation=dilation)),
               ("bn", nn.BatchNorm2d(out_chs))]
     if act is not None and act != "none":
         layers.append(("act", act_layer(act)(inplace=True)))

@@ -94,6 +94,7 @@ class Op:
     kernel: int = 0
     stride: int = 1
     groups: int = 1
+    dilation: int = 1  # conv: taps d apart; macs / params do not depend on it
     w_bits: int = 0  # 0: no weights
     bn: bool = False  # BatchNorm after it (2*C_out params, folded at deployment)
     bias: bool = False  # a bias of its own (SE convs, post-pool conv, classifier)
@@ -110,9 +111,24 @@ class Graph:
     input: int  # the image tensor
 
 
-def conv_out(size: int, kernel: int, stride: int) -> int:
-    """Output size of a k x k conv with padding k // 2 (odd k): ceil(size / stride)."""
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+def conv_out(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
+    """Output size of a k x k conv with dilation d and padding d * (k // 2) (odd k): ceil(size / stride)."""
+    span = dilation * (kernel - 1) + 1  # the kernel's extent on the input
+    return (size + 2 * (dilation * (kernel // 2)) - span) // stride + 1
+
+
+def receptive_field(g: "Graph") -> int:
+    """Receptive field (pixels, one side) of the graph's output: per tensor r and jump j
+    (input pixels between neighbouring outputs), a k x k op with stride s and dilation d
+    gives r + d * (k - 1) * j and j * s; joins (add / concat / mul) take the widest input;
+    global pooling and the classifier see the whole map (the field stays that of their input)."""
+    rf, jump = {g.input: 1}, {g.input: 1}
+    for op in g.ops:
+        r, j = max((rf[t], jump[t]) for t in op.inputs)
+        if op.kind in ("conv", "avgpool", "shift"):
+            r, j = r + op.dilation * (op.kernel - 1) * j, j * op.stride
+        rf[op.output], jump[op.output] = r, j
+    return rf[g.ops[-1].output]
 
 
 def pool_out(size: int, ceil_mode: bool) -> int:
@@ -168,13 +184,14 @@ class GraphBuilder:
         return out
 
     def conv(self, name, x, out_chs, kernel=1, stride=1, groups=1, *, w_bits, a_bits, act, bn=True,
-             bias=False, quantized_input=True, binary=False) -> int:
+             bias=False, quantized_input=True, binary=False, dilation=1) -> int:
         c, h, w = self.shapes[x]
         if c % groups or out_chs % groups:
             raise ValueError(f"{name}: channels {c}->{out_chs} are not divisible by groups={groups}")
         read = a_bits if quantized_input else REAL_BITS
-        return self._op(name, "conv", [x], [read], (out_chs, conv_out(h, kernel, stride), conv_out(w, kernel, stride)),
-                        kernel=kernel, stride=stride, groups=groups, w_bits=w_bits, bn=bn, bias=bias, act=act,
+        out_hw = conv_out(h, kernel, stride, dilation), conv_out(w, kernel, stride, dilation)
+        return self._op(name, "conv", [x], [read], (out_chs, *out_hw),
+                        kernel=kernel, stride=stride, groups=groups, dilation=dilation, w_bits=w_bits, bn=bn, bias=bias, act=act,
                         clip=quantized_input and has_clip(a_bits), binary=binary)
 
     def linear(self, name, x, out_features, *, w_bits, a_bits, bias=True) -> int:
@@ -217,10 +234,14 @@ class GraphBuilder:
 
     # --- composite pieces ---
 
-    def unit(self, name, x, out_chs, kernel, stride, groups, b: BlockSpec, act) -> int:
-        """One conv of a block: conv + BN (+ act), or a Bi-Real binary unit when w_bits == 1."""
+    def unit(self, name, x, out_chs, kernel, stride, groups, b: BlockSpec, act, dilation=1) -> int:
+        """One conv of a block: conv + BN (+ act), or a Bi-Real binary unit when w_bits == 1
+        (never dilated: `BlockSpec` refuses dilation in 1-bit blocks)."""
         if not b.binary:
-            return self.conv(name, x, out_chs, kernel, stride, groups, w_bits=b.w_bits, a_bits=b.a_bits, act=act)
+            return self.conv(name, x, out_chs, kernel, stride, groups, w_bits=b.w_bits, a_bits=b.a_bits, act=act,
+                             dilation=dilation)
+        if dilation != 1:
+            raise ValueError(f"{name}: dilation={dilation} in a 1-bit unit; expected 1 (binary units have no dilation)")
         shortcut = x  # runs first: the fused kernel takes its output as the residual input
         if stride == 2:
             shortcut = self.avgpool(f"{name}.shortcut.pool", shortcut, REAL_BITS, ceil_mode=True)

@@ -15,6 +15,8 @@ Each op of `nas.cost.graph.expand` is priced here:
   h*w*(c1 + c2) + c1*c2/g (ShuffleNet V2; seed 000, ch. 4 sec. 2).
 - `mem_access_bytes`: the same at the tensors' storage widths (`nas.cost.graph`), the
   weights counted as the layer's payload bytes (`weight_bytes`: what is actually read).
+- `receptive_field`: input pixels (one side) the last feature map sees; a conv with
+  dilation d spans d * (k - 1) + 1 input pixels, at the same macs and params.
 - `bops`: macs * w_bits * a_bits, a_bits being the width the op reads its input at.
 - `peak_act_bytes`: the largest sum of live activation tensors over the execution order of
   `nas.cost.graph`: the input image is counted; a tensor is live from the op that writes
@@ -25,7 +27,7 @@ Each op of `nas.cost.graph.expand` is priced here:
 from dataclasses import asdict, dataclass
 
 from nas.cost import layout
-from nas.cost.graph import PROJECT, Conventions, Graph, Op, expand, tensor_bytes
+from nas.cost.graph import PROJECT, Conventions, Graph, Op, expand, receptive_field, tensor_bytes
 from nas.space.spec import ArchSpec
 
 TOTALS = ("params", "macs", "weight_bytes", "peak_act_bytes", "mem_access", "mem_access_bytes", "bops")
@@ -74,11 +76,13 @@ class Cost:
     bops: int
     peak_act_at: str  # the op during which the peak occurs
     layers: tuple[LayerCost, ...]
+    receptive_field: int = 0  # input pixels (one side) the last feature map sees (`graph.receptive_field`)
 
     def to_dict(self) -> dict:
         """Vocabulary names; `layers` as a list of dicts. JSON-serialisable."""
         d = {name: getattr(self, name) for name in TOTALS}
         d["peak_act_at"] = self.peak_act_at
+        d["receptive_field"] = self.receptive_field
         d["layers"] = [layer.to_dict() for layer in self.layers]
         return d
 
@@ -142,7 +146,7 @@ def graph_cost(g: Graph) -> Cost:
     layers = tuple(_layer(op, g) for op in g.ops)
     peak, at = peak_act_bytes(g)
     totals = {name: sum(getattr(layer, name) for layer in layers) for name in TOTALS if name != "peak_act_bytes"}
-    return Cost(peak_act_bytes=peak, peak_act_at=at, layers=layers, **totals)
+    return Cost(peak_act_bytes=peak, peak_act_at=at, layers=layers, receptive_field=receptive_field(g), **totals)
 
 
 def arch_cost(arch: ArchSpec, conventions: Conventions = PROJECT) -> Cost:

@@ -76,6 +76,7 @@ class StageChoices:
     growth: tuple[int, ...]
     act: tuple[str, ...]
     bits: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...] = (1,)  # ir / grouped / dense k x k conv dilation
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ class _Reader:
 
 _TOP = {"name", "description", "input", "num_classes", "divisor", "min_end_bits", "scaling", "stem",
         "stages", "head", "classifier"}
-_STAGE = {"channels", "stride", "kinds", "repeats", "kernel", "expand", "se", "groups", "growth", "act", "bits"}
+_STAGE = {"channels", "stride", "kinds", "repeats", "kernel", "expand", "se", "groups", "growth", "act", "bits",
+          "dilation"}
 
 
 def load_space(path) -> Space:
@@ -247,6 +249,7 @@ def load_space(path) -> Space:
             growth=r.choices(s, "growth", p, "int", 8, minimum=1),
             act=r.choices(s, "act", p, "str", "relu", allowed=ACTS),
             bits=r.choices(s, "bits", p, "bits", "w32a32"),
+            dilation=r.choices(s, "dilation", p, "int", 1, minimum=1),
         ))
         for se in stages[-1].se:
             if se >= 1:

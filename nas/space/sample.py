@@ -25,21 +25,24 @@ class Sample:
 
 
 # The space's parameter schema, written once: per stage, the choices every kind takes, then
-# those only some kinds take (squeeze-excite only in non-binary ir blocks). `sample_arch`,
+# those only some kinds take (squeeze-excite only in non-binary ir blocks; dilation only in
+# non-binary ir / grouped / dense blocks). `sample_arch`,
 # `space_size` and `nas.cost.extremes.parameter_choices` all read it.
 STAGE_PARAMS = ("repeats", "kernel", "act")
-KIND_PARAMS = {"ir": ("expand", "se"), "shift": ("expand",), "grouped": ("groups",), "dense": ("growth",)}
+KIND_PARAMS = {"ir": ("expand", "se", "dilation"), "shift": ("expand",), "grouped": ("groups", "dilation"),
+               "dense": ("growth", "dilation")}
 CHOICE_FIELD = {"repeats": "repeats", "kernel": "kernel", "act": "act", "expand": "expand", "se": "se",
-                "groups": "groups", "growth": "growth"}  # stage parameter -> StageChoices field
+                "groups": "groups", "growth": "growth", "dilation": "dilation"}  # stage parameter -> StageChoices field
 # the order stage parameters are suggested in: Optuna's random sampler draws per call, so
 # the order is part of what a seed means
-STAGE_ORDER = ("repeats", "kernel", "expand", "se", "groups", "growth", "act")
-UNSET = {"expand": 1.0, "se": 0.0, "groups": 1, "growth": 0}  # BlockSpec value where a kind has no choice
+STAGE_ORDER = ("repeats", "kernel", "expand", "se", "groups", "growth", "act", "dilation")  # dilation last:
+# a space without a dilation choice draws exactly what it drew before dilation existed
+UNSET = {"expand": 1.0, "se": 0.0, "groups": 1, "growth": 0, "dilation": 1}  # BlockSpec value where a kind has no choice
 
 
 def kind_params(kind: str, w_bits: int) -> tuple[str, ...]:
     """The stage parameters a block of `kind` at `w_bits` takes (beyond STAGE_PARAMS)."""
-    return tuple(p for p in KIND_PARAMS[kind] if not (p == "se" and w_bits == 1))
+    return tuple(p for p in KIND_PARAMS[kind] if not (p in ("se", "dilation") and w_bits == 1))
 
 
 def _pick(trial, name: str, choices: tuple):

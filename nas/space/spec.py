@@ -50,6 +50,7 @@ from nas.limits import check_magnitude
 
 BITS = (1, 2, 4, 8, 16, 32)
 BLOCK_KINDS = ("ir", "shift", "grouped", "dense")
+DILATED_KINDS = ("ir", "grouped", "dense")  # kinds whose k x k conv takes a dilation (arch-string key d)
 ACTS = ("relu", "hswish", "none")  # "none": linear output (e.g. a stem feeding binary blocks)
 STRIDES = (1, 2)
 SHORTCUT_BITS = 8  # weight bits of the 1x1 shortcut conv in binary units (Bi-Real keeps it real)
@@ -136,6 +137,7 @@ class BlockSpec:
     se: float = 0.0  # ir: squeeze-excite ratio of the block's input channels (0 = none)
     groups: int = 1  # grouped: group count of both convs
     growth: int = 0  # dense: channels each dense layer adds
+    dilation: int = 1  # ir, grouped, dense: dilation of the k x k conv (padding d * (k // 2) keeps the shape)
     act: str = "relu"
     w_bits: int = 32
     a_bits: int = 32
@@ -167,6 +169,13 @@ class BlockSpec:
                 )
         elif self.groups != 1:
             raise UsageError(f"{where}: groups={self.groups} is not allowed; groups exist only in grouped blocks")
+        _check_min(where, "dilation", self.dilation, 1)
+        if self.dilation != 1 and self.kind not in DILATED_KINDS:
+            raise UsageError(f"{where}: dilation={self.dilation} is not allowed; dilation exists only in "
+                             f"{'/'.join(DILATED_KINDS)} blocks (their k x k conv), expected d1")
+        if self.dilation != 1 and self.w_bits == 1:
+            raise UsageError(f"{where}: dilation={self.dilation} is not allowed in a 1-bit (Bi-Real) block; "
+                             f"the packed binary kernels and their export have no dilation, expected d1")
         if self.kind == "dense":
             _check_min(where, "growth", self.growth, 1)
         elif self.growth:
