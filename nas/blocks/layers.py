@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from timm.layers import get_act_layer
 from torch import nn
 
+from nas.blocks.common import shift_groups
 from nas.quant import BinaryConv2d, BiRealUnit, QuantConv2d
 from nas.space.spec import SHORTCUT_BITS, BlockSpec
 
@@ -83,32 +84,31 @@ class Block(nn.Sequential):
 
 
 class Shift(nn.Module):
-    """ShiftNet's grouped shift (Wu et al. 2018): no parameters, no multiplies.
+    """ShiftNet's grouped shift (Wu et al. 2018), or a sparse shift (`shift_frac` < 1: most
+    channels stay in place): no parameters, no multiplies.
 
-    The channels are split into k*k contiguous groups (`torch.tensor_split` sizes: the first
-    C mod k^2 groups get one channel more; groups may be empty when C < k^2). Group i moves
-    by offset (dy, dx) = (i // k - k // 2, i % k - k // 2):  out[y, x] = in[y + dy, x + dx],
-    zero outside the map; then every stride-th row and column is kept (output ceil(H / s)).
+    The channel groups and their offsets are `nas.blocks.common.shift_groups` (the cost
+    model reads the same list): out[y, x] = in[y + dy, x + dx], zero outside the map; then
+    every stride-th row and column is kept (output ceil(H / s)).
     """
 
-    def __init__(self, kernel: int, stride: int = 1):
+    def __init__(self, kernel: int, stride: int = 1, shift_frac: float = 1.0):
         super().__init__()
-        self.kernel, self.stride = kernel, stride
+        self.kernel, self.stride, self.shift_frac = kernel, stride, shift_frac
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.kernel, self.stride, self.kernel // 2
-        c, n = x.shape[1], k * k
-        sizes = [c // n + (1 if i < c % n else 0) for i in range(n)]  # torch.tensor_split's sizes
+        s = self.stride
+        groups = shift_groups(x.shape[1], self.kernel, self.shift_frac)
         outs = []
-        for i, part in enumerate(torch.split(x, sizes, dim=1)):
-            dy, dx = i // k - p, i % k - p
+        for (dy, dx, _), part in zip(groups, torch.split(x, [n for _, _, n in groups], dim=1)):
             # out[y, x] = in[y + dy, x + dx]: crop dx columns / dy rows on one side, zero-fill the other.
             # Splitting first and shifting each part keeps the backward pass part-sized.
             outs.append(F.pad(part, (-dx, dx, -dy, dy))[:, :, ::s, ::s])
         return torch.cat(outs, dim=1)
 
     def extra_repr(self) -> str:
-        return f"kernel={self.kernel}, stride={self.stride}"
+        sparse = f", shift_frac={self.shift_frac:g}" if self.shift_frac != 1.0 else ""
+        return f"kernel={self.kernel}, stride={self.stride}{sparse}"
 
 
 class ChannelShuffle(nn.Module):

@@ -1,11 +1,12 @@
 """``shift``: ShiftNet's shift block: pointwise 1x1 to mid = make_divisible(in * e) + BN + act,
-grouped shift (k x k offsets, stride s, no parameters), pointwise 1x1 to c + BN. Residual add
+grouped shift (k x k offsets, stride s, no parameters; `sf` < 1: a sparse shift,
+only that fraction of the channels moved, `nas.blocks.common.shift_groups`), pointwise 1x1 to c + BN. Residual add
 when stride 1 and channels kept. 1-bit: the two 1x1 convs as Bi-Real units, no block residual.
 """
 
 from nas.blocks.common import has_residual, mid_chs
 
-KEYS = ("r", "k", "s", "e", "c", "w", "a")  # arch-string keys, in canonical order
+KEYS = ("r", "k", "s", "e", "c", "sf", "w", "a")  # arch-string keys, in canonical order
 # cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
 MODULE_NAMES = {"conv_pw": ("conv1", "pw1"), "conv_pwl": ("conv2", "pw2")}
 
@@ -14,7 +15,7 @@ def expand(net, prefix: str, x: int, b, in_chs: int, stride: int) -> int:
     act = None if b.binary else b.act
     elem = net.elementwise_bits(b)
     y = net.unit(f"{prefix}.conv_pw", x, mid_chs(b, in_chs), 1, 1, 1, b, act)
-    y = net.shift(f"{prefix}.shift", y, b.kernel, stride, elem)
+    y = net.shift(f"{prefix}.shift", y, b.kernel, stride, elem, b.shift_frac)
     y = net.unit(f"{prefix}.conv_pwl", y, b.out_chs, 1, 1, 1, b, None)
     if has_residual(b, in_chs, stride):
         y = net.add(f"{prefix}.add", x, y, elem)
@@ -26,10 +27,10 @@ def build(b, in_chs: int, stride: int):
 
     mid = mid_chs(b, in_chs)
     if b.binary:
-        return Block([("pw1", unit(b, in_chs, mid, 1)), ("shift", Shift(b.kernel, stride)),
+        return Block([("pw1", unit(b, in_chs, mid, 1)), ("shift", Shift(b.kernel, stride, b.shift_frac)),
                       ("pw2", unit(b, mid, b.out_chs, 1))])
     q = dict(w_bits=b.w_bits, a_bits=b.a_bits)
     pw1 = conv_bn_act(in_chs, mid, 1, signed=True, act=b.act, **q)
     pw2 = conv_bn_act(mid, b.out_chs, 1, signed=act_output_signed(b.act), act=None, **q)
-    layers = [(f"{n}1", m) for n, m in pw1] + [("shift", Shift(b.kernel, stride))] + [(f"{n}2", m) for n, m in pw2]
+    layers = [(f"{n}1", m) for n, m in pw1] + [("shift", Shift(b.kernel, stride, b.shift_frac))] + [(f"{n}2", m) for n, m in pw2]
     return Block(layers, has_skip=has_residual(b, in_chs, stride))

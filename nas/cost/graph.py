@@ -50,6 +50,7 @@ import math
 from dataclasses import dataclass
 
 from nas.blocks import KINDS
+from nas.blocks.common import shift_groups
 from nas.cost.layout import has_clip
 from nas.blocks.ir import se_chs
 from nas.space.spec import SHORTCUT_BITS, ArchSpec, BlockSpec, make_divisible
@@ -217,10 +218,12 @@ class GraphBuilder:
     def global_pool(self, name, x, bits) -> int:
         return self.elementwise(name, "global_pool", [x], bits, (self.shapes[x][0], 1, 1))
 
-    def shift(self, name, x, kernel, stride, bits) -> int:
+    def shift(self, name, x, kernel, stride, bits, shift_frac=1.0) -> int:
+        """A grouped (or sparse, shift_frac < 1) shift; `groups`: its non-empty channel groups."""
         c, h, w = self.shapes[x]
+        groups = sum(1 for _, _, n in shift_groups(c, kernel, shift_frac) if n)
         return self.elementwise(name, "shift", [x], bits, (c, conv_out(h, 1, stride), conv_out(w, 1, stride)),
-                                kernel=kernel, stride=stride, groups=min(c, kernel * kernel))
+                                kernel=kernel, stride=stride, groups=groups)
 
     def concat(self, name, xs, bits) -> int:
         _, h, w = self.shapes[xs[0]]

@@ -138,6 +138,7 @@ class BlockSpec:
     groups: int = 1  # grouped: group count of both convs
     growth: int = 0  # dense: channels each dense layer adds
     dilation: int = 1  # ir, grouped, dense: dilation of the k x k conv (padding d * (k // 2) keeps the shape)
+    shift_frac: float = 1.0  # shift: fraction of channels shifted (1: ShiftNet's grouped shift; < 1: sparse shift)
     act: str = "relu"
     w_bits: int = 32
     a_bits: int = 32
@@ -176,6 +177,11 @@ class BlockSpec:
         if self.dilation != 1 and self.w_bits == 1:
             raise UsageError(f"{where}: dilation={self.dilation} is not allowed in a 1-bit (Bi-Real) block; "
                              f"the packed binary kernels and their export have no dilation, expected d1")
+        if not 0.0 < self.shift_frac <= 1.0:
+            raise UsageError(f"{where}: shift_frac={self.shift_frac!r} is not allowed; expected 0 < sf <= 1")
+        if self.shift_frac != 1.0 and self.kind != "shift":
+            raise UsageError(f"{where}: shift_frac={self.shift_frac} is not allowed; the shifted fraction (sf) "
+                             f"exists only in shift blocks, expected sf1")
         if self.kind == "dense":
             _check_min(where, "growth", self.growth, 1)
         elif self.growth:

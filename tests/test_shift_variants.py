@@ -1,0 +1,70 @@
+"""Shift variants of the shift kind: sparse shift (arch-string key `sf`, the shifted
+fraction of channels; ShiftNet's grouped shift is sf1)."""
+
+import pytest
+import torch
+
+from nas.blocks import build_model
+from nas.blocks.common import shift_groups
+from nas.blocks.layers import Shift
+from nas.cost import arch_cost
+from nas.errors import UsageError
+from nas.space import decode, encode
+
+END = "head_c0_w8_a8-fc_n10_w8_a8"
+
+
+def _arch(block: str):
+    return decode(f"in_r8_c3-stem_c16_k3_s1_w8_a8-{block}-{END}")
+
+
+def test_sparse_shift_groups_closed_form():
+    # 16 channels, half shifted: 8 stay, 8 over the 8 non-zero 3x3 offsets, one each
+    groups = shift_groups(16, 3, 0.5)
+    assert groups[0] == (0, 0, 8)
+    assert sorted((dy, dx) for dy, dx, _ in groups[1:]) == [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                                                            if (dy, dx) != (0, 0)]
+    assert all(n == 1 for _, _, n in groups[1:])
+    assert shift_groups(10, 3)[:2] == [(-1, -1, 2), (-1, 0, 1)]  # grouped shift: tensor_split sizes
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sparse_shift_moves_only_its_fraction(stride):
+    x = torch.randn(2, 32, 7, 7)
+    y = Shift(3, stride, 0.25)(x)  # 24 channels kept, 8 moved (one per non-zero offset)
+    assert torch.equal(y[:, :24], x[:, :24, ::stride, ::stride])
+    for c, (dy, dx, n) in zip(range(24, 32), shift_groups(32, 3, 0.25)[1:]):
+        assert n == 1
+        ref = torch.zeros(2, 7, 7)
+        ys, xs = slice(max(0, -dy), 7 - max(0, dy)), slice(max(0, -dx), 7 - max(0, dx))
+        ref[:, ys, xs] = x[:, c, max(0, dy):7 + min(0, dy), max(0, dx):7 + min(0, dx)]
+        assert torch.equal(y[:, c], ref[:, ::stride, ::stride])
+
+
+def test_sparse_shift_arch_string_cost_and_build():
+    s = "shift_r2_k3_s2_e2_c32_sf0.25_w8_a8"
+    arch = _arch(s)
+    assert arch.blocks[0].shift_frac == 0.25
+    assert encode(arch).split("-")[2] == s
+    dense = _arch(s.replace("_sf0.25", ""))
+    assert "_sf" not in encode(dense)
+    cost, base = arch_cost(arch), arch_cost(dense)
+    # the shift itself has no macs / params, sparse or not: the totals do not move
+    assert (cost.macs, cost.params, cost.weight_bytes) == (base.macs, base.params, base.weight_bytes)
+    shifts = [layer for layer in cost.layers if layer.op == "shift"]
+    assert [(layer.params, layer.macs) for layer in shifts] == [(0, 0), (0, 0)]
+    assert shifts[0].groups == 9  # 32 channels: 24 kept + 8 moved one each = 9 groups
+    model = build_model(arch).eval()
+    assert model.blocks[0][0].shift.shift_frac == 0.25
+    assert tuple(model(torch.zeros(1, 3, 8, 8)).shape) == (1, 10)
+
+
+@pytest.mark.parametrize("block, needle", [
+    ("shift_r1_k3_s1_e2_c32_sf0_w8_a8", "shift_frac=0.0 is not allowed"),
+    ("shift_r1_k3_s1_e2_c32_sf1.5_w8_a8", "shift_frac=1.5 is not allowed"),
+    ("ir_r1_k3_s1_e2_c32_sf0.5_w8_a8", "unknown key 'sf0.5' in a 'ir' segment"),
+])
+def test_sparse_shift_refusals(block, needle):
+    with pytest.raises(UsageError) as e:
+        _arch(block)
+    assert needle in str(e.value)
