@@ -22,6 +22,7 @@ BLOCKS = {  # a block segment per kind and option (c64 from a 32-channel stem: t
     "shift": "shift_r2_k3_s{s}_e2_c64",
     "shift_c32": "shift_r1_k3_s{s}_e2_c32",
     "shift_sparse": "shift_r2_k3_s{s}_e2_c64_sf0.25",
+    "shift_active": "shift_r2_k3_s{s}_e2_c64_as1",
     "grouped": "grouped_r2_k3_s{s}_g4_c64",
     "grouped_g1": "grouped_r1_k3_s{s}_g1_c32",
     "dense": "dense_r2_k3_s{s}_gr16_c64",

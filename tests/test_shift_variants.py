@@ -68,3 +68,64 @@ def test_sparse_shift_refusals(block, needle):
     with pytest.raises(UsageError) as e:
         _arch(block)
     assert needle in str(e.value)
+
+
+# --- active shift (key as1): learned fractional per-channel offsets, bilinear ---
+
+def test_active_shift_starts_as_the_grouped_shift_and_interpolates():
+    from nas.blocks.layers import ActiveShift
+
+    x = torch.randn(2, 18, 7, 7)
+    for stride in (1, 2):
+        active = ActiveShift(18, 3, stride)
+        assert active.offset.shape == (18, 2)
+        # integer offsets: bilinear reads land on pixel centres (float rounding of the grid only)
+        torch.testing.assert_close(active(x), Shift(3, stride)(x), atol=1e-5, rtol=0)
+    active = ActiveShift(1, 1)
+    with torch.no_grad():
+        active.offset[:] = torch.tensor([[0.0, 0.25]])  # a quarter pixel to the right
+    x = torch.randn(1, 1, 4, 5)
+    expected = 0.75 * x + 0.25 * torch.nn.functional.pad(x, (-1, 1, 0, 0))  # out[x] = .75 in[x] + .25 in[x+1]
+    torch.testing.assert_close(active(x), expected, atol=1e-5, rtol=0)
+
+
+def test_active_shift_offsets_learn():
+    from nas.blocks.layers import ActiveShift
+
+    active = ActiveShift(4, 3)
+    with torch.no_grad():
+        active.offset.add_(0.3)  # between pixels: the bilinear read has a gradient
+    active(torch.randn(2, 4, 6, 6)).square().sum().backward()
+    assert active.offset.grad is not None and active.offset.grad.abs().sum() > 0
+
+
+def test_active_shift_cost_params_are_the_built_ones():
+    s = "shift_r2_k3_s2_e2_c32_as1_w8_a8"
+    arch = _arch(s)
+    assert encode(arch).split("-")[2] == s and arch.blocks[0].active_shift == 1
+    cost, base = arch_cost(arch), arch_cost(_arch(s.replace("_as1", "")))
+    shifts = [layer for layer in cost.layers if layer.op == "shift"]
+    mids = [layer.in_shapes[0][0] for layer in shifts]  # 32 (16 * 2) then 64 (32 * 2) channels
+    assert mids == [32, 64]
+    assert [(layer.params, layer.weight_bytes, layer.macs) for layer in shifts] == [(2 * c, 8 * c, 0) for c in mids]
+    assert cost.params == base.params + 2 * sum(mids)
+    assert cost.weight_bytes == base.weight_bytes + 4 * 2 * sum(mids)  # float32 offsets
+    assert cost.macs == base.macs
+    model = build_model(arch)
+    offsets = [m.offset for m in model.modules() if hasattr(m, "offset")]
+    assert [o.numel() for o in offsets] == [2 * c for c in mids]
+    assert cost.params == sum(p.numel() for p in model.parameters())
+    assert tuple(model.eval()(torch.zeros(1, 3, 8, 8)).shape) == (1, 10)
+
+
+def test_active_shift_refusals_and_export_refusal():
+    from nas.export.bundle import payload_of
+
+    for block, needle in [("ir_r1_k3_s1_e2_c32_as1_w8_a8", "unknown key 'as1' in a 'ir' segment"),
+                          ("shift_r1_k3_s1_e2_c32_sf0.5_as1_w8_a8", "active_shift=1 with shift_frac=0.5"),
+                          ("shift_r1_k3_s1_e2_c32_as2_w8_a8", "active_shift=2 is not allowed")]:
+        with pytest.raises(UsageError) as e:
+            _arch(block)
+        assert needle in str(e.value)
+    with pytest.raises(UsageError, match="active-shift archs cannot be exported yet"):
+        payload_of(build_model(_arch("shift_r1_k3_s1_e2_c32_as1_w8_a8")))

@@ -49,7 +49,7 @@ def module_name(arch, op_name: str) -> str:
 _TORCH_NAMES = {
     "build_model": "nas.blocks.model", "QuantNet": "nas.blocks.model", "QuantLayer": "nas.blocks.model",
     "build_stage": "nas.blocks.model", "Block": "nas.blocks.layers", "ChannelShuffle": "nas.blocks.layers",
-    "DenseBlock": "nas.blocks.layers", "Shift": "nas.blocks.layers",
+    "DenseBlock": "nas.blocks.layers", "Shift": "nas.blocks.layers", "ActiveShift": "nas.blocks.layers",
 }
 
 

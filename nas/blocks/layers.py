@@ -111,6 +111,40 @@ class Shift(nn.Module):
         return f"kernel={self.kernel}, stride={self.stride}{sparse}"
 
 
+class ActiveShift(nn.Module):
+    """Active shift (Jeon & Kim 2018; survey 000 ch. 3 sec. 2-7): each channel c moves by its
+    own learned, fractional offset (dy_c, dx_c), out[y, x] = in[y + dy, x + dx] read by
+    bilinear interpolation (zero outside the map), then every stride-th row and column is
+    kept. `offset` (C, 2) float32 starts at the grouped shift's integer offsets
+    (`shift_groups(C, kernel)`), where it equals `Shift(kernel)`.
+
+    `F.grid_sample` does the bilinear read and its gradient with respect to the offsets;
+    each channel is its own image (N*C, 1, H, W) so that each gets its own sampling grid."""
+
+    def __init__(self, chs: int, kernel: int, stride: int = 1):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        init = [(float(dy), float(dx)) for dy, dx, n in shift_groups(chs, kernel) for _ in range(n)]
+        self.offset = nn.Parameter(torch.tensor(init, dtype=torch.float32))  # (C, 2): dy, dx
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        ys = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
+        dy, dx = self.offset[:, 0].view(c, 1, 1).to(x.dtype), self.offset[:, 1].view(c, 1, 1).to(x.dtype)
+        # pixel centres in grid_sample's [-1, 1] coordinates (align_corners=False): (2 * i + 1) / size - 1
+        gx = ((2 * (xs + dx) + 1) / w - 1).expand(c, h, w)
+        gy = ((2 * (ys + dy) + 1) / h - 1).expand(c, h, w)
+        grid = torch.stack([gx, gy], dim=-1).repeat(n, 1, 1, 1)  # (N*C, H, W, 2), channel-major per image
+        y = F.grid_sample(x.reshape(n * c, 1, h, w), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+        s = self.stride
+        return y.reshape(n, c, h, w)[:, :, ::s, ::s]
+
+    def extra_repr(self) -> str:
+        return f"chs={self.offset.shape[0]}, kernel={self.kernel}, stride={self.stride}"
+
+
 class ChannelShuffle(nn.Module):
     """ShuffleNet's channel shuffle: (g, C/g) -> (C/g, g) interleave."""
 

@@ -96,6 +96,7 @@ class Op:
     stride: int = 1
     groups: int = 1
     dilation: int = 1  # conv: taps d apart; macs / params do not depend on it
+    float_params: int = 0  # learned float32 values outside conv / linear weights (active shift: 2 per channel)
     w_bits: int = 0  # 0: no weights
     bn: bool = False  # BatchNorm after it (2*C_out params, folded at deployment)
     bias: bool = False  # a bias of its own (SE convs, post-pool conv, classifier)
@@ -218,12 +219,14 @@ class GraphBuilder:
     def global_pool(self, name, x, bits) -> int:
         return self.elementwise(name, "global_pool", [x], bits, (self.shapes[x][0], 1, 1))
 
-    def shift(self, name, x, kernel, stride, bits, shift_frac=1.0) -> int:
-        """A grouped (or sparse, shift_frac < 1) shift; `groups`: its non-empty channel groups."""
+    def shift(self, name, x, kernel, stride, bits, shift_frac=1.0, active=False) -> int:
+        """A grouped (or sparse, shift_frac < 1) shift; `groups`: its non-empty channel groups.
+        active: an active shift, one learned (dy, dx) per channel (2 * C float32 parameters),
+        initialised to the grouped shift's offsets."""
         c, h, w = self.shapes[x]
-        groups = sum(1 for _, _, n in shift_groups(c, kernel, shift_frac) if n)
+        groups = c if active else sum(1 for _, _, n in shift_groups(c, kernel, shift_frac) if n)
         return self.elementwise(name, "shift", [x], bits, (c, conv_out(h, 1, stride), conv_out(w, 1, stride)),
-                                kernel=kernel, stride=stride, groups=groups)
+                                kernel=kernel, stride=stride, groups=groups, float_params=2 * c if active else 0)
 
     def concat(self, name, xs, bits) -> int:
         _, h, w = self.shapes[xs[0]]

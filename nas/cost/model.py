@@ -4,7 +4,9 @@ Each op of `nas.cost.graph.expand` is priced here:
 
 - `params`: learnable parameters exactly as the built module has them: conv / linear
   weights, BatchNorm affine (2 * C_out), own biases (squeeze-excite convs, post-pool conv,
-  classifier), one PACT clip per quantized activation site (2 <= a_bits <= 8). A binary
+  classifier), one PACT clip per quantized activation site (2 <= a_bits <= 8), an active
+  shift's 2 * C learned offsets (float32 in `weight_bytes`; its bilinear mix counts no macs,
+  like every shift). A binary
   conv's per-channel scale is computed from its weights, not a parameter.
 - `macs`: conv k_h*k_w*(C_in/g)*C_out*H_out*W_out; linear in*out; squeeze-excite convs
   count; elementwise ops, pooling, shift, shuffle, sign: 0 (DESIGN.md vocabulary).
@@ -107,6 +109,9 @@ def _layer(op: Op, g: Graph) -> LayerCost:
         weight_bytes = layout.layer_bytes(op.w_bits, out_chs, c_in // op.groups, op.kernel, op.kernel)
         weight_bytes += layout.CLIP_BYTES if op.clip else 0
         macs = weights * out_shape[1] * out_shape[2]
+    if op.float_params:  # an active shift's offsets: float32, in the payload as they are
+        params += op.float_params
+        weight_bytes += op.float_params * layout.FLOAT32_BYTES
     elements = sum(c * h * w for c, h, w in in_shapes) + out_shape[0] * out_shape[1] * out_shape[2]
     act_bytes = sum(tensor_bytes(g.shapes[t], g.bits[t]) for t in op.inputs)
     act_bytes += tensor_bytes(out_shape, g.bits[op.output])
@@ -114,7 +119,7 @@ def _layer(op: Op, g: Graph) -> LayerCost:
         name=op.name, op=op.kind, block=op.block, in_shapes=in_shapes, out_shape=out_shape,
         kernel=op.kernel, stride=op.stride, groups=op.groups, w_bits=op.w_bits, a_bits=a_bits,
         out_bits=g.bits[op.output], act=op.act, params=params, macs=macs, weight_bytes=weight_bytes,
-        mem_access=elements + weights, mem_access_bytes=act_bytes + weight_bytes,
+        mem_access=elements + weights + op.float_params, mem_access_bytes=act_bytes + weight_bytes,
         bops=macs * op.w_bits * a_bits,
     )
 

@@ -178,6 +178,10 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Non
 def payload_of(model) -> tuple[bytes, list[dict]]:
     """The packed payload of a trained model and its index; checked against the cost model
     layer by layer (a mismatch is a bug in fold / layout / graph, never a user error)."""
+    active = [i for i, b in enumerate(model.arch.blocks) if b.active_shift]
+    if active:  # the payload format has no record for learned shift offsets yet
+        raise UsageError(f"block {active[0]} (as1): active-shift archs cannot be exported yet; the payload "
+                         f"carries no shift offsets, expected a grouped or sparse shift (as0)")
     payload, index = encode_payload(model_records(model))
     cost = arch_cost(model.arch)
     predicted = [layer for layer in cost.layers if layer.weight_bytes]

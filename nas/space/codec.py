@@ -9,7 +9,7 @@ is a kind followed by ``_``-separated tokens ``<key><number>`` (or a bare flag):
 
 Keys: r repeats (``in``: resolution), c channels, k kernel, s stride, e expansion ratio,
 se squeeze-excite ratio, d dilation of the k x k conv (ir, grouped, dense; omitted when 1), sf shifted fraction of a shift block
-(sparse shift; omitted when 1), g groups, gr growth, n classes, w weight bits, a activation bits;
+(sparse shift; omitted when 1), as1 active shift (learned offsets; omitted when 0), g groups, gr growth, n classes, w weight bits, a activation bits;
 flags ``hs`` = hard-swish activation, ``noact`` = none (ReLU otherwise). Omitted keys take the spec's default
 (bits default to 32). `encode` writes every key in a fixed order, so
 ``encode(decode(s)) == s`` for canonical strings and ``decode(encode(spec)) == spec``.
@@ -24,16 +24,16 @@ from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
 # kind -> ordered {key: field name}; the order is the canonical order `encode` writes.
 _BLOCK_KEYS = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expand", "g": "groups",
                "gr": "growth", "c": "out_chs", "se": "se", "d": "dilation",
-               "sf": "shift_frac", "w": "w_bits", "a": "a_bits"}
+               "sf": "shift_frac", "as": "active_shift", "w": "w_bits", "a": "a_bits"}
 _KEYS = {
     "in": {"r": "resolution", "c": "in_chs"},
     "stem": {"c": "out_chs", "k": "kernel", "s": "stride", "w": "w_bits", "a": "a_bits"},
     "head": {"c": "out_chs", "w": "w_bits", "a": "a_bits"},
     "fc": {"n": "num_classes", "w": "w_bits", "a": "a_bits"},
-    "ir": {k: v for k, v in _BLOCK_KEYS.items() if k not in ("g", "gr", "sf")},
+    "ir": {k: v for k, v in _BLOCK_KEYS.items() if k not in ("g", "gr", "sf", "as")},
     "shift": {k: v for k, v in _BLOCK_KEYS.items() if k not in ("se", "g", "gr", "d")},
-    "grouped": {k: v for k, v in _BLOCK_KEYS.items() if k not in ("e", "se", "gr", "sf")},
-    "dense": {k: v for k, v in _BLOCK_KEYS.items() if k not in ("e", "se", "g", "sf")},
+    "grouped": {k: v for k, v in _BLOCK_KEYS.items() if k not in ("e", "se", "gr", "sf", "as")},
+    "dense": {k: v for k, v in _BLOCK_KEYS.items() if k not in ("e", "se", "g", "sf", "as")},
 }
 _FLOAT_FIELDS = {"expand", "se", "shift_frac"}
 _TOKEN = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)?", re.ASCII)  # ASCII digits only: 'k３' is refused
@@ -135,7 +135,7 @@ def _segment(kind: str, spec, skip=()) -> str:
     for key, name in _KEYS[kind].items():
         value = getattr(spec, name)
         if name in skip or (name == "se" and not value) or (name == "dilation" and value == 1) \
-                or (name == "shift_frac" and value == 1.0):
+                or (name == "shift_frac" and value == 1.0) or (name == "active_shift" and not value):
             continue
         tokens.append(f"{key}{_number(value)}")
     if kind in _HAS_ACT and spec.act != "relu":

@@ -139,6 +139,7 @@ class BlockSpec:
     growth: int = 0  # dense: channels each dense layer adds
     dilation: int = 1  # ir, grouped, dense: dilation of the k x k conv (padding d * (k // 2) keeps the shape)
     shift_frac: float = 1.0  # shift: fraction of channels shifted (1: ShiftNet's grouped shift; < 1: sparse shift)
+    active_shift: int = 0  # shift: 1 = active shift (learned fractional per-channel offsets, bilinear)
     act: str = "relu"
     w_bits: int = 32
     a_bits: int = 32
@@ -182,6 +183,13 @@ class BlockSpec:
         if self.shift_frac != 1.0 and self.kind != "shift":
             raise UsageError(f"{where}: shift_frac={self.shift_frac} is not allowed; the shifted fraction (sf) "
                              f"exists only in shift blocks, expected sf1")
+        _check_choice(where, "active_shift", self.active_shift, (0, 1))
+        if self.active_shift and self.kind != "shift":
+            raise UsageError(f"{where}: active_shift={self.active_shift} is not allowed; active shift (as1) "
+                             f"exists only in shift blocks, expected as0")
+        if self.active_shift and self.shift_frac != 1.0:
+            raise UsageError(f"{where}: active_shift=1 with shift_frac={self.shift_frac} is not allowed; an active "
+                             f"shift learns every channel's offset, expected sf1")
         if self.kind == "dense":
             _check_min(where, "growth", self.growth, 1)
         elif self.growth:
