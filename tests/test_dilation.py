@@ -87,3 +87,24 @@ def test_dilated_space_samples_dilation_but_never_on_binary_blocks():
     for a in archs:
         assert decode(encode(a)) == a
         assert all(b.dilation == 1 for b in a.blocks if b.binary or b.kind == "shift")
+
+
+def test_dilated_and_sparse_shift_archs_export_with_exact_payload():
+    """The payload of dilated convs (and of a sparse shift) is the cost model's weight_bytes, and
+    the packed model read back from it predicts what the fake-quant model does."""
+    from nas.export.bundle import payload_of
+    from nas.export.deploy import packed_model
+
+    s = "in_r16_c3-stem_c16_k3_s1_w8_a8-ir_r2_k3_s2_e3_c24_d2_w8_a8-grouped_r1_k3_s1_g4_c24_d3_w4_a4" \
+        "-dense_r1_k3_s2_gr8_c32_d2_w8_a8-shift_r1_k3_s1_e2_c32_sf0.25_w8_a8-head_c0_w8_a8-fc_n10_w8_a8"
+    torch.manual_seed(0)
+    model = build_model(decode(s))
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 16, 16))  # move the BN statistics off their defaults
+    model.eval()
+    payload, _ = payload_of(model)
+    assert len(payload) == arch_cost(model.arch).weight_bytes
+    packed = packed_model(decode(s), payload).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1), packed(x).argmax(1))
