@@ -240,6 +240,8 @@ def format_result(result: dict) -> str:
     lines.append(f"  mem_access        {show('mem_access', format_count)} elements")
     lines.append(f"  mem_access_bytes  {show('mem_access_bytes', format_bytes)}")
     lines.append(f"  bops              {show('bops', format_count)}")
+    if result.get("receptive_field"):
+        lines.append(f"  receptive_field   {result['receptive_field']} px (input pixels one output sees, one side)")
     if result.get("latency_ms") is not None:
         lines.append(f"  latency_ms        {result['latency_ms']:.3f} ms (predicted, batch 1, profile "
                      f"{result['latency_profile']})")
