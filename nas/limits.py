@@ -8,6 +8,7 @@ A leaf module: it imports nothing from nas but nas.errors.
 """
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -19,6 +20,11 @@ MAX_YAML_BYTES = 1 << 20        # a space file or a study config
 MAX_YAML_ALIASES = 100          # `*name` references in one YAML document
 MAX_YAML_DEPTH = 32             # nested mappings / lists
 MAX_JSON_BYTES = 16 << 20       # a bundle manifest, a --curves file
+# --seed: numpy and optuna take seeds below 2**32; a search adds 1000 per worker and the trial
+# number to it, so the seed itself stays below 2**31 to leave that room
+MAX_SEED = 2**31 - 1
+MAX_STUDY_NAME = 100             # a study name is also a file name (studies/<name>.journal)
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,%d}" % (MAX_STUDY_NAME - 1), re.ASCII)
 
 # magnitudes of architectures (arch strings, space files, their scaled members): name -> max
 MAGNITUDES = {

@@ -83,6 +83,7 @@ FILES = {  # name -> bytes, written into the case's folder
     "repeats.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nstages:\n  - {channels: 8, repeats: [100000]}\n",
     "phi.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [1000]}\nstages:\n  - {channels: 8}\n",
     "dup-config.yaml": b"target-mem: 5MB\ntarget_mem: 1KB\n",
+    "study-list.yaml": b"study: [a]\ntarget-mem: 5MB\n",
     "alias-config.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                          + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
                                     for i in range(12)),
@@ -206,6 +207,14 @@ CASES = [
     (["search", "--target-mem", "\uff15MB"], "--target-mem"),
     (["search", "--target-mem", "9" * 400 + "GB"], "--target-mem"),
     (["search", "--target-mem", "5MB", "--storage", "{d}/garbage.journal"], "not an Optuna journal"),
+    # issue 18, second pass
+    (["search", "--target-mem", "5MB", "--seed", "-1"], "--seed"),
+    (["search", "--target-mem", "5MB", "--seed", "99999999999"], "--seed"),
+    (["search", "--config", "{d}/study-list.yaml"], "study"),
+    (["search", "--target-mem", "5MB", "--study", "a b"], "--study"),
+    (["export", "--study", "s", "--storage", "sqlite:///{d}/new.db", "--best", "-o", "{d}/out"], "new.db"),
+    (["report", "--study", "s", "--storage", "sqlite:///{d}/new.db", "-o", "{d}/r.html"], "new.db"),
+    (["dashboard", "--study", "s", "--storage", "sqlite:///{d}/new.db"], "new.db"),
 ]
 
 
@@ -246,3 +255,21 @@ def _is_warning(line: str) -> bool:
 def test_suite_size_is_reported(request):
     request.config._nas_bad_input_cases = len(CASES)
     assert len(CASES) >= 60
+
+
+def test_refused_resume_appends_nothing(case_dir, capsys):
+    """A resume refused with exit 2 leaves the journal byte for byte as it was (no create-study record)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    journal = case_dir / "s.journal"
+    optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))),
+                        directions=["maximize"])
+    before = journal.read_bytes()
+    rc = main(["search", "--target-mem", "5MB", "--dataset", "digits", "--study", "s",
+               "--storage", f"journal:{journal}", "--objectives", "accuracy,weight_bytes", "--trials", "1",
+               "--subset", "200"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "objective" in err
+    assert journal.read_bytes() == before

@@ -34,22 +34,11 @@ def add_arguments(p):
 
 
 def open_study(name: str, storage_url: str | None):
-    """Load an existing study (never creates one, nor an empty journal file)."""
-    import optuna
+    """Load an existing study (never creates one, nor an empty journal file or SQLite database)."""
+    from nas.report.study import open_study as open_existing_study
 
-    from nas.search.storage import default_url, open_storage
-
-    url = storage_url or default_url(name)
-    if (url.startswith("journal:") or url.endswith(".journal")) and not Path(url.removeprefix("journal:")).is_file():
-        raise UsageError(f"--study {name!r}: no journal file {url.removeprefix('journal:')}; expected a study "
-                         f"written by `nas search --study {name}` here, or pass --storage")
-    storage = open_storage(url)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=name, storage=storage), url
-    except KeyError:
-        names = optuna.get_all_study_names(storage)
-        raise UsageError(f"--study {name!r}: not in {url}; expected one of {names}") from None
+    study, _, url = open_existing_study(name, storage_url)
+    return study, url
 
 
 def study_config(study):
