@@ -83,6 +83,7 @@ FILES = {  # name -> bytes, written into the case's folder
     "repeats.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nstages:\n  - {channels: 8, repeats: [100000]}\n",
     "phi.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [1000]}\nstages:\n  - {channels: 8}\n",
     "dup-config.yaml": b"target-mem: 5MB\ntarget_mem: 1KB\n",
+    "cut.safetensors": b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"dtype\": \"F32\", ",
     "study-list.yaml": b"study: [a]\ntarget-mem: 5MB\n",
     "alias-config.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                          + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
@@ -215,6 +216,8 @@ CASES = [
     (["export", "--study", "s", "--storage", "sqlite:///{d}/new.db", "--best", "-o", "{d}/out"], "new.db"),
     (["report", "--study", "s", "--storage", "sqlite:///{d}/new.db", "-o", "{d}/r.html"], "new.db"),
     (["dashboard", "--study", "s", "--storage", "sqlite:///{d}/new.db"], "new.db"),
+    (["compress", "--arch", GOOD_ARCH.replace("w8_a8", "w32_a32"), "--weights", "{d}/cut.safetensors",
+      "--dataset", "digits", "--prune", "0.5", "-o", "{d}/c"], "cut.safetensors"),
 ]
 
 

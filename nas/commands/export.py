@@ -94,9 +94,6 @@ def _weights_path(record: dict, url: str, study_name: str) -> Path:
 
 
 def run(args) -> int:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     from nas.blocks.model import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
@@ -125,13 +122,14 @@ def run(args) -> int:
               file=sys.stderr)
         record = retrain_one(study, config, trial)
     path = _weights_path(record, url, study.study_name)
-    with safe_open(str(path), "pt") as f:
-        stored_arch = (f.metadata() or {}).get("arch")
+    from nas.weights import read_weights
+    state, metadata = read_weights(path, f"trial {trial.number}'s final weights")
+    stored_arch = metadata.get("arch")
     if stored_arch != arch_string:
         raise UsageError(f"{path}: weights of arch {stored_arch!r}; expected trial {trial.number}'s {arch_string!r}")
     model = build_model(arch)
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise UsageError(f"{path}: not the state dict of {arch_string!r} ({str(e).splitlines()[0]})") from None
     seed, subset = record.get("seed", config.seed), record.get("subset", config.final_subset)
