@@ -53,6 +53,16 @@ def check_magnitude(where: str, name: str, value) -> None:
         raise LimitExceeded(f"{where}: {name}={value:g} is under the limit {-limit:g} (docs/limits.md)")
 
 
+def check_class_count(num_classes: int, where: str) -> None:
+    """Labels 0..num_classes-1 must ask for a head the arch strings accept: 2 .. the fc_n limit."""
+    limit = MAGNITUDES["num_classes"]
+    if num_classes < 2:
+        raise LimitExceeded(f"{where}: labels give {num_classes} class; expected at least 2 classes")
+    if num_classes > limit:
+        raise LimitExceeded(f"{where}: labels up to {num_classes - 1} give {num_classes} classes, over the "
+                            f"limit of {limit} (docs/limits.md)")
+
+
 def read_text(path, max_bytes: int, what: str) -> str:
     """The text of a regular file no larger than `max_bytes` (checked before reading)."""
     p = Path(path)
