@@ -267,6 +267,12 @@ CASES = [
     (["train", "--arch", S8, "--dataset", "{d}/one-class.npz", "--epochs", "1"], "1 class"),
     (["train", "--arch", S8, "--dataset", "{d}/huge-labels.npz", "--epochs", "1"], "1000000001 classes"),
     (["search", "--target-mem", "5MB", "--dataset", "{d}/one-class.npz"], "one-class.npz"),
+    (["export", "--study", "ghost", "--best", "-o", "{d}/link-out"], "symbolic link"),
+    (["export", "--study", "ghost", "--best", "-o", "{d}/dangling-out"], "symbolic link"),
+    (["export", "--study", "ghost", "--best", "-o", "/proc/x"], "/proc/x"),
+    (["report", "--study", "ghost", "-o", "{d}/link-out"], "symbolic link"),
+    (["report", "--study", "ghost", "-o", "{d}/dangling-out"], "symbolic link"),
+    (["report", "--study", "ghost", "-o", "/proc/x/r.html"], "/proc/x"),
     (["compress", "--arch", GOOD_ARCH.replace("w8_a8", "w32_a32"), "--weights", "{d}/cut.safetensors",
       "--dataset", "digits", "--prune", "0.5", "-o", "{d}/c"], "cut.safetensors"),
 ]
@@ -277,6 +283,8 @@ def case_dir(tmp_path, monkeypatch):
     for name, data in FILES.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(data)
+    (tmp_path / "link-out").symlink_to(tmp_path / "bundle-deep")  # -o through links: refused
+    (tmp_path / "dangling-out").symlink_to(tmp_path / "nowhere" / "x")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(limits, "MAX_DATASET_BYTES", BOMB_LIMIT)
     monkeypatch.setenv("NAS_PROFILE", str(tmp_path / "no-profile.json"))
