@@ -47,10 +47,11 @@ class LimitExceeded(UsageError):
 def check_magnitude(where: str, name: str, value) -> None:
     """Refuse `value` for field `name` above its limit (fields without a limit pass)."""
     limit = MAGNITUDES.get(name)
+    shown = repr(value)[:40]  # not ':g', which shows 16.0000001 as 16 and 999999999 as 1e+09
     if limit is not None and isinstance(value, (int, float)) and value > limit:
-        raise LimitExceeded(f"{where}: {name}={value:g} is over the limit {limit:g} (docs/limits.md)")
+        raise LimitExceeded(f"{where}: {name}={shown} is over the limit {limit:g} (docs/limits.md)")
     if name == "phi" and isinstance(value, (int, float)) and value < -limit:
-        raise LimitExceeded(f"{where}: {name}={value:g} is under the limit {-limit:g} (docs/limits.md)")
+        raise LimitExceeded(f"{where}: {name}={shown} is under the limit {-limit:g} (docs/limits.md)")
 
 
 def check_class_count(num_classes: int, where: str) -> None:

@@ -273,6 +273,7 @@ CASES = [
     (["report", "--study", "ghost", "-o", "{d}/link-out"], "symbolic link"),
     (["report", "--study", "ghost", "-o", "{d}/dangling-out"], "symbolic link"),
     (["report", "--study", "ghost", "-o", "/proc/x/r.html"], "/proc/x"),
+    (["cost", "--arch", GOOD_ARCH.replace("_e1_", "_e999999999_")], "expand=999999999.0"),
     (["compress", "--arch", GOOD_ARCH.replace("w8_a8", "w32_a32"), "--weights", "{d}/cut.safetensors",
       "--dataset", "digits", "--prune", "0.5", "-o", "{d}/c"], "cut.safetensors"),
 ]
