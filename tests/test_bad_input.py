@@ -125,6 +125,9 @@ FILES = {  # name -> bytes, written into the case's folder
     **_idx_folder("idx-one", 1, 1),
     **_idx_folder("idx-notest", 40, 0),
     **_cifar_labels(["cat", "dog"]),
+    "phi-neg.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [-1000]}\nstages:\n  - {channels: 8}\n",
+    "phi-shrink.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [0, -8], gamma: [4]}\n"
+                       b"stages:\n  - {channels: 8}\n",
     "study-list.yaml": b"study: [a]\ntarget-mem: 5MB\n",
     "alias-config.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                          + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
@@ -274,6 +277,9 @@ CASES = [
     (["report", "--study", "ghost", "-o", "{d}/dangling-out"], "symbolic link"),
     (["report", "--study", "ghost", "-o", "/proc/x/r.html"], "/proc/x"),
     (["cost", "--arch", GOOD_ARCH.replace("_e1_", "_e999999999_")], "expand=999999999.0"),
+    (["space", "show", "{d}/phi-neg.yaml"], "phi-neg.yaml:3: scaling.phi: -1000.0 is under the limit -8"),
+    (["space", "show", "{d}/phi-shrink.yaml"], "phi-shrink.yaml:3: scaling.phi: -8.0 shrinks the input resolution 28"),
+    (["search", "--target-mem", "5MB", "--space", "{d}/phi-shrink.yaml"], "phi-shrink.yaml:3"),
     (["compress", "--arch", GOOD_ARCH.replace("w8_a8", "w32_a32"), "--weights", "{d}/cut.safetensors",
       "--dataset", "digits", "--prune", "0.5", "-o", "{d}/c"], "cut.safetensors"),
 ]
