@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+import nas
 from nas.errors import UsageError
 
 # command -> (module with add_arguments/run, one-line help). Modules load lazily so that
@@ -43,6 +44,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only `command`'s module is imported to add its arguments."""
     parser = _Parser(prog="nas", description="Hardware-aware NAS and scaling for compact CNNs.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"nas {nas.__version__}",
+                        help="print the version (from the package metadata) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():

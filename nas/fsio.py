@@ -171,6 +171,28 @@ def atomic_dir(out, replace_nonempty: bool = True):
         raise
 
 
+def check_output_path(path, what: str = "-o") -> Path:
+    """Refuse, before any work, an output path that is a symbolic link (dangling or not: a write
+    through it lands elsewhere) or whose folder cannot take a new file (read-only, `/proc`): a
+    probe file is created in the nearest existing folder above it and removed at once."""
+    p = Path(path)
+    if p.is_symlink():
+        raise UsageError(f"{what} {str(path)!r}: is a symbolic link (to {os.readlink(p)!r}); "
+                         f"expected a plain path (links are not followed)")
+    parent = p.absolute().parent
+    while not parent.exists() and parent != parent.parent:  # missing folders are created later
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {str(path)!r}: {str(parent)!r} is not a folder; expected a path in a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".nas-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise write_error(path, e, f"{what}: cannot write") from None
+    return p
+
+
 def require_free_space(directory, needed_bytes: int, what: str) -> None:
     """Refuse before writing when the file system holding `directory` has less than
     `needed_bytes` free. Needed because some writers (torch.jit.save) abort the interpreter on

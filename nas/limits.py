@@ -8,6 +8,7 @@ A leaf module: it imports nothing from nas but nas.errors.
 """
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -19,6 +20,11 @@ MAX_YAML_BYTES = 1 << 20        # a space file or a study config
 MAX_YAML_ALIASES = 100          # `*name` references in one YAML document
 MAX_YAML_DEPTH = 32             # nested mappings / lists
 MAX_JSON_BYTES = 16 << 20       # a bundle manifest, a --curves file
+# --seed: numpy and optuna take seeds below 2**32; a search adds 1000 per worker and the trial
+# number to it, so the seed itself stays below 2**31 to leave that room
+MAX_SEED = 2**31 - 1
+MAX_STUDY_NAME = 100             # a study name is also a file name (studies/<name>.journal)
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,%d}" % (MAX_STUDY_NAME - 1), re.ASCII)
 
 # magnitudes of architectures (arch strings, space files, their scaled members): name -> max
 MAGNITUDES = {
@@ -41,10 +47,21 @@ class LimitExceeded(UsageError):
 def check_magnitude(where: str, name: str, value) -> None:
     """Refuse `value` for field `name` above its limit (fields without a limit pass)."""
     limit = MAGNITUDES.get(name)
+    shown = repr(value)[:40]  # not ':g', which shows 16.0000001 as 16 and 999999999 as 1e+09
     if limit is not None and isinstance(value, (int, float)) and value > limit:
-        raise LimitExceeded(f"{where}: {name}={value:g} is over the limit {limit:g} (docs/limits.md)")
+        raise LimitExceeded(f"{where}: {name}={shown} is over the limit {limit:g} (docs/limits.md)")
     if name == "phi" and isinstance(value, (int, float)) and value < -limit:
-        raise LimitExceeded(f"{where}: {name}={value:g} is under the limit {-limit:g} (docs/limits.md)")
+        raise LimitExceeded(f"{where}: {name}={shown} is under the limit {-limit:g} (docs/limits.md)")
+
+
+def check_class_count(num_classes: int, where: str) -> None:
+    """Labels 0..num_classes-1 must ask for a head the arch strings accept: 2 .. the fc_n limit."""
+    limit = MAGNITUDES["num_classes"]
+    if num_classes < 2:
+        raise LimitExceeded(f"{where}: labels give {num_classes} class; expected at least 2 classes")
+    if num_classes > limit:
+        raise LimitExceeded(f"{where}: labels up to {num_classes - 1} give {num_classes} classes, over the "
+                            f"limit of {limit} (docs/limits.md)")
 
 
 def read_text(path, max_bytes: int, what: str) -> str:

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 GOOD_ARCH = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e1_c16_w8_a8-head_c0_w8_a8-fc_n10_w8_a8"
 HUGE = "9" * 5000
 
+S8 = "in_r8_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e1_c16_w8_a8-head_c0_w8_a8-fc_n2_w8_a8"  # for 8x8 two-class files
 BOMB_LIMIT = 64 << 20  # the dataset limit during this suite (docs/limits.md gives the real one)
 
 
@@ -48,6 +49,38 @@ def _npz_bomb() -> bytes:
                 f.write(block)
         z.writestr("y.npy", b"")
     return buf.getvalue()
+
+
+def _npz(n: int, labels=None) -> bytes:
+    """An .npz of `n` blank 8x8 images and labels (default 0, 1, 0, 1...)."""
+    import io
+    import numpy as np
+    buf = io.BytesIO()
+    y = np.arange(n) % 2 if labels is None else np.asarray(labels)
+    np.savez(buf, x=np.zeros((n, 8, 8), np.uint8), y=y)
+    return buf.getvalue()
+
+
+def _idx(n: int, images: bool) -> bytes:
+    """An IDX file of `n` 8x8 images (or `n` labels 0, 1, 0...)."""
+    if images:
+        return b"\x00\x00\x08\x03" + n.to_bytes(4, "big") + (8).to_bytes(4, "big") * 2 + bytes(64 * n)
+    return b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + bytes(i % 2 for i in range(n))
+
+
+def _idx_folder(name: str, n_train: int, n_test: int) -> dict:
+    return {f"{name}/train-images-idx3-ubyte": _idx(n_train, True), f"{name}/train-labels-idx1-ubyte": _idx(n_train, False),
+            f"{name}/t10k-images-idx3-ubyte": _idx(n_test, True), f"{name}/t10k-labels-idx1-ubyte": _idx(n_test, False)}
+
+
+def _cifar_labels(labels) -> dict:
+    """A CIFAR-10 folder whose batches hold 2 images and `labels`."""
+    import pickle
+    import numpy as np
+    batch = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": labels}, protocol=2)
+    files = {f"cifar-bad/data_batch_{i}": batch for i in range(1, 6)}
+    files["cifar-bad/test_batch"] = batch
+    return files
 
 
 FILES = {  # name -> bytes, written into the case's folder
@@ -83,6 +116,19 @@ FILES = {  # name -> bytes, written into the case's folder
     "repeats.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nstages:\n  - {channels: 8, repeats: [100000]}\n",
     "phi.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [1000]}\nstages:\n  - {channels: 8}\n",
     "dup-config.yaml": b"target-mem: 5MB\ntarget_mem: 1KB\n",
+    "cut.safetensors": b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"dtype\": \"F32\", ",
+    "zero.npz": _npz(0),
+    "one.npz": _npz(1),
+    "one-class.npz": _npz(40, labels=[0] * 40),
+    "huge-labels.npz": _npz(40, labels=[0, 10**9] * 20),
+    **_idx_folder("idx-zero", 0, 0),
+    **_idx_folder("idx-one", 1, 1),
+    **_idx_folder("idx-notest", 40, 0),
+    **_cifar_labels(["cat", "dog"]),
+    "phi-neg.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [-1000]}\nstages:\n  - {channels: 8}\n",
+    "phi-shrink.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [0, -8], gamma: [4]}\n"
+                       b"stages:\n  - {channels: 8}\n",
+    "study-list.yaml": b"study: [a]\ntarget-mem: 5MB\n",
     "alias-config.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                          + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
                                     for i in range(12)),
@@ -206,6 +252,36 @@ CASES = [
     (["search", "--target-mem", "\uff15MB"], "--target-mem"),
     (["search", "--target-mem", "9" * 400 + "GB"], "--target-mem"),
     (["search", "--target-mem", "5MB", "--storage", "{d}/garbage.journal"], "not an Optuna journal"),
+    # issue 18, second pass
+    (["search", "--target-mem", "5MB", "--seed", "-1"], "--seed"),
+    (["search", "--target-mem", "5MB", "--seed", "99999999999"], "--seed"),
+    (["search", "--config", "{d}/study-list.yaml"], "study"),
+    (["search", "--target-mem", "5MB", "--study", "a b"], "--study"),
+    (["export", "--study", "s", "--storage", "sqlite:///{d}/new.db", "--best", "-o", "{d}/out"], "new.db"),
+    (["report", "--study", "s", "--storage", "sqlite:///{d}/new.db", "-o", "{d}/r.html"], "new.db"),
+    (["dashboard", "--study", "s", "--storage", "sqlite:///{d}/new.db"], "new.db"),
+    (["train", "--arch", S8, "--dataset", "{d}/zero.npz", "--epochs", "1"], "zero.npz"),
+    (["train", "--arch", S8, "--dataset", "{d}/one.npz", "--epochs", "1"], "one.npz"),
+    (["train", "--arch", S8, "--dataset", "{d}/idx-zero", "--epochs", "1"], "idx-zero"),
+    (["train", "--arch", S8, "--dataset", "{d}/idx-one", "--epochs", "1"], "idx-one"),
+    (["train", "--arch", S8, "--dataset", "{d}/idx-notest", "--epochs", "1"], "0 test images"),
+    (["train", "--arch", S8.replace("in_r8", "in_r32").replace("c1-", "c3-"), "--dataset", "{d}/cifar-bad",
+      "--epochs", "1"], "data_batch_1"),
+    (["train", "--arch", S8, "--dataset", "{d}/one-class.npz", "--epochs", "1"], "1 class"),
+    (["train", "--arch", S8, "--dataset", "{d}/huge-labels.npz", "--epochs", "1"], "1000000001 classes"),
+    (["search", "--target-mem", "5MB", "--dataset", "{d}/one-class.npz"], "one-class.npz"),
+    (["export", "--study", "ghost", "--best", "-o", "{d}/link-out"], "symbolic link"),
+    (["export", "--study", "ghost", "--best", "-o", "{d}/dangling-out"], "symbolic link"),
+    (["export", "--study", "ghost", "--best", "-o", "/proc/x"], "/proc/x"),
+    (["report", "--study", "ghost", "-o", "{d}/link-out"], "symbolic link"),
+    (["report", "--study", "ghost", "-o", "{d}/dangling-out"], "symbolic link"),
+    (["report", "--study", "ghost", "-o", "/proc/x/r.html"], "/proc/x"),
+    (["cost", "--arch", GOOD_ARCH.replace("_e1_", "_e999999999_")], "expand=999999999.0"),
+    (["space", "show", "{d}/phi-neg.yaml"], "phi-neg.yaml:3: scaling.phi: -1000.0 is under the limit -8"),
+    (["space", "show", "{d}/phi-shrink.yaml"], "phi-shrink.yaml:3: scaling.phi: -8.0 shrinks the input resolution 28"),
+    (["search", "--target-mem", "5MB", "--space", "{d}/phi-shrink.yaml"], "phi-shrink.yaml:3"),
+    (["compress", "--arch", GOOD_ARCH.replace("w8_a8", "w32_a32"), "--weights", "{d}/cut.safetensors",
+      "--dataset", "digits", "--prune", "0.5", "-o", "{d}/c"], "cut.safetensors"),
 ]
 
 
@@ -214,6 +290,8 @@ def case_dir(tmp_path, monkeypatch):
     for name, data in FILES.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(data)
+    (tmp_path / "link-out").symlink_to(tmp_path / "bundle-deep")  # -o through links: refused
+    (tmp_path / "dangling-out").symlink_to(tmp_path / "nowhere" / "x")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(limits, "MAX_DATASET_BYTES", BOMB_LIMIT)
     monkeypatch.setenv("NAS_PROFILE", str(tmp_path / "no-profile.json"))
@@ -246,3 +324,21 @@ def _is_warning(line: str) -> bool:
 def test_suite_size_is_reported(request):
     request.config._nas_bad_input_cases = len(CASES)
     assert len(CASES) >= 60
+
+
+def test_refused_resume_appends_nothing(case_dir, capsys):
+    """A resume refused with exit 2 leaves the journal byte for byte as it was (no create-study record)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    journal = case_dir / "s.journal"
+    optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))),
+                        directions=["maximize"])
+    before = journal.read_bytes()
+    rc = main(["search", "--target-mem", "5MB", "--dataset", "digits", "--study", "s",
+               "--storage", f"journal:{journal}", "--objectives", "accuracy,weight_bytes", "--trials", "1",
+               "--subset", "200"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "objective" in err
+    assert journal.read_bytes() == before

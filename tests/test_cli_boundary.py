@@ -4,6 +4,8 @@ the path; anything else is exit 1 with a one-line summary pointing at --debug.""
 import errno
 import os
 
+import pytest
+
 from nas.cli import _one_line, main
 from nas.errors import UsageError
 
@@ -45,3 +47,14 @@ def test_a_path_over_255_bytes_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    import tomllib
+    from pathlib import Path
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"nas {version('nas')}" == f"nas {declared}"

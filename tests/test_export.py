@@ -328,3 +328,23 @@ def test_cli_refuses_over_budget_with_exit_2(tmp_path, monkeypatch, capsys):
     assert not out.exists()
     assert main(["export", "--study", "nope", "--storage", url, "--best", "-o", str(out)]) == 2
     assert "'nope'" in capsys.readouterr().err
+
+
+def test_cli_refuses_truncated_final_weights_in_one_line(tmp_path, monkeypatch, capsys):
+    """A trial_N.safetensors cut short (a killed copy, a full disk) is one line naming the file."""
+    from safetensors.torch import save_file
+    monkeypatch.chdir(tmp_path)
+    url, _ = _study(tmp_path, "cut", mem=40_000)
+    weights = tmp_path / "studies" / "cut" / "trial_0.safetensors"
+    weights.parent.mkdir(parents=True)
+    model = build_model(decode(DIGITS))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights), metadata={"arch": DIGITS})
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    study = optuna.load_study(study_name="cut", storage=open_storage(url))
+    study.set_user_attr("final:0", {"trial": 0, "weights": str(weights), "val_accuracy": 0.5})
+    out = tmp_path / "bundle"
+    assert main(["export", "--study", "cut", "--storage", url, "--trial", "0", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "trial_0.safetensors" in err and "not a complete safetensors file" in err
+    assert not out.exists()

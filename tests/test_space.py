@@ -27,6 +27,24 @@ def test_canonical_string_round_trips():
     assert arch.blocks[1].act == "hswish"
 
 
+@pytest.mark.parametrize("tokens", ["e1.23456789", "e1_se0.0000001", "e1_se0.123456789", "e15.999999999",
+                                    "e3.0000000000000000001", "e16"])
+def test_accepted_float_tokens_round_trip_exactly(tokens):
+    """Every accepted string decodes, encodes to a string the decoder accepts, and decodes to the
+    same spec (no 'g' rounding to 6 digits, no exponent such as 'se1e-07')."""
+    text = f"in_r28_c1-stem_c8-ir_r1_k3_s2_{tokens}_c16-head_c0-fc_n10"
+    arch = decode(text)
+    assert decode(encode(arch)) == arch
+    assert "e-" not in encode(arch) and "e+" not in encode(arch)
+
+
+@pytest.mark.parametrize("expand", ["999999999", "16.0000000001", "17"])
+def test_expand_over_the_limit_is_refused_at_decode_showing_the_value(expand):
+    with pytest.raises(UsageError, match=r"expand=.* is over the limit 16") as e:
+        decode(f"in_r28_c1-stem_c8-ir_r1_k3_s2_e{expand}_c16-head_c0-fc_n10")
+    assert "e+" not in str(e.value)
+
+
 @pytest.mark.parametrize("kind", BLOCK_KINDS)
 @pytest.mark.parametrize("bits", BITS)
 def test_every_kind_and_bit_width_round_trips(kind, bits):

@@ -64,14 +64,10 @@ def config_of(args):
 
 
 def load_model(args, data):
-    from safetensors.torch import load_file
-
     from nas.compress.model import lenet5, plain_from_arch
+    from nas.weights import read_weights
 
-    path = Path(args.weights)
-    if not path.is_file():
-        raise UsageError(f"--weights {args.weights!r}: no such file; expected a safetensors file")
-    state = load_file(str(path))
+    state, _ = read_weights(args.weights, "--weights")
     if args.model == "lenet5":
         model = lenet5(data.in_chs, data.resolution, data.num_classes)
     else:

@@ -34,22 +34,11 @@ def add_arguments(p):
 
 
 def open_study(name: str, storage_url: str | None):
-    """Load an existing study (never creates one, nor an empty journal file)."""
-    import optuna
+    """Load an existing study (never creates one, nor an empty journal file or SQLite database)."""
+    from nas.report.study import open_study as open_existing_study
 
-    from nas.search.storage import default_url, open_storage
-
-    url = storage_url or default_url(name)
-    if (url.startswith("journal:") or url.endswith(".journal")) and not Path(url.removeprefix("journal:")).is_file():
-        raise UsageError(f"--study {name!r}: no journal file {url.removeprefix('journal:')}; expected a study "
-                         f"written by `nas search --study {name}` here, or pass --storage")
-    storage = open_storage(url)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=name, storage=storage), url
-    except KeyError:
-        names = optuna.get_all_study_names(storage)
-        raise UsageError(f"--study {name!r}: not in {url}; expected one of {names}") from None
+    study, _, url = open_existing_study(name, storage_url)
+    return study, url
 
 
 def study_config(study):
@@ -105,9 +94,6 @@ def _weights_path(record: dict, url: str, study_name: str) -> Path:
 
 
 def run(args) -> int:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     from nas.blocks.model import build_model
     from nas.cost import arch_cost
     from nas.data import load_dataset
@@ -136,13 +122,14 @@ def run(args) -> int:
               file=sys.stderr)
         record = retrain_one(study, config, trial)
     path = _weights_path(record, url, study.study_name)
-    with safe_open(str(path), "pt") as f:
-        stored_arch = (f.metadata() or {}).get("arch")
+    from nas.weights import read_weights
+    state, metadata = read_weights(path, f"trial {trial.number}'s final weights")
+    stored_arch = metadata.get("arch")
     if stored_arch != arch_string:
         raise UsageError(f"{path}: weights of arch {stored_arch!r}; expected trial {trial.number}'s {arch_string!r}")
     model = build_model(arch)
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise UsageError(f"{path}: not the state dict of {arch_string!r} ({str(e).splitlines()[0]})") from None
     seed, subset = record.get("seed", config.seed), record.get("subset", config.final_subset)

@@ -22,7 +22,7 @@ def run(args) -> int:
     from nas.report.study import open_study
     from nas.search.results import tally
 
-    out = Path(args.output)
+    out = fsio.check_output_path(args.output)  # a link, a missing or unwritable folder: before any work
     if out.is_dir():
         raise UsageError(f"-o {args.output!r}: is a directory; expected an HTML file path like report.html")
     study, _, url = open_study(args.study, args.storage)

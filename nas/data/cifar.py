@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.data.raw import RawSplits
+from nas.data.raw import RawSplits, to_labels
 from nas.errors import UsageError
 
 HOW_TO_GET = {
@@ -66,12 +66,14 @@ def _batch(path: Path, label_key: str, how_to_get: str) -> tuple[np.ndarray, np.
     if "data" not in d or label_key not in d:
         raise UsageError(f"dataset file {path}: keys {sorted(d)}; expected 'data' and {label_key!r}; {how_to_get}")
     x = np.asarray(d["data"])
-    y = np.asarray(d[label_key], dtype=np.int64)
-    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
-        raise UsageError(
-            f"dataset file {path}: data {x.dtype} {x.shape} with {len(y)} labels; expected uint8 "
-            f"(N, 3072) rows (3 x 32 x 32, channel-major) and N labels; {how_to_get}"
-        )
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        raise UsageError(f"dataset file {path}: data {x.dtype} {x.shape}; expected uint8 (N, 3072) rows "
+                         f"(3 x 32 x 32, channel-major); {how_to_get}")
+    try:
+        y = np.asarray(d[label_key])
+    except (ValueError, TypeError) as e:  # ragged or mixed lists
+        raise UsageError(f"dataset file {path}: {label_key!r} is not a list of integers ({e}); {how_to_get}") from None
+    y = to_labels(y, len(x), f"dataset file {path}: {label_key!r}")
     return x.reshape(-1, 3, 32, 32), y  # (N, 3, 32, 32): rows are R plane, G plane, B plane
 
 

@@ -14,6 +14,7 @@ from nas.data.idx import EXPECTED as IDX_EXPECTED, is_idx_folder, load_idx_folde
 from nas.data.raw import RawSplits
 from nas.data.split import split_off, stratified_subset
 from nas.errors import UsageError
+from nas.limits import check_class_count
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FASHION_MNIST_HOW_TO_GET = ("install it with `apt-get install dataset-fashion-mnist` (puts it in "
@@ -116,6 +117,11 @@ def _bundle(raw: RawSplits, name: str, source: str, split_seed: int, val_fractio
         raise UsageError(f"val_fraction={val_fraction!r}: expected a number between 0 and 1 (exclusive)")
     x, y = raw.x_train, raw.y_train
     x_test, y_test, carved = raw.x_test, raw.y_test, raw.x_test is None
+    needed = 3 if carved else 2  # one image each for train, val (and the carved test split)
+    if len(x) < needed or (not carved and len(x_test) == 0):
+        held = f"{len(x)} training" + ("" if carved else f" and {len(x_test)} test") + " images"
+        raise UsageError(f"dataset {source}: {held}; expected at least {needed} training images (train, "
+                         f"validation{', test' if carved else ''}) and one test image")
     if carved:
         keep, test = split_off(y, CARVED_TEST_FRACTION, CARVED_TEST_SEED)
         x, y, x_test, y_test = x[keep], y[keep], x[test], y[test]
@@ -123,6 +129,7 @@ def _bundle(raw: RawSplits, name: str, source: str, split_seed: int, val_fractio
         raise UsageError(f"dataset {source}: images are {x.shape[2]}x{x.shape[3]}; expected square images "
                          f"(pass a resolution to resize them)")
     num_classes = int(max(y.max(), y_test.max())) + 1
+    check_class_count(num_classes, f"dataset {source}")
     train_idx, val_idx = split_off(y, val_fraction, split_seed)
     if subset is not None:
         n = len(train_idx)

@@ -201,7 +201,7 @@ def check_budget(payload_bytes: int, budget_bytes: int | None, where: str = "the
 
 def check_output(out_dir, force: bool = False) -> Path:
     """The output path, unless it is a file or a non-empty directory (without `force`)."""
-    out = Path(out_dir)
+    out = fsio.check_output_path(out_dir)
     if out.exists() and not (out.is_dir() and (force or not any(out.iterdir()))):
         raise UsageError(f"-o {out_dir}: exists and is not an empty directory; expected a new path "
                          f"(or --force to replace it)")

@@ -77,8 +77,12 @@ class SearchConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number >= 1")
         if self.trials is not None and self.trials < 1:
             raise UsageError(f"--trials {self.trials!r}: expected a whole number >= 1")
-        if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):
-            raise UsageError(f"--study {self.study!r}: expected a plain name (letters, digits, '-', '_')")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= limits.MAX_SEED:
+            raise UsageError(f"--seed {self.seed!r}: expected a whole number from 0 to {limits.MAX_SEED} "
+                             f"(docs/limits.md)")
+        if not isinstance(self.study, str) or not limits.STUDY_NAME.fullmatch(self.study):
+            raise UsageError(f"--study {str(self.study)[:100]!r}: expected a plain name of at most "
+                             f"{limits.MAX_STUDY_NAME} characters (letters, digits, '-', '_', '.', not first)")
 
     @property
     def objective_names(self) -> tuple[str, ...]:
@@ -149,6 +153,8 @@ def build_config(options: dict, file_options: dict | None = None, where_file: st
                 raise UsageError(f"{where} {value!r}: expected a whole number")
             value = int(value)
         elif parse is str:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise UsageError(f"{where} {str(value)[:100]!r}: expected a single value, got {type(value).__name__}")
             value = str(value)
         else:
             value = parse(value, where)

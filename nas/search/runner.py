@@ -67,8 +67,12 @@ def open_study(config: SearchConfig, worker_index: int = 0) -> optuna.Study:
     directions = ["maximize"] + ["minimize"] * (len(config.objective_names) - 1)
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=SH_REDUCTION_FACTOR) \
         if config.pruner == "sh" else optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name=config.study, storage=storage, directions=directions,
-                                sampler=make_sampler(config, worker_index), pruner=pruner, load_if_exists=True)
+    sampler = make_sampler(config, worker_index)
+    try:  # load first: create_study(load_if_exists=True) appends a create-study record on every resume
+        study = optuna.load_study(study_name=config.study, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(study_name=config.study, storage=storage, directions=directions,
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
     if len(study.directions) != len(directions):
         raise UsageError(f"--study {config.study!r} exists with {len(study.directions)} objective(s); "
                          f"--objectives {config.objectives!r} needs {len(directions)}; use another --study")

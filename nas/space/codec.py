@@ -18,6 +18,8 @@ flags ``hs`` = hard-swish activation, ``noact`` = none (ReLU otherwise). Omitted
 import re
 from dataclasses import MISSING, fields
 
+import numpy as np
+
 from nas.errors import UsageError, shown
 from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
 
@@ -127,7 +129,9 @@ def _make(text: str, pos: int, cls, **values):
 
 
 def _number(value) -> str:
-    return format(value, "g") if isinstance(value, float) else str(value)
+    """Floats as the shortest positional digits that read back as the same float: never an
+    exponent ('1e-07' is no token the decoder accepts) and never rounded ('g' keeps 6 digits)."""
+    return np.format_float_positional(value, trim="-") if isinstance(value, float) else str(value)
 
 
 def _segment(kind: str, spec, skip=()) -> str:

@@ -147,7 +147,9 @@ class _Reader:
                 raise self.fail(m, key, f"{path}.{key}", f"{v!r} is not allowed; expected >= {minimum}")
             limit = limits.MAGNITUDES.get(key)
             if limit is not None and isinstance(v, (int, float)) and abs(v) > limit:
-                raise self.fail(m, key, f"{path}.{key}", f"{v:g} is over the limit {limit:g} (docs/limits.md)")
+                side = "over" if v > 0 else "under"
+                raise self.fail(m, key, f"{path}.{key}", f"{v!r} is {side} the limit {math.copysign(limit, v):g} "
+                                f"(docs/limits.md)")
             out.append(v)
         return tuple(out)
 
@@ -255,7 +257,7 @@ def load_space(path) -> Space:
             if se >= 1:
                 raise r.fail(s, "se", f"{p}.se", f"{se} is not allowed; expected 0 <= se < 1")
 
-    return Space(
+    space = Space(
         name=str(top.get("name", Path(path).stem)),
         path=path,
         resolution=r.one(inp, "resolution", "input", "int", None, minimum=1),
@@ -273,3 +275,22 @@ def load_space(path) -> Space:
         head=end("head", True, 0, 1, 1),
         classifier=end("classifier", False, 0, 1, 1),
     )
+    _check_scaled_resolution(r, sc, space)
+    return space
+
+
+def _check_scaled_resolution(r: "_Reader", sc, space: "Space") -> None:
+    """A negative phi shrinks the input (resolution x gamma^phi): the smallest scaled resolution
+    must stay >= 1, or every sampled member would fail later as 'resolution=0', far from the file."""
+    from nas.space.sample import derived_gamma  # sample imports this module
+
+    low_phi = min(space.phi)
+    if low_phi >= 0:
+        return
+    # the largest gamma shrinks the most; a derived gamma is largest at the smallest alpha and beta
+    gamma = max(space.gamma) if space.gamma is not None else \
+        derived_gamma(min(space.alpha), min(space.beta), space.target)
+    smallest = int(round(space.resolution * gamma**low_phi))
+    if smallest < 1:
+        raise r.fail(sc, "phi", "scaling.phi", f"{low_phi!r} shrinks the input resolution {space.resolution} "
+                     f"to {smallest} (gamma {gamma!r}); expected a phi that keeps it >= 1")
