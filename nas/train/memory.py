@@ -2,22 +2,30 @@
 
 Python-level tracers (tracemalloc) do not see PyTorch's C++ allocations, and the CPU
 allocator keeps no statistics, so the honest figure is the process's resident set size.
-`PeakRSS` resets the kernel's high-water mark (Linux: write ``5`` to
-``/proc/self/clear_refs``, which sets VmHWM to the current RSS), runs the block, and reports
-``VmHWM(exit) - VmRSS(entry)``: the largest growth of resident memory during the block —
-parameters' gradients, optimizer state, activations kept for backward, batch copies and the
-allocator's own overhead. Where the reset is not possible it falls back to the growth of
-``getrusage().ru_maxrss``, which is a lower bound (0 when the process peaked higher
-earlier); `method` says which one was used. The figure covers the whole process, so other
-threads working at the same time are counted too.
+`PeakRSS` measures the largest growth of resident memory during a block: parameters'
+gradients, optimizer state, activations kept for backward, batch copies and the allocator's
+own overhead. The figure covers the whole process, so other threads working at the same time
+are counted too. `method` says how it was measured, best first:
+
+- ``vmhwm``: reset the kernel's high-water mark (Linux: write ``5`` to
+  ``/proc/self/clear_refs``, which sets VmHWM to the current RSS), run the block, report
+  ``VmHWM(exit) - VmRSS(entry)``. Exact. Used only when the reset is seen to take effect:
+  some sandboxes refuse the write, or accept it and leave VmHWM where it was.
+- ``sampled``: a daemon thread reads VmRSS every `SAMPLE_S` seconds during the block. It
+  misses a peak shorter than one interval, so it is a lower bound; a training step holds its
+  memory for far longer than that.
+- ``ru_maxrss``: the growth of ``getrusage().ru_maxrss`` where there is no /proc (macOS). A
+  lower bound: 0 when the process peaked higher before the block.
 """
 
 import resource
 import sys
+import threading
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+SAMPLE_S = 0.002
 
 
 def _status_kib(field: str) -> int | None:
@@ -25,7 +33,7 @@ def _status_kib(field: str) -> int | None:
         for line in _STATUS.read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
@@ -35,6 +43,17 @@ def _maxrss_bytes() -> int:
     return r if sys.platform == "darwin" else r * 1024  # macOS reports bytes, Linux KiB
 
 
+def _reset_high_water_mark() -> bool:
+    """Reset VmHWM to the current RSS; True only if the kernel visibly did it."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    hwm, rss = _status_kib("VmHWM"), _status_kib("VmRSS")
+    # Pages may be faulted in between the two reads, so allow a little slack.
+    return hwm is not None and rss is not None and hwm <= rss + 4096
+
+
 class PeakRSS:
     """Context manager: ``with PeakRSS() as m: ...`` then ``m.peak_bytes`` and ``m.method``."""
 
@@ -42,21 +61,38 @@ class PeakRSS:
         self.peak_bytes = 0
         self.method = ""
         self._start = 0
+        self._sampled_kib = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while True:
+            rss = _status_kib("VmRSS")
+            if rss is not None and rss > self._sampled_kib:
+                self._sampled_kib = rss
+            if self._stop.wait(SAMPLE_S):
+                return
 
     def __enter__(self) -> "PeakRSS":
-        try:
-            _CLEAR_REFS.write_text("5")
-            rss = _status_kib("VmRSS")
-            if rss is None:
-                raise OSError("no VmRSS")
-            self._start, self.method = rss * 1024, "vmhwm"
-        except OSError:
+        rss = _status_kib("VmRSS")
+        if rss is None:
             self._start, self.method = _maxrss_bytes(), "ru_maxrss"
+        elif _reset_high_water_mark():
+            self._start, self.method = (_status_kib("VmRSS") or rss) * 1024, "vmhwm"
+        else:
+            self._start, self.method = rss * 1024, "sampled"
+            self._sampled_kib = rss
+            self._thread = threading.Thread(target=self._sample, name="nas-peak-rss", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.method == "vmhwm":
             end = (_status_kib("VmHWM") or 0) * 1024
+        elif self.method == "sampled":
+            self._stop.set()
+            self._thread.join()
+            end = max(self._sampled_kib, _status_kib("VmRSS") or 0) * 1024
         else:
             end = _maxrss_bytes()
         self.peak_bytes = max(0, end - self._start)
@@ -64,5 +100,6 @@ class PeakRSS:
 
 METHODS = {
     "vmhwm": "peak RSS growth: VmHWM reset via /proc/self/clear_refs at start, VmHWM(end) - VmRSS(start)",
+    "sampled": f"peak RSS growth sampled every {SAMPLE_S * 1000:g} ms from /proc/self/status (lower bound)",
     "ru_maxrss": "growth of getrusage ru_maxrss (lower bound: 0 if the process peaked higher before)",
 }
