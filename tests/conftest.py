@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+import nas  # noqa: F401, I001  (before torch: nas defaults OMP_WAIT_POLICY=PASSIVE, as every `nas` command has it)
 import torch
 
 from nas.data.idx import read_idx

@@ -114,6 +114,9 @@ def measure(result: dict) -> dict:
             x = torch.randn(1, in_chs, result["resolution"], result["resolution"],
                             generator=torch.Generator().manual_seed(0))
             timing = calibrate.time_forward(model, x)
+    from nas.measure.timing import warn_if_unreliable
+
+    warn_if_unreliable(timing, "latency_measured_ms")
     return {"latency_measured_ms": timing.median_ms,
             "latency_measured": {**timing.to_dict(), "threads": threads, "batch": 1, "statistic": "median"}}
 

@@ -39,10 +39,10 @@ def _show(space, as_json: bool) -> int:
     from nas.space import encode, space_size
     from nas.units import format_bytes, format_count
 
-    extremes = {}
+    extremes, cache = {}, {}
     for field in ("weight_bytes", "macs", "peak_act_bytes"):
         for which in ("cheapest", "largest"):
-            e = extreme(space, field, largest=(which == "largest"))
+            e = extreme(space, field, largest=(which == "largest"), cache=cache)
             extremes[f"{which}_{field}"] = {"value": e.value, "arch": encode(e.arch)}
     info = {"name": space.name, "path": space.path, "size": space_size(space), "resolution": space.resolution,
             "stages": len(space.stages), **extremes}

@@ -64,20 +64,31 @@ def coordinates(choices: dict[str, list]) -> dict[str, list[dict]]:
     return moves
 
 
-def _cost(space, params, field, in_chs, num_classes):
-    arch = replay(space, params, in_chs, num_classes).arch
-    return float(getattr(arch_cost(arch), field)), arch
+CostCache = dict  # {(space path, in_chs, num_classes, params): (ArchCost, ArchSpec)}
+
+
+def _cost(space, params, in_chs, num_classes, cache: CostCache):
+    """(every cost of the member `params` decodes to, its arch), memoised: the descents
+    revisit most points, and one cache may serve several fields of one space."""
+    key = (id(space), in_chs, num_classes, tuple(sorted(params.items())))
+    if key not in cache:
+        arch = replay(space, params, in_chs, num_classes).arch
+        cache[key] = (arch_cost(arch), arch)
+    return cache[key]
 
 
 def extreme(space: Space, field: str, largest: bool = False, in_chs: int | None = None,
-            num_classes: int | None = None) -> Extreme:
+            num_classes: int | None = None, cache: CostCache | None = None) -> Extreme:
+    """The cheapest (or largest) member by `field`. Pass one `cache` dict to several calls
+    over the same space to share the decoded members' costs."""
     choices = parameter_choices(space)
     sign = -1.0 if largest else 1.0
     moves = coordinates(choices)
+    cache = {} if cache is None else cache
 
     def point(params):
-        cost, arch = _cost(space, params, field, in_chs, num_classes)
-        return sign * cost, params, arch
+        costs, arch = _cost(space, params, in_chs, num_classes, cache)
+        return sign * float(getattr(costs, field)), params, arch
 
     def descend(start):
         score, params, arch = start

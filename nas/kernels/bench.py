@@ -27,6 +27,8 @@ import statistics
 import sys
 import time
 
+from nas.measure.load import CpuWatch
+
 # (name, H=W, Cin, Cout, k, stride, padding); the first four are the goal shapes
 LAYERS = [
     ("resnet18 56x56x64", 56, 64, 64, 3, 1, 1),
@@ -204,30 +206,6 @@ def _bench_network(threads, seconds, torch, K):
             "speedup": min(t_nchw, t_cl) / t_bin, "bit_exact": exact}
 
 
-def _busy_jiffies() -> int | None:
-    """CPU time (clock ticks) all processes have used, from /proc/stat; None elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return sum(v) - v[3] - v[4]  # minus idle and iowait
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _others_load(start, end) -> float | None:
-    """Share of the machine's CPU time that other processes used between two snapshots of
-    (wall seconds, busy jiffies, this process's CPU seconds)."""
-    (w0, b0, c0), (w1, b1, c1) = start, end
-    if b0 is None or b1 is None or w1 <= w0:
-        return None
-    others = (b1 - b0) / os.sysconf("SC_CLK_TCK") - (c1 - c0)
-    return max(0.0, others / ((w1 - w0) * (os.cpu_count() or 1)))
-
-
-def _snapshot():
-    return time.perf_counter(), _busy_jiffies(), time.process_time()
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -335,26 +313,26 @@ def _run_binary(args, int_bits, binary: bool = True) -> int:
     best = K.supported_isas()[0]
     saved_threads = torch.get_num_threads()
     _log(f"nas bench kernels: level {isa}, threads {threads_list}; measuring the popcount peak ...")
-    start = _snapshot()
-    peak = _popcount_peak(ext, best)
-    layers, networks = [], []
-    try:
-        for threads in (threads_list if binary else []):
-            torch.set_num_threads(threads)
-            for row in LAYERS:
-                _log(f"  {row[0]} @ {threads} thread(s)")
-                r = _bench_layer(row, threads, args.seconds, torch, F, K, R)
-                r["peak_share"] = r["binary_macs_per_s"] / (peak * threads)
-                layers.append(r)
-            if not args.no_network:
-                _log(f"  Bi-Real-18 network @ {threads} thread(s)")
-                networks.append(_bench_network(threads, args.seconds, torch, K))
-    finally:
-        torch.set_num_threads(saved_threads)
+    with CpuWatch() as watch:  # spans the whole bench: popcount peak, binary and integer rows
+        peak = _popcount_peak(ext, best)
+        layers, networks = [], []
+        try:
+            for threads in (threads_list if binary else []):
+                torch.set_num_threads(threads)
+                for row in LAYERS:
+                    _log(f"  {row[0]} @ {threads} thread(s)")
+                    r = _bench_layer(row, threads, args.seconds, torch, F, K, R)
+                    r["peak_share"] = r["binary_macs_per_s"] / (peak * threads)
+                    layers.append(r)
+                if not args.no_network:
+                    _log(f"  Bi-Real-18 network @ {threads} thread(s)")
+                    networks.append(_bench_network(threads, args.seconds, torch, K))
+        finally:
+            torch.set_num_threads(saved_threads)
 
-    int_rows, int_peak, int_level, int_goals = _run_integer(int_bits, threads_list, args.seconds) if int_bits \
-        else ([], None, None, [])
-    others = _others_load(start, _snapshot())
+        int_rows, int_peak, int_level, int_goals = _run_integer(int_bits, threads_list, args.seconds) if int_bits \
+            else ([], None, None, [])
+    others = watch.others_share
     goals = []
     for threads in (threads_list if binary else []):
         rows = [r for r in layers if r["threads"] == threads][:RESNET_ROWS]

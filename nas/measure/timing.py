@@ -6,15 +6,20 @@ here: eval mode, `torch.inference_mode()`, the garbage collector paused, warm-up
 count and a minimum time) first, then individually timed calls (`time.perf_counter_ns`,
 CUDA synchronised) until both a minimum count and a minimum time are reached (capped);
 the statistic is the median of the runs (pooled over `rounds` back-to-back rounds).
-torch is imported inside the functions so that importing this module stays light.
+Every timing also records what the machine was doing meanwhile (`nas.measure.load`:
+other processes' CPU share, the spread of the runs); a figure measured on a busy machine
+carries a one-line warning, printed on stderr by `measure_inference_ms` and kept in the
+`Timing`. torch is imported inside the functions so that importing this module stays light.
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 
+from nas.measure.load import Conditions, CpuWatch
 from nas.space.spec import ArchSpec
 
 
@@ -47,15 +52,22 @@ class Timing:
     q3_ms: float
     repeats: int
     round_spread: float = 0.0  # (max - min) of the per-round medians over the median
+    others_share: float | None = None  # share of all CPUs other processes used meanwhile
+    threads: int = 1
 
     @classmethod
-    def of(cls, rounds: list[list[float]]) -> "Timing":
+    def of(cls, rounds: list[list[float]], others_share: float | None = None, threads: int = 1) -> "Timing":
         """Pool the runs (ms) of every round."""
         runs = [t for r in rounds for t in r]
         q1, _, q3 = statistics.quantiles(runs, n=4) if len(runs) > 1 else (runs[0],) * 3
         median = statistics.median(runs)
         meds = [statistics.median(r) for r in rounds]
-        return cls(median, q1, q3, len(runs), (max(meds) - min(meds)) / median if median > 0 else 0.0)
+        return cls(median, q1, q3, len(runs), (max(meds) - min(meds)) / median if median > 0 else 0.0,
+                   others_share, threads)
+
+    @property
+    def conditions(self) -> Conditions:
+        return Conditions(threads=self.threads, others_share=self.others_share, noise=self.noise)
 
     @property
     def noise(self) -> float:
@@ -63,7 +75,8 @@ class Timing:
         return (self.q3_ms - self.q1_ms) / self.median_ms if self.median_ms > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {"median_ms": self.median_ms, "q1_ms": self.q1_ms, "q3_ms": self.q3_ms, "repeats": self.repeats}
+        return {"median_ms": self.median_ms, "q1_ms": self.q1_ms, "q3_ms": self.q3_ms, "repeats": self.repeats,
+                "conditions": self.conditions.to_dict()}
 
 
 def example_input(arch: ArchSpec, device: str = "cpu"):
@@ -117,7 +130,11 @@ def time_runs(model, x, protocol: Protocol = MEASURE, device: str = "cpu") -> li
 
 def time_forward(model, x, protocol: Protocol = MEASURE, device: str = "cpu") -> Timing:
     """Median / quartiles of `model(x)` wall time (ms) over `protocol.rounds` back-to-back rounds."""
-    return Timing.of([time_runs(model, x, protocol, device) for _ in range(protocol.rounds)])
+    import torch
+
+    with CpuWatch() as watch:
+        rounds = [time_runs(model, x, protocol, device) for _ in range(protocol.rounds)]
+    return Timing.of(rounds, watch.others_share, torch.get_num_threads())
 
 
 def measure_arch(arch: ArchSpec, protocol: Protocol = MEASURE, device: str = "cpu") -> Timing:
@@ -125,13 +142,18 @@ def measure_arch(arch: ArchSpec, protocol: Protocol = MEASURE, device: str = "cp
     return time_forward(build_for_timing(arch, device), example_input(arch, device), protocol, device)
 
 
-def measure_inference_ms(model, example, repeats: int = 30, warmup: int = 5, channels_last: bool = False) -> float:
-    """Median milliseconds per image of ``model(example)`` in eval mode, under the protocol
-    above with exactly `warmup` warm-up runs and `repeats` timed runs.
+def warn_if_unreliable(timing: Timing, what: str) -> str | None:
+    """Print `timing`'s warning (if any) on stderr as one line naming `what`; return it."""
+    warning = timing.conditions.warning()
+    if warning:
+        print(f"nas: warning: {what}: {warning}", file=sys.stderr)
+    return warning
 
-    `example` is a real input batch (B, C, H, W); B = 1 measures latency, a larger B
-    throughput per image. Uses the calling thread settings (`torch.get_num_threads()`).
-    """
+
+def measure_inference(model, example, repeats: int = 30, warmup: int = 5, channels_last: bool = False) -> Timing:
+    """`Timing` (ms per call) of ``model(example)`` in eval mode, under the protocol above with
+    exactly `warmup` warm-up runs and `repeats` timed runs. Uses the calling thread settings
+    (`torch.get_num_threads()`)."""
     import torch
 
     if repeats < 1:
@@ -142,7 +164,18 @@ def measure_inference_ms(model, example, repeats: int = 30, warmup: int = 5, cha
     was_training = model.training
     model.eval()
     try:
-        times = time_runs(model, example, protocol, example.device.type)
+        with CpuWatch() as watch:
+            times = time_runs(model, example, protocol, example.device.type)
     finally:
         model.train(was_training)
-    return statistics.median(times) / example.shape[0]
+    return Timing.of([times], watch.others_share, torch.get_num_threads())
+
+
+def measure_inference_ms(model, example, repeats: int = 30, warmup: int = 5, channels_last: bool = False,
+                         what: str = "inference latency") -> float:
+    """Median milliseconds per image of ``model(example)`` (`measure_inference`); `example` is
+    a real input batch (B, C, H, W): B = 1 measures latency, a larger B throughput per image.
+    A figure measured on a busy machine gets a one-line warning on stderr naming `what`."""
+    timing = measure_inference(model, example, repeats, warmup, channels_last)
+    warn_if_unreliable(timing, what)
+    return timing.median_ms / example.shape[0]
