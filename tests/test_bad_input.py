@@ -203,6 +203,8 @@ CASES = [
     # training
     (["train", "--arch", "in_r28_c1-stem_c8-nope-head_c0-fc_n10", "--dataset", "digits", "--epochs", "1"], "nope"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--epochs", "0"], "--epochs"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--threads", "0"], "--threads"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--threads", "-3"], "--threads"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/nowhere", "--epochs", "1"], "nowhere"),
     # studies: report, dashboard, export, infer
     (["report", "--study", "ghost", "--storage", "journal:{d}/ghost.journal", "-o", "{d}/r.html"], "ghost"),

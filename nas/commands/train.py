@@ -10,6 +10,7 @@ import sys
 import torch
 
 from nas.errors import UsageError
+from nas.measure.load import add_threads_argument, apply_threads
 from nas.units import format_bytes, parse_seconds
 
 
@@ -34,6 +35,9 @@ def add_arguments(p) -> None:
     p.add_argument("--test", action="store_true", help="also score the test set (final figures only)")
     p.add_argument("--save", metavar="PATH", help="write the trained weights as safetensors")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_threads_argument(p)
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress on stderr (default: a bar on a terminal, one line per epoch elsewhere)")
 
 
 def _check(args) -> None:
@@ -65,6 +69,7 @@ def run(args) -> int:
     from nas.train.trainer import TrainingDiverged, train
 
     _check(args)
+    threads = apply_threads(args.threads)
     max_seconds = parse_seconds(args.max_time, "--max-time") if args.max_time else None
     spec = decode(args.arch)
     teacher_spec = decode(args.teacher) if args.teacher else None
@@ -80,7 +85,7 @@ def run(args) -> int:
                          f"(the training split of {data.name})")
     print(data.describe(), file=sys.stderr)
     common = dict(subset=args.subset, val_subset=args.val_subset, batch_size=args.batch_size, lr=args.lr,
-                  optimizer=args.optimizer, seed=args.seed, progress=sys.stderr.isatty(), max_seconds=max_seconds)
+                  optimizer=args.optimizer, seed=args.seed, progress=not args.quiet, max_seconds=max_seconds)
 
     teacher = teacher_acc = None
     if teacher_spec is not None:
@@ -105,7 +110,7 @@ def run(args) -> int:
 
     out = {"arch": encode(spec), "dataset": data.name, "params": sum(p.numel() for p in model.parameters()),
            **result.to_dict(), "teacher": args.teacher, "teacher_accuracy": teacher_acc,
-           "threads": torch.get_num_threads()}
+           "threads": threads}
     if args.test:
         out["test_accuracy"] = evaluate(model, data.test)
     if args.save:
@@ -125,7 +130,7 @@ def run(args) -> int:
     print(f"  memory footprint      {format_bytes(result.weight_bytes)} (weight_bytes)")
     print(f"  training time         {result.train_time_s:.1f} s ({result.epochs_completed:g} epochs, "
           f"{result.train_images} images, {result.images_per_s:.0f} images/s)")
-    print(f"  inference time        {result.infer_ms_per_image:.3f} ms/image (batch 1, median)")
+    print(f"  inference time        {result.infer_ms_per_image:.3f} ms/image (batch 1, median, {threads} threads)")
     print(f"  peak training memory  {format_bytes(result.peak_train_mem_bytes)} ({result.peak_mem_method})")
     if teacher_acc is not None:
         print(f"  teacher accuracy      {teacher_acc:.4f} ({args.teacher})")

@@ -112,12 +112,12 @@ def measure_all(archs: list[ArchSpec], protocol: Protocol, device: str = "cpu", 
     """Time every network in `protocol.rounds` passes, each in its own shuffled order (a network
     is rebuilt in every pass), so that slow drifts of the machine's speed reach every network
     alike; a network's runs from all passes are pooled."""
-    from tqdm import tqdm
+    from nas.progress import bar as progress_bar
 
     rng = random.Random(seed)
     runs: list[list[list[float]]] = [[] for _ in archs]
-    bar = tqdm(total=len(archs) * protocol.rounds, desc="calibrate", unit="net", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(archs) * protocol.rounds, "calibrate", "net", enabled=progress,
+                       line_every=max(1, len(archs) // 10))
     for _ in range(protocol.rounds):
         order = list(range(len(archs)))
         rng.shuffle(order)

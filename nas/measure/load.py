@@ -104,3 +104,25 @@ class Conditions:
     def to_dict(self) -> dict:
         return {"threads": self.threads, "others_share": self.others_share, "noise": round(self.noise, 4),
                 "warning": self.warning()}
+
+
+def add_threads_argument(parser) -> None:
+    """`--threads N` for every command that measures or trains (one spelling, one default)."""
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch / kernel threads (default: the cores other processes leave free, "
+                             "measured for 0.25 s at start)")
+
+
+def apply_threads(threads: int | None, where: str = "--threads") -> int:
+    """Set torch's thread count (the kernels follow it): `threads`, or the free cores when None.
+    Returns the count used."""
+    import torch
+
+    if threads is None:
+        threads = auto_threads()
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        from nas.errors import UsageError
+
+        raise UsageError(f"{where} {threads!r}: expected a whole number of threads >= 1")
+    torch.set_num_threads(threads)
+    return threads

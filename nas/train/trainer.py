@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from nas.train.batches import iterate, subset_of
 from nas.train.distill import distillation_loss
 from nas.train.evaluate import evaluate, measure_inference_ms
+from nas.progress import bar as progress_bar
 from nas.train.memory import METHODS, PeakRSS
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "evaluate", "measure_inference_ms", "wants_channels_last"]
@@ -163,7 +163,7 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                 teacher.to(memory_format=torch.channels_last)
         opt = _make_optimizer(model, optimizer, lr, weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(total_steps))
-        bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, leave=False)
+        bar = progress_bar(total_steps, "train", "step", enabled=progress, line_every=steps_per_epoch, leave=False)
         step = 0
         step_time = 0.0
         images = 0
