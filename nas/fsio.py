@@ -111,10 +111,14 @@ def _umask() -> int:
 
 
 def clean_stale_partials(parent: Path, name: str) -> list[Path]:
-    """Remove `.NAME.PID.*.partial` directories in `parent` whose process is gone; returns them."""
+    """Tidy what killed writers of `parent/name` left: remove `.NAME.PID.*.partial`
+    directories whose process is gone; a `.NAME.old-PID` (the complete directory a killed
+    replacement had moved aside, between its two renames) goes back to `NAME` when `NAME` is
+    missing, else it is removed. Returns the paths removed or restored."""
     removed = []
     try:
         entries = list(Path(parent).glob(f".{name}.*{PARTIAL_SUFFIX}"))
+        olds = list(Path(parent).glob(f".{name}.old-*"))
     except OSError:
         return removed
     for d in entries:
@@ -122,6 +126,19 @@ def clean_stale_partials(parent: Path, name: str) -> list[Path]:
         if pid.isdigit() and _alive(int(pid)):
             continue
         shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    target = Path(parent) / name
+    for d in olds:
+        pid = d.name[len(name) + len(".old-") + 1:]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        try:
+            if not target.exists():
+                d.rename(target)  # the killed run never put its replacement in place
+            else:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
         removed.append(d)
     return removed
 
