@@ -2,21 +2,21 @@
 
 import importlib
 
-BENCHES = {
-    "kernels": "nas.kernels.bench",
-    "search": "nas.search.bench",
-    "pruners": "nas.search.bench_pruners",
-    "proxies": "nas.train.bench_proxies",
-    "train": "nas.train.bench_train",
-    "compress": "nas.compress.bench",
+BENCHES = {  # name -> (module, what it measures)
+    "kernels": ("nas.kernels.bench", "packed-binary and 2/4/8-bit integer kernels vs PyTorch fp32 and onnxruntime int8"),
+    "search": ("nas.search.bench", "the search against random search and hand-designed nets at equal budgets"),
+    "pruners": ("nas.search.bench_pruners", "trial pruners replayed on recorded learning curves"),
+    "proxies": ("nas.train.bench_proxies", "zero-cost proxies' rank correlation with trained accuracy"),
+    "train": ("nas.train.bench_train", "training throughput of the trainer against a plain PyTorch loop"),
+    "compress": ("nas.compress.bench", "Deep Compression (prune, retrain, share, pack) of LeNet-5: bytes vs accuracy"),
 }
 
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", parser_class=type(parser))
     sub.required = True
-    for name, module in BENCHES.items():
-        p = sub.add_parser(name, help=f"benchmark: {name}")
+    for name, (module, what) in BENCHES.items():
+        p = sub.add_parser(name, help=what, description=what)
         p.set_defaults(_bench_module=module)
         try:
             importlib.import_module(module).add_arguments(p)
