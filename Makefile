@@ -17,7 +17,7 @@ setup: .venv/.installed /usr/share/datasets/fashion-mnist
 search: setup
 	.venv/bin/nas search --target-mem 5MB
 	.venv/bin/nas report --study nas -o report.html
-	.venv/bin/nas export --study nas --best -o out/
+	.venv/bin/nas export --study nas --best -o out/ --force   # a rerun replaces the bundle
 
 test: setup
 	$(PY) -m pytest -q

@@ -33,7 +33,8 @@ def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, object
     path = _existing_file(url)
     if path is not None and not path.is_file():
         hint = "give --storage" if storage_url is None else "check the path"
-        raise UsageError(f"{where}: no storage file {str(path)!r} (looked for {url!r}); "
+        here = "" if path.is_absolute() else f" under the current folder {str(Path.cwd())!r}"
+        raise UsageError(f"{where}: no storage file {str(path)!r}{here} (looked for {url!r}); "
                          f"run `nas search --study {name}` first, or {hint}")
     storage = open_storage(url)
     try:
