@@ -8,6 +8,7 @@ BENCHES = {  # name -> (module, what it measures)
     "pruners": ("nas.search.bench_pruners", "trial pruners replayed on recorded learning curves"),
     "proxies": ("nas.train.bench_proxies", "zero-cost proxies' rank correlation with trained accuracy"),
     "train": ("nas.train.bench_train", "training throughput of the trainer against a plain PyTorch loop"),
+    "startup": ("nas.measure.bench_startup", "cold start-up time of light commands (nas cost, nas space)"),
     "compress": ("nas.compress.bench", "Deep Compression (prune, retrain, share, pack) of LeNet-5: bytes vs accuracy"),
 }
 
