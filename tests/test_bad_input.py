@@ -216,6 +216,8 @@ CASES = [
     (["infer", "--bundle", "{d}/no-bundle", "--dataset", "digits"], "no-bundle"),
     # device
     (["calibrate", "--threads", "0"], "--threads"),
+    (["cost", "--arch", GOOD_ARCH, "--measure", "--threads", "0"], "--threads"),
+    (["cost", "--arch", GOOD_ARCH, "--threads", "2"], "with --measure"),
     (["calibrate", "--device", "tpu"], "tpu"),
     (["cost", "--arch", GOOD_ARCH, "--profile", "{d}/profile.json"], "profile.json"),
     (["cost", "--arch", GOOD_ARCH, "--profile", "{d}/nope.json"], "nope.json"),

@@ -40,6 +40,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--measure", action="store_true",
                         help="also build the network and time its forward pass (latency_measured_ms)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="--measure at N threads (default: the device profile's, else torch's)")
 
 
 def parse_input(text: str | None) -> int | None:
@@ -58,8 +60,10 @@ def parse_input(text: str | None) -> int | None:
 def run(args) -> int:
     resolution = parse_input(args.input)
     result = cost_arch_string(args.arch, resolution) if args.arch is not None else cost_model(args.model, resolution)
+    if args.threads is not None and (args.threads < 1 or not args.measure):
+        raise UsageError(f"--threads {args.threads}: expected a whole number >= 1, with --measure")
     if args.measure:
-        result.update(measure(result))
+        result.update(measure(result, args.threads))
     if args.json:
         print(json.dumps(result))
     else:
@@ -96,12 +100,14 @@ def add_latency(result: dict, arch, cost: Cost) -> dict:
     return result
 
 
-def measure(result: dict) -> dict:
-    """Time the built network (`nas calibrate`'s protocol), threads as the profile's, else torch's default."""
+def measure(result: dict, threads: int | None = None) -> dict:
+    """Time the built network (`nas calibrate`'s protocol) at `threads`, else the profile's,
+    else torch's default."""
     from nas.measure import calibrate
 
     path = latency.default_profile_path()
-    threads = latency.require_profile(path).machine["threads"] if path.is_file() else latency.default_threads()
+    if threads is None:
+        threads = latency.require_profile(path).machine["threads"] if path.is_file() else latency.default_threads()
     with calibrate.fixed_threads(threads):
         if result.get("model") is None:
             timing = calibrate.measure_arch(decode(result["arch"]))
