@@ -1,9 +1,10 @@
-"""`nas bench kernels | search | pruners | proxies | train | compress`: benchmarks that print their figures."""
+"""`nas bench kernels | infer | search | pruners | proxies | train | compress`: benchmarks that print their figures."""
 
 import importlib
 
 BENCHES = {
     "kernels": "nas.kernels.bench",
+    "infer": "nas.export.bench",
     "search": "nas.search.bench",
     "pruners": "nas.search.bench_pruners",
     "proxies": "nas.train.bench_proxies",

@@ -22,7 +22,8 @@ from nas.data.split import stratified_subset
 from nas.errors import UsageError
 from nas.export import export_model, load_bundle
 from nas.export.bundle import payload_of, predictions
-from nas.export.deploy import PackedBinaryUnit, packed_model
+from nas.export.deploy import packed_model
+from nas.export.packed import PackedBinaryUnit
 from nas.export.fold import geometries, model_records
 from nas.export.payload import decode_payload, encode_payload, pack_codes, unpack_codes
 from nas.kernels import reference
