@@ -237,6 +237,12 @@ def test_manifest_and_files(bundle):
     assert {"nas", "torch", "timm", "optuna"} <= set(m["versions"])
     names = [layer.name for layer in build_model(decode(TRAINED)).quant_layers()]
     assert [e["name"] for e in m["payload"]["layers"]] == names
+    # which deployable module runs each record: TRAINED has 8/4/2-bit layers on 8/4/2-bit PACT
+    # inputs (integer), 1-bit units (binary), a 32-bit head and 8-bit shortcut convs on float inputs
+    paths = {e["name"]: e["path"] for e in m["layer_paths"]}
+    assert list(paths) == names and set(paths.values()) == {"integer", "binary", "float"}
+    assert paths["stem.conv"] == paths["fc"] == paths["blocks.1.0.layers.0.conv2"] == "integer"
+    assert paths["head.conv"] == "float" and m["integer_kernels"] in ("avx512", "avx2", "portable")
     assert json.loads((out / "manifest.json").read_text()) == m
     assert not list(out.parent.glob(".*"))  # no temporary directory left behind
 

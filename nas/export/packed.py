@@ -154,6 +154,9 @@ class PackedIntegerConv2d(nn.Module):
         self.a_bits, self.signed, self.activation = g.a_bits, src.act_quant.signed, activation
         self.alpha = input_clip(rec)
         s_x = act_scale(self.alpha, g.a_bits, self.signed)
+        # the quantizer's constants as Python floats (each an exact float32 value; see input_codes)
+        self._lo, self._hi, self._step = (-float(self.alpha) if self.signed else 0.0), float(self.alpha), float(s_x)
+        self._code_dtype = act_code_dtype(self.signed)
         scale = (s_x * torch.from_numpy(rec.scale.copy()) / (2**g.bits - 1)).float()
         stride, padding, groups = ((1, 1), (0, 0), 1) if self.linear else (src.stride, src.padding, src.groups)
         self.register_buffer("w_int", integer_weight(rec))  # (C_out, C_in_g, k_h, k_w) int16
@@ -164,12 +167,21 @@ class PackedIntegerConv2d(nn.Module):
         self.requant: tuple[float, float, float] | None = None  # set by convert.chain_integer_layers
 
     def input_codes(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, C) codes of a float NCHW (or (N, C)) input: `nas.quant.integer.act_codes`."""
+        """(N, H, W, C) codes of a float NCHW (or (N, C)) input, equal to
+        `nas.quant.integer.act_codes` (tests/test_integer_deploy.py holds them equal at atol=0):
+        the same clamp, float32 division and round-half-even, as four ops on Python-float
+        constants instead of act_codes' tensor constants (at batch 1 the ops' overhead, not
+        their arithmetic, is the cost)."""
         if self.linear:
             x = x[:, None, None, :]  # (N, C) -> (N, 1, 1, C)
         else:
             x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC (free when the input is channels_last)
-        return act_codes(x, self.alpha, self.a_bits, self.signed).to(act_code_dtype(self.signed))
+        return torch.clamp(x, self._lo, self._hi).div_(self._step).round_().to(self._code_dtype)
+
+    def reference_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """`input_codes` by `nas.quant.integer.act_codes` itself (the stated semantics)."""
+        x = x[:, None, None, :] if self.linear else x.permute(0, 2, 3, 1)
+        return act_codes(x, self.alpha, self.a_bits, self.signed).to(self._code_dtype)
 
     def requant_to(self, consumer: "PackedIntegerConv2d") -> None:
         """Write `consumer`'s input codes instead of floats (same rounding as its own quantizer)."""
