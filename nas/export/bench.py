@@ -10,7 +10,7 @@ five stages, head and classifier within its choices) three variants of the same 
 each built with seeded random weights, packed to its payload and read back by
 `packed_model` (the same conversion `nas export` and `nas infer` use), then timed at batch 1
 with the one timing protocol (`nas.measure.timing.measure_inference_ms`) at --threads
-(default 1). Prints ms per image, speedup over fp32, and how many layers run on each path.
+(default 1), the variants interleaved over --rounds rounds (median of the round medians). Prints ms per image, speedup over fp32, and how many layers run on each path.
 Timing figures depend on the machine and its load; the benchmark says nothing it did not
 measure.
 """
@@ -37,7 +37,8 @@ def add_arguments(p):
     p.add_argument("--mixed", default=",".join(map(str, DEFAULT_MIXED)),
                    help="per-stage weight = activation bits of the mixed variant, 2/4/8 (default 8,4,2,4,8)")
     p.add_argument("--threads", type=int, default=1, help="torch / kernel threads (default 1)")
-    p.add_argument("--repeats", type=int, default=50, help="timed runs per variant (median reported)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per variant and round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median of their medians is reported)")
     p.add_argument("--json", action="store_true", help="one JSON object per row on stdout")
 
 
@@ -82,14 +83,16 @@ def packed_of(arch_string: str, seed: int = 0):
 
 
 def run(args) -> int:
+    import statistics
+
     import torch
 
     from nas.export.bundle import set_threads
     from nas.measure.timing import measure_inference_ms
     from nas.space import decode
 
-    if args.repeats < 1:
-        raise UsageError(f"--repeats {args.repeats}: expected a whole number >= 1")
+    if args.repeats < 1 or args.rounds < 1:
+        raise UsageError(f"--repeats {args.repeats} / --rounds {args.rounds}: expected whole numbers >= 1")
     set_threads(args.threads)
     mixed = parse_mixed(args.mixed)
     bases = {f"arch{i}": s for i, s in enumerate(args.arch)} if args.arch else BASES
@@ -98,29 +101,34 @@ def run(args) -> int:
         n_stages = len(decode(base).blocks)
         variants = {"fp32": with_bits(base, [32] * n_stages, 32), "int8": with_bits(base, [8] * n_stages, 8),
                     "mixed": with_bits(base, mixed, 8)}
-        fp32_ms = None
-        for variant, arch_string in variants.items():
-            model = packed_of(arch_string)
-            a = model.arch
-            x = torch.randn(1, a.in_chs, a.resolution, a.resolution, generator=torch.Generator().manual_seed(0))
-            ms = measure_inference_ms(model, x, repeats=args.repeats, warmup=5)
-            fp32_ms = ms if variant == "fp32" else fp32_ms
+        models = {v: packed_of(s) for v, s in variants.items()}
+        a = models["fp32"].arch
+        x = torch.randn(1, a.in_chs, a.resolution, a.resolution, generator=torch.Generator().manual_seed(0))
+        times = {v: [] for v in variants}
+        for _ in range(args.rounds):  # interleaved, so a load change on a shared machine hits every variant
+            for v, model in models.items():
+                times[v].append(measure_inference_ms(model, x, repeats=args.repeats, warmup=2))
+        fp32_ms = statistics.median(times["fp32"])
+        for variant, model in models.items():
+            ms = statistics.median(times[variant])
             paths = {}
             for entry in model.layer_paths:
                 paths[entry["path"]] = paths.get(entry["path"], 0) + 1
-            row = {"name": name, "variant": variant, "arch": arch_string, "threads": torch.get_num_threads(),
-                   "batch": 1, "ms": round(ms, 4), "speedup_vs_fp32": round(fp32_ms / ms, 3), "layer_paths": paths,
+            row = {"name": name, "variant": variant, "arch": variants[variant], "threads": torch.get_num_threads(),
+                   "batch": 1, "ms": round(ms, 4), "ms_rounds": [round(t, 4) for t in times[variant]],
+                   "speedup_vs_fp32": round(fp32_ms / ms, 3), "layer_paths": paths,
                    "chained": sum(1 for e in model.layer_paths if "output" in e)}
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
                 where = ", ".join(f"{k} {v}" for k, v in sorted(paths.items()))
-                print(f"{name:6} {variant:6} {ms:8.3f} ms  {row['speedup_vs_fp32']:5.2f}x fp32  "
+                spread = f"{min(times[variant]):.3f}..{max(times[variant]):.3f}"
+                print(f"{name:6} {variant:6} {ms:8.3f} ms (rounds {spread})  {row['speedup_vs_fp32']:5.2f}x fp32  "
                       f"layers: {where}; {row['chained']} chained", flush=True)
     if not args.json:
         from nas.kernels import integer
 
-        print(f"batch 1, {torch.get_num_threads()} thread(s), median of {args.repeats}; integer kernels "
-              f"{integer.isa() if integer.available() else 'not built'}")
+        print(f"batch 1, {torch.get_num_threads()} thread(s), median of {args.rounds} interleaved rounds x "
+              f"{args.repeats} runs; integer kernels {integer.isa() if integer.available() else 'not built'}")
     return 0

@@ -3,8 +3,11 @@
 Loads only the bundle: every file's sha256 is checked against manifest.json first (a
 missing or modified file is a one-line error naming it, exit 2), the network is rebuilt
 from arch.yaml's arch string and its weights are read from payload.bin — not from
-weights.safetensors: the packed payload alone is what is deployed. 1-bit layers run the
-packed-binary kernels on the payload's words. Images are normalised with the mean / std
+weights.safetensors: the packed payload alone is what is deployed. Each layer runs where the
+conversion table (`nas.export.convert`) puts it: 1-bit layers on the packed-binary kernels,
+2/4/8-bit layers with 2/4/8-bit PACT inputs on the integer kernels (integer from layer to
+layer where consecutive layers are), the rest in PyTorch float; the manifest's `layer_paths`
+lists which. Images are normalised with the mean / std
 recorded in the manifest (those of the training data), not recomputed from `D`.
 """
 
