@@ -323,6 +323,26 @@ def test_cli_exports_best_trial_retraining_it(tmp_path, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == m["accuracy"] and result["images"] == m["test_images"]
 
+    # the same export as a library call (the trial now has its final weights): the arch is
+    # costed once per export (counted by wrapping the one cost function, which still runs)
+    import nas.cost
+    import nas.export.bundle
+    from nas.export import export_trial
+
+    calls = []
+
+    def counted(arch, *args, **kwargs):
+        calls.append(arch)
+        return real(arch, *args, **kwargs)
+
+    real = nas.cost.arch_cost
+    monkeypatch.setattr(nas.cost, "arch_cost", counted)
+    monkeypatch.setattr(nas.export.bundle, "arch_cost", counted)
+    again = export_trial("s", tmp_path / "bundle2", storage=url, retrain=False)
+    assert len(calls) == 1 and again["bundle"] == str(tmp_path / "bundle2")
+    assert {k: again[k] for k in ("arch", "payload_bytes", "accuracy", "prediction_agreement", "layer_paths")} == \
+        {k: m[k] for k in ("arch", "payload_bytes", "accuracy", "prediction_agreement", "layer_paths")}
+
 
 def test_cli_refuses_over_budget_with_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
