@@ -106,19 +106,21 @@ def _capture(packed):
     seen = {}
 
     def keep(name):
-        def hook(module, args, out):
-            seen[name] = (args[0].clone(), out.clone())
+        def hook(module, args, kwargs, out):
+            residual = kwargs.get("residual")
+            seen[name] = (args[0].clone(), None if residual is None else residual.clone(), out.clone())
         return hook
 
-    hooks = [m.register_forward_hook(keep(n)) for n, m in packed.named_modules()
+    hooks = [m.register_forward_hook(keep(n), with_kwargs=True) for n, m in packed.named_modules()
              if isinstance(m, PackedIntegerConv2d)]
     return seen, hooks
 
 
 def test_integer_layers_equal_the_int64_reference_exactly():
     """Each integer layer of a packed mixed-kind network, on the inputs it sees in a forward
-    pass (float, or codes from the previous integer layer): its output equals the numpy
-    int64 reference on the same codes, weights, scale, bias, activation and requantization,
+    pass (float, or codes from the previous integer layer; a residual where fused): its output
+    equals the numpy int64 reference on the same codes, weights, scale, bias, residual,
+    activation and requantization,
     at atol=0 (bit patterns); its input quantizer equals `nas.quant.integer.act_codes`."""
     _, packed = packed_of(MIXED)
     seen, hooks = _capture(packed)
@@ -127,9 +129,9 @@ def test_integer_layers_equal_the_int64_reference_exactly():
         packed(x)
     for h in hooks:
         h.remove()
-    kinds = {"codes_in": 0, "codes_out": 0, "groups": 0, "linear": 0}
+    kinds = {"codes_in": 0, "codes_out": 0, "groups": 0, "linear": 0, "residual": 0}
     assert len(seen) >= 12
-    for name, (inp, out) in seen.items():
+    for name, (inp, residual, out) in seen.items():
         m = packed.get_submodule(name)
         if inp.dtype in (torch.uint8, torch.int8):
             codes = inp[:, None, None, :] if m.linear else inp.permute(0, 2, 3, 1)
@@ -138,8 +140,11 @@ def test_integer_layers_equal_the_int64_reference_exactly():
             codes = m.input_codes(inp)
             assert torch.equal(codes, m.reference_codes(inp)), name
         k = m.kernel
+        if residual is not None:
+            residual = residual.permute(0, 2, 3, 1).numpy()  # NHWC
+            kinds["residual"] += 1
         want = int_reference.conv2d(codes.numpy(), m.w_int.numpy(), k.stride, k.padding, k.groups,
-                                    m.scale.numpy(), m.bias.numpy(), None, m.activation, m.requant)
+                                    m.scale.numpy(), m.bias.numpy(), residual, m.activation, m.requant)
         got = out.reshape(want.shape) if m.linear else out.permute(0, 2, 3, 1)
         if m.requant is None:
             assert got.dtype == torch.float32 and np.array_equal(got.numpy().view(np.int32), want.view(np.int32)), name
@@ -148,7 +153,7 @@ def test_integer_layers_equal_the_int64_reference_exactly():
             assert np.array_equal(got.numpy().astype(np.int32), want), name
         kinds["groups"] += k.groups > 1
         kinds["linear"] += m.linear
-    assert all(kinds.values()), kinds  # chained inputs / outputs, grouped / depthwise, the linear all seen
+    assert all(kinds.values()), kinds  # chained inputs / outputs, grouped / depthwise, linear, residual seen
 
 
 def test_chaining_changes_no_number():
@@ -217,3 +222,22 @@ def test_integer_conv_refuses_a_bit_width_without_a_kernel():
 
     with pytest.raises(UsageError, match="w_bits=16 has no integer kernel"):
         int_kernels.IntegerConv(torch.zeros(4, 4, 1, 1, dtype=torch.int16), 16)
+
+
+def test_residual_add_in_the_epilogue_changes_no_number(monkeypatch):
+    """Residual blocks whose last layer is integer add the shortcut in that layer's epilogue:
+    the logits equal, bit for bit, those of the same packed layers with the block's own add."""
+    from nas.export import convert
+    from nas.export.packed import ResidualBlock
+
+    _, fused = packed_of(MIXED)
+    blocks = [n for n, m in fused.named_modules() if isinstance(m, ResidualBlock)]
+    assert {"blocks.0.0", "blocks.2.0", "blocks.5.0"} <= set(blocks), blocks  # ir, grouped, ir + SE
+    assert [e["name"] for e in fused.layer_paths if e.get("residual") == "fused"] == \
+        [f"{b}.{fused.get_submodule(b).last}" for b in blocks]
+    monkeypatch.setattr(convert, "fuse_residual_adds", lambda model: set())
+    _, plain = packed_of(MIXED)
+    assert not any(isinstance(m, ResidualBlock) for m in plain.modules())
+    x = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(fused(x), plain(x))

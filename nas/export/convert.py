@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from nas.export.fold import bn_partners
-from nas.export.packed import (PackedBinaryConv2d, PackedBinaryUnit, PackedIntegerConv2d, float_layer)
+from nas.export.packed import PackedBinaryConv2d, PackedBinaryUnit, PackedIntegerConv2d, ResidualBlock, float_layer
 from nas.export.payload import LayerGeometry, LayerRecord
 from nas.quant import BinaryConv2d, BiRealUnit, QuantConv2d, QuantLinear
 from nas.quant.integer import INT_BITS, MAX_K
@@ -173,13 +173,54 @@ def convert(model: nn.Module, records: list[LayerRecord]) -> list[dict]:
             _replace(model, units[name], PackedBinaryUnit(unit.shortcut, conv))
         else:
             _replace(model, name, conv)
+    fused = fuse_residual_adds(model)
     chained = chain_integer_layers(model)
     for entry in paths:
         if entry["name"] in chained:
             entry["output"] = f"codes of {chained[entry['name']]}"
         if entry["name"] in chained.values():
             entry["input"] = "codes"
+        if entry["name"] in fused:
+            entry["residual"] = "fused"
     return paths
+
+
+def _execution_order(block: nn.Module) -> list[str] | None:
+    """The child names a residual block runs, in order (without the add), or None when this
+    is not a block `fuse_residual_adds` knows. timm's blocks: their forward, written out."""
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+
+    from nas.blocks.layers import Block
+
+    if isinstance(block, Block):
+        return [n for n, _ in block.named_children()]
+    if isinstance(block, (DepthwiseSeparableConv, InvertedResidual)) and block.conv_s2d is None:
+        if isinstance(block, DepthwiseSeparableConv):
+            return ["conv_dw", "bn1", "aa", "se", "conv_pw", "bn2"]
+        return ["conv_pw", "bn1", "conv_dw", "bn2", "aa", "se", "conv_pwl", "bn3"]
+    return None
+
+
+def fuse_residual_adds(model: nn.Module) -> set[str]:
+    """Replace each residual block whose last layer is integer (no fused activation, only
+    Identities after it) by a `ResidualBlock` adding the shortcut in that layer's epilogue;
+    returns the names of the layers that now add it."""
+    fused = set()
+    for name, block in list(model.named_modules()):
+        if not getattr(block, "has_skip", False):
+            continue
+        order = _execution_order(block)
+        if order is None or (isinstance(block, nn.Module) and hasattr(block, "drop_path")
+                             and not isinstance(block.drop_path, nn.Identity)):
+            continue
+        layers = [(n, getattr(block, n)) for n in order]
+        real = [i for i, (_, m) in enumerate(layers) if not isinstance(m, nn.Identity)]
+        last_name, last = layers[real[-1]]
+        if not isinstance(last, PackedIntegerConv2d) or last.activation != "none":
+            continue
+        _replace(model, name, ResidualBlock(layers, last_name))
+        fused.add(f"{name}.{last_name}")
+    return fused
 
 
 def _passes_input_on(m: nn.Module) -> bool:

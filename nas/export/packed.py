@@ -189,12 +189,16 @@ class PackedIntegerConv2d(nn.Module):
         self.requant = (float(lo), float(consumer.alpha), float(act_scale(consumer.alpha, consumer.a_bits,
                                                                           consumer.signed)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x as the class docstring says; residual: float NCHW (N, C_out, H_out, W_out), added
+        in the epilogue before the activation (`ResidualBlock`)."""
         if x.dtype in CODE_DTYPES:  # codes from the previous integer layer (NCHW view of NHWC)
             codes = x[:, None, None, :] if self.linear else x.permute(0, 2, 3, 1)
         else:
             codes = self.input_codes(x)
-        y = self.kernel(codes, None, self.requant)  # (N, H_out, W_out, C_out)
+        if residual is not None:
+            residual = residual.permute(0, 2, 3, 1).contiguous()  # NHWC (free when channels_last)
+        y = self.kernel(codes, residual, self.requant)  # (N, H_out, W_out, C_out)
         return y.reshape(y.shape[0], self.out_chs) if self.linear else y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
@@ -202,6 +206,29 @@ class PackedIntegerConv2d(nn.Module):
         return (f"{k.in_chs}, {k.out_chs}, kernel={k.kernel}, stride={k.stride}, padding={k.padding}, "
                 f"groups={k.groups}, w_bits={k.w_bits}, a_bits={self.a_bits}, activation={self.activation}, "
                 f"linear={self.linear}, codes_out={self.requant is not None}")
+
+
+class ResidualBlock(nn.Module):
+    """A residual block (ir / shift / grouped: stride 1, channels kept) whose last layer runs on
+    the integer kernels: the block's layers in execution order, with the shortcut add moved
+    into that layer's epilogue, y = (acc · scale + bias) + x in float32 - the same float32
+    operations, in the same order, as the block's own `bn(conv(.)) + shortcut` on the packed
+    layers (tests hold the two equal bit for bit). Children keep the block's names."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], last: str):
+        super().__init__()
+        for name, m in layers:
+            self.add_module(name, m)
+        self.last = last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for name, m in self.named_children():
+            y = m(y, residual=x) if name == self.last else m(y)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"residual add in {self.last}"
 
 
 def dequantized(rec: LayerRecord) -> torch.Tensor:
