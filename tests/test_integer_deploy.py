@@ -241,3 +241,17 @@ def test_residual_add_in_the_epilogue_changes_no_number(monkeypatch):
     x = torch.randn(8, 1, 28, 28)
     with torch.inference_mode():
         assert torch.equal(fused(x), plain(x))
+
+
+def test_bench_infer_rows(capsys):
+    """`nas bench infer` (figures, no timing targets): per base arch the fp32, int8 and mixed
+    variants of the same arch, the paths they run on, and speedups computed from its own ms."""
+    base = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e2_c16_w8_a8-grouped_r1_k3_s1_g2_c16_w8_a8-head_c0_w8_a8-fc_n10_w8_a8"
+    assert main(["bench", "infer", "--arch", base, "--mixed", "2,4", "--repeats", "2", "--rounds", "1", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["variant"] for r in rows] == ["fp32", "int8", "mixed"]
+    assert rows[0]["layer_paths"] == {"float": 7} and rows[1]["layer_paths"] == {"integer": 7}  # stem, 3 + 2, fc
+    assert "_w2_a2" in rows[2]["arch"] and "_w4_a4" in rows[2]["arch"] and "stem_c8_k3_s1_w8_a8" in rows[2]["arch"]
+    for r in rows:
+        assert r["batch"] == 1 and r["threads"] == 1 and r["ms"] > 0
+        assert r["speedup_vs_fp32"] == pytest.approx(rows[0]["ms"] / r["ms"], rel=1e-2)

@@ -88,6 +88,7 @@ def run(args) -> int:
     import torch
 
     from nas.export.bundle import set_threads
+    from nas.export.infer import path_counts
     from nas.measure.timing import measure_inference_ms
     from nas.space import decode
 
@@ -111,9 +112,7 @@ def run(args) -> int:
         fp32_ms = statistics.median(times["fp32"])
         for variant, model in models.items():
             ms = statistics.median(times[variant])
-            paths = {}
-            for entry in model.layer_paths:
-                paths[entry["path"]] = paths.get(entry["path"], 0) + 1
+            paths = path_counts(model.layer_paths)
             row = {"name": name, "variant": variant, "arch": variants[variant], "threads": torch.get_num_threads(),
                    "batch": 1, "ms": round(ms, 4), "ms_rounds": [round(t, 4) for t in times[variant]],
                    "speedup_vs_fp32": round(fp32_ms / ms, 3), "layer_paths": paths,
@@ -122,7 +121,7 @@ def run(args) -> int:
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
-                where = ", ".join(f"{k} {v}" for k, v in sorted(paths.items()))
+                where = ", ".join(f"{k} {v}" for k, v in paths.items())
                 spread = f"{min(times[variant]):.3f}..{max(times[variant]):.3f}"
                 print(f"{name:6} {variant:6} {ms:8.3f} ms (rounds {spread})  {row['speedup_vs_fp32']:5.2f}x fp32  "
                       f"layers: {where}; {row['chained']} chained", flush=True)
