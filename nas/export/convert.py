@@ -7,8 +7,8 @@ One table, `CONVERSIONS`, read top to bottom; the first row that takes a layer c
                                                                              (PackedBinaryUnit)
     QuantConv2d / QuantLinear     w 2/4/8, a 2/4/8 (PACT), no dilation,      PackedIntegerConv2d    integer
                                   taps x C_in/g <= MAX_K
-    QuantConv2d / QuantLinear     anything else: w 2..32 with an input the   float_layer            float
-                                  integer kernels do not take (a 1/16/32)    (QuantConv2d, w 32)
+    QuantConv2d / QuantLinear     anything else: w 16/32, or w 2/4/8 with a  float_layer            float
+                                  16/32-bit input, or dilated                (QuantConv2d, w 32)
 
 and the BatchNorm2d that reads a conv is folded into that conv's record (`nas.export.fold`):
 it becomes an Identity, and the ReLU / h-swish right after it is fused into an integer
@@ -19,10 +19,13 @@ by exactly one module and that module is an integer layer, the producer requanti
 to the consumer's codes (the same float32 rounding the consumer's own quantizer would do, so
 the numbers do not change) and the consumer skips its quantizer.
 
+Residual adds in the epilogue (`fuse_residual_adds`): a block with its shortcut whose last
+layer is integer becomes a `ResidualBlock`, that layer adding the shortcut in its epilogue.
+
 `packed_model` (`nas.export.deploy`) applies this table, so `nas export` (its figures and its
 prediction agreement), `nas infer` and `nas bench infer` run the same conversion. Each converted
-model carries `layer_paths`: one entry per payload record saying which path it runs on (and why
-a 2..8-bit layer fell back to float); the bundle manifest records it.
+model carries `layer_paths`: one entry per payload record saying which path it runs on (and, on
+the float path, why not integer); the bundle manifest records it.
 """
 
 from collections import defaultdict
@@ -160,10 +163,11 @@ def convert(model: nn.Module, records: list[LayerRecord]) -> list[dict]:
                     _replace(model, name, nn.Identity())
         if row.path == "binary":
             binary.append((rec, src))
-        else:
-            _replace(model, g.name, row.target(rec, src, activation) if row.path == "integer" else row.target(rec, src))
-        if row.path == "integer":
+        elif row.path == "integer":
+            _replace(model, g.name, row.target(rec, src, activation))
             entry["activation"] = activation
+        else:
+            _replace(model, g.name, row.target(rec, src))
         paths.append(entry)
     for rec, src in binary:
         conv = PackedBinaryConv2d(rec, src)
@@ -210,9 +214,8 @@ def fuse_residual_adds(model: nn.Module) -> set[str]:
         if not getattr(block, "has_skip", False):
             continue
         order = _execution_order(block)
-        if order is None or (isinstance(block, nn.Module) and hasattr(block, "drop_path")
-                             and not isinstance(block.drop_path, nn.Identity)):
-            continue
+        if order is None or not isinstance(getattr(block, "drop_path", nn.Identity()), nn.Identity):
+            continue  # a block this does not know, or a drop path that is not the identity
         layers = [(n, getattr(block, n)) for n in order]
         real = [i for i, (_, m) in enumerate(layers) if not isinstance(m, nn.Identity)]
         last_name, last = layers[real[-1]]
