@@ -154,6 +154,8 @@ def test_infer_predictions_agree_with_fake_quant(bundle, trained, fm, capsys):
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == TEST_IMAGES and result["latency_measured_ms"] > 0
+    paths = [e["path"] for e in manifest["layer_paths"]]
+    assert result["layer_paths"] == {p: paths.count(p) for p in ("binary", "integer", "float")}
     fake = build_model(decode(TRAINED))  # the fake-quant model, from the bundle's safetensors
     fake.load_state_dict(load_file(str(out / "weights.safetensors")))
     expected = predictions(fake, test)
