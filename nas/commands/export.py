@@ -48,4 +48,7 @@ def print_summary(out: str, m: dict) -> None:
           f"{m['fake_quant_accuracy']:.4f}; predictions agree on {100 * m['prediction_agreement']:.2f}%)")
     print(f"  latency   {m['latency_measured_ms']:.3g} ms/image measured (batch 1, {m['threads']} threads, "
           f"kernels {m['kernels']}), predicted {latency}; {m['throughput_ips']:.0f} images/s at batch 256")
+    paths = [e["path"] for e in m["layer_paths"]]
+    where = ", ".join(f"{paths.count(p)} {p}" for p in dict.fromkeys(paths))
+    print(f"  layers    {where} (nas.export.convert; per layer in the manifest's layer_paths)")
     print(f"  cost      {m['params']} params, {m['macs']} macs, peak activations {format_bytes(m['peak_act_bytes'])}")
