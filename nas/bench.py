@@ -1,9 +1,10 @@
-"""`nas bench kernels | search | pruners | proxies | train | compress`: benchmarks that print their figures."""
+"""`nas bench kernels | infer | search | pruners | proxies | train | startup | compress`: benchmarks that print their figures."""
 
 import importlib
 
 BENCHES = {  # name -> (module, what it measures)
     "kernels": ("nas.kernels.bench", "packed-binary and 2/4/8-bit integer kernels vs PyTorch fp32 and onnxruntime int8"),
+    "infer": ("nas.export.bench", "the packed model at int8 and mixed 2/4/8 bits vs the same arch at 32 bits (batch 1)"),
     "search": ("nas.search.bench", "the search against random search and hand-designed nets at equal budgets"),
     "pruners": ("nas.search.bench_pruners", "trial pruners replayed on recorded learning curves"),
     "proxies": ("nas.train.bench_proxies", "zero-cost proxies' rank correlation with trained accuracy"),

@@ -22,7 +22,8 @@ from nas.data.split import stratified_subset
 from nas.errors import UsageError
 from nas.export import export_model, load_bundle
 from nas.export.bundle import payload_of, predictions
-from nas.export.deploy import PackedBinaryUnit, packed_model
+from nas.export.deploy import packed_model
+from nas.export.packed import PackedBinaryUnit
 from nas.export.fold import geometries, model_records
 from nas.export.payload import decode_payload, encode_payload, pack_codes, unpack_codes
 from nas.kernels import reference
@@ -153,6 +154,8 @@ def test_infer_predictions_agree_with_fake_quant(bundle, trained, fm, capsys):
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == TEST_IMAGES and result["latency_measured_ms"] > 0
+    paths = [e["path"] for e in manifest["layer_paths"]]
+    assert result["layer_paths"] == {p: paths.count(p) for p in ("binary", "integer", "float")}
     fake = build_model(decode(TRAINED))  # the fake-quant model, from the bundle's safetensors
     fake.load_state_dict(load_file(str(out / "weights.safetensors")))
     expected = predictions(fake, test)
@@ -236,6 +239,12 @@ def test_manifest_and_files(bundle):
     assert {"nas", "torch", "timm", "optuna"} <= set(m["versions"])
     names = [layer.name for layer in build_model(decode(TRAINED)).quant_layers()]
     assert [e["name"] for e in m["payload"]["layers"]] == names
+    # which deployable module runs each record: TRAINED has 8/4/2-bit layers on 8/4/2-bit PACT
+    # inputs (integer), 1-bit units (binary), a 32-bit head and 8-bit shortcut convs on float inputs
+    paths = {e["name"]: e["path"] for e in m["layer_paths"]}
+    assert list(paths) == names and set(paths.values()) == {"integer", "binary", "float"}
+    assert paths["stem.conv"] == paths["fc"] == paths["blocks.1.0.layers.0.conv2"] == "integer"
+    assert paths["head.conv"] == "float" and m["integer_kernels"] in ("avx512", "avx2", "portable")
     assert json.loads((out / "manifest.json").read_text()) == m
     assert not list(out.parent.glob(".*"))  # no temporary directory left behind
 
@@ -315,6 +324,26 @@ def test_cli_exports_best_trial_retraining_it(tmp_path, monkeypatch, capsys):
     assert main(["infer", "--bundle", str(out), "--json"]) == 0  # dataset from the manifest
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == m["accuracy"] and result["images"] == m["test_images"]
+
+    # the same export as a library call (the trial now has its final weights): the arch is
+    # costed once per export (counted by wrapping the one cost function, which still runs)
+    import nas.cost
+    import nas.export.bundle
+    from nas.export import export_trial
+
+    calls = []
+
+    def counted(arch, *args, **kwargs):
+        calls.append(arch)
+        return real(arch, *args, **kwargs)
+
+    real = nas.cost.arch_cost
+    monkeypatch.setattr(nas.cost, "arch_cost", counted)
+    monkeypatch.setattr(nas.export.bundle, "arch_cost", counted)
+    again = export_trial("s", tmp_path / "bundle2", storage=url, retrain=False)
+    assert len(calls) == 1 and again["bundle"] == str(tmp_path / "bundle2")
+    assert {k: again[k] for k in ("arch", "payload_bytes", "accuracy", "prediction_agreement", "layer_paths")} == \
+        {k: m[k] for k in ("arch", "payload_bytes", "accuracy", "prediction_agreement", "layer_paths")}
 
 
 def test_cli_refuses_over_budget_with_exit_2(tmp_path, monkeypatch, capsys):

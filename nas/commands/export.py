@@ -1,21 +1,12 @@
 """`nas export --study S [--storage URL] (--best | --trial N) -o DIR`: a deployable bundle.
 
-The trial's finally-retrained weights (study attribute ``final:<n>``) are exported. A trial
-without them is retrained first at the study's final fidelity (`nas.search.final.retrain_one`,
-the same function `nas search` uses, so the record lands in the study for next time);
-``--no-retrain`` makes that an error instead. The accuracy in the manifest is measured on
-the dataset's test split with the same normalisation the weights were trained with.
-
-Refuses (exit 2) when the payload exceeds the study's ``--target-mem``: first on the
-predicted size before any retraining, then on the bytes actually packed.
+The use case is the library call `nas.export.trial.export_trial` (trial choice, retraining
+a trial without final weights unless ``--no-retrain``, budget refusals, the bundle); this
+file parses the arguments and prints the summary.
 """
 
 import json
-import sys
-from dataclasses import fields
-from pathlib import Path
 
-from nas.errors import UsageError
 from nas.units import format_bytes
 
 
@@ -33,116 +24,15 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object on stdout")
 
 
-def open_study(name: str, storage_url: str | None):
-    """Load an existing study (never creates one, nor an empty journal file or SQLite database)."""
-    from nas.report.study import open_study as open_existing_study
-
-    study, _, url = open_existing_study(name, storage_url)
-    return study, url
-
-
-def study_config(study):
-    """The study's `SearchConfig`, rebuilt from its ``config`` attribute."""
-    from nas.search.budgets import Budgets
-    from nas.search.config import SearchConfig
-
-    stored = study.user_attrs.get("config")
-    if not isinstance(stored, dict) or "identity" not in study.user_attrs:
-        raise UsageError(f"--study {study.study_name!r}: has no nas configuration; "
-                         f"expected a study made by `nas search`")
-    known = {f.name for f in fields(SearchConfig)}
-    dropped = sorted(set(stored) - known)
-    if dropped:  # written by another version of nas: say so, keep what this version knows
-        print(f"nas: note: study config keys unknown to this version ignored: {dropped}", file=sys.stderr)
-    kwargs = {k: v for k, v in stored.items() if k in known and k != "budgets"}
-    return SearchConfig(budgets=Budgets(**stored.get("budgets", {})), **kwargs)
-
-
-def pick_trial(study, best: bool, number: int | None):
-    from optuna.trial import TrialState
-
-    from nas.search.results import best_feasible, result_trial
-
-    trials = study.get_trials(deepcopy=False)
-    if best:
-        ranked = best_feasible(trials)
-        if not ranked:
-            raise UsageError(f"--best: study {study.study_name!r} has no trained feasible trial yet; "
-                             f"run `nas search --study {study.study_name}` longer, or pass --trial N")
-        return result_trial(study, trials)
-    match = [t for t in trials if t.number == number]
-    if not match:
-        raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r}; "
-                         f"expected 0..{len(trials) - 1}")
-    t = match[0]
-    if t.state != TrialState.COMPLETE or "arch" not in t.user_attrs:
-        raise UsageError(f"--trial {number}: the trial is {t.state.name} without a recorded architecture; "
-                         f"expected a COMPLETE trial")
-    return t
-
-
-def _weights_path(record: dict, url: str, study_name: str) -> Path:
-    p = Path(record["weights"])
-    if p.is_file():
-        return p
-    journal = Path(url.removeprefix("journal:"))
-    alt = journal.parent / study_name / p.name  # studies/<study>.journal beside studies/<study>/
-    if not p.is_absolute() and alt.is_file():
-        return alt
-    raise UsageError(f"trial {record['trial']}: final weights {record['weights']} not found (relative paths are "
-                     f"relative to where `nas search` ran); expected the file written by the final retraining")
-
-
 def run(args) -> int:
-    from nas.blocks.model import build_model
-    from nas.cost import arch_cost
-    from nas.data import load_dataset
-    from nas.export.bundle import check_budget, check_output, export_model, set_threads
-    from nas.search.final import retrain_one
-    from nas.search.results import final_record
-    from nas.space import decode
+    from nas.export.bundle import set_threads
+    from nas.export.trial import export_trial
 
     set_threads(args.threads)
-    check_output(args.output, args.force)  # before any retraining
-    study, url = open_study(args.study, args.storage)
-    config = study_config(study)
-    identity = study.user_attrs["identity"]
-    budget = (identity.get("budgets") or {}).get("mem")
-    trial = pick_trial(study, args.best, args.trial)
-    arch_string = trial.user_attrs["arch"]
-    arch = decode(arch_string)
-    check_budget(arch_cost(arch).weight_bytes, budget, "the study's --target-mem (predicted weight_bytes)")
-
-    record = final_record(study, trial.number)
-    if record is None:
-        if args.no_retrain:
-            raise UsageError(f"trial {trial.number}: no final weights (study attribute final:{trial.number}); "
-                             f"drop --no-retrain to retrain it at the study's final fidelity")
-        print(f"nas: trial {trial.number} has no final weights; retraining at the study's final fidelity",
-              file=sys.stderr)
-        record = retrain_one(study, config, trial)
-    path = _weights_path(record, url, study.study_name)
-    from nas.weights import read_weights
-    state, metadata = read_weights(path, f"trial {trial.number}'s final weights")
-    stored_arch = metadata.get("arch")
-    if stored_arch != arch_string:
-        raise UsageError(f"{path}: weights of arch {stored_arch!r}; expected trial {trial.number}'s {arch_string!r}")
-    model = build_model(arch)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UsageError(f"{path}: not the state dict of {arch_string!r} ({str(e).splitlines()[0]})") from None
-    seed, subset = record.get("seed", config.seed), record.get("subset", config.final_subset)
-    data = load_dataset(config.dataset, config.data_dir, split_seed=seed, subset=subset, resolution=arch.resolution)
-    info = {"study": study.study_name, "storage": url, "trial": trial.number, "dataset": config.dataset,
-            "seed": seed, "final_epochs": record.get("epochs"), "final_subset": subset,
-            "val_accuracy": record.get("val_accuracy"),
-            "search_val_accuracy": trial.values[0] if trial.values else None,
-            "retrain_test_accuracy": record.get("test_accuracy"), "weights_source": str(path)}
-    manifest = export_model(model, args.output, data.test, space=identity.get("space"),
-                            scaling=trial.user_attrs.get("scaling"), budget_bytes=budget, info=info, force=args.force)
+    manifest = export_trial(args.study, args.output, storage=args.storage, trial=None if args.best else args.trial,
+                            retrain=not args.no_retrain, force=args.force)
     if args.json:
-        print(json.dumps({"bundle": str(args.output), **manifest}))
+        print(json.dumps(manifest))
     else:
         print_summary(args.output, manifest)
     return 0
@@ -158,4 +48,7 @@ def print_summary(out: str, m: dict) -> None:
           f"{m['fake_quant_accuracy']:.4f}; predictions agree on {100 * m['prediction_agreement']:.2f}%)")
     print(f"  latency   {m['latency_measured_ms']:.3g} ms/image measured (batch 1, {m['threads']} threads, "
           f"kernels {m['kernels']}), predicted {latency}; {m['throughput_ips']:.0f} images/s at batch 256")
+    paths = [e["path"] for e in m["layer_paths"]]
+    where = ", ".join(f"{paths.count(p)} {p}" for p in dict.fromkeys(paths))
+    print(f"  layers    {where} (nas.export.convert; per layer in the manifest's layer_paths)")
     print(f"  cost      {m['params']} params, {m['macs']} macs, peak activations {format_bytes(m['peak_act_bytes'])}")

@@ -2,7 +2,7 @@
 
 Structure: 1-bit weights and 1-bit activations, one group, square kernel / stride /
 padding, no dilation. The modules (`nas.quant.binary.BinaryConv2d`,
-`nas.export.deploy.PackedBinaryConv2d`) add the runtime conditions (eval mode, no
+`nas.export.packed.PackedBinaryConv2d`) add the runtime conditions (eval mode, no
 gradient, CPU float32, not tracing, kernels built); the latency model prices a conv on the
 kernel path when this holds and the profiled device has the kernels.
 """

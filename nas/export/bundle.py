@@ -74,7 +74,8 @@ def timings(model: torch.nn.Module, dataset) -> dict:
     x, _ = dataset.batch(torch.arange(min(THROUGHPUT_BATCH, len(dataset))))
     many = measure_inference_ms(model, x, repeats=5, warmup=1)
     return {"latency_measured_ms": latency_of(model, dataset), "throughput_ips": round(1000.0 / many, 1),
-            "threads": torch.get_num_threads(), "kernels": _kernel_isa()}
+            "threads": torch.get_num_threads(), "kernels": _kernel_isa(),
+            "integer_kernels": _integer_isa()}
 
 
 def latency_of(model: torch.nn.Module, dataset) -> float:
@@ -99,14 +100,21 @@ def _kernel_isa() -> str | None:
     return kernels.isa() if kernels is not None else None
 
 
-def predicted_latency_ms(arch) -> float | None:
-    """The latency model's prediction for `arch` on this device, or None without a profile."""
+def _integer_isa() -> str | None:
+    from nas.kernels import integer
+
+    return integer.isa() if integer.available() else None
+
+
+def predicted_latency_ms(arch, cost=None) -> float | None:
+    """The latency model's prediction for `arch` (costed as `cost`, computed when None) on this
+    device, or None without a profile."""
     try:
         from nas.cost.latency import latency_ms
     except ImportError:
         return None
     try:
-        value = latency_ms(arch)
+        value = latency_ms(arch, cost=cost)
     except (UsageError, FileNotFoundError, LookupError) as e:  # no profile fitted on this device
         print(f"nas: no predicted latency ({e})", file=sys.stderr)
         return None
@@ -175,15 +183,16 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Non
 
 # ---- export ----------------------------------------------------------------------------------
 
-def payload_of(model) -> tuple[bytes, list[dict]]:
+def payload_of(model, cost=None) -> tuple[bytes, list[dict]]:
     """The packed payload of a trained model and its index; checked against the cost model
-    layer by layer (a mismatch is a bug in fold / layout / graph, never a user error)."""
+    (`cost` = `arch_cost(model.arch)`, computed when None) layer by layer (a mismatch is a bug
+    in fold / layout / graph, never a user error)."""
     active = [i for i, b in enumerate(model.arch.blocks) if b.active_shift]
     if active:  # the payload format has no record for learned shift offsets yet
         raise UsageError(f"block {active[0]} (as1): active-shift archs cannot be exported yet; the payload "
                          f"carries no shift offsets, expected a grouped or sparse shift (as0)")
     payload, index = encode_payload(model_records(model))
-    cost = arch_cost(model.arch)
+    cost = arch_cost(model.arch) if cost is None else cost
     predicted = [layer for layer in cost.layers if layer.weight_bytes]
     if len(payload) != cost.weight_bytes or [e["bytes"] for e in index] != [c.weight_bytes for c in predicted]:
         diff = next(((e, c) for e, c in zip(index, predicted) if e["bytes"] != c.weight_bytes), None)
@@ -209,7 +218,8 @@ def check_output(out_dir, force: bool = False) -> Path:
 
 
 def export_model(model, out_dir, test, *, space: str | None = None, scaling: dict | None = None,
-                 budget_bytes: int | None = None, info: dict | None = None, force: bool = False) -> dict:
+                 budget_bytes: int | None = None, info: dict | None = None, force: bool = False,
+                 cost=None) -> dict:
     """Write the bundle of a trained `QuantNet` to `out_dir`; return the manifest.
 
     test: the dataset's test split (`ImageDataset`), normalised as in training: its
@@ -218,12 +228,13 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
     budget_bytes: refuse (UsageError, exit 2) when the payload is larger.
     info: extra manifest fields (study, trial, seed, val_accuracy, ...).
     force: replace an existing non-empty `out_dir`.
+    cost: `arch_cost(model.arch)` when the caller has it (the arch is costed once per export).
     """
     arch_string = encode(model.arch)
     out = check_output(out_dir, force)
-    payload, index = payload_of(model)
+    cost = arch_cost(model.arch) if cost is None else cost
+    payload, index = payload_of(model, cost)
     check_budget(len(payload), budget_bytes)
-    cost = arch_cost(model.arch)
 
     packed = packed_model(decode(arch_string), payload)  # read back from the bytes, as `nas infer` does
     fake = predictions(model, test)
@@ -242,9 +253,9 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         "prediction_agreement": agreement, "test_images": len(test),
         "params": cost.params, "macs": cost.macs, "peak_act_bytes": cost.peak_act_bytes,
         "mem_access": cost.mem_access, "mem_access_bytes": cost.mem_access_bytes, "bops": cost.bops,
-        # latency_ms: the device profile's prediction (None without one), which prices the fake-quant
-        # network; latency_measured_ms: the packed model (what `nas infer` runs)
-        "latency_ms": predicted_latency_ms(model.arch), **timings(packed, test),
+        # latency_ms: the device profile's prediction (None without one); latency_measured_ms:
+        # the packed model (what `nas infer` runs: integer / binary kernels, float elsewhere)
+        "latency_ms": predicted_latency_ms(model.arch, cost), **timings(packed, test),
         "fake_quant_latency_measured_ms": latency_of(model, test),
         "input": {"in_chs": model.arch.in_chs, "resolution": model.arch.resolution,
                   "mean": [float(v) for v in test.mean], "std": [float(v) for v in test.std],
@@ -252,6 +263,8 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         "num_classes": model.arch.fc.num_classes,
         "versions": versions(),
         "payload": {"file": "payload.bin", "layout": "nas.cost.layout", "byte_order": "little", "layers": index},
+        # which deployable module runs each payload record (nas.export.convert): binary / integer / float
+        "layer_paths": packed.layer_paths,
     }
 
     # weights.safetensors, model.ts and model.onnx each hold the float weights; torch.jit.save

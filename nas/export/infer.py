@@ -3,8 +3,11 @@
 Loads only the bundle: every file's sha256 is checked against manifest.json first (a
 missing or modified file is a one-line error naming it, exit 2), the network is rebuilt
 from arch.yaml's arch string and its weights are read from payload.bin — not from
-weights.safetensors: the packed payload alone is what is deployed. 1-bit layers run the
-packed-binary kernels on the payload's words. Images are normalised with the mean / std
+weights.safetensors: the packed payload alone is what is deployed. Each layer runs where the
+conversion table (`nas.export.convert`) puts it: 1-bit layers on the packed-binary kernels,
+2/4/8-bit layers with 2/4/8-bit PACT inputs on the integer kernels (integer from layer to
+layer where consecutive layers are), the rest in PyTorch float; the manifest's `layer_paths`
+lists which. Images are normalised with the mean / std
 recorded in the manifest (those of the training data), not recomputed from `D`.
 """
 
@@ -42,6 +45,13 @@ def test_split(manifest: dict, dataset: str, data_dir: str | None, subset: int |
     return test
 
 
+def path_counts(layer_paths: list[dict]) -> dict[str, int]:
+    """How many payload records run on each path (`nas.export.convert`), in table order."""
+    from nas.export.convert import PATHS
+
+    return {path: n for path in PATHS if (n := sum(e["path"] == path for e in layer_paths))}
+
+
 def run(args) -> int:
     from nas.export.bundle import load_bundle, predictions, set_threads, timings
 
@@ -58,6 +68,7 @@ def run(args) -> int:
         "accuracy_at_export": manifest["accuracy"], "test_images_at_export": manifest["test_images"],
         "payload_bytes": manifest["payload_bytes"], "weight_bytes": manifest["weight_bytes"],
         "latency_ms": manifest.get("latency_ms"), **timings(model, test),
+        "layer_paths": path_counts(model.layer_paths),
     }
     if args.json:
         print(json.dumps(result))
@@ -68,4 +79,6 @@ def run(args) -> int:
         print(f"  latency   {result['latency_measured_ms']:.3g} ms/image (batch 1, median, {result['threads']} "
               f"threads, kernels {result['kernels']}); {result['throughput_ips']:.0f} images/s at batch 256")
         print(f"  payload   {result['payload_bytes']} bytes")
+        where = ", ".join(f"{n} {path}" for path, n in result["layer_paths"].items())
+        print(f"  layers    {where} (integer kernels {result['integer_kernels']})")
     return 0

@@ -1,0 +1,141 @@
+"""Export as a library call: `export_trial(study, ...)` -> the bundle's manifest.
+
+The use case `nas export` wraps: pick a trial of a study (the best feasible one, or by
+number), take its finally-retrained weights (study attribute ``final:<n>``; a trial without
+them is retrained first at the study's final fidelity by `nas.search.final.retrain_one`, the
+function `nas search` uses, unless `retrain=False`), and write the bundle
+(`nas.export.bundle.export_model`). The arch is costed once: the predicted size check before
+any retraining, the payload check and the manifest's figures all read that one cost.
+
+Refuses (UsageError, exit 2 at the CLI) when the payload exceeds the study's ``--target-mem``:
+first on the predicted size before any retraining, then on the bytes actually packed.
+"""
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from nas.errors import UsageError
+
+
+def open_study(name: str, storage_url: str | None):
+    """Load an existing study (never creates one, nor an empty journal file or SQLite database)."""
+    from nas.report.study import open_study as open_existing_study
+
+    study, _, url = open_existing_study(name, storage_url)
+    return study, url
+
+
+def study_config(study):
+    """The study's `SearchConfig`, rebuilt from its ``config`` attribute."""
+    from nas.search.budgets import Budgets
+    from nas.search.config import SearchConfig
+
+    stored = study.user_attrs.get("config")
+    if not isinstance(stored, dict) or "identity" not in study.user_attrs:
+        raise UsageError(f"--study {study.study_name!r}: has no nas configuration; "
+                         f"expected a study made by `nas search`")
+    known = {f.name for f in fields(SearchConfig)}
+    dropped = sorted(set(stored) - known)
+    if dropped:  # written by another version of nas: say so, keep what this version knows
+        print(f"nas: note: study config keys unknown to this version ignored: {dropped}", file=sys.stderr)
+    kwargs = {k: v for k, v in stored.items() if k in known and k != "budgets"}
+    return SearchConfig(budgets=Budgets(**stored.get("budgets", {})), **kwargs)
+
+
+def pick_trial(study, best: bool, number: int | None):
+    from optuna.trial import TrialState
+
+    from nas.search.results import best_feasible, result_trial
+
+    trials = study.get_trials(deepcopy=False)
+    if best:
+        ranked = best_feasible(trials)
+        if not ranked:
+            raise UsageError(f"--best: study {study.study_name!r} has no trained feasible trial yet; "
+                             f"run `nas search --study {study.study_name}` longer, or pass --trial N")
+        return result_trial(study, trials)
+    match = [t for t in trials if t.number == number]
+    if not match:
+        raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r}; "
+                         f"expected 0..{len(trials) - 1}")
+    t = match[0]
+    if t.state != TrialState.COMPLETE or "arch" not in t.user_attrs:
+        raise UsageError(f"--trial {number}: the trial is {t.state.name} without a recorded architecture; "
+                         f"expected a COMPLETE trial")
+    return t
+
+
+def _weights_path(record: dict, url: str, study_name: str) -> Path:
+    p = Path(record["weights"])
+    if p.is_file():
+        return p
+    journal = Path(url.removeprefix("journal:"))
+    alt = journal.parent / study_name / p.name  # studies/<study>.journal beside studies/<study>/
+    if not p.is_absolute() and alt.is_file():
+        return alt
+    raise UsageError(f"trial {record['trial']}: final weights {record['weights']} not found (relative paths are "
+                     f"relative to where `nas search` ran); expected the file written by the final retraining")
+
+
+def export_trial(study_name: str, output, *, storage: str | None = None, trial: int | None = None,
+                 retrain: bool = True, force: bool = False) -> dict:
+    """Write the bundle of trial `trial` (None: the best feasible trained trial) of study
+    `study_name` to `output`; return its manifest (with ``bundle``: the output path)."""
+    from nas.cost import arch_cost
+    from nas.data import load_dataset
+    from nas.export.bundle import check_budget, check_output, export_model
+    from nas.search.final import retrain_one
+    from nas.search.results import final_record
+    from nas.space import decode
+    from nas.weights import read_weights
+
+    check_output(output, force)  # before any retraining
+    study, url = open_study(study_name, storage)
+    config = study_config(study)
+    identity = study.user_attrs["identity"]
+    budget = (identity.get("budgets") or {}).get("mem")
+    chosen = pick_trial(study, trial is None, trial)
+    arch_string = chosen.user_attrs["arch"]
+    arch = decode(arch_string)
+    cost = arch_cost(arch)
+    check_budget(cost.weight_bytes, budget, "the study's --target-mem (predicted weight_bytes)")
+
+    record = final_record(study, chosen.number)
+    if record is None:
+        if not retrain:
+            raise UsageError(f"trial {chosen.number}: no final weights (study attribute final:{chosen.number}); "
+                             f"drop --no-retrain to retrain it at the study's final fidelity")
+        print(f"nas: trial {chosen.number} has no final weights; retraining at the study's final fidelity",
+              file=sys.stderr)
+        record = retrain_one(study, config, chosen)
+    path = _weights_path(record, url, study.study_name)
+    state, metadata = read_weights(path, f"trial {chosen.number}'s final weights")
+    stored_arch = metadata.get("arch")
+    if stored_arch != arch_string:
+        raise UsageError(f"{path}: weights of arch {stored_arch!r}; expected trial {chosen.number}'s {arch_string!r}")
+    model = trained_model(arch, state, path, arch_string)
+    seed, subset = record.get("seed", config.seed), record.get("subset", config.final_subset)
+    data = load_dataset(config.dataset, config.data_dir, split_seed=seed, subset=subset, resolution=arch.resolution)
+    info = {"study": study.study_name, "storage": url, "trial": chosen.number, "dataset": config.dataset,
+            "seed": seed, "final_epochs": record.get("epochs"), "final_subset": subset,
+            "val_accuracy": record.get("val_accuracy"),
+            "search_val_accuracy": chosen.values[0] if chosen.values else None,
+            "retrain_test_accuracy": record.get("test_accuracy"), "weights_source": str(path)}
+    manifest = export_model(model, output, data.test, space=identity.get("space"),
+                            scaling=chosen.user_attrs.get("scaling"), budget_bytes=budget, info=info, force=force,
+                            cost=cost)
+    return {"bundle": str(output), **manifest}
+
+
+def trained_model(arch, state: dict, path: Path, arch_string: str):
+    """The fake-quant network of `arch` (encoded `arch_string`) holding `state`, the final
+    weights read from `path`."""
+    from nas.blocks.model import build_model
+
+    model = build_model(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UsageError(f"{path}: not the state dict of {arch_string!r} ({str(e).splitlines()[0]})") from None
+    return model
