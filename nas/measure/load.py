@@ -98,8 +98,8 @@ class Conditions:
             why.append(f"its runs spread widely (IQR / median {self.noise:.2f} > {NOISE_LIMIT})")
         if not why:
             return None
-        return ("timing is not reliable: " + "; ".join(why)
-                + " (rerun on a quiet machine, or with --threads 1)")
+        advice = "rerun on a quiet machine" + (", or with --threads 1" if self.threads > 1 else "")
+        return "timing is not reliable: " + "; ".join(why) + f" ({advice})"
 
     def to_dict(self) -> dict:
         return {"threads": self.threads, "others_share": self.others_share, "noise": round(self.noise, 4),
