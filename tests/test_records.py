@@ -6,6 +6,7 @@ and check that every reader (results, report, export, resume) takes it as it is.
 """
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -22,6 +23,7 @@ from nas.search.results import best_feasible, result_trial, tally
 from nas.search.storage import open_storage
 from nas.space import encode, load_space, random_archs
 
+REPO = Path(__file__).resolve().parents[1]
 SPACE = "search_spaces/mcu.yaml"
 
 
@@ -36,7 +38,7 @@ def _old_study(tmp_path, name="old", mem=None):
     """A study as `nas search` wrote it before `nas.search.records`: plain optuna calls, the old keys."""
     url = f"journal:{tmp_path / (name + '.journal')}"
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
-    archs = random_archs(load_space(SPACE), 4, seed=3)
+    archs = random_archs(load_space(REPO / SPACE), 4, seed=3)
     costs = [_old_costs(a) for a in archs]
     if mem is None:  # the two smallest fit
         mem = sorted(c["weight_bytes"] for c in costs)[1]
@@ -122,7 +124,7 @@ def test_budgets_are_keyed_by_the_cost_they_limit():
     b = Budgets(weight_bytes=100, macs=1000)
     assert b.active() == [("weight_bytes", 100), ("macs", 1000)]
     assert b.constraint_values({"weight_bytes": 150, "macs": 500, "peak_act_bytes": 10**9}) == [0.5, -0.5]
-    assert b.describe() == "weight_bytes <= 100 B, macs <= 1k"
+    assert b.describe() == "weight_bytes <= 100 B, macs <= 1K"
     assert Budgets.from_dict({"mem": 100, "act_mem": None, "macs": 1000, "latency_ms": None}) == b
     assert Budgets.from_dict(b.to_dict()) == b
     with pytest.raises(ValueError, match="'flops'"):
@@ -130,6 +132,7 @@ def test_budgets_are_keyed_by_the_cost_they_limit():
 
 
 def test_report_and_export_read_an_old_study(tmp_path, monkeypatch, capsys):
+    (tmp_path / "search_spaces").symlink_to(REPO / "search_spaces")
     monkeypatch.chdir(tmp_path)
     study, url, costs, mem = _old_study(tmp_path)
     assert main(["report", "--study", "old", "--storage", url, "-o", str(tmp_path / "r.html"), "--json"]) == 0
