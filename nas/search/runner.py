@@ -30,7 +30,7 @@ from nas.search.records import Identity, ProfileStamp, StudyRecord, TrialRecord,
 from nas.search.results import best_feasible, tally
 from nas.search.storage import default_url, fail_dead_local_trials, open_storage
 from nas.space import Space, load_space
-from nas.units import format_bytes, format_count, format_seconds
+from nas.units import format_bytes, format_seconds
 
 DEFAULT_BUDGET_S = 600.0  # when neither --trials nor --budget is given
 MAX_INFEASIBLE_STREAK = 500  # consecutive infeasible samples before a worker gives up
