@@ -275,7 +275,7 @@ def test_resume_under_another_device_profile_is_refused_in_one_line(quick, profi
     _tie_study_to_config(study, config, latency.load_profile(quick[0]))  # the same profile: accepted
 
     cli = ["search", "--study", "p", "--storage", storage, "--dataset", "digits", "--space", "search_spaces/mcu.yaml",
-           "--target-mem", "40KB", "--trials", "1", "--no-progress"]
+           "--target-mem", "40KB", "--trials", "1", "--subset", "300", "--no-progress"]
     for given, now in ((str(other_path), latency.profile_digest(other)), ("none", "no device profile")):
         assert main([*cli, "--profile", given]) == 2
         err = capsys.readouterr().err.strip()

@@ -155,3 +155,18 @@ def test_a_study_without_nas_attributes_is_refused_by_export(tmp_path, capsys):
     assert TrialRecord.of(study.trials[0]) == TrialRecord(number=0, state=TrialState.COMPLETE, values=(0.5,))
     assert main(["export", "--study", "bare", "--storage", url, "--best", "-o", str(tmp_path / "b")]) == 2
     assert "has no nas configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--target-latency", "2ms", "--profile", "none"], "--profile none: this search prices latency"),
+    (["--target-mem", "40KB", "--profile", "{dir}/missing.json"], "no device profile at {dir}/missing.json"),
+])
+def test_search_profile_option_refuses_in_one_line(tmp_path, capsys, args, expected):
+    """The profile is loaded once, at the command's edge: a bad --profile stops before any work."""
+    storage = f"journal:{tmp_path / 's.journal'}"
+    args = [a.format(dir=tmp_path) for a in args]
+    assert main(["search", *args, "--study", "s", "--storage", storage, "--dataset", "digits", "--trials", "1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected.format(dir=tmp_path) in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s.journal").exists()

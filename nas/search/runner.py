@@ -234,6 +234,7 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
     counts, ranked = tally(trials), best_feasible(trials)
     summary = {"study": config.study, "storage": config.storage or default_url(config.study),
                "space": config.space, "dataset": probe.name, "budgets": config.budgets.to_dict(),
+               "device_profile": StudyRecord.of(study).profile.describe(),
                "trained": counts.trained, "infeasible": counts.infeasible, "pruned": counts.pruned,
                "duplicates": counts.duplicates, "failed": counts.failed,
                "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted}
