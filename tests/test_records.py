@@ -170,3 +170,26 @@ def test_search_profile_option_refuses_in_one_line(tmp_path, capsys, args, expec
     err = capsys.readouterr().err.strip()
     assert expected.format(dir=tmp_path) in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "s.journal").exists()
+
+
+def test_report_says_when_its_profile_is_not_the_one_that_priced_the_study(tmp_path, monkeypatch, capsys):
+    """Profiles here are synthetic (every coefficient one value per feature unit), as in test_report."""
+    from nas.cost import latency
+    from nas.search.records import write_profile
+
+    def synthetic(name, coef):
+        p = latency.Profile(coefs={t: tuple(coef for _ in f) for t, f in latency.TERMS.items()},
+                            machine={"threads": 1, "host": "test"})
+        return latency.load_profile(latency.save_profile(p, tmp_path / name))
+
+    priced, other = synthetic("priced.json", 0.01), synthetic("other.json", 0.02)
+    study, url, _, _ = _old_study(tmp_path)
+    write_profile(study, ProfileStamp.of(priced))
+    out = str(tmp_path / "r.html")
+    assert main(["report", "--study", "old", "--storage", url, "-o", out, "--json", "--profile", priced.path]) == 0
+    assert not [n for n in json.loads(capsys.readouterr().out)["notes"] if "priced" in n]
+    assert main(["report", "--study", "old", "--storage", url, "-o", out, "--json", "--profile", other.path]) == 0
+    notes = [n for n in json.loads(capsys.readouterr().out)["notes"] if "priced" in n]
+    assert notes == [f"the search priced latency with device profile priced.json ({latency.profile_digest(priced)}); "
+                     f"figures predicted here use device profile other.json ({latency.profile_digest(other)})"]
+    assert "id='profile-note'" in (tmp_path / "r.html").read_text()

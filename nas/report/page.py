@@ -254,7 +254,8 @@ def build(study: optuna.Study, storage: str, trial_number: int | None, latency: 
     report = Report(study=study, storage=storage, trials=trials, chosen=chosen, latency=latency, best=best)
     record = StudyRecord.of(study)
     budgets = record.budgets
-    if latency.available and record.profile is not None and record.profile.digest != ProfileStamp.of(latency.profile).digest:
+    stamp = record.profile  # the profile that priced the recorded latency_ms (digest None: none was recorded)
+    if latency.available and stamp is not None and stamp.digest not in (None, ProfileStamp.of(latency.profile).digest):
         report.profile_note = (f"the search priced latency with {record.profile.describe()}; figures predicted "
                                f"here use {ProfileStamp.of(latency.profile).describe()}")
 
