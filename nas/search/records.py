@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -149,7 +150,6 @@ class ProfileStamp:
         if profile is None:
             return cls(digest=None)
         from nas.cost.latency import profile_digest
-        from pathlib import Path
         return cls(digest=profile_digest(profile), name=Path(profile.path).name if profile.path else None,
                    path=profile.path)
 
