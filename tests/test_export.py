@@ -298,7 +298,7 @@ def _study(tmp_path, name: str, mem: int):
 
     url = f"journal:{tmp_path / 'studies' / (name + '.journal')}"
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
-    config = SearchConfig(study=name, dataset="digits", space="search_spaces/mcu.yaml", budgets=Budgets(mem=mem),
+    config = SearchConfig(study=name, dataset="digits", space="search_spaces/mcu.yaml", budgets=Budgets(weight_bytes=mem),
                           subset=300, epochs=1, final_epochs=1, final_subset=300, batch_size=32)
     study.set_user_attr("identity", {"space": config.space, "dataset": config.dataset,
                                      "budgets": config.budgets.to_dict(), "objectives": config.objectives})

@@ -243,3 +243,42 @@ def test_calibrate_report_warns_when_timings_were_noisy(profile, noise, warned):
     stats["noise"]["median_iqr_over_median"] = noise
     text = format_report(dataclasses.replace(profile, stats=stats), "p.json")
     assert ("timings were noisy" in text) == warned
+
+
+def test_resume_under_another_device_profile_is_refused_in_one_line(quick, profile, tmp_path, monkeypatch, capsys):
+    """The study records the digest of the profile that priced it; `nas search` resuming it under
+    another profile (or none) exits 2 before any work, naming both and the way on."""
+    import dataclasses
+
+    import optuna
+
+    from nas.search.config import build_config
+    from nas.search.records import ProfileStamp, StudyRecord, write_identity, write_profile
+    from nas.search.runner import _tie_study_to_config
+    from nas.search.storage import open_storage
+
+    monkeypatch.delenv(latency.ENV_PROFILE, raising=False)
+    (tmp_path / "search_spaces").symlink_to(REPO / "search_spaces")
+    monkeypatch.chdir(tmp_path)
+    other = dataclasses.replace(profile, coefs={**profile.coefs, "network": (profile.coefs["network"][0] + 0.5,)})
+    other_path = latency.save_profile(other, tmp_path / "other.json")
+    assert latency.profile_digest(other) != latency.profile_digest(profile)
+    assert latency.profile_digest(latency.load_profile(quick[0])) == latency.profile_digest(profile)  # content only
+
+    options = {"study": "p", "dataset": "digits", "space": "search_spaces/mcu.yaml", "target_mem": "40KB"}
+    storage = f"journal:{tmp_path / 'p.journal'}"
+    study = optuna.create_study(study_name="p", storage=open_storage(storage), direction="maximize")
+    config = build_config({**options, "storage": storage})
+    write_identity(study, config)  # as `nas search --profile quick.json` leaves it
+    write_profile(study, ProfileStamp.of(profile))
+    assert StudyRecord.of(study).profile.digest == latency.profile_digest(profile)
+    _tie_study_to_config(study, config, latency.load_profile(quick[0]))  # the same profile: accepted
+
+    cli = ["search", "--study", "p", "--storage", storage, "--dataset", "digits", "--space", "search_spaces/mcu.yaml",
+           "--target-mem", "40KB", "--trials", "1", "--subset", "300", "--no-progress"]
+    for given, now in ((str(other_path), latency.profile_digest(other)), ("none", "no device profile")):
+        assert main([*cli, "--profile", given]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert latency.profile_digest(profile) in err and now in err and f"--profile {quick[0]}" in err, err
+    assert len(optuna.load_study(study_name="p", storage=open_storage(storage)).trials) == 0  # no work done

@@ -192,4 +192,4 @@ def test_the_readme_study_config_loads():
     root = Path(__file__).resolve().parents[1]
     config = build_config({}, read_config_file(str(root / "studies" / "fm-100k.yaml")))
     assert config.study == "fm-100k" and config.space == "search_spaces/mcu.yaml"
-    assert config.budgets.mem == 100_000 and config.budget_s == 1800
+    assert config.budgets.weight_bytes == 100_000 and config.budget_s == 1800

@@ -4,6 +4,7 @@ import json
 import signal
 
 from nas.search.config import OBJECTIVES, OPTION_NAMES, PROXIES, PRUNERS, SAMPLERS, build_config, read_config_file
+from nas.errors import UsageError
 from nas.units import format_bytes, format_count
 
 
@@ -35,6 +36,8 @@ def add_arguments(p):
     p.add_argument("--final-top", type=int, help="best distinct feasible architectures to retrain; the best final val accuracy wins (default 3)")
     p.add_argument("--batch-size", type=int, help="candidates' training batch size (default 128)")
     p.add_argument("--final-batch-size", type=int, help="batch size of the final retraining (default 64)")
+    p.add_argument("--profile", help="device profile from `nas calibrate` that prices latency_ms (default: "
+                                     "$NAS_PROFILE, else this host's); 'none': price no latency")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -57,7 +60,8 @@ def run(args) -> int:
     file_options = read_config_file(args.config) if args.config else None
     options = {name: getattr(args, name) for name in OPTION_NAMES}
     config = build_config(options, file_options, args.config or "")
-    summary = run_search(config, show_progress=not args.no_progress)
+    summary = run_search(config, device_profile(args.profile, config.needs_latency),
+                         show_progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
@@ -65,6 +69,21 @@ def run(args) -> int:
     if summary.get("interrupted"):  # `nas search && nas export` must not carry on after Ctrl-C
         return 128 + (_RECEIVED[-1] if _RECEIVED else signal.SIGINT)
     return 0
+
+
+def device_profile(path: str | None, required: bool):
+    """The search's device profile, loaded once here and passed down: `path`, else `$NAS_PROFILE`,
+    else this host's default (`nas.cost.latency.default_profile_path`); None when there is none
+    (or `path` is 'none') and the search does not need one. Missing but `required`, or corrupt:
+    UsageError."""
+    from nas.cost import latency
+
+    if path is not None and path.lower() == "none":
+        if required:
+            raise UsageError("--profile none: this search prices latency (--target-latency or a latency "
+                             "objective); expected a device profile file from `nas calibrate`")
+        return None
+    return latency.require_profile(path) if required or path is not None else latency.find_profile()
 
 
 def print_summary(summary: dict) -> None:
@@ -84,7 +103,7 @@ def print_summary(summary: dict) -> None:
         mark = "chosen (best final val)" if i == 0 else "retrained"
         print(f"\nfinal, {mark}: trial {f['trial']}, {f['epochs']} epochs: val {f['val_accuracy']:.4f}, "
               f"test {f['test_accuracy']:.4f}, weight_bytes {format_bytes(f['costs']['weight_bytes'])} "
-              f"(budget {format_bytes(summary['budgets']['mem']) if summary['budgets'].get('mem') else 'none'}); "
+              f"(budget {format_bytes(summary['budgets']['weight_bytes']) if summary['budgets'].get('weight_bytes') else 'none'}); "
               f"weights {f['weights']}")
         predicted = f"{f['latency_ms']:.3g} ms" if f.get("latency_ms") is not None else "no device profile"
         measured = f"{f['latency_measured_ms']:.3g} ms" if f.get("latency_measured_ms") is not None else "-"

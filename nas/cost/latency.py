@@ -29,13 +29,16 @@ NCHW -> packed NHWC; `add.fused`: the residual's layout change).
 
 Profiles are JSON files (format below, `FORMAT_VERSION`), by default
 `~/.cache/nas/profiles/<host>-<threads>t.json` (`$XDG_CACHE_HOME` respected; `NAS_PROFILE`
-names another file). `require_profile` / `latency_ms` are what the search uses.
+names another file). A command loads its profile once, at its edge (`find_profile` /
+`require_profile`), and passes it down explicitly (`predict`); `profile_digest` names its
+content, so that a study records which profile priced it.
 
 Pure Python: no torch here (calibrate.py measures; this file only prices).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -393,6 +396,20 @@ def require_profile(path=None) -> Profile:
         raise UsageError(f"no device profile at {p}{where}; run `nas calibrate` to measure this device "
                          f"(or set ${ENV_PROFILE} to a profile file)")
     return _cached_load(p)
+
+
+def find_profile(path=None) -> Profile | None:
+    """The profile at `path` (default: `default_profile_path()`), or None when there is no file
+    there; a corrupt or foreign-version file raises UsageError as `require_profile` does."""
+    p = Path(path).expanduser() if path is not None else default_profile_path()
+    return _cached_load(p) if p.is_file() else None
+
+
+def profile_digest(profile: Profile) -> str:
+    """The first 12 hex digits of the sha256 of the profile's content (canonical JSON): two
+    profiles price alike exactly when their digests agree. Where the file lies does not count."""
+    text = json.dumps(profile.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # --- predictions --------------------------------------------------------------------------------

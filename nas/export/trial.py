@@ -12,7 +12,6 @@ first on the predicted size before any retraining, then on the bytes actually pa
 """
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from nas.errors import UsageError
@@ -27,25 +26,19 @@ def open_study(name: str, storage_url: str | None):
 
 
 def study_config(study):
-    """The study's `SearchConfig`, rebuilt from its ``config`` attribute."""
-    from nas.search.budgets import Budgets
-    from nas.search.config import SearchConfig
+    """The study's `SearchConfig`, rebuilt from its ``config`` attribute (`nas.search.records`)."""
+    from nas.search.records import StudyRecord
 
-    stored = study.user_attrs.get("config")
-    if not isinstance(stored, dict) or "identity" not in study.user_attrs:
-        raise UsageError(f"--study {study.study_name!r}: has no nas configuration; "
-                         f"expected a study made by `nas search`")
-    known = {f.name for f in fields(SearchConfig)}
-    dropped = sorted(set(stored) - known)
+    config, dropped = StudyRecord.of(study).search_config()
     if dropped:  # written by another version of nas: say so, keep what this version knows
         print(f"nas: note: study config keys unknown to this version ignored: {dropped}", file=sys.stderr)
-    kwargs = {k: v for k, v in stored.items() if k in known and k != "budgets"}
-    return SearchConfig(budgets=Budgets(**stored.get("budgets", {})), **kwargs)
+    return config
 
 
 def pick_trial(study, best: bool, number: int | None):
     from optuna.trial import TrialState
 
+    from nas.search.records import TrialRecord
     from nas.search.results import best_feasible, result_trial
 
     trials = study.get_trials(deepcopy=False)
@@ -60,21 +53,21 @@ def pick_trial(study, best: bool, number: int | None):
         raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r}; "
                          f"expected 0..{len(trials) - 1}")
     t = match[0]
-    if t.state != TrialState.COMPLETE or "arch" not in t.user_attrs:
+    if t.state != TrialState.COMPLETE or TrialRecord.of(t).arch is None:
         raise UsageError(f"--trial {number}: the trial is {t.state.name} without a recorded architecture; "
                          f"expected a COMPLETE trial")
     return t
 
 
-def _weights_path(record: dict, url: str, study_name: str) -> Path:
-    p = Path(record["weights"])
+def _weights_path(record, url: str, study_name: str) -> Path:
+    p = Path(record.weights)
     if p.is_file():
         return p
     journal = Path(url.removeprefix("journal:"))
     alt = journal.parent / study_name / p.name  # studies/<study>.journal beside studies/<study>/
     if not p.is_absolute() and alt.is_file():
         return alt
-    raise UsageError(f"trial {record['trial']}: final weights {record['weights']} not found (relative paths are "
+    raise UsageError(f"trial {record.trial}: final weights {record.weights} not found (relative paths are "
                      f"relative to where `nas search` ran); expected the file written by the final retraining")
 
 
@@ -86,6 +79,7 @@ def export_trial(study_name: str, output, *, storage: str | None = None, trial: 
     from nas.data import load_dataset
     from nas.export.bundle import check_budget, check_output, export_model
     from nas.search.final import retrain_one
+    from nas.search.records import StudyRecord, TrialRecord
     from nas.search.results import final_record
     from nas.space import decode
     from nas.weights import read_weights
@@ -93,10 +87,10 @@ def export_trial(study_name: str, output, *, storage: str | None = None, trial: 
     check_output(output, force)  # before any retraining
     study, url = open_study(study_name, storage)
     config = study_config(study)
-    identity = study.user_attrs["identity"]
-    budget = (identity.get("budgets") or {}).get("mem")
+    identity = StudyRecord.of(study).identity
+    budget = identity.budgets.weight_bytes
     chosen = pick_trial(study, trial is None, trial)
-    arch_string = chosen.user_attrs["arch"]
+    arch_string = TrialRecord.of(chosen).arch
     arch = decode(arch_string)
     cost = arch_cost(arch)
     check_budget(cost.weight_bytes, budget, "the study's --target-mem (predicted weight_bytes)")
@@ -115,15 +109,16 @@ def export_trial(study_name: str, output, *, storage: str | None = None, trial: 
     if stored_arch != arch_string:
         raise UsageError(f"{path}: weights of arch {stored_arch!r}; expected trial {chosen.number}'s {arch_string!r}")
     model = trained_model(arch, state, path, arch_string)
-    seed, subset = record.get("seed", config.seed), record.get("subset", config.final_subset)
+    seed = record.seed if record.seed is not None else config.seed
+    subset = record.subset if record.subset is not None else config.final_subset
     data = load_dataset(config.dataset, config.data_dir, split_seed=seed, subset=subset, resolution=arch.resolution)
     info = {"study": study.study_name, "storage": url, "trial": chosen.number, "dataset": config.dataset,
-            "seed": seed, "final_epochs": record.get("epochs"), "final_subset": subset,
-            "val_accuracy": record.get("val_accuracy"),
+            "seed": seed, "final_epochs": record.epochs, "final_subset": subset,
+            "val_accuracy": record.val_accuracy,
             "search_val_accuracy": chosen.values[0] if chosen.values else None,
-            "retrain_test_accuracy": record.get("test_accuracy"), "weights_source": str(path)}
-    manifest = export_model(model, output, data.test, space=identity.get("space"),
-                            scaling=chosen.user_attrs.get("scaling"), budget_bytes=budget, info=info, force=force,
+            "retrain_test_accuracy": record.test_accuracy, "weights_source": str(path)}
+    manifest = export_model(model, output, data.test, space=identity.space,
+                            scaling=TrialRecord.of(chosen).scaling, budget_bytes=budget, info=info, force=force,
                             cost=cost)
     return {"bundle": str(output), **manifest}
 

@@ -26,6 +26,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from nas.report import study as study_view
+from nas.search.records import ProfileStamp, StudyRecord, TrialRecord
 from nas.search.results import best_feasible, is_feasible, result_trial, tally
 from nas.units import format_bytes, format_count, format_seconds
 
@@ -37,41 +38,44 @@ FEASIBLE, PARETO, PRUNED, INFEASIBLE, CHOSEN, BUDGET = "#1f77b4", "#2ca02c", "#7
 
 
 class Latency:
-    """Predicted latency from the device profile `nas calibrate` wrote (`nas.cost.latency`,
-    default profile or `$NAS_PROFILE`).
+    """Predicted latency on one device profile (`nas.cost.latency.Profile`), given explicitly.
 
-    No module, no profile or a profile this version cannot read: `reason` says why, every
+    No profile (`reason` says why: none there, or one this version cannot read): every
     prediction is None, and the report shows "no device profile" in place of latency figures."""
 
-    def __init__(self):
-        self.reason: str | None = None
-        self._module = self._profile = None
+    def __init__(self, profile=None, reason: str | None = None):
+        self._profile = profile
+        self.reason: str | None = None if profile is not None else (reason or "no device profile")
         self._cache: dict = {}
+
+    @classmethod
+    def load(cls, path=None) -> "Latency":
+        """The profile at `path` (default: `$NAS_PROFILE`, else this host's), for a command's edge;
+        a missing, corrupt or foreign-version profile gives a Latency without one: the report goes on."""
+        from nas.cost import latency
         try:
-            from nas.cost import latency
-        except ImportError:
-            self.reason = "no device profile (this install has no latency model)"
-            return
-        try:
-            self._profile = latency.require_profile()
-        except Exception as e:  # missing, corrupt or foreign-version profile: the report goes on
+            return cls(latency.require_profile(path))
+        except Exception as e:
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            self.reason = message if message.startswith("no device profile") else f"no device profile ({message})"
-            return
-        self._module = latency
+            return cls(None, message if message.startswith("no device profile") else f"no device profile ({message})")
 
     @property
     def available(self) -> bool:
-        return self._module is not None
+        return self._profile is not None
+
+    @property
+    def profile(self):
+        return self._profile
 
     def predict(self, arch: str, cost=None):
         """`nas.cost.latency.Prediction` (total_ms, layers[i].ms) of an arch string, or None."""
         if not self.available:
             return None
         if arch not in self._cache:
+            from nas.cost.latency import predict
             from nas.space import decode
             try:
-                self._cache[arch] = self._module.predict(decode(arch), self._profile, cost)
+                self._cache[arch] = predict(decode(arch), self._profile, cost)
             except Exception as e:  # a profile that cannot price some op: report it, show the rest
                 self.reason = f"the latency model failed ({type(e).__name__}: {e})"
                 self._cache[arch] = None
@@ -79,10 +83,11 @@ class Latency:
 
     def total(self, trial: FrozenTrial) -> float | None:
         """latency_ms the search recorded (predicted then), else predicted now from the arch string."""
-        recorded = trial.user_attrs.get("costs", {}).get("latency_ms")
+        record = TrialRecord.of(trial)
+        recorded = record.cost("latency_ms")
         if recorded is not None:
             return float(recorded)
-        prediction = self.predict(trial.user_attrs["arch"]) if "arch" in trial.user_attrs else None
+        prediction = self.predict(record.arch) if record.arch is not None else None
         return None if prediction is None else float(prediction.total_ms)
 
     def layers(self, arch: str, cost) -> list[float] | None:
@@ -112,6 +117,7 @@ class Report:
     layers: list = field(default_factory=list)
     layer_latency: list | None = None
     best: int | None = None  # number of the best feasible trial
+    profile_note: str | None = None  # set when the study was priced on another device profile
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
@@ -125,10 +131,10 @@ def pareto_front(points: list[Point]) -> list[Point]:
 
 
 def _hover(t: FrozenTrial, accuracy: float | None, what: str) -> str:
-    c = t.user_attrs.get("costs", {})
+    r = TrialRecord.of(t)
     acc = "not trained" if accuracy is None else f"val acc {accuracy:.4f}"
-    return (f"trial {t.number} ({what})<br>{acc}<br>weight {format_bytes(c.get('weight_bytes', 0))}, "
-            f"macs {format_count(c.get('macs', 0))}<br>{html.escape(t.user_attrs.get('arch', ''))}")
+    return (f"trial {t.number} ({what})<br>{acc}<br>weight {format_bytes(r.cost('weight_bytes', 0))}, "
+            f"macs {format_count(r.cost('macs', 0))}<br>{html.escape(r.arch or '')}")
 
 
 def _scatter(points: list[Point], name: str, what: str, **marker) -> go.Scatter:
@@ -145,7 +151,7 @@ def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget:
         x = x_of(t)
         if x is None:
             continue
-        if t.state == TrialState.COMPLETE and t.user_attrs.get("trained"):
+        if TrialRecord.of(t).trained_complete:
             trained.append(Point(t, study_view.search_accuracy(t), x))
         elif t.state == TrialState.COMPLETE and not is_feasible(t):
             infeasible.append(Point(t, None, x))
@@ -191,7 +197,7 @@ def history_figure(study: optuna.Study) -> go.Figure:
 
 def importance_figure(study: optuna.Study, trials: list) -> tuple[go.Figure | None, str | None]:
     """Importances over trained trials; (None, why) when there are too few or fANOVA cannot run."""
-    trained = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")]
+    trained = [t for t in trials if TrialRecord.of(t).trained_complete]
     if len(trained) < MIN_IMPORTANCE_TRIALS:
         return None, (f"parameter importances need at least {MIN_IMPORTANCE_TRIALS} trained trials; "
                       f"this study has {len(trained)}")
@@ -235,27 +241,34 @@ def layer_figure(layers, latency_ms: list[float] | None) -> go.Figure:
     return fig
 
 
-def build(study: optuna.Study, storage: str, trial_number: int | None) -> Report:
+def build(study: optuna.Study, storage: str, trial_number: int | None, latency: Latency | None = None) -> Report:
+    """The report of `study`, per-layer figures for trial `trial_number` (None: the search's
+    result), latency priced on `latency`'s profile (None: no profile)."""
     from nas.cost import arch_cost
     from nas.space import decode
 
     trials = study.get_trials(deepcopy=False)
     chosen = study_view.pick_trial(study, trials, trial_number)
     best = result_trial(study, trials).number
-    latency = Latency()
+    latency = latency if latency is not None else Latency()
     report = Report(study=study, storage=storage, trials=trials, chosen=chosen, latency=latency, best=best)
-    budgets = study.user_attrs.get("identity", {}).get("budgets", {})
+    record = StudyRecord.of(study)
+    budgets = record.budgets
+    stamp = record.profile  # the profile that priced the recorded latency_ms (digest None: none was recorded)
+    if latency.available and stamp is not None and stamp.digest not in (None, ProfileStamp.of(latency.profile).digest):
+        report.profile_note = (f"the search priced latency with {record.profile.describe()}; figures predicted "
+                               f"here use {ProfileStamp.of(latency.profile).describe()}")
 
     def weight(t):
-        return t.user_attrs.get("costs", {}).get("weight_bytes")
+        return TrialRecord.of(t).cost("weight_bytes")
 
-    mem = budgets.get("mem")
+    mem = budgets.weight_bytes
     fig, report.pareto = pareto_figure(trials, chosen, weight, "weight_bytes (deployable weight payload, B)", mem,
                                        f"budget weight_bytes <= {format_bytes(mem)}" if mem else "")
     report.figures["pareto-weight"] = ("Accuracy vs weight_bytes", fig, None)
 
-    lat_budget = budgets.get("latency_ms")
-    have_latency = latency.available or any(t.user_attrs.get("costs", {}).get("latency_ms") is not None
+    lat_budget = budgets.latency_ms
+    have_latency = latency.available or any(TrialRecord.of(t).cost("latency_ms") is not None
                                             for t in trials)  # the search records None without a profile
     if have_latency:
         fig, _ = pareto_figure(trials, chosen, latency.total, "latency_ms (predicted)", lat_budget,
@@ -269,9 +282,10 @@ def build(study: optuna.Study, storage: str, trial_number: int | None) -> Report
     fig, note = importance_figure(study, trials)
     report.figures["importance"] = ("Parameter importances (fANOVA, trained trials)", fig, note)
 
-    cost = arch_cost(decode(chosen.user_attrs["arch"]))
+    chosen_arch = TrialRecord.of(chosen).arch
+    cost = arch_cost(decode(chosen_arch))
     report.layers = list(cost.layers)
-    report.layer_latency = latency.layers(chosen.user_attrs["arch"], cost)
+    report.layer_latency = latency.layers(chosen_arch, cost)
     no_latency = None
     if report.layer_latency is None:
         no_latency = f"per-layer latency: {latency.reason or 'the latency model gives no per-layer figures'}"
@@ -351,12 +365,13 @@ def _layers_table(layers, latency_ms) -> str:
 def _best_table(trials: list, latency: Latency) -> str:
     rows = []
     for t in best_feasible(trials)[:10]:
-        c = t.user_attrs["costs"]
+        r = TrialRecord.of(t)
+        c = r.costs
         lat = latency.total(t)
         cells = (t.number, f"{t.values[0]:.4f}", format_bytes(c["weight_bytes"]), format_bytes(c["peak_act_bytes"]),
                  format_count(c["macs"]), "-" if lat is None else f"{lat:.3g} ms")
         tds = "".join(f'<td class="num">{html.escape(str(x))}</td>' for x in cells)
-        rows.append(f"<tr>{tds}<td><code>{html.escape(t.user_attrs['arch'])}</code></td></tr>")
+        rows.append(f"<tr>{tds}<td><code>{html.escape(r.arch)}</code></td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("trial", "val acc", "weight", "peak act", "macs", "latency", "arch"))
     return f'<table id="best"><tr>{head}</tr>{"".join(rows)}</table>'
 
@@ -369,33 +384,34 @@ def _figure_html(fig_id: str, fig: go.Figure | None, note: str | None) -> str:
 
 def render(report: Report) -> str:
     s, t = report.study, report.chosen
-    identity = s.user_attrs.get("identity", {})
+    identity = StudyRecord.of(s).identity
     c = tally(report.trials)
-    budgets = ", ".join(f"{k} {format_bytes(v) if k.endswith('mem') else v}"
-                        for k, v in identity.get("budgets", {}).items() if v is not None) or "none"
+    budgets = identity.budgets.describe() if identity is not None else "none"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>nas report: {html.escape(s.study_name)}</title><style>{_CSS}</style>",
         f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>',
         f"<h1>Study <code>{html.escape(s.study_name)}</code></h1>",
         f"<p class='small'>storage <code>{html.escape(report.storage)}</code> · space "
-        f"<code>{html.escape(str(identity.get('space', '?')))}</code> · dataset "
-        f"<code>{html.escape(str(identity.get('dataset', '?')))}</code> · budgets {html.escape(budgets)} · "
-        f"objectives {html.escape(str(identity.get('objectives', '?')))}</p>",
+        f"<code>{html.escape(str(getattr(identity, 'space', None) or '?'))}</code> · dataset "
+        f"<code>{html.escape(str(getattr(identity, 'dataset', None) or '?'))}</code> · budgets {html.escape(budgets)} · "
+        f"objectives {html.escape(str(getattr(identity, 'objectives', None) or '?'))}</p>",
         f"<p class='small' id='counts'>{c.trials} trials: {c.trained} trained, {c.duplicates} duplicate (an "
         f"architecture trained before: its result reused), {c.infeasible} infeasible (never trained), "
         f"{c.pruned} pruned, {c.failed} failed, {c.running} running</p>",
+        f"<p class='note' id='profile-note'>{html.escape(report.profile_note)}</p>" if report.profile_note else "",
         "<h2>Best feasible trials</h2>", _best_table(report.trials, report.latency),
     ]
     order = ("pareto-weight", "pareto-latency", "history", "importance")
     for fig_id in order:
         title, fig, note = report.figures[fig_id]
         parts += [f"<h2>{html.escape(title)}</h2>", _figure_html(fig_id, fig, note)]
-    costs = t.user_attrs["costs"]
+    chosen = TrialRecord.of(t)
+    costs = chosen.costs
     lat = report.latency.total(t)
     parts += [
         f"<h2>Trial {t.number}{' (best feasible)' if t.number == report.best else ''}</h2>",
-        f"<p><code id='arch'>{html.escape(t.user_attrs['arch'])}</code></p>",
+        f"<p><code id='arch'>{html.escape(chosen.arch)}</code></p>",
         f"<p class='small'>params {costs['params']:,} · macs {costs['macs']:,} · weight_bytes "
         f"{costs['weight_bytes']:,} · peak_act_bytes {costs['peak_act_bytes']:,} "
         f"(at {html.escape(str(costs.get('peak_act_at', '?')))}, input counted) · mem_access "

@@ -9,9 +9,10 @@ import math
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from nas.errors import UsageError
+from nas.search.records import TrialRecord
 from nas.search.results import best_feasible, final_record, result_trial, tally
 from nas.search.storage import default_url, open_storage
 
@@ -62,7 +63,8 @@ def pick_trial(study: optuna.Study, trials: list[FrozenTrial], number: int | Non
         raise UsageError(f"--trial {number}: no such trial in study {study.study_name!r} "
                          f"(trial numbers 0..{max(by_number)})")
     trial = by_number[number]
-    if "arch" not in trial.user_attrs or "costs" not in trial.user_attrs:
+    record = TrialRecord.of(trial)
+    if record.arch is None or record.costs is None:
         raise UsageError(f"--trial {number}: records no architecture ({trial.state.name}); "
                          f"expected a trial that got past sampling, e.g. {ranked[0].number}")
     return trial
@@ -70,10 +72,10 @@ def pick_trial(study: optuna.Study, trials: list[FrozenTrial], number: int | Non
 
 def search_accuracy(t: FrozenTrial) -> float | None:
     """Validation accuracy of the search's short training (None when never trained)."""
-    if t.state == TrialState.COMPLETE and t.user_attrs.get("trained"):
-        return float(t.values[0])
-    acc = t.user_attrs.get("accuracy")  # pruned trials keep their last validation accuracy
-    return float(acc) if acc is not None else None
+    r = TrialRecord.of(t)
+    if r.trained_complete:
+        return float(r.values[0])
+    return float(r.accuracy) if r.accuracy is not None else None  # pruned trials keep their last one
 
 
 def seed_metrics(study: optuna.Study, trial: FrozenTrial) -> dict:
@@ -84,7 +86,8 @@ def seed_metrics(study: optuna.Study, trial: FrozenTrial) -> dict:
     Density and NetScore use that column's accuracy (Wong's units: %, M params, M macs)."""
     from nas.cost.metrics import information_density, netscore
 
-    costs = trial.user_attrs["costs"]
+    searched = TrialRecord.of(trial)
+    costs = searched.costs
 
     def column(accuracy, train: dict) -> dict:
         d = {"weight_bytes": costs["weight_bytes"], "train_time_s": train.get("train_time_s"),
@@ -97,11 +100,11 @@ def seed_metrics(study: optuna.Study, trial: FrozenTrial) -> dict:
             d["netscore"] = score if math.isfinite(score) else None
         return d
 
-    out = {"search": column(search_accuracy(trial), trial.user_attrs.get("train") or {})}
+    out = {"search": column(search_accuracy(trial), searched.train or {})}
     record = final_record(study, trial.number)
     if record is not None:
-        out["final"] = column(record.get("test_accuracy"), record.get("train") or {})
-        out["final"]["val_accuracy"] = record.get("val_accuracy")
-        out["final"]["weights"] = record.get("weights")
-        out["final"]["epochs"] = record.get("epochs")
+        out["final"] = column(record.test_accuracy, record.train or {})
+        out["final"]["val_accuracy"] = record.val_accuracy
+        out["final"]["weights"] = record.weights
+        out["final"]["epochs"] = record.epochs
     return out

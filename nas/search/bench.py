@@ -126,8 +126,10 @@ def _final(model, config: SearchConfig) -> dict:
 
 
 def run(args) -> int:
+    from nas.cost.latency import find_profile
     from nas.search.runner import run_search
 
+    profile = find_profile()  # this device's profile, if calibrated: the searches record latency_ms
     budget_s = parse_seconds(args.budget, "--budget")
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
@@ -149,13 +151,13 @@ def run(args) -> int:
             _log(f"{format_bytes(target)}: {method} search for {format_seconds(search_s)}")
             config = SearchConfig(
                 study=f"bench-{space_name}-{method}", storage=f"journal:{workdir / f'{space_name}-{method}.journal'}",
-                space=space, budgets=Budgets(mem=target), sampler="tpe" if method == "ladder" else "random",
+                space=space, budgets=Budgets(weight_bytes=target), sampler="tpe" if method == "ladder" else "random",
                 proxy="none", pruner="sh" if method == "ladder" else "none",
                 budget_s=search_s, seed=args.seed, subset=args.subset, epochs=args.epochs,
                 final_top=SearchConfig.final_top if method == "ladder" else 1,
                 final_epochs=args.final_epochs, final_subset=args.final_subset)
             start = time.time()
-            summary = run_search(config, show_progress=True)
+            summary = run_search(config, profile, show_progress=True)
             row = {"target": target, "space": space, "method": method, "search_s": round(search_s, 1),
                    "trained": summary["trained"], "infeasible": summary["infeasible"], "pruned": summary["pruned"]}
             if summary.get("final"):

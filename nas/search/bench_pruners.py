@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
 from nas.errors import UsageError
+from nas.search.records import StudyRecord, TrialRecord
 
 
 def add_arguments(p):
@@ -51,13 +52,13 @@ def curves_from_storage(url: str, seen: set) -> dict[str, list[list[float]]]:
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.PRUNED for t in trials):
             continue  # its finished curves are the survivors of a pruner: biased
-        config = study.user_attrs.get("config") or {}
+        config = StudyRecord.of(study).config or {}
         epochs = config.get("epochs")
         if not isinstance(epochs, int):
             continue  # not a `nas search` study: no epoch count to check curves against
         space = Path(str(config.get("space", summary.study_name))).stem
         for t in trials:
-            arch, iv = t.user_attrs.get("arch"), t.intermediate_values
+            arch, iv = TrialRecord.of(t).arch, t.intermediate_values
             if t.state != TrialState.COMPLETE or not iv or arch in seen or sorted(iv) != list(range(1, epochs + 1)):
                 continue
             seen.add(arch)

@@ -88,6 +88,11 @@ class SearchConfig:
     def objective_names(self) -> tuple[str, ...]:
         return tuple(self.objectives.split(","))
 
+    @property
+    def needs_latency(self) -> bool:
+        """Does this search price latency (a budget or an objective on it)? Then it needs a profile."""
+        return self.budgets.latency_ms is not None or "latency_ms" in self.objective_names
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["budgets"] = self.budgets.to_dict()
@@ -111,13 +116,13 @@ _PARSERS = {
     "final_top": ("final_top", int), "val_subset": ("val_subset", int), "final_epochs": ("final_epochs", int), "final_subset": ("final_subset", int),
     "batch_size": ("batch_size", int), "final_batch_size": ("final_batch_size", int),
     "budget": ("budget_s", lambda v, where: parse_seconds(str(v), where)),
-    "target_mem": ("mem", lambda v, where: parse_bytes(str(v), where)),
-    "target_act_mem": ("act_mem", lambda v, where: parse_bytes(str(v), where)),
+    "target_mem": ("weight_bytes", lambda v, where: parse_bytes(str(v), where)),
+    "target_act_mem": ("peak_act_bytes", lambda v, where: parse_bytes(str(v), where)),
     "target_macs": ("macs", lambda v, where: parse_count(str(v), where)),
     "target_latency": ("latency_ms", lambda v, where: parse_seconds(str(v), where) * 1e3),
 }
 OPTION_NAMES = tuple(_PARSERS)  # what the command line and a study config file may set
-_BUDGET_FIELDS = {"mem", "act_mem", "macs", "latency_ms"}
+_BUDGET_FIELDS = {f.name for f in fields(Budgets)}
 
 
 def read_config_file(path: str) -> dict:

@@ -5,7 +5,8 @@ search are retrained on the final recipe, and the one with the best *validation*
 after it is the search's result (`chosen`); the test split is never used to choose.
 The test split is touched here and nowhere else in a search. Weights go to
 ``studies/<study>/trial_<n>.safetensors``; the record goes to the study's user attribute
-``final:<n>`` (finished trials are immutable in Optuna), which `report` and `export` read.
+``final:<n>`` (`nas.search.records.FinalRecord`; finished trials are immutable in Optuna),
+which `report` and `export` read.
 """
 
 import sys
@@ -21,6 +22,7 @@ from nas.blocks.model import build_model
 from nas.measure.timing import example_input, time_forward
 from nas.data import load_dataset
 from nas.search.config import SearchConfig
+from nas.search.records import FinalRecord, TrialRecord, write_final
 from nas.search.results import by_final_val, final_record
 from nas.search.storage import STUDIES_DIR
 from nas.space import decode
@@ -36,15 +38,16 @@ def distinct_archs(trials: list, k: int) -> list:
     """The first `k` trials of `trials` (best first) with different architectures."""
     out, seen = [], set()
     for t in trials:
-        if t.user_attrs["arch"] not in seen:
-            seen.add(t.user_attrs["arch"])
+        arch = TrialRecord.of(t).arch
+        if arch not in seen:
+            seen.add(arch)
             out.append(t)
         if len(out) == k:
             break
     return out
 
 
-def retrain_best(study: optuna.Study, config: SearchConfig, trials: list) -> list[dict]:
+def retrain_best(study: optuna.Study, config: SearchConfig, trials: list) -> list[FinalRecord]:
     """Retrain `trials` (already retrained ones are read back); records, the chosen one first."""
     records = [final_record(study, t.number) or retrain_one(study, config, t) for t in trials]
     return by_final_val(records)
@@ -63,34 +66,35 @@ def final_train(model, data, config: SearchConfig, **kwargs):
                  progress=True, **kwargs)
 
 
-def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> dict:
-    arch = decode(trial.user_attrs["arch"])
+def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> FinalRecord:
+    searched = TrialRecord.of(trial)
+    arch = decode(searched.arch)
     data = final_data(config, arch.resolution)
     print(f"nas: final training of trial {trial.number} ({config.final_epochs} epochs on "
-          f"{config.final_subset or len(data.train)} images): {trial.user_attrs['arch']}", file=sys.stderr)
+          f"{config.final_subset or len(data.train)} images): {searched.arch}", file=sys.stderr)
     torch.manual_seed(config.seed)
     model = build_model(arch)
     start = time.time()
-    result = final_train(model, data, config, weight_bytes=trial.user_attrs["costs"]["weight_bytes"])
+    result = final_train(model, data, config, weight_bytes=searched.costs["weight_bytes"])
     test_accuracy = evaluate(model, data.test)
     out = artifacts_dir(config.study)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"trial_{trial.number}.safetensors"
     with fsio.atomic_file(weights) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"arch": trial.user_attrs["arch"]})
+                  metadata={"arch": searched.arch})
     # measured the way `nas calibrate` measures what the latency model predicts: batch 1, eval
     # mode, 1-bit layers on the packed kernels (the training's own figure is the fake-quant path)
     measured = time_forward(model.eval().use_kernels(True), example_input(arch)).median_ms
-    record = {
-        "trial": trial.number, "arch": trial.user_attrs["arch"], "search_val_accuracy": trial.values[0],
-        "val_accuracy": result.accuracy, "test_accuracy": test_accuracy, "weights": str(weights),
-        "latency_ms": trial.user_attrs["costs"].get("latency_ms"),  # predicted
-        "latency_measured_ms": measured,
-        "epochs": config.final_epochs, "subset": config.final_subset, "batch_size": config.final_batch_size,
-        "seed": config.seed,
-        "train": {k: v for k, v in result.to_dict().items() if k != "val_history"},
-        "wall_s": round(time.time() - start, 1), "costs": trial.user_attrs["costs"],
-    }
-    study.set_user_attr(f"final:{trial.number}", record)
+    record = FinalRecord(
+        trial=trial.number, arch=searched.arch, search_val_accuracy=searched.values[0],
+        val_accuracy=result.accuracy, test_accuracy=test_accuracy, weights=str(weights),
+        latency_ms=searched.cost("latency_ms"),  # predicted
+        latency_measured_ms=measured,
+        epochs=config.final_epochs, subset=config.final_subset, batch_size=config.final_batch_size,
+        seed=config.seed,
+        train={k: v for k, v in result.to_dict().items() if k != "val_history"},
+        wall_s=round(time.time() - start, 1), costs=searched.costs,
+    )
+    write_final(study, record)
     return record

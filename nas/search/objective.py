@@ -25,10 +25,11 @@ from optuna.trial import TrialState
 
 from nas.blocks.model import build_model
 from nas.cost import arch_cost
-from nas.cost.latency import latency_ms
+from nas.cost.latency import Profile, predict_latency_ms
 from nas.data import load_dataset
 from nas.search.budgets import feasible
 from nas.search.config import SearchConfig
+from nas.search.records import TrialRecord, write_trial
 from nas.search.storage import worker_id
 from nas.space import Space, encode, sample_arch
 from nas.train import proxies
@@ -53,19 +54,20 @@ class DataCache:
         return self._cache[key]
 
 
-def trial_costs(arch) -> dict:
+def trial_costs(arch, profile: Profile | None) -> dict:
     """Analytic costs recorded on a trial (vocabulary names; no per-layer list), with the
-    predicted `latency_ms` when this device has a profile (`nas calibrate`), else None."""
+    `latency_ms` predicted on `profile` (the search's device profile), None without one."""
     cost = arch_cost(arch)
     costs = {k: v for k, v in cost.to_dict().items() if k != "layers"}
-    costs["latency_ms"] = latency_ms(arch, cost=cost)
+    costs["latency_ms"] = None if profile is None else predict_latency_ms(arch, profile, cost)
     return costs
 
 
 class Objective:
     def __init__(self, config: SearchConfig, space: Space, data: DataCache, in_chs: int, num_classes: int,
-                 deadline: float | None = None):
+                 deadline: float | None = None, profile: Profile | None = None):
         self.config = config
+        self.profile = profile  # the device profile that prices latency_ms (None: not priced)
         self.space = space
         self.data = data
         self.in_chs = in_chs
@@ -80,33 +82,28 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial):
         c = self.config
-        trial.set_user_attr("worker", worker_id())
+        write_trial(trial, worker=worker_id())
         sample = sample_arch(self.space, trial, self.in_chs, self.num_classes)
         arch = encode(sample.arch)
-        costs = trial_costs(sample.arch)
+        costs = trial_costs(sample.arch, self.profile)
         constraints = c.budgets.constraint_values(costs)
-        trial.set_user_attr("arch", arch)
-        trial.set_user_attr("scaling", asdict(sample.scaling))
-        trial.set_user_attr("costs", costs)
-        trial.set_user_attr("constraints", constraints)
-        for (_, cost_field, _), value in zip(c.budgets.active(), constraints):
+        write_trial(trial, arch=arch, scaling=asdict(sample.scaling), costs=costs, constraints=constraints)
+        for (cost_field, _), value in zip(c.budgets.active(), constraints):
             trial.set_constraint(cost_field, value)  # what Optuna's samplers read
-        trial.set_user_attr("feasible", feasible(constraints))
-        trial.set_user_attr("trained", False)
+        write_trial(trial, feasible=feasible(constraints), trained=False)
         if not feasible(constraints):
             return self._values(0.0, costs)
 
         duplicate = self._find_duplicate(trial, arch)
         if duplicate is not None:
-            trial.set_user_attr("duplicate_of", duplicate.number)
+            write_trial(trial, duplicate_of=duplicate.number)
             if duplicate.state == TrialState.RUNNING:
                 raise optuna.TrialPruned(f"architecture is being trained by trial {duplicate.number}")
-            for key in ("accuracy", "train", "proxy"):
-                if key in duplicate.user_attrs:
-                    trial.set_user_attr(key, duplicate.user_attrs[key])
+            carried = {key: getattr(duplicate, key) for key in ("accuracy", "train", "proxy")}
+            write_trial(trial, **{k: v for k, v in carried.items() if v is not None})
             if duplicate.state == TrialState.PRUNED:
                 raise optuna.TrialPruned(f"architecture was stopped early in trial {duplicate.number}")
-            trial.set_user_attr("trained", True)
+            write_trial(trial, trained=True)
             return duplicate.values[0] if not self.multi else tuple(duplicate.values)
 
         torch.manual_seed(c.seed + trial.number)
@@ -114,7 +111,7 @@ class Objective:
         model = build_model(sample.arch)
         if c.proxy != "none":
             score = self._proxy(model, data)
-            trial.set_user_attr("proxy", score)
+            write_trial(trial, proxy=score)
             if not self._proxy_passes(trial, score):
                 raise optuna.TrialPruned(f"{c.proxy} proxy {score:.4g} below the {c.proxy_keep:.0%} quantile")
 
@@ -123,16 +120,14 @@ class Objective:
                 return  # Optuna prunes single-objective studies only
             trial.report(val_accuracy, epoch)
             if epoch < c.epochs and trial.should_prune():  # a fully trained candidate is never pruned
-                trial.set_user_attr("accuracy", val_accuracy)
+                write_trial(trial, accuracy=val_accuracy)
                 raise optuna.TrialPruned(f"successive halving after epoch {epoch}")
 
         max_seconds = None if self.deadline is None else max(1.0, self.deadline - time.time())
         result = train(model, data, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed + trial.number,
                        max_seconds=max_seconds, progress=False, on_epoch_end=on_epoch_end,
                        measure_inference=False, weight_bytes=costs["weight_bytes"], val_subset=c.val_subset)
-        trial.set_user_attr("trained", True)
-        trial.set_user_attr("accuracy", result.accuracy)
-        trial.set_user_attr("train", _train_record(result))
+        write_trial(trial, trained=True, accuracy=result.accuracy, train=_train_record(result))
         return self._values(result.accuracy, costs)
 
     def _proxy(self, model, data) -> float:
@@ -142,22 +137,22 @@ class Objective:
         return float(fn(model, x))
 
     def _proxy_passes(self, trial, score: float) -> bool:
-        earlier = [t.user_attrs["proxy"] for t in trial.study.get_trials(deepcopy=False)
-                   if t.number != trial.number and "proxy" in t.user_attrs and np.isfinite(t.user_attrs["proxy"])]
+        records = map(TrialRecord.of, trial.study.get_trials(deepcopy=False))
+        earlier = [r.proxy for r in records if r.number != trial.number and r.proxy is not None and np.isfinite(r.proxy)]
         if len(earlier) < PROXY_WARMUP:
             return True
         return bool(np.isfinite(score) and score >= np.quantile(earlier, self.config.proxy_keep))
 
     @staticmethod
-    def _find_duplicate(trial, arch: str):
+    def _find_duplicate(trial, arch: str) -> TrialRecord | None:
         """The trial that trained (or is training, or stopped early) `arch` before, if any.
         Trials that were themselves duplicates, failed ones and infeasible ones do not count."""
         states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
-        for t in trial.study.get_trials(deepcopy=False, states=states):
-            if t.number == trial.number or t.user_attrs.get("arch") != arch or "duplicate_of" in t.user_attrs:
+        for r in map(TrialRecord.of, trial.study.get_trials(deepcopy=False, states=states)):
+            if r.number == trial.number or r.arch != arch or r.duplicate_of is not None:
                 continue
-            if t.state != TrialState.COMPLETE or t.user_attrs.get("trained"):
-                return t
+            if r.state != TrialState.COMPLETE or r.trained:
+                return r
         return None
 
 

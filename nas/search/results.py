@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.search.budgets import feasible
+from nas.search.records import FinalRecord, StudyRecord, TrialRecord
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,14 @@ class Tally:
 
 def tally(trials: list[FrozenTrial]) -> Tally:
     n = dict.fromkeys(("trained", "duplicates", "infeasible", "pruned", "failed", "running"), 0)
-    for t in trials:
-        if "duplicate_of" in t.user_attrs:
+    for r in map(TrialRecord.of, trials):
+        if r.duplicate_of is not None:
             n["duplicates"] += 1
-        elif t.state == TrialState.COMPLETE:
-            n["trained" if t.user_attrs.get("trained") else "infeasible"] += 1
-        elif t.state == TrialState.PRUNED:
+        elif r.state == TrialState.COMPLETE:
+            n["trained" if r.trained else "infeasible"] += 1
+        elif r.state == TrialState.PRUNED:
             n["pruned"] += 1
-        elif t.state == TrialState.FAIL:
+        elif r.state == TrialState.FAIL:
             n["failed"] += 1
         else:
             n["running"] += 1
@@ -48,30 +48,30 @@ def tally(trials: list[FrozenTrial]) -> Tally:
 
 
 def is_feasible(t: FrozenTrial) -> bool:
-    return feasible(t.user_attrs.get("constraints", [1.0]))
+    return TrialRecord.of(t).within_budgets
 
 
 def best_feasible(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Trained, feasible, COMPLETE trials, best accuracy first (ties: smaller weight_bytes).
     A duplicate carries its original's result and ranks beside it."""
-    ok = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("trained") and is_feasible(t)]
-    return sorted(ok, key=lambda t: (-t.values[0], t.user_attrs["costs"]["weight_bytes"], t.number))
+    ok = [(t, r) for t, r in zip(trials, map(TrialRecord.of, trials)) if r.trained_complete and r.within_budgets]
+    return [t for t, _ in sorted(ok, key=lambda tr: (-tr[1].values[0], tr[1].costs["weight_bytes"], tr[1].number))]
 
 
-def final_record(study: optuna.Study, trial_number: int) -> dict | None:
+def final_record(study: optuna.Study, trial_number: int) -> FinalRecord | None:
     """What the final retraining (`nas.search.final`) recorded for a trial, if it ran."""
-    return study.user_attrs.get(f"final:{trial_number}")
+    return StudyRecord.of(study).final(trial_number)
 
 
-def by_final_val(records: list[dict]) -> list[dict]:
+def by_final_val(records: list[FinalRecord]) -> list[FinalRecord]:
     """Final records, the chosen one first: best validation accuracy, then fewer weight_bytes."""
-    return sorted(records, key=lambda r: (-r["val_accuracy"], r["costs"]["weight_bytes"], r["trial"]))
+    return sorted(records, key=FinalRecord.rank_key)
 
 
-def chosen(study: optuna.Study) -> dict | None:
+def chosen(study: optuna.Study) -> FinalRecord | None:
     """The final record of the search's result: the best final validation accuracy."""
-    records = [v for k, v in study.user_attrs.items() if k.startswith("final:")]
-    return by_final_val(records)[0] if records else None
+    ranked = StudyRecord.of(study).finals_ranked()
+    return ranked[0] if ranked else None
 
 
 def result_trial(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
@@ -80,6 +80,6 @@ def result_trial(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial 
     record = chosen(study)
     if record is not None:
         for t in ranked:
-            if t.number == record["trial"]:
+            if t.number == record.trial:
                 return t
     return ranked[0] if ranked else None

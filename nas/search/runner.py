@@ -23,12 +23,14 @@ from tqdm import tqdm
 from nas.cost.extremes import extreme
 from nas.errors import UsageError
 from nas.search import final
+from nas.search.budgets import LIMITS, Budgets
 from nas.search.config import SearchConfig
 from nas.search.objective import DataCache, Objective
+from nas.search.records import Identity, ProfileStamp, StudyRecord, TrialRecord, write_identity, write_profile
 from nas.search.results import best_feasible, tally
 from nas.search.storage import default_url, fail_dead_local_trials, open_storage
 from nas.space import Space, load_space
-from nas.units import format_bytes, format_count, format_seconds
+from nas.units import format_bytes, format_seconds
 
 DEFAULT_BUDGET_S = 600.0  # when neither --trials nor --budget is given
 MAX_INFEASIBLE_STREAK = 500  # consecutive infeasible samples before a worker gives up
@@ -79,31 +81,39 @@ def open_study(config: SearchConfig, worker_index: int = 0) -> optuna.Study:
     return study
 
 
-def _tie_study_to_config(study: optuna.Study, config: SearchConfig) -> None:
-    """A study is tied to its space, dataset and budgets; refuse to mix them on resume."""
-    identity = {"space": config.space, "dataset": config.dataset, "budgets": config.budgets.to_dict(),
-                "objectives": config.objectives}
-    stored = study.user_attrs.get("identity")
-    if stored is None:
-        study.set_user_attr("identity", identity)
-        study.set_user_attr("config", config.to_dict())
-        study.set_metric_names(["val accuracy", *config.objective_names[1:]])  # shown by optuna-dashboard
+def _tie_study_to_config(study: optuna.Study, config: SearchConfig, profile=None) -> None:
+    """A study is tied to its space, dataset, budgets, objectives and the device profile that
+    prices its latencies; refuse to mix them on resume."""
+    record = StudyRecord.of(study)
+    stamp = ProfileStamp.of(profile)
+    if record.identity is None:
+        write_identity(study, config)
+        write_profile(study, stamp)
         return
-    for key, value in identity.items():
-        if stored.get(key) != value:
-            raise UsageError(f"--study {config.study!r} was created with {key}={stored.get(key)!r}, "
+    identity = Identity.of_config(config)
+    for key in ("space", "dataset", "budgets", "objectives"):
+        stored, value = getattr(record.identity, key), getattr(identity, key)
+        if stored != value:
+            if key == "budgets":
+                stored, value = stored.describe(), value.describe()
+            raise UsageError(f"--study {config.study!r} was created with {key}={stored!r}, "
                              f"not {value!r}; use the same options to resume, or another --study")
+    if record.profile is None:  # a study from before profiles were recorded: it takes this one
+        write_profile(study, stamp)
+    elif record.profile.digest != stamp.digest:
+        how = (f"--profile {record.profile.path}" if record.profile.path else "--profile none")
+        raise UsageError(f"--study {config.study!r} was priced with {record.profile.describe()}, not "
+                         f"{stamp.describe()}; resume with {how}, or use another --study")
 
 
 def check_budgets_reachable(space: Space, config: SearchConfig, in_chs: int, num_classes: int) -> None:
     """Fail before any work when no member of the space can meet a budget."""
-    for name, cost_field, limit in config.budgets.active():
+    for cost_field, limit in config.budgets.active():
         if cost_field == "latency_ms":
             continue  # checked by the latency model's own predictions
         low = extreme(space, cost_field, in_chs=in_chs, num_classes=num_classes)
         if low.value > limit:
-            fmt = format_bytes if cost_field.endswith("bytes") else format_count
-            option = {"mem": "--target-mem", "act_mem": "--target-act-mem", "macs": "--target-macs"}[name]
+            option, fmt = LIMITS[cost_field]
             raise UsageError(f"{option} {fmt(limit)}: below the cheapest architecture in {config.space} "
                              f"({cost_field} {fmt(low.value)}); expected a budget >= {fmt(low.value)}")
 
@@ -116,7 +126,7 @@ class _Stopper:
         self.gave_up = False
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial):
-        self.streak = 0 if trial.user_attrs.get("feasible") else self.streak + 1
+        self.streak = 0 if TrialRecord.of(trial).feasible else self.streak + 1
         self.fail_streak = self.fail_streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= MAX_INFEASIBLE_STREAK:
             self.gave_up = True
@@ -131,8 +141,9 @@ class _Stopper:
 
 
 def run_worker(config: SearchConfig, worker_index: int, deadline: float | None, threads: int,
-               callbacks=()) -> bool:
-    """One worker's loop (in this process). Returns False when it gave up on infeasibility."""
+               callbacks=(), profile=None) -> bool:
+    """One worker's loop (in this process), pricing latency on `profile` (a `nas.cost.latency.
+    Profile`, None: not priced). Returns False when it gave up on infeasibility."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config, worker_index)
@@ -140,7 +151,7 @@ def run_worker(config: SearchConfig, worker_index: int, deadline: float | None, 
     space = load_space(config.space)
     data = DataCache(config)
     probe = data.get(space.resolution, config.subset)
-    objective = Objective(config, space, data, probe.in_chs, probe.num_classes, deadline)
+    objective = Objective(config, space, data, probe.in_chs, probe.num_classes, deadline, profile)
     stopper = _Stopper(config, deadline)
     if config.trials is not None and _trained(study) >= config.trials:
         return True
@@ -150,33 +161,33 @@ def run_worker(config: SearchConfig, worker_index: int, deadline: float | None, 
     return not stopper.gave_up
 
 
-def _worker_main(config_dict: dict, worker_index: int, deadline: float | None, threads: int) -> None:
-    from nas.search.budgets import Budgets
-    from nas.search.config import SearchConfig
-
+def _worker_main(config_dict: dict, worker_index: int, deadline: float | None, threads: int, profile) -> None:
     def stop(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
-    budgets = Budgets(**config_dict.pop("budgets"))
+    budgets = Budgets.from_dict(config_dict.pop("budgets"))
     try:
-        run_worker(SearchConfig(budgets=budgets, **config_dict), worker_index, deadline, threads)
+        run_worker(SearchConfig(budgets=budgets, **config_dict), worker_index, deadline, threads, profile=profile)
     except KeyboardInterrupt:
         pass
 
 
-def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
-    """The whole `nas search`: checks, workers, final retraining, summary dict."""
+def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -> dict:
+    """The whole `nas search`: checks, workers, final retraining, summary dict. `profile`: the
+    device profile (`nas.cost.latency.Profile`) that prices latency_ms, loaded by the command;
+    None prices no latency, and a search with a latency budget or objective refuses to start."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(config.space)
     from nas.data import load_dataset
     probe = load_dataset(config.dataset, config.data_dir, split_seed=config.seed, subset=config.subset,
                          resolution=space.resolution)
-    if config.budgets.latency_ms is not None or "latency_ms" in config.objective_names:
-        from nas.cost.latency import require_profile
-        require_profile()
+    if config.needs_latency and profile is None:
+        option = "--target-latency" if config.budgets.latency_ms is not None else f"--objectives {config.objectives}"
+        raise UsageError(f"{option}: needs a device profile, none was given; run `nas calibrate` on this "
+                         f"device, or pass --profile FILE")
     check_budgets_reachable(space, config, probe.in_chs, probe.num_classes)
     study = open_study(config)
-    _tie_study_to_config(study, config)
+    _tie_study_to_config(study, config, profile)
 
     budget_s = config.budget_s
     if budget_s is None and config.trials is None:
@@ -194,10 +205,12 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
     interrupted, gave_up, procs = False, False, []
     try:
         if config.workers == 1:
-            gave_up = not run_worker(config, 0, deadline, threads, callbacks=[lambda s, t: bar.update(s)])
+            gave_up = not run_worker(config, 0, deadline, threads, callbacks=[lambda s, t: bar.update(s)],
+                                     profile=profile)
         else:
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker_main, args=(config.to_dict(), i, deadline, threads), daemon=False)
+            procs = [ctx.Process(target=_worker_main, args=(config.to_dict(), i, deadline, threads, profile),
+                                 daemon=False)
                      for i in range(config.workers)]
             for p in procs:
                 p.start()
@@ -221,6 +234,7 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
     counts, ranked = tally(trials), best_feasible(trials)
     summary = {"study": config.study, "storage": config.storage or default_url(config.study),
                "space": config.space, "dataset": probe.name, "budgets": config.budgets.to_dict(),
+               "device_profile": StudyRecord.of(study).profile.describe(),
                "trained": counts.trained, "infeasible": counts.infeasible, "pruned": counts.pruned,
                "duplicates": counts.duplicates, "failed": counts.failed,
                "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted}
@@ -234,16 +248,16 @@ def run_search(config: SearchConfig, show_progress: bool = True) -> dict:
         return summary
     if not interrupted:
         top = final.distinct_archs(ranked, config.final_top)
-        summary["final"] = final.retrain_best(study, config, top)
+        summary["final"] = [r.to_dict() for r in final.retrain_best(study, config, top)]
     summary["best"] = [trial_summary(t) for t in ranked[:5]]
     return summary
 
 
 def trial_summary(t: optuna.trial.FrozenTrial) -> dict:
-    costs = t.user_attrs["costs"]
-    return {"trial": t.number, "arch": t.user_attrs["arch"], "accuracy": t.values[0],
-            "weight_bytes": costs["weight_bytes"], "peak_act_bytes": costs["peak_act_bytes"],
-            "macs": costs["macs"], "params": costs["params"], "latency_ms": costs.get("latency_ms")}
+    r = TrialRecord.of(t)
+    return {"trial": r.number, "arch": r.arch, "accuracy": r.values[0],
+            "weight_bytes": r.costs["weight_bytes"], "peak_act_bytes": r.costs["peak_act_bytes"],
+            "macs": r.costs["macs"], "params": r.costs["params"], "latency_ms": r.cost("latency_ms")}
 
 
 class _ProgressBar:
@@ -266,7 +280,7 @@ class _ProgressBar:
         post = {"infeasible": counts.infeasible, "pruned": counts.pruned, "duplicates": counts.duplicates}
         if ranked:
             best = ranked[0]
-            post["best"] = f"{best.values[0]:.4f} @ {format_bytes(best.user_attrs['costs']['weight_bytes'])}"
+            post["best"] = f"{best.values[0]:.4f} @ {format_bytes(TrialRecord.of(best).costs['weight_bytes'])}"
         if self.budget_s:
             post["left"] = format_seconds(max(0.0, self.start + self.budget_s - time.time()))
         self.bar.set_postfix(post, refresh=True)

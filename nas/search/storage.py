@@ -32,6 +32,7 @@ from optuna.storages.journal._file import get_lock_file
 from optuna.trial import TrialState
 
 from nas.errors import UsageError
+from nas.search.records import TrialRecord, trial_attrs
 
 # Heartbeats, RetryHeartbeatStaleTrialCallback and metric names are marked experimental in
 # Optuna; they are what we rely on deliberately, so their warnings are noise to a user.
@@ -309,10 +310,10 @@ def fail_dead_local_trials(study: optuna.Study) -> int:
         return 0
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = TrialRecord.of(t).worker
         if worker and not _alive(worker):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             if t.params:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+                study.enqueue_trial(t.params, user_attrs=trial_attrs(retry_of=t.number))
             n += 1
     return n
