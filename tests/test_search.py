@@ -87,8 +87,21 @@ def test_trials_count_distinct_trainings_not_duplicates(in_tmp, capsys):
         assert t.user_attrs["arch"] == original.user_attrs["arch"] and t.values == original.values
 
 
+def test_max_trials_bounds_the_trials_started(in_tmp, capsys):
+    """--max-trials counts every trial the study starts (infeasible and duplicates too)."""
+    storage = f"journal:{in_tmp / 'studies' / 'm.journal'}"
+    argv = ["search", "--target-mem", "12KB", "--study", "m", "--storage", storage, "--sampler", "random",
+            "--final-top", "1", "--json", "--max-trials", "4", *FAST]
+    assert main(argv) == 0
+    assert len(_study("m", storage).trials) == 4
+    assert main(argv) == 0  # resumed: the bound holds for the study, not the run
+    assert len(_study("m", storage).trials) == 4
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--target-mem", "5 M"], "--target-mem"),
+    (["--target-mem", "5MB", "--max-trials", "0"], "--max-trials"),
     (["--target-mem", "1KB"], "below the cheapest architecture"),
     (["--target-mem", "5MB", "--sampler", "annealing"], "unknown sampler"),
     (["--target-mem", "5MB", "--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),

@@ -18,8 +18,11 @@ def add_arguments(p):
     p.add_argument("--space", help="search space YAML (default search_spaces/default.yaml)")
     p.add_argument("--dataset", help="fashion-mnist (default), digits, cifar10, cifar100, or a path")
     p.add_argument("--data-dir", help="where the dataset's files are")
-    p.add_argument("--trials", type=int, help="trained candidates to reach in the study")
-    p.add_argument("--budget", help="wall-clock budget of this run, e.g. 30m (default 10m without --trials)")
+    p.add_argument("--trials", type=int, help="trained candidates to reach in the study (infeasible, proxy-rejected "
+                                             "and duplicate candidates cost no training and do not count)")
+    p.add_argument("--max-trials", type=int, help="a hard bound on trials started in the study, whatever their "
+                                                  "outcome (infeasible ones count)")
+    p.add_argument("--budget", help="wall-clock budget of this run, e.g. 30m (default 10m without --trials / --max-trials)")
     p.add_argument("--study", help="study name (default 'nas')")
     p.add_argument("--storage", help="Optuna storage URL (default journal file studies/<study>.journal)")
     p.add_argument("--workers", type=int, help="worker processes on this machine (default 1)")

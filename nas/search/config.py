@@ -39,6 +39,7 @@ class SearchConfig:
     objectives: str = "accuracy"
     sampler: str = "tpe"
     trials: int | None = None  # trained candidates to reach in the study (infeasible ones don't count)
+    max_trials: int | None = None  # trials started in the study, whatever their outcome: a hard bound
     budget_s: float | None = None  # wall-clock budget of this run
     workers: int = 1
     seed: int = 0
@@ -75,8 +76,10 @@ class SearchConfig:
                 continue  # None: the whole split
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number >= 1")
-        if self.trials is not None and self.trials < 1:
-            raise UsageError(f"--trials {self.trials!r}: expected a whole number >= 1")
+        for name in ("trials", "max_trials"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number >= 1")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= limits.MAX_SEED:
             raise UsageError(f"--seed {self.seed!r}: expected a whole number from 0 to {limits.MAX_SEED} "
                              f"(docs/limits.md)")
@@ -111,7 +114,7 @@ def default_space() -> str:
 _PARSERS = {
     "study": ("study", str), "storage": ("storage", str), "space": ("space", str),
     "dataset": ("dataset", str), "data_dir": ("data_dir", str), "objectives": ("objectives", str),
-    "sampler": ("sampler", str), "trials": ("trials", int), "workers": ("workers", int), "seed": ("seed", int),
+    "sampler": ("sampler", str), "trials": ("trials", int), "max_trials": ("max_trials", int), "workers": ("workers", int), "seed": ("seed", int),
     "subset": ("subset", int), "epochs": ("epochs", int), "proxy": ("proxy", str), "pruner": ("pruner", str),
     "final_top": ("final_top", int), "val_subset": ("val_subset", int), "final_epochs": ("final_epochs", int), "final_subset": ("final_subset", int),
     "batch_size": ("batch_size", int), "final_batch_size": ("final_batch_size", int),

@@ -18,10 +18,9 @@ import warnings
 import optuna
 import torch
 from optuna.trial import TrialState
-from tqdm import tqdm
-
 from nas.cost.extremes import extreme
 from nas.errors import UsageError
+from nas.progress import bar as progress_bar
 from nas.search import final
 from nas.search.budgets import LIMITS, Budgets
 from nas.search.config import SearchConfig
@@ -32,7 +31,7 @@ from nas.search.storage import default_url, fail_dead_local_trials, open_storage
 from nas.space import Space, load_space
 from nas.units import format_bytes, format_seconds
 
-DEFAULT_BUDGET_S = 600.0  # when neither --trials nor --budget is given
+DEFAULT_BUDGET_S = 600.0  # when none of --trials, --max-trials, --budget is given
 MAX_INFEASIBLE_STREAK = 500  # consecutive infeasible samples before a worker gives up
 MAX_FAIL_STREAK = 5  # consecutive failed trials (errors, NaN) before a worker stops: likely a bug
 
@@ -138,6 +137,13 @@ class _Stopper:
             study.stop()
         if self.config.trials is not None and _trained(study) >= self.config.trials:
             study.stop()
+        if _started_enough(study, self.config):
+            study.stop()
+
+
+def _started_enough(study: optuna.Study, config: SearchConfig) -> bool:
+    """--max-trials: trials started in the whole study (any state) reached the bound."""
+    return config.max_trials is not None and len(study.get_trials(deepcopy=False)) >= config.max_trials
 
 
 def run_worker(config: SearchConfig, worker_index: int, deadline: float | None, threads: int,
@@ -153,7 +159,7 @@ def run_worker(config: SearchConfig, worker_index: int, deadline: float | None, 
     probe = data.get(space.resolution, config.subset)
     objective = Objective(config, space, data, probe.in_chs, probe.num_classes, deadline, profile)
     stopper = _Stopper(config, deadline)
-    if config.trials is not None and _trained(study) >= config.trials:
+    if (config.trials is not None and _trained(study) >= config.trials) or _started_enough(study, config):
         return True
     timeout = None if deadline is None else max(0.0, deadline - time.time())
     study.optimize(objective, timeout=timeout, callbacks=[stopper, *callbacks], catch=(Exception,),
@@ -190,7 +196,7 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
     _tie_study_to_config(study, config, profile)
 
     budget_s = config.budget_s
-    if budget_s is None and config.trials is None:
+    if budget_s is None and config.trials is None and config.max_trials is None:
         budget_s = DEFAULT_BUDGET_S
     start = time.time()
     deadline = None if budget_s is None else start + budget_s
@@ -198,7 +204,9 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
     threads = max(1, cores // config.workers)  # the cores this process may use (taskset, cgroups)
     _log(f"study {config.study!r} in {config.storage or default_url(config.study)}: {config.space} on "
          f"{probe.name}, {config.budgets.describe()}, "
-         + (f"budget {format_seconds(budget_s)}" if budget_s else f"{config.trials} trained trials")
+         + ", ".join(x for x in (f"budget {format_seconds(budget_s)}" if budget_s else "",
+                                 f"{config.trials} trained trials" if config.trials else "",
+                                 f"at most {config.max_trials} trials started" if config.max_trials else "") if x)
          + f", {config.workers} worker(s) x {threads} thread(s)")
 
     bar = _ProgressBar(config, budget_s, start, show_progress)
@@ -266,8 +274,8 @@ class _ProgressBar:
     def __init__(self, config: SearchConfig, budget_s: float | None, start: float, enabled: bool):
         self.config, self.budget_s, self.start = config, budget_s, start
         total = config.trials if config.trials is not None else None
-        self.bar = tqdm(total=total, desc="search", unit="trial", file=sys.stderr, disable=not enabled,
-                        dynamic_ncols=True)
+        # a bar on a terminal; in a pipe one line each time a trial finishes training
+        self.bar = progress_bar(total, "search", "trained trial", enabled=enabled)
         self.last = 0.0
 
     def update(self, study: optuna.Study) -> None:
