@@ -42,6 +42,10 @@ def test_short_search_trains_only_feasible_candidates(in_tmp, capsys):
         feasible = all(c <= 0 for c in t.user_attrs["constraints"])
         assert t.user_attrs["feasible"] == feasible
         assert t.user_attrs["constraints"] == [(t.user_attrs["costs"]["weight_bytes"] - budget) / budget]
+        # where Optuna's samplers and optuna-dashboard read them: once each, as numbers
+        assert t.system_attrs["constraints"] == t.user_attrs["constraints"]
+        assert list(t.constraints.values()) == t.user_attrs["constraints"]
+        assert t.user_attrs["cost.weight_bytes"] == t.user_attrs["costs"]["weight_bytes"]
         if not feasible:  # recorded with its constraint values, never trained
             assert t.user_attrs["trained"] is False and "train" not in t.user_attrs and "proxy" not in t.user_attrs
             assert t.values[0] == 0.0

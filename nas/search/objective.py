@@ -29,7 +29,7 @@ from nas.cost.latency import Profile, predict_latency_ms
 from nas.data import load_dataset
 from nas.search.budgets import feasible
 from nas.search.config import SearchConfig
-from nas.search.records import TrialRecord, write_trial
+from nas.search.records import TrialRecord, write_constraints, write_trial
 from nas.search.storage import worker_id
 from nas.space import Space, encode, sample_arch
 from nas.train import proxies
@@ -88,8 +88,7 @@ class Objective:
         costs = trial_costs(sample.arch, self.profile)
         constraints = c.budgets.constraint_values(costs)
         write_trial(trial, arch=arch, scaling=asdict(sample.scaling), costs=costs, constraints=constraints)
-        for (cost_field, _), value in zip(c.budgets.active(), constraints):
-            trial.set_constraint(cost_field, value)  # what Optuna's samplers read
+        write_constraints(trial, c.budgets, constraints)  # what Optuna's samplers and the dashboard read
         write_trial(trial, feasible=feasible(constraints), trained=False)
         if not feasible(constraints):
             return self._values(0.0, costs)

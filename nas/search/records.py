@@ -101,10 +101,28 @@ def trial_attrs(**values) -> dict:
     return {k: (list(v) if k == "constraints" else v) for k, v in values.items()}
 
 
+# Costs also stored one number per attribute, under `cost.<name>`: optuna-dashboard shows a
+# nested dict as one JSON string, which it can neither sort nor plot. Read back through `costs`.
+DASHBOARD_COSTS = ("weight_bytes", "peak_act_bytes", "macs", "params", "latency_ms")
+
+
 def write_trial(trial: optuna.Trial, **values) -> None:
     """Record `values` (TrialRecord field names) on a running trial."""
     for key, value in trial_attrs(**values).items():
         trial.set_user_attr(key, value)
+        if key == "costs":
+            for name in DASHBOARD_COSTS:
+                if isinstance(value.get(name), (int, float)):
+                    trial.set_user_attr(f"cost.{name}", value[name])
+
+
+def write_constraints(trial: optuna.Trial, budgets: Budgets, constraints: list[float]) -> None:
+    """The constraint values where Optuna's own tools read them. The samplers read Optuna 5's
+    per-name system attributes (`trial.set_constraint`); optuna-dashboard 0.21 reads only the
+    older list under the system attribute ``constraints`` and shows ``[]`` otherwise. Both
+    formats at once would give the samplers every constraint twice, so the list alone is
+    written: Optuna reads it as constraints ``0, 1, ...`` in `budgets.active()`'s order."""
+    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [float(v) for v in constraints])
 
 
 # --- the study ------------------------------------------------------------------------------------
