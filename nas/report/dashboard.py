@@ -118,6 +118,13 @@ def run(args) -> int:
     if not _is_loopback(args.host):
         print(f"nas: warning: listening on {args.host}: anyone who can reach this machine can read and change "
               f"the study", file=sys.stderr, flush=True)
+    import warnings
+
+    import optuna
+
+    # optuna-dashboard computes parameter importances with Optuna's experimental PED-ANOVA on
+    # every page load, and each emits an ExperimentalWarning: 6-8 lines of noise per page.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
