@@ -73,3 +73,39 @@ def test_cheap_readme_commands_run(command):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{command}: exit {r.returncode}: {r.stderr[-500:]}"
     assert r.stdout.strip()
+
+
+# What the slow chain appends to the README's commands so that they finish in minutes;
+# everything else is the README's text.
+SMALL = {
+    "search": ["--budget", "20s", "--subset", "500", "--epochs", "1", "--final-epochs", "1", "--final-subset", "500",
+               "--final-top", "1", "--no-progress"],
+    "train": ["--epochs", "1", "--subset", "500"],
+    "infer": ["--subset", "500"],
+}
+CHAIN = ("search", "report", "export", "infer", "train")  # dashboard serves forever; calibrate,
+# compress and bench have their own tests
+
+
+@pytest.mark.slow
+def test_readme_search_report_export_infer_chain(tmp_path):
+    import shutil
+
+    shutil.copytree(REPO / "search_spaces", tmp_path / "search_spaces")
+    shutil.copytree(REPO / "studies", tmp_path / "studies")
+    ran = []
+    for command in COMMANDS:
+        argv = shlex.split(command)[1:]
+        if argv[0] not in CHAIN or "--config" in argv or "postgresql://" in command:
+            continue
+        if argv[0] == "search" and "--study" not in argv:
+            continue  # the 5 MB default run is `make search`'s
+        if argv[0] == "infer" and not (tmp_path / "out").exists():
+            continue
+        r = subprocess.run([sys.executable, "-m", "nas.cli", *argv, *SMALL.get(argv[0], [])], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{command}: exit {r.returncode}: {r.stderr[-800:]}"
+        ran.append(argv[0])
+    assert {"search", "report", "export", "infer", "train"} <= set(ran), ran
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "out" / "manifest.json").is_file()
