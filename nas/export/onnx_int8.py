@@ -52,6 +52,7 @@ from nas.errors import UsageError
 
 OPSET = 21
 FILE = "model.int8.onnx"
+WEIGHT_ZERO_POINT = 128  # int8 weight codes stored as uint8 + 128: see _weights
 MAX_BITS = 8  # every layer at or below this many weight bits, or no int8 model
 DOMAIN = "nas"  # the placeholder nodes' domain (never left in a written file)
 RELU_LIKE = {"Relu"}  # commute with rounding onto a grid that holds 0
@@ -185,11 +186,10 @@ def _traced_graph(model: nn.Module, names: list[str], example: torch.Tensor) -> 
 
     import onnx
 
-    from nas.export.deploy import _replace  # noqa: PLC2701 (the one module-swapping helper)
-
     stands = [_Stand(key, model.get_submodule(name)) for key, name in enumerate(names)]
     for name, stand in zip(names, stands):
-        _replace(model, name, stand)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, stand)
     buf = io.BytesIO()
     try:
         with torch.no_grad():
@@ -265,19 +265,24 @@ def _site(w: _Writer, x: str, layer: _Layer) -> str:
 def _weights(w: _Writer, layer: _Layer) -> tuple[str, str]:
     """(weight, bias) tensor names: DQ of int8 / int32 initializers, or float ones."""
     h = layer.name
-    c_out = layer.weight.shape[0]
     if layer.w_scale is None:
         return w.const(h + ".weight", layer.weight), w.const(h + ".bias", layer.bias)
-    zero8 = w.const(h + ".w_zero", np.zeros(c_out, np.int8))
-    wdq = w.op("DequantizeLinear", [w.const(h + ".weight_int8", layer.weight), w.const(h + ".w_scale", layer.w_scale),
-                                    zero8], h + ".w", axis=0)
+    c_out = layer.weight.shape[0]
+    if layer.int8_kernel:  # uint8 at zero point 128 (see WEIGHT_ZERO_POINT)
+        stored = (layer.weight.astype(np.int16) + WEIGHT_ZERO_POINT).astype(np.uint8)
+        zero = [w.const(h + ".w_zero", np.full(c_out, WEIGHT_ZERO_POINT, np.uint8))]
+    else:  # DQ -> float conv: int8, zero point left out (DequantizeLinear's default 0)
+        stored, zero = layer.weight, []
+    wdq = w.op("DequantizeLinear", [w.const(h + ".weight_q", stored), w.const(h + ".w_scale", layer.w_scale)] + zero,
+               h + ".w", axis=0)
     if not layer.int8_kernel:
         return wdq, w.const(h + ".bias", layer.bias)
     b_scale = (layer.act_scale() * layer.w_scale).astype(np.float32)
     b_int = np.rint(layer.bias.astype(np.float64) / b_scale.astype(np.float64))
     b_int = np.clip(b_int, -2 ** 31, 2 ** 31 - 1).astype(np.int32)
-    bdq = w.op("DequantizeLinear", [w.const(h + ".bias_int32", b_int), w.const(h + ".b_scale", b_scale),
-                                    w.const(h + ".b_zero", np.zeros(c_out, np.int32))], h + ".b", axis=0)
+    b_zero = [w.const(h + ".b_zero", np.zeros(c_out, np.int32))]
+    bdq = w.op("DequantizeLinear", [w.const(h + ".bias_int32", b_int), w.const(h + ".b_scale", b_scale)] + b_zero,
+               h + ".b", axis=0)
     return wdq, bdq
 
 
@@ -423,8 +428,8 @@ def build(arch, payload: bytes, example: torch.Tensor) -> Int8Onnx:
                               list(traced.graph.initializer) + w.inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nas")
     m.ir_version = 10
-    m = onnx.shape_inference.infer_shapes(m)
-    onnx.checker.check_model(m, full_check=True)
+    _short_names(m.graph)
+    onnx.checker.check_model(m, full_check=True)  # full_check: types and shapes infer through every node
     info = []
     for layer in layers:
         held = ("float" if layer.w_scale is None else "int8 ±1 (1-bit, not packed)" if layer.w_bits == 1
@@ -433,6 +438,22 @@ def build(arch, payload: bytes, example: torch.Tensor) -> Int8Onnx:
                      "int8_kernel": layer.int8_kernel, **{k: v for k, v in out_q.get(layer.name, {}).items()
                                                           if k != "layer"}})
     return Int8Onnx(m, info)
+
+
+def _short_names(graph) -> None:
+    """Intermediate tensors renamed t0, t1, ... and node names dropped except the quantized
+    layers' convs (the profiler names those): the exporter's scope paths are most of the graph's bytes."""
+    keep = {v.name for v in list(graph.input) + list(graph.output)} | {t.name for t in graph.initializer}
+    names: dict[str, str] = {}
+    for n in graph.node:
+        for i, o in enumerate(n.output):
+            if o not in keep:
+                names[o] = f"t{len(names)}"
+                n.output[i] = names[o]
+        for i, x in enumerate(n.input):
+            n.input[i] = names.get(x, x)
+        n.name = n.name.rsplit("/", 1)[0] if n.op_type in ("Conv", "Gemm") and n.domain == "" and "/" in n.name \
+            and not n.name.startswith("/") else ""
 
 
 def _insert_after(nodes, extra) -> list:
@@ -451,3 +472,169 @@ def _insert_after(nodes, extra) -> list:
                 out.append(dq)
     assert len(out) == len(nodes) + len(inserted), "an inserted quantizer lost its producer"
     return out
+
+
+# ---- running it: onnxruntime sessions, agreement, latency, executed kernels ----------------------
+
+def session(path_or_bytes, threads: int = 1, profile_prefix: str | None = None):
+    """An onnxruntime CPU session, `threads` intra-op threads, every graph optimisation on."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    if profile_prefix is not None:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+def ort_predictions(sess, dataset, batch_size: int = 512) -> torch.Tensor:
+    """argmax of the session's logits over `dataset` in order, (N,) int64."""
+    name = sess.get_inputs()[0].name
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        x, _ = dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
+        out.append(torch.from_numpy(sess.run(None, {name: x.numpy()})[0]).argmax(dim=1))
+    return torch.cat(out)
+
+
+class _Run:
+    """`sess.run` on one input as a callable, for the timing protocol (which calls model(x))."""
+
+    def __init__(self, sess):
+        self.sess, self.name = sess, sess.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor):
+        return self.sess.run(None, {self.name: x.numpy()})
+
+
+def ort_latency_ms(sess, x: torch.Tensor, repeats: int = 30, warmup: int = 5) -> float:
+    """Median ms of one batch-1 run: `nas.measure.timing`'s protocol with the same counts
+    as the bundle's own `latency_measured_ms` (`warmup` runs, then `repeats` timed ones)."""
+    from nas.measure.timing import Protocol, time_runs
+
+    protocol = Protocol(warmup_runs=warmup, warmup_s=0.0, min_repeats=repeats, min_time_s=0.0, max_repeats=repeats)
+    return round(float(np.median(time_runs(_Run(sess), x, protocol))), 4)
+
+
+def executed_kernels(path: Path, x: torch.Tensor, workdir: Path) -> dict[str, int]:
+    """{op type onnxruntime executed: count} for one run of the model at `path`, from its profiler."""
+    import json
+
+    sess = session(path, profile_prefix=str(workdir / "ort_profile"))
+    sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    profile = Path(sess.end_profiling())
+    try:
+        events = json.loads(profile.read_text(encoding="utf-8"))
+    finally:
+        profile.unlink(missing_ok=True)
+    counts: dict[str, int] = {}
+    for e in events:
+        op = e.get("args", {}).get("op_name") if e.get("cat") == "Node" else None
+        if op and e.get("name", "").endswith("_kernel_time"):
+            counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+FLOAT_CONVS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+
+
+def float_convs_in(kernels: dict[str, int]) -> int:
+    return sum(kernels.get(op, 0) for op in FLOAT_CONVS)
+
+
+# ---- the bundle's model.int8.onnx -------------------------------------------------------------
+
+def write_int8_onnx(bundle_dir, arch, payload: bytes, manifest: dict, test, packed_preds: torch.Tensor) -> dict:
+    """Write `model.int8.onnx` into `bundle_dir` (next to the float model.onnx) when every
+    layer is at most 8 bits; return its manifest entry (or, when it has no int8 model, why).
+
+    manifest: the bundle's figures so far (weight_bytes, latency_ms). test: the test split;
+    packed_preds: `nas infer`'s (the packed model's) predictions on it, to agree with."""
+    import onnx
+
+    from nas.blocks.model import build_model
+    from nas.export.fold import geometries
+
+    d = Path(bundle_dir)
+    why = refusal(geometries(build_model(arch)))
+    if why:
+        return {"file": None, "skipped": why}
+    x1, _ = test.batch(torch.arange(1))
+    built = build(arch, payload, x1)
+    path = d / FILE
+    onnx.save(built.model, str(path))
+    size = path.stat().st_size
+    sess = session(path)
+    preds = ort_predictions(sess, test)
+    kernels = executed_kernels(path, x1, d.parent if d.parent.exists() else d)
+    latency = ort_latency_ms(sess, x1)
+    float_latency = ort_latency_ms(session(d / "model.onnx"), x1) if (d / "model.onnx").is_file() else None
+    stored = sum(np.asarray(onnx.numpy_helper.to_array(t)).nbytes for t in built.model.graph.initializer)
+    weight_bytes = manifest["weight_bytes"]
+    return {
+        "file": FILE, "opset": OPSET, "bytes": size, "weight_bytes": weight_bytes,
+        "bytes_per_weight_byte": round(size / weight_bytes, 4), "initializer_bytes": int(stored),
+        "graph_bytes": int(size - stored),
+        "prediction_agreement": int((preds == packed_preds).sum()) / len(test),
+        "accuracy": int((preds == test.labels).sum()) / len(test), "test_images": len(test),
+        "latency_ms": manifest.get("latency_ms"), "latency_measured_ms": latency,
+        "float_onnx_latency_measured_ms": float_latency,
+        "speedup_vs_float_onnx": None if not float_latency else round(float_latency / latency, 3),
+        "threads": 1, "runtime": f"onnxruntime {_ort_version()} CPUExecutionProvider",
+        "executed_kernels": kernels,
+        "binary_layers_unpacked": [r["layer"] for r in built.layers if r["w_bits"] == 1],
+        "eight_bit_layers_rounded": [r["layer"] for r in built.layers if r["w_bits"] == 8],
+        "layers": built.layers,
+    }
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def convert_bundle(bundle_dir, out) -> Path:
+    """`python -m nas.export.onnx_int8 --bundle DIR -o FILE`: the int8 model of an exported
+    bundle (after `verify_bundle`), written atomically to `out`. A bundle whose layers int8
+    ONNX cannot hold is a UsageError naming the first such layer."""
+    import onnx
+
+    from nas import fsio
+    from nas.export.bundle import verify_bundle
+    from nas.space import decode
+
+    d = Path(bundle_dir)
+    manifest = verify_bundle(d)
+    arch = decode(manifest["arch"])
+    x1 = torch.zeros(1, arch.in_chs, arch.resolution, arch.resolution)  # a shape for the trace only
+    built = build(arch, (d / "payload.bin").read_bytes(), x1)
+    target = fsio.check_output_path(out)
+    fsio.write_bytes(target, built.model.SerializeToString())
+    return target
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from nas.cli import _one_line
+
+    p = argparse.ArgumentParser(prog="python -m nas.export.onnx_int8", description=convert_bundle.__doc__)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("-o", "--output", required=True)
+    try:
+        args = p.parse_args(argv)
+        target = convert_bundle(args.bundle, args.output)
+    except Exception as e:  # noqa: BLE001 (the CLI's one-line boundary)
+        line, code = _one_line(e)
+        print(f"nas: error: {line}", file=sys.stderr)
+        return code
+    print(f"{target}: {target.stat().st_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
