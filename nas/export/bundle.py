@@ -38,7 +38,6 @@ from nas.cost import arch_cost
 from nas.errors import UsageError
 from nas.export.deploy import packed_model
 from nas.export.fold import model_records
-from nas.export.onnx_int8 import write_int8_onnx
 from nas.export.payload import encode_payload
 from nas.quant import BinaryConv2d, packed_kernels
 from nas.space import decode, encode
@@ -270,6 +269,7 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         example, _ = test.batch(torch.arange(1))
         write_torchscript(model, example, tmp / "model.ts")
         write_onnx(model, example, tmp / "model.onnx")
+        from nas.export.onnx_int8 import write_int8_onnx  # here: `python -m nas.export.onnx_int8` imports this file
         manifest["int8_onnx"] = write_int8_onnx(tmp, model.arch, payload, manifest, test, ours)
         manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)}
                              for name in FILES + OPTIONAL_FILES if name in FILES or (tmp / name).is_file()}
