@@ -1,33 +1,38 @@
 """`model.int8.onnx`: the packed model as QDQ ONNX (opset 21) that onnxruntime runs on int8 kernels.
 
-What it holds, per quantized layer (the payload records, `nas.export.payload`, nothing recalibrated):
+What it holds, per quantized layer (the payload records, `nas.export.payload`; the model's
+own clips and scales, nothing recalibrated; integer semantics as `nas.quant.integer`):
 
 - input site, PACT at 2..8 bits: Clip(lo, α) -> QuantizeLinear(s_x = α / steps, uint8)
-  -> DequantizeLinear, the trained clip α. Unsigned sites have zero point 0; signed ones
-  zero point 128 (codes -127..127 as uint8 1..255: onnxruntime runs signed int8 activations
-  in float on x86, uint8 with a zero point on its u8 x s8 kernels). The Clip keeps k < 8
-  bit codes in 0..2^k - 1; where the Q range already lies inside it (8-bit unsigned) it is
-  left out. 16 bits: Cast to float16 and back; 32: nothing; 1 bit: sign (0 -> +1) and the
-  one-padding as an explicit Pad.
+  -> DequantizeLinear with the trained clip α. Unsigned sites have zero point 0; signed
+  ones 128 (codes -127..127 as uint8 1..255: onnxruntime runs int8 activations in float on
+  x86). The Clip keeps k < 8-bit codes in range and is left out where the Q's own range is
+  already [lo, α] (8-bit unsigned). 16 bits: Cast to float16 and back; 32: nothing; 1 bit:
+  sign (0 -> +1) and the one-padding as an explicit Pad.
 - weights, per output channel through DequantizeLinear(axis=0):
-  * 2 and 4 bits: w_int = 2q - L, which fits int8: exact, scale m_c / L (BatchNorm folded);
+  * 1, 2 and 4 bits: exact. w_int = 2q - L (±1 at 1 bit) times the largest whole K_c
+    keeping it within ±127, at scale (m_c / L) / K_c (`_widened`): the same products,
+    K_c times finer bias resolution;
   * 8 bits: w_int = 2q - L is odd in -255..255, not an int8. Stored as
-    r = round_half_even(w_int / 2) in -128..127 at scale 2 m_c / L: NOT exact (each weight
-    moves by at most half a DoReFa level, m_c / L); the agreement with `nas infer` is
-    measured and recorded. (The exact split w_int = 2s + 1 needs Σx as a second term added
-    in float before the next quantizer, so the conv would no longer end in a Q and
-    onnxruntime would run it in float; see docs/deploy-onnx.md.)
-  * 1 bit: ±1 int8 (correct, not packed) at the binary scale;
-  * 16 / 32 bits: float initializers (a 16-bit layer's fp16 weights widened).
-- bias: int32 at scale s_x · s_w[c] (DequantizeLinear axis 0) where the conv runs on int8
-  kernels, float32 elsewhere (exact there).
+    r = round_half_even(w_int / 2), clamped to -128..127, at scale 2 m_c / L: NOT exact
+    (each weight moves by one DoReFa level, m_c / L, at most); measured, see
+    docs/deploy-onnx.md for why the exact split w_int = 2s + 1 is not used;
+  * the codes are stored as uint8 at zero point 128 (`WEIGHT_ZERO_POINT`) where the conv
+    runs on int8 kernels: without VNNI, onnxruntime's u8 x s8 kernel sums pairs of products
+    in saturating int16 (vpmaddubsw), which int8 weights near ±127 overflow; its u8 x u8
+    kernel does not saturate. Same values, same DequantizeLinear semantics;
+  * 16 / 32 bits (SE convs' float inputs too): float conv, weights float or DQ'd.
+- bias: int32 at scale s_x · s_w[c] where the conv runs on int8 kernels (rounded: at most
+  half of s_x · s_w[c]), float32 elsewhere.
 - int8 convs whose output does not go straight (or through a ReLU) into a QuantizeLinear
-  get one: onnxruntime fuses a conv to QLinearConv only then. Its scale and zero point are
-  those of the first quantizer downstream (the model's own, never calibrated). Where only
-  ReLU, Pad, Slice, Split, Concat, Reshape, Transpose lie between (shift, channel shuffle,
-  dense concatenation), rounding earlier is exact; where an Add (residual), HardSwish, the
-  SE gate or an average pool lies between, the value is rounded once more than in the
-  packed model (at most half a step of that downstream quantizer).
+  get one: onnxruntime fuses a conv to QLinearConv only then. Its zero point is that of
+  the first quantizer downstream and its scale that quantizer's step / n, n odd and as
+  large as uint8 allows (`refinement`: exact for everything that only moves values: ReLU,
+  Pad, Slice, Concat, Reshape, Transpose in shift, shuffle and dense blocks). Where an Add
+  (residual), HardSwish, the SE gate or a pool lies between, the value is rounded once more
+  than in the packed model (by at most half of that finer step).
+- 1-bit layers with 1-bit (sign) inputs: ±1 int8 weights, correct but not packed, run as a
+  float conv on the ±1 input (exact: integer sums); the manifest lists them.
 
 The network's structure comes from the one builder: the packed model (`deploy.packed_model`)
 is traced by torch's ONNX exporter with each quantized layer replaced by a placeholder
@@ -85,7 +90,7 @@ class _Layer:
     a_bits: int
     signed: bool
     clip: float | None
-    weight: np.ndarray  # int8 codes (1..8 bits) or float32, (C_out, C_in_g, kh, kw) / (C_out, C_in)
+    weight: np.ndarray  # int8 codes (1..8 bits) or float32, (C_out, C_in_g, kh, kw) / (C_out, C_in_g)
     w_scale: np.ndarray | None  # (C_out,) float32 for int8 weights
     bias: np.ndarray  # (C_out,) float32
     stride: tuple = (1, 1)
@@ -114,25 +119,27 @@ def eight_bit_int8(w_int: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(w_int / 2.0), -128, 127).astype(np.int8)
 
 
-def _widened(w_int: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _widened(w_int: np.ndarray, scale: np.ndarray, widen: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(int8 weights, scale) holding w_int · scale exactly with w_int times the largest whole
     K_c that stays within ±127, per output channel. Exact (K_c is an integer), and it makes
     the scale K_c times finer: QLinearConv's int32 bias is rounded at s_x · scale, so a
-    2-bit layer's bias goes from a third of a level to a 127th."""
-    k = 127 // np.maximum(np.abs(w_int).max(axis=1), 1)  # (C_out,)
+    2-bit layer's bias goes from a third of a level to a 127th. `widen` False: K_c = 1
+    (a float conv: the dequantized weight is then exactly w_int · scale)."""
+    k = 127 // np.maximum(np.abs(w_int).max(axis=1), 1) if widen else np.ones(w_int.shape[0], np.int64)
     return (w_int * k[:, None]).astype(np.int8), (scale / k.astype(np.float32)).astype(np.float32)
 
 
 def _layer(rec, module: nn.Module) -> _Layer:
     g = rec.geom
     w_shape = (g.c_out, g.c_in_g) if g.kind == "linear" else (g.c_out, g.c_in_g, g.k_h, g.k_w)
+    widen = 2 <= g.a_bits <= 8  # the conv runs on int8 kernels
     if g.bits == 1:
         w_int = module.signs().numpy().astype(np.int32).reshape(g.c_out, -1)  # ±1
-        weight, w_scale = _widened(w_int, rec.scale)
+        weight, w_scale = _widened(w_int, rec.scale, widen)
     elif g.bits < 8:
         levels = 2 ** g.bits - 1
         w_int = 2 * rec.weight.astype(np.int32) - levels  # (C_out, C_in_g * kh * kw), odd
-        weight, w_scale = _widened(w_int, rec.scale / np.float32(levels))
+        weight, w_scale = _widened(w_int, rec.scale / np.float32(levels), widen)
     elif g.bits == 8:
         w_int = 2 * rec.weight.astype(np.int32) - 255
         weight, w_scale = eight_bit_int8(w_int), (rec.scale * np.float32(2.0 / 255)).astype(np.float32)
