@@ -64,6 +64,7 @@ WEIGHT_ZERO_POINT = 128  # int8 weight codes stored as uint8 + 128: see _weights
 GRAPH_OVERHEAD_BYTES = 48_000
 MAX_BITS = 8  # every layer at or below this many weight bits, or no int8 model
 DOMAIN = "nas"  # the placeholder nodes' domain (never left in a written file)
+LAYER_OPS = ("Conv", "Gemm")  # the op a quantized layer becomes
 RELU_LIKE = {"Relu"}  # commute with rounding onto a grid that holds 0
 SHAPE_OPS = {"Pad", "Slice", "Split", "Concat", "Reshape", "Transpose", "Flatten", "Identity", "Squeeze",
              "Unsqueeze", "MaxPool"}  # move values without changing them: rounding before = rounding after
@@ -241,7 +242,8 @@ class _Writer:
         from onnx import helper
 
         out = outputs or [self.name(hint)]
-        self.nodes.append(helper.make_node(op_type, inputs, out, name=self.name(f"{hint}/{op_type}"), **attrs))
+        name = hint if op_type in LAYER_OPS else ""  # the profiler reports a conv under its layer's name
+        self.nodes.append(helper.make_node(op_type, inputs, out, name=name, **attrs))
         return out[0]
 
 
@@ -318,7 +320,7 @@ def _consumers(nodes) -> dict[str, list]:
     return out
 
 
-def _downstream_q(tensor: str, consumers, inits) -> tuple[str, str, bool] | None:
+def _downstream_q(tensor: str, consumers) -> tuple[str, str, bool] | None:
     """(scale, zero point, exact) of the first QuantizeLinear reached from `tensor` (breadth
     first); exact when only value-preserving ops lie on the way."""
     frontier, seen = [(tensor, True)], {tensor}
@@ -370,7 +372,7 @@ def _add_output_quantizers(w: _Writer, nodes, int8_convs: dict[str, str], inits)
         if direct:
             report.append({"layer": name, "output_q": "own"})
             continue
-        found = _downstream_q(out, consumers, inits)
+        found = _downstream_q(out, consumers)
         if found is None:  # nothing quantizes it downstream (a float-output Gemm: QGemm does that)
             report.append({"layer": name, "output_q": "none"})
             continue
@@ -385,10 +387,10 @@ def _add_output_quantizers(w: _Writer, nodes, int8_convs: dict[str, str], inits)
         extra.append((at, dq))
         report.append({"layer": name, "output_q": f"downstream / {n}", "exact": exact})
     for at, dq in extra:  # the original consumers of `at` now read the dequantized value
-        for n in nodes:  # (the inserted Q nodes are not in `nodes`)
-            for i, name in enumerate(n.input):
-                if name == at:
-                    n.input[i] = dq
+        for node in nodes:  # (the inserted Q nodes are not in `nodes`)
+            for i, tensor in enumerate(node.input):
+                if tensor == at:
+                    node.input[i] = dq
     return report
 
 
@@ -396,6 +398,8 @@ def _add_output_quantizers(w: _Writer, nodes, int8_convs: dict[str, str], inits)
 
 @dataclass
 class Int8Onnx:
+    """What `build` returns: the model and, per layer, how it is held (the manifest's `layers`)."""
+
     model: "onnx.ModelProto"  # noqa: F821
     layers: list[dict]  # per quantized layer: name, bits, how it is held, its output quantizer
 
@@ -463,8 +467,8 @@ def _short_names(graph) -> None:
                 n.output[i] = names[o]
         for i, x in enumerate(n.input):
             n.input[i] = names.get(x, x)
-        n.name = n.name.rsplit("/", 1)[0] if n.op_type in ("Conv", "Gemm") and n.domain == "" and "/" in n.name \
-            and not n.name.startswith("/") else ""
+        if n.name.startswith("/"):  # the exporter's scope path
+            n.name = ""
 
 
 def _insert_after(nodes, extra) -> list:
@@ -481,7 +485,8 @@ def _insert_after(nodes, extra) -> list:
                 out.append(q)
                 dq = next(d for d in extra if d.op_type == "DequantizeLinear" and d.input[0] == q.output[0])
                 out.append(dq)
-    assert len(out) == len(nodes) + len(inserted), "an inserted quantizer lost its producer"
+    if len(out) != len(nodes) + len(inserted):
+        raise AssertionError("onnx_int8: an inserted output quantizer has no producer in the graph")
     return out
 
 
