@@ -322,7 +322,9 @@ def _consumers(nodes) -> dict[str, list]:
 
 def _downstream_q(tensor: str, consumers) -> tuple[str, str, bool] | None:
     """(scale, zero point, exact) of the first QuantizeLinear reached from `tensor` (breadth
-    first); exact when only value-preserving ops lie on the way."""
+    first); exact when only value-preserving ops lie on the way. None when no Q is reached,
+    or when a sign site (GreaterOrEqual) reads the value first: rounding would turn small
+    negative values into 0, whose sign is +1."""
     frontier, seen = [(tensor, True)], {tensor}
     while frontier:
         nxt = []
@@ -330,10 +332,9 @@ def _downstream_q(tensor: str, consumers) -> tuple[str, str, bool] | None:
             for n in consumers.get(t, []):
                 if n.op_type == "QuantizeLinear":
                     return n.input[1], n.input[2], exact
-                if n.op_type == "Clip" or n.op_type in RELU_LIKE or n.op_type in SHAPE_OPS:
-                    keep = exact
-                else:
-                    keep = False
+                if n.op_type == "GreaterOrEqual":
+                    return None
+                keep = exact and (n.op_type == "Clip" or n.op_type in RELU_LIKE or n.op_type in SHAPE_OPS)
                 for o in n.output:
                     if o not in seen:
                         seen.add(o)
@@ -373,7 +374,7 @@ def _add_output_quantizers(w: _Writer, nodes, int8_convs: dict[str, str], inits)
             report.append({"layer": name, "output_q": "own"})
             continue
         found = _downstream_q(out, consumers)
-        if found is None:  # nothing quantizes it downstream (a float-output Gemm: QGemm does that)
+        if found is None:  # no Q downstream (QGemm's float logits), or a sign reads it: stays float
             report.append({"layer": name, "output_q": "none"})
             continue
         site_scale, zp, exact = found
