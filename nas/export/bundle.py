@@ -6,6 +6,7 @@ A bundle is a directory::
     weights.safetensors  trained float / fake-quant state dict (metadata: arch)
     model.onnx           the fake-quant model, batch dimension dynamic (opset of the exporter)
     model.ts             the same, TorchScript (torch.jit.trace)
+    model.int8.onnx      QDQ int8 for onnxruntime, when every layer is <= 8 bits (`nas.export.onnx_int8`)
     payload.bin          the packed deployable weights (`nas.cost.layout`); its size is
                          `weight_bytes` of the cost model, to the byte
     manifest.json        figures, the payload index, versions, and sha256 of every other file
@@ -44,6 +45,7 @@ from nas.units import format_bytes
 
 FORMAT = "nas-bundle/1"
 FILES = ("arch.yaml", "weights.safetensors", "payload.bin", "model.onnx", "model.ts")
+OPTIONAL_FILES = ("model.int8.onnx",)  # written when the model has one; verified when listed
 MANIFEST = "manifest.json"
 LATENCY_REPEATS = 30
 THROUGHPUT_BATCH = 256
@@ -280,8 +282,10 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         example, _ = test.batch(torch.arange(1))
         write_torchscript(model, example, tmp / "model.ts")
         write_onnx(model, example, tmp / "model.onnx")
+        from nas.export.onnx_int8 import write_int8_onnx  # here: `python -m nas.export.onnx_int8` imports this file
+        manifest["int8_onnx"] = write_int8_onnx(tmp, model.arch, payload, manifest, test, ours)
         manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)}
-                             for name in FILES}
+                             for name in FILES + OPTIONAL_FILES if name in FILES or (tmp / name).is_file()}
         manifest["manifest_sha256"] = _manifest_digest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         _default_permissions(tmp)  # mkdtemp makes 0700, safetensors 0600: a bundle is meant to be shared
@@ -319,7 +323,7 @@ def verify_bundle(bundle_dir) -> dict:
         raise UsageError(f"bundle {d}: {MANIFEST} was modified after export (its content does not match its "
                          f"manifest_sha256); re-export the bundle")
     files = manifest.get("files") or {}
-    for name in FILES:
+    for name in FILES + tuple(n for n in OPTIONAL_FILES if isinstance(files, dict) and n in files):
         entry, p = files.get(name) if isinstance(files, dict) else None, d / name
         if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
             raise UsageError(f"bundle {d}: {MANIFEST} lists no {name} with bytes and sha256; "
