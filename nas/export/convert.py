@@ -85,10 +85,13 @@ CONVERSIONS = (
 PATHS = tuple(dict.fromkeys(c.path for c in CONVERSIONS))
 
 
-def conversion_for(geom: LayerGeometry, module: nn.Module) -> tuple[Conversion, str | None]:
-    """(the row that converts this layer, why the integer row declined it or None)."""
+def conversion_for(geom: LayerGeometry, module: nn.Module, integer: bool = True) -> tuple[Conversion, str | None]:
+    """(the row that converts this layer, why the integer row declined it or None).
+    `integer=False` skips the integer row: every 2..32-bit layer takes the float path."""
     declined = None
     for row in CONVERSIONS:
+        if row.path == "integer" and not integer:
+            continue
         if isinstance(module, row.sources):
             why = row.takes(geom, module)
             if why is None:
@@ -136,10 +139,11 @@ def fusable_activation(model: nn.Module, bn_name: str, bn: nn.BatchNorm2d) -> tu
     return "none", []
 
 
-def convert(model: nn.Module, records: list[LayerRecord]) -> list[dict]:
+def convert(model: nn.Module, records: list[LayerRecord], integer: bool = True) -> list[dict]:
     """Swap every quantized layer of `model` (a `QuantNet` in eval mode) for its deployable
     module per `CONVERSIONS`, holding the record's weights; fold the BatchNorms; chain
-    consecutive integer layers. Returns the layer paths (one dict per record, payload order)."""
+    consecutive integer layers. Returns the layer paths (one dict per record, payload order).
+    `integer=False`: no integer layers (the float form the QDQ ONNX export traces)."""
     pairs = bn_partners(model)
     layers = {layer.name: layer.module for layer in model.quant_layers()}
     units = {f"{name}.conv": name for name, m in model.named_modules() if isinstance(m, BiRealUnit)}
@@ -147,7 +151,7 @@ def convert(model: nn.Module, records: list[LayerRecord]) -> list[dict]:
     for rec in records:  # 2..32 bits first: the binary units then take their converted shortcuts
         g = rec.geom
         src = layers[g.name]
-        row, declined = conversion_for(g, src)
+        row, declined = conversion_for(g, src, integer)
         entry = {"name": g.name, "w_bits": g.bits, "a_bits": g.a_bits, "path": row.path}
         if declined:
             entry["why_not_integer"] = declined

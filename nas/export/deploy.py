@@ -52,15 +52,17 @@ from nas.export.payload import decode_payload
 from nas.space import ArchSpec
 
 
-def packed_model(arch: ArchSpec, payload: bytes) -> nn.Module:
+def packed_model(arch: ArchSpec, payload: bytes, integer: bool = True) -> nn.Module:
     """The deployable network of `arch` with every weight read from `payload` (eval mode).
     `model.layer_paths`: per payload record, the path it runs on (`nas.export.convert`).
+    `integer=False` keeps every 2..32-bit layer on the float path (dequantized weights): the
+    form `nas.export.onnx_int8` traces, its quantized nodes then written in place.
 
     The payload is not self-describing: the layer geometries come from the rebuilt network
     (`nas.export.fold.geometries`), so the arch string is the payload's schema."""
     model = build_model(arch).eval()
     records = decode_payload(payload, geometries(model))
-    model.layer_paths = convert(model, records)
+    model.layer_paths = convert(model, records, integer)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

@@ -420,7 +420,7 @@ def build(arch, payload: bytes, example: torch.Tensor) -> Int8Onnx:
     if why:
         raise UsageError(f"int8 ONNX: {why}")
     records = decode_payload(payload, geoms)
-    model = packed_model(arch, payload)
+    model = packed_model(arch, payload, integer=False)  # the float form: its quantized layers are replaced
     layers = [_layer(rec, model.get_submodule(rec.geom.name)) for rec in records]
     traced = _traced_graph(model, [rec.geom.name for rec in records], example)
 
