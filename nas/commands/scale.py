@@ -31,7 +31,7 @@ DEFAULTS = {
     "arch": None, "study": None, "storage": None, "trial": None, "targets": None, "by": "weight_bytes",
     "coefficients": None, "search_coefficients": False, "coefficient_trials": 8, "space": None,
     "max_multiplier": MAX_MULTIPLIER, "train": False, "dataset": "fashion-mnist", "data_dir": None,
-    "epochs": None, "subset": None, "batch_size": None, "seed": 0, "output": "scale.html", "json": False,
+    "epochs": None, "subset": None, "val_subset": None, "batch_size": None, "seed": 0, "output": "scale.html", "json": False,
 }
 
 
@@ -59,6 +59,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", help="folder of a named dataset")
     p.add_argument("--epochs", type=int, help="training epochs (default: the search's final recipe)")
     p.add_argument("--subset", type=int, help="training images (default: the search's final recipe)")
+    p.add_argument("--val-subset", type=int, help="validation images scored after training (default: all, as the "
+                                                  "final recipe; they pick --search-coefficients' winner)")
     p.add_argument("--batch-size", type=int, help="training batch (default: the search's final recipe)")
     p.add_argument("--seed", type=int, help="seeds init, data order and the coefficient search (default 0)")
     p.add_argument("-o", "--output", metavar="HTML", help="the figure's path with --train (default scale.html)")
@@ -89,7 +91,7 @@ def merged_options(args) -> dict:
             if name not in DEFAULTS or name == "config":
                 raise UsageError(f"{args.config}: unknown option {key!r}; expected one of "
                                  f"{sorted(k.replace('_', '-') for k in DEFAULTS)}")
-            if name == "targets" and isinstance(value, list):
+            if name in ("targets", "coefficients") and isinstance(value, list):
                 value = ",".join(str(v) for v in value)
             file_options[name] = value
     out = dict(DEFAULTS)
@@ -101,7 +103,7 @@ def merged_options(args) -> dict:
         raise UsageError("nas scale: no base; expected --arch STR or --study S")
     if out["coefficients"] is not None and out["search_coefficients"]:
         raise UsageError("--coefficients and --search-coefficients: both given; expected one of them")
-    for name in ("coefficient_trials", "epochs", "subset", "batch_size"):
+    for name in ("coefficient_trials", "epochs", "subset", "val_subset", "batch_size"):
         value = out[name]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number >= 1")
@@ -183,6 +185,7 @@ class Recipe:
         self.epochs = opts["epochs"] or defaults.final_epochs
         self.subset = opts["subset"] or defaults.final_subset
         self.batch_size = opts["batch_size"] or defaults.final_batch_size
+        self.val_subset = opts["val_subset"]  # None: the whole validation split, as the final recipe
         self._data, self._done = {}, {}
         data = self.data(base.resolution)  # fail early on a missing dataset or a mismatch
         if base.in_chs != data.in_chs or base.fc.num_classes != data.num_classes:
@@ -192,7 +195,7 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "epochs": self.epochs, "subset": self.subset,
-                "batch_size": self.batch_size, "seed": self.seed}
+                "batch_size": self.batch_size, "val_subset": self.val_subset, "seed": self.seed}
 
     def data(self, resolution: int):
         if resolution not in self._data:
@@ -223,7 +226,8 @@ class Recipe:
         start = time.time()
         try:
             result = train(model, data, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
-                           progress=sys.stderr.isatty(), weight_bytes=int(arch_cost(arch).weight_bytes))
+                           progress=sys.stderr.isatty(), weight_bytes=int(arch_cost(arch).weight_bytes),
+                           measure_inference=False, val_subset=self.val_subset)  # the figure plots accuracy; latency is predicted
             out = {"val_accuracy": result.accuracy, "test_accuracy": evaluate(model, data.test),
                    "train_time_s": round(time.time() - start, 1)}
         except TrainingDiverged as e:
