@@ -10,7 +10,7 @@ from nas.cli import main
 from nas.cost import arch_cost
 from nas.scale import Coster, coefficients_of, comparison, largest_phi, scale_family
 from nas.scale.family import PHI_TOLERANCE, phi_cap
-from nas.space import Scaling, decode, encode, scale_arch
+from nas.space import Scaling, decode, scale_arch
 from nas.space.scaling import EFFICIENTNET, meets_constraint
 
 # an mcu-space network (the first seed-7 sample of search_spaces/mcu.yaml, tests/test_pinned.py): 62956 B

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import optuna
 
 from nas.space.file import EndChoices, Space, StageChoices
-from nas.space.scaling import Scaling, derived_gamma, scale_arch  # noqa: F401 (derived_gamma: re-exported)
+from nas.space.scaling import Scaling, scale_arch
 from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
 
 
