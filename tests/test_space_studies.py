@@ -50,3 +50,12 @@ def test_scale_config_loads(path):
     coefficients = parse_coefficients(opts["coefficients"], space.target, space.tolerance)
     assert meets_constraint(*coefficients, space.target, space.tolerance)
     assert opts["train"] is True and opts["dataset"] == "fashion-mnist"
+
+
+def test_every_study_and_space_file_the_readme_names_exists():
+    import re
+
+    named = set(re.findall(r"\b((?:studies|search_spaces)/[\w.-]+\.yaml)\b", Path("README.md").read_text()))
+    assert named, "the README names no study or space file"
+    missing = sorted(p for p in named if not Path(p).is_file())
+    assert not missing, f"README.md names files that do not exist: {missing}"
