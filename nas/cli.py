@@ -30,6 +30,7 @@ COMMANDS = {
     "train": ("nas.commands.train", "train an arch string quantization-aware on a dataset"),
     "calibrate": ("nas.measure.calibrate", "measure this device and fit the latency model"),
     "compress": ("nas.commands.compress", "prune, share weights or quantize a trained float model; exact payload"),
+    "scale": ("nas.commands.scale", "compound scaling: a base network -> the family B1..Bn under budgets"),
     "bench": ("nas.bench", "benchmarks that print their figures: kernels, infer, search, pruners, proxies, train, startup, compress"),
 }
 

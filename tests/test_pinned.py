@@ -6,6 +6,11 @@ The expected values were computed on the untouched original tree (/work/main at 
 costing or the payload) by sampling `random_archs(space, 3, seed=7)` from each shipped search space,
 costing each arch with `arch_cost` and building it (`torch.manual_seed(0)`) to take its
 payload (`nas.export.bundle.payload_of`): length and the first 16 hex digits of its sha256.
+
+Re-pinned deliberately by issue 21 (compound scaling): the default and mcu spaces now draw
+alpha, beta under alpha * beta^2 * gamma^2 = 2 with gamma derived (no longer a trial parameter)
+and phi >= 0, so their seed-7 samples changed; every value above for them was recomputed the
+same way on the issue-21 branch. The binary space's seed-7 samples (all phi = 0) are unchanged.
 """
 
 import hashlib
@@ -22,20 +27,20 @@ from nas.space import encode, load_space, random_archs
 #                         payload bytes, payload sha256[:16]))]
 PINNED = {
     "default": [
-        ('in_r28_c1-stem_c24_k3_s1_w8_a8-ir_r2_k3_s1_e3_c24_w8_a8-dense_r3_k3_s2_gr17_c32_w4_a4_hs-shift_r2_k3_s2_e3_c56_w32_a32-shift_r3_k5_s1_e3_c112_w4_a4-ir_r3_k3_s2_e6_c160_se0.25_w4_a4-head_c736_w8_a8-fc_n10_w8_a8',
-         (1413219, 67754624, 949274, 131712, 3633930, 3167938, 3315117056, 949274, '742f6ef23080fd45')),
-        ('in_r24_c1-stem_c16_k3_s1_w8_a8-grouped_r1_k3_s1_g4_c16_w8_a8-ir_r1_k5_s2_e6_c24_w2_a2_hs-dense_r3_k3_s2_gr16_c40_w2_a2-grouped_r3_k3_s1_g8_c80_w8_a8-grouped_r2_k3_s2_g2_c112_w2_a2_hs-head_c512_w8_a8-fc_n10_w8_a8',
-         (241411, 9755072, 138212, 27648, 728186, 447148, 141452288, 138212, '60f992b74d4fe00b')),
-        ('in_r28_c1-stem_c16_k3_s1_w8_a8-grouped_r1_k3_s1_g2_c16_w8_a8-grouped_r2_k3_s2_g2_c24_w8_a8_hs-shift_r3_k3_s2_e6_c40_w32_a32-dense_r2_k3_s1_gr24_c80_w2_a2_hs-grouped_r2_k3_s2_g2_c112_w2_a2-head_c256_w8_a8-fc_n10_w8_a8',
-         (256828, 9993856, 282440, 141120, 737410, 1316012, 3090256384, 282440, 'c2a781b3c018209b')),
+        ('in_r28_c1-stem_c16_k3_s1_w8_a8-grouped_r1_k3_s1_g4_c16_w32_a32-dense_r2_k5_s2_gr8_c24_w4_a4-ir_r2_k3_s2_e6_c40_se0.25_w32_a32_hs-grouped_r3_k3_s1_g4_c80_w2_a2-ir_r2_k3_s2_e6_c112_se0.25_w4_a4-head_c512_w8_a8-fc_n10_w8_a8',
+         (477854, 22626528, 435952, 150528, 1376386, 2129988, 2992776576, 435952, '9c3ce18d66e54475')),
+        ('in_r47_c1-stem_c16_k3_s1_w8_a8-ir_r2_k3_s1_e1_c16_w8_a8-grouped_r3_k5_s2_g4_c24_w4_a4-dense_r2_k5_s2_gr16_c40_w32_a32_hs-grouped_r5_k5_s1_g8_c80_w2_a2-dense_r3_k3_s2_gr16_c112_w2_a2_hs-head_c256_w8_a8-fc_n10_w8_a8',
+         (257864, 64275120, 320416, 276480, 2293499, 3335321, 34317195264, 320416, '5bd1af582ec024f8')),
+        ('in_r36_c1-stem_c16_k3_s1_w8_a8-ir_r1_k3_s1_e3_c16_w8_a8-ir_r2_k5_s2_e6_c24_w2_a2_hs-dense_r1_k3_s2_gr13_c48_w32_a32-ir_r3_k3_s1_e6_c88_se0.25_w8_a8_hs-ir_r2_k3_s2_e3_c120_w2_a2_hs-head_c560_w8_a8-fc_n10_w8_a8',
+         (551171, 38528672, 500496, 145152, 2593494, 2449852, 4595345600, 500496, '4be46162a1d7cff6')),
     ],
     "mcu": [
-        ('in_r28_c1-stem_c16_k3_s1_w8_a8-grouped_r2_k3_s2_g4_c16_w8_a8-dense_r2_k3_s2_gr7_c24_w2_a2-shift_r1_k3_s1_e2_c40_w4_a4-ir_r1_k3_s2_e4_c56_w2_a2-head_c0_w8_a8-fc_n10_w8_a8',
-         (28498, 2041504, 14442, 15680, 203770, 143890, 31832512, 14442, '791ccd1f093728c9')),
-        ('in_r28_c1-stem_c16_k3_s1_w8_a8-grouped_r2_k3_s2_g4_c16_w8_a8-shift_r2_k5_s2_e2_c24_w8_a8-shift_r2_k3_s1_e2_c40_w8_a8-ir_r1_k3_s2_e4_c64_w8_a8-head_c0_w8_a8-fc_n10_w8_a8',
-         (34827, 1579904, 39748, 15680, 201226, 207804, 101113856, 39748, '888a415980312012')),
-        ('in_r28_c1-stem_c16_k3_s1_w8_a8-grouped_r3_k3_s2_g2_c16_w8_a8-grouped_r3_k3_s2_g4_c24_w2_a2-ir_r2_k3_s1_e4_c48_w1_a1-grouped_r3_k3_s2_g8_c72_w1_a1-head_c144_w8_a8-fc_n10_w8_a8',
-         (97857, 4169328, 103684, 112896, 555514, 1231312, 400585056, 103684, 'd0c90733921461b7')),
+        ('in_r28_c1-stem_c8_k3_s1_w8_a8-grouped_r2_k3_s2_g2_c16_w8_a8-shift_r2_k3_s2_e2_c24_w8_a8-ir_r2_k3_s1_e4_c40_w8_a8-grouped_r2_k3_s2_g2_c64_w4_a4-head_c128_w8_a8-fc_n10_w8_a8',
+         (72791, 2414464, 62956, 17640, 247714, 236284, 128376832, 62956, 'd939de42e2c56362')),
+        ('in_r28_c1-stem_c16_k3_s1_w8_a8-shift_r1_k3_s2_e3_c16_w8_a8-ir_r2_k3_s2_e4_c24_w1_a1-dense_r1_k3_s1_gr12_c40_w4_a4-grouped_r1_k3_s2_g4_c64_w1_a1-head_c128_w8_a8-fc_n10_w8_a8',
+         (46218, 2602496, 51984, 150528, 455090, 1027116, 209578400, 51984, '8147e67849e213e0')),
+        ('in_r28_c1-stem_c16_k3_s1_w8_a8-grouped_r2_k3_s2_g2_c16_w4_a4-shift_r1_k3_s2_e4_c24_w4_a4-grouped_r1_k3_s1_g8_c40_w1_a1-ir_r1_k3_s2_e2_c64_w4_a4-head_c128_w8_a8-fc_n10_w8_a8',
+         (27318, 1382976, 26144, 23520, 182378, 220848, 44248320, 26144, 'a33138a12c0cc861')),
     ],
     "binary": [
         ('in_r28_c1-stem_c32_k3_s1_w8_a8_noact-grouped_r2_k3_s1_g1_c64_w1_a1-ir_r1_k3_s2_e1_c128_w1_a1-grouped_r2_k3_s2_g1_c256_w1_a1-head_c0_w8_a8-fc_n10_w8_a8',

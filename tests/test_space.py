@@ -8,7 +8,7 @@ import pytest
 from nas.errors import UsageError
 from nas.space import (BITS, BLOCK_KINDS, ArchSpec, BlockSpec, ConvSpec, FcSpec, Scaling, decode, encode,
                        load_space, random_archs, random_samples, replay, scale_arch, space_size)
-from nas.space.sample import derived_gamma
+from nas.space.scaling import derived_gamma
 
 SPACES = sorted(Path("search_spaces").glob("*.yaml"))
 

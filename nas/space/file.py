@@ -9,7 +9,7 @@ a list (choices). Schema (unknown keys are errors, reported with file:line)::
     num_classes: 10
     divisor: 8                 # channel rounding (grouped blocks' groups must divide it)
     min_end_bits: 8            # policy: stem and classifier use >= this many bits
-    scaling: {alpha: [1.0, 1.2], beta: [1.0, 1.1], gamma: auto, phi: [0, 1], target: 2.0}
+    scaling: {alpha: [1.0, 1.2], beta: [1.0, 1.1], gamma: auto, phi: [0, 1], target: 2.0, tolerance: 0.05}
     stem: {channels: 16, kernel: 3, stride: 1, act: relu, bits: w8a8}
     stages:
       - {channels: 24, stride: 2, kinds: [ir, shift], repeats: [1, 2], kernel: [3, 5],
@@ -18,8 +18,19 @@ a list (choices). Schema (unknown keys are errors, reported with file:line)::
     head: {channels: [0, 128], act: relu, bits: w8a8}
     classifier: {bits: w8a8}
 
-`gamma: auto` derives gamma = max(1, sqrt(target / (alpha * beta^2))) so that
-alpha * beta^2 * gamma^2 ~ target (2.0 in EfficientNet). Bits are written ``w<W>a<A>``.
+Scaling (`nas.space.scaling`; survey 000 ch. 3 sec. 2-6) has two modes:
+
+- ``mode: compound`` (the default): the seed's constraint. alpha and beta are the search's
+  choices; gamma is never a trial parameter but follows from them: ``gamma: auto`` (default)
+  derives gamma = max(1, sqrt(target / (alpha * beta^2))), a list picks the listed value whose
+  alpha * beta^2 * gamma^2 is nearest the target. Every (alpha, beta) pair must then meet
+  |alpha * beta^2 * gamma^2 / target - 1| <= tolerance (default 0.05); a pair that cannot is
+  one error at load time, with file:line. phi (the choices the search scales by) grows MACs by
+  ~target^phi.
+- ``mode: free``: four independent multipliers, as a space asks: alpha, beta, phi choices and
+  gamma a list of choices too (or auto, derived as above); no constraint is checked.
+
+Bits are written ``w<W>a<A>``.
 """
 
 import math
@@ -31,7 +42,10 @@ import yaml
 
 from nas import limits
 from nas.errors import UsageError
+from nas.space.scaling import DEFAULT_TARGET, DEFAULT_TOLERANCE, constraint_gamma, flops_factor, meets_constraint
 from nas.space.spec import ACTS, BITS, BLOCK_KINDS, STRIDES
+
+SCALING_MODES = ("compound", "free")
 
 _BITS_RE = re.compile(r"w(\d+)a(\d+)")
 
@@ -101,13 +115,26 @@ class Space:
     min_end_bits: int
     alpha: tuple[float, ...]
     beta: tuple[float, ...]
-    gamma: tuple[float, ...] | None  # None = auto (derived from target)
+    gamma: tuple[float, ...] | None  # gamma as a trial parameter (mode free with a list); None: not suggested
     phi: tuple[float, ...]
     target: float
     stem: EndChoices
     stages: tuple[StageChoices, ...]
     head: EndChoices
     classifier: EndChoices
+    scaling_mode: str = "compound"
+    tolerance: float = DEFAULT_TOLERANCE  # compound: relative tolerance of alpha * beta^2 * gamma^2 on target
+    gamma_grid: tuple[float, ...] | None = None  # compound: gamma picked from these (None: derived)
+
+    def gamma_for(self, alpha: float, beta: float) -> float:
+        """The gamma a sample with (alpha, beta) gets when gamma is not a trial parameter."""
+        return constraint_gamma(alpha, beta, self.target, self.gamma_grid)
+
+    def possible_gammas(self) -> tuple[float, ...]:
+        """Every gamma a sample of this space can get."""
+        if self.gamma is not None:
+            return self.gamma
+        return tuple(sorted({self.gamma_for(a, b) for a in self.alpha for b in self.beta}))
 
 
 class _Reader:
@@ -208,8 +235,12 @@ def load_space(path) -> Space:
     divisor = r.one(top, "divisor", "space", "int", 8, minimum=1)
     min_end_bits = r.one(top, "min_end_bits", "space", "int", 8, allowed=BITS)
 
-    sc = r.mapping(top, "scaling", "scaling", {"alpha", "beta", "gamma", "phi", "target"}) if "scaling" in top \
-        else _LineDict()
+    sc = r.mapping(top, "scaling", "scaling", {"mode", "alpha", "beta", "gamma", "phi", "target", "tolerance"}) \
+        if "scaling" in top else _LineDict()
+    mode = r.one(sc, "mode", "scaling", "str", "compound", allowed=SCALING_MODES)
+    if mode == "free" and "tolerance" in sc:
+        raise r.fail(sc, "tolerance", "scaling.tolerance", "a tolerance applies only to mode: compound "
+                     "(mode: free checks no constraint); expected no tolerance key, or mode: compound")
     gamma = None if sc.get("gamma", "auto") == "auto" else r.choices(sc, "gamma", "scaling", "float", 1.0, minimum=1.0)
 
     def end(key, with_channels, default_channels, kernel, stride):
@@ -267,29 +298,45 @@ def load_space(path) -> Space:
         min_end_bits=min_end_bits,
         alpha=r.choices(sc, "alpha", "scaling", "float", 1.0, minimum=1.0),
         beta=r.choices(sc, "beta", "scaling", "float", 1.0, minimum=1.0),
-        gamma=gamma,
+        gamma=gamma if mode == "free" else None,
         phi=r.choices(sc, "phi", "scaling", "float", 0.0),
-        target=r.one(sc, "target", "scaling", "float", 2.0, minimum=1.0),
+        target=r.one(sc, "target", "scaling", "float", DEFAULT_TARGET, minimum=1.0),
         stem=end("stem", True, 16, 3, 1),
         stages=tuple(stages),
         head=end("head", True, 0, 1, 1),
         classifier=end("classifier", False, 0, 1, 1),
+        scaling_mode=mode,
+        tolerance=r.one(sc, "tolerance", "scaling", "float", DEFAULT_TOLERANCE, minimum=0.0),
+        gamma_grid=gamma if mode == "compound" else None,
     )
     _check_scaled_resolution(r, sc, space)
+    if mode == "compound":
+        _check_constraint(r, sc, space)
     return space
+
+
+def _check_constraint(r: "_Reader", sc, space: "Space") -> None:
+    """Every (alpha, beta) the search may draw must admit a gamma >= 1 with alpha * beta^2 * gamma^2
+    within tolerance of the target; otherwise the space cannot meet its own constraint."""
+    for a in space.alpha:
+        for b in space.beta:
+            g = space.gamma_for(a, b)
+            if not meets_constraint(a, b, g, space.target, space.tolerance):
+                key = next((k for k in ("target", "alpha", "beta", "gamma") if k in sc), None)
+                source = f"from {list(space.gamma_grid)}" if space.gamma_grid else "derived, >= 1"
+                raise r.fail(sc, key, "scaling", f"alpha={a:g}, beta={b:g} cannot meet alpha*beta^2*gamma^2 = "
+                             f"{space.target:g} within {space.tolerance:.0%}: the best gamma ({source}) is {g:g}, "
+                             f"giving {flops_factor(a, b, g):.3f}; expected every alpha/beta pair to admit a gamma "
+                             f"(change alpha, beta or gamma, or set mode: free)")
 
 
 def _check_scaled_resolution(r: "_Reader", sc, space: "Space") -> None:
     """A negative phi shrinks the input (resolution x gamma^phi): the smallest scaled resolution
     must stay >= 1, or every sampled member would fail later as 'resolution=0', far from the file."""
-    from nas.space.sample import derived_gamma  # sample imports this module
-
     low_phi = min(space.phi)
     if low_phi >= 0:
         return
-    # the largest gamma shrinks the most; a derived gamma is largest at the smallest alpha and beta
-    gamma = max(space.gamma) if space.gamma is not None else \
-        derived_gamma(min(space.alpha), min(space.beta), space.target)
+    gamma = max(space.possible_gammas())  # the largest gamma shrinks the most
     smallest = int(round(space.resolution * gamma**low_phi))
     if smallest < 1:
         raise r.fail(sc, "phi", "scaling.phi", f"{low_phi!r} shrinks the input resolution {space.resolution} "

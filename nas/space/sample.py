@@ -3,7 +3,7 @@
 `sample_arch` is the one decoder from trial parameters to a network: the search calls it
 with live trials, `nas space sample` with a seeded RandomSampler, and export replays a
 stored trial through `optuna.trial.FixedTrial(trial.params)`, so the three cannot drift.
-Parameters are named ``alpha``, ``beta``, ``gamma``, ``phi``, ``stem.*``, ``s<i>.*``,
+Parameters are named ``alpha``, ``beta``, ``gamma`` (mode free only), ``phi``, ``stem.*``, ``s<i>.*``,
 ``head.*``, ``fc.bits``; a choice with one value is not suggested (it is fixed).
 """
 
@@ -57,11 +57,6 @@ def _pick_bits(trial, name: str, choices: tuple) -> tuple[int, int]:
     return choices[labels.index(label)]
 
 
-def derived_gamma(alpha: float, beta: float, target: float) -> float:
-    """gamma with alpha * beta^2 * gamma^2 ~ target, at least 1, rounded to 3 decimals."""
-    return round(max(1.0, math.sqrt(target / (alpha * beta * beta))), 3)
-
-
 def _stage(trial, i: int, st: StageChoices) -> BlockSpec:
     p = f"s{i}."
     kind = _pick(trial, p + "kind", st.kinds)
@@ -86,7 +81,9 @@ def sample_arch(space: Space, trial, in_chs: int | None = None, num_classes: int
     """
     alpha = _pick(trial, "alpha", space.alpha)
     beta = _pick(trial, "beta", space.beta)
-    gamma = _pick(trial, "gamma", space.gamma) if space.gamma else derived_gamma(alpha, beta, space.target)
+    # compound: gamma follows from (alpha, beta) under the space's constraint, checked for every
+    # pair at load time; free: a trial parameter when listed
+    gamma = _pick(trial, "gamma", space.gamma) if space.gamma else space.gamma_for(alpha, beta)
     scaling = Scaling(alpha=alpha, beta=beta, gamma=gamma, phi=_pick(trial, "phi", space.phi))
     fc_w, fc_a = _pick_bits(trial, "fc.bits", space.classifier.bits)
     base = ArchSpec(

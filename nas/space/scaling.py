@@ -1,7 +1,14 @@
-"""EfficientNet compound scaling (Tan & Le 2019; survey 000, ch. 3 sec. 6).
+"""EfficientNet compound scaling (Tan & Le 2019; survey 000, ch. 3 sec. 2-6).
 
 depth x alpha^phi, width x beta^phi, resolution x gamma^phi, with alpha * beta^2 * gamma^2 ~ 2
-so that MACs grow by ~2^phi (EfficientNet: alpha=1.2, beta=1.1, gamma=1.15).
+and alpha, beta, gamma >= 1, so that MACs grow by ~2^phi (EfficientNet: alpha=1.2, beta=1.1,
+gamma=1.15, product 1.92). Two steps, as the seed: (1) find alpha, beta, gamma under the
+constraint at phi = 1; (2) keep them fixed and grow phi (`nas.scale`).
+
+The constraint (stated once, here): `meets_constraint` is
+|alpha * beta^2 * gamma^2 / target - 1| <= tolerance (relative; DEFAULT_TOLERANCE = 5%).
+Given alpha and beta, gamma is derived (`derived_gamma`, or the listed value nearest to it,
+`constraint_gamma`); a pair whose best gamma misses the target is rejected analytically.
 
 Rounding rules (stated once, here):
 - channels: `make_divisible(c * beta^phi, divisor)` (timm's rule, `nas.space.spec`) - nearest multiple of the
@@ -19,6 +26,33 @@ from nas.errors import UsageError
 from nas.space.spec import ArchSpec, make_divisible, replace
 
 EFFICIENTNET = (1.2, 1.1, 1.15)  # alpha, beta, gamma found by grid search on B0
+DEFAULT_TARGET = 2.0  # alpha * beta^2 * gamma^2: MACs double per unit of phi
+DEFAULT_TOLERANCE = 0.05  # relative: EfficientNet's 1.92 is 4% under 2
+
+
+def flops_factor(alpha: float, beta: float, gamma: float) -> float:
+    """alpha * beta^2 * gamma^2: the MACs growth per unit of phi."""
+    return alpha * beta * beta * gamma * gamma
+
+
+def meets_constraint(alpha: float, beta: float, gamma: float, target: float = DEFAULT_TARGET,
+                     tolerance: float = DEFAULT_TOLERANCE) -> bool:
+    """alpha, beta, gamma >= 1 and alpha * beta^2 * gamma^2 within `tolerance` (relative) of `target`."""
+    return min(alpha, beta, gamma) >= 1.0 and abs(flops_factor(alpha, beta, gamma) / target - 1.0) <= tolerance + 1e-12
+
+
+def derived_gamma(alpha: float, beta: float, target: float = DEFAULT_TARGET) -> float:
+    """gamma with alpha * beta^2 * gamma^2 ~ target, at least 1, rounded to 3 decimals."""
+    return round(max(1.0, math.sqrt(target / (alpha * beta * beta))), 3)
+
+
+def constraint_gamma(alpha: float, beta: float, target: float = DEFAULT_TARGET,
+                     gammas: tuple[float, ...] | None = None) -> float:
+    """The gamma the constraint gives (alpha, beta): derived (`gammas` None), or the listed value
+    whose product is nearest the target. Whether it meets the tolerance is `meets_constraint`'s call."""
+    if gammas is None:
+        return derived_gamma(alpha, beta, target)
+    return min(gammas, key=lambda g: (abs(flops_factor(alpha, beta, g) - target), g))
 
 
 @dataclass(frozen=True)
@@ -36,7 +70,7 @@ class Scaling:
     @property
     def flops_factor(self) -> float:
         """alpha * beta^2 * gamma^2: the MACs growth per unit of phi (~2 by design)."""
-        return self.alpha * self.beta**2 * self.gamma**2
+        return flops_factor(self.alpha, self.beta, self.gamma)
 
     @property
     def depth(self) -> float:
