@@ -18,7 +18,7 @@ flags ``hs`` = hard-swish activation, ``noact`` = none (ReLU otherwise). Omitted
 import re
 from dataclasses import MISSING, fields
 
-import numpy as np
+from decimal import Decimal
 
 from nas.errors import UsageError, shown
 from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
@@ -131,7 +131,10 @@ def _make(text: str, pos: int, cls, **values):
 def _number(value) -> str:
     """Floats as the shortest positional digits that read back as the same float: never an
     exponent ('1e-07' is no token the decoder accepts) and never rounded ('g' keeps 6 digits)."""
-    return np.format_float_positional(value, trim="-") if isinstance(value, float) else str(value)
+    if not isinstance(value, float):
+        return str(value)
+    # the shortest digits that read back as the same float (repr), written without an exponent
+    return format(Decimal(repr(value)).normalize(), "f")
 
 
 def _segment(kind: str, spec, skip=()) -> str:

@@ -10,8 +10,6 @@ Parameters are named ``alpha``, ``beta``, ``gamma`` (mode free only), ``phi``, `
 import math
 from dataclasses import dataclass
 
-import optuna
-
 from nas.space.file import EndChoices, Space, StageChoices
 from nas.space.scaling import Scaling, scale_arch
 from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
@@ -99,12 +97,16 @@ def sample_arch(space: Space, trial, in_chs: int | None = None, num_classes: int
 
 def replay(space: Space, params: dict, in_chs: int | None = None, num_classes: int | None = None) -> Sample:
     """Rebuild the sample a finished trial saw, from its stored params."""
+    import optuna  # here, not at the top: `import nas.cost` (which imports this package) stays light
+
     return sample_arch(space, optuna.trial.FixedTrial(params), in_chs, num_classes)
 
 
 def random_samples(space: Space, n: int, seed: int, in_chs: int | None = None,
                    num_classes: int | None = None) -> list[Sample]:
     """n samples from a seeded RandomSampler: the same seed gives the same list."""
+    import optuna
+
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     return [sample_arch(space, study.ask(), in_chs, num_classes) for _ in range(n)]
 
@@ -113,6 +115,8 @@ def iter_random_archs(space: Space, n: int, seed: int, chunk: int = 1000):
     """The arch strings of `random_archs` one at a time, in constant memory (`nas space sample
     -n 999999999999` prints its first line at once): a fresh in-memory study every `chunk`
     samples, drawing from the same seeded sampler, so the sequence is the same."""
+    import optuna
+
     sampler = optuna.samplers.RandomSampler(seed=seed)
     done = 0
     while done < n:
