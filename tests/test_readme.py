@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 ARCH = "in_r28_c1-stem_c16_k3_s1_w8_a8-ir_r2_k3_s2_e6_c24_w4_a4-head_c128_w8_a8-fc_n10_w8_a8"
 PLACEHOLDERS = {"<arch string>": ARCH, "<w32 arch>": ARCH.replace("w4_a4", "w32_a32").replace("w8_a8", "w32_a32")}
-CHEAP = {"cost", "space", "--version", "bench"}  # bench only as `nas bench --help`
+CHEAP = {"cost", "space", "scale", "--version", "bench"}  # bench only as `nas bench --help`
 
 
 def readme_commands() -> list[str]:
