@@ -30,3 +30,14 @@ def pytest_terminal_summary(terminalreporter):
     if sum(counts.values()):
         terminalreporter.write_line(f"bad-input suite: {sum(counts.values())} cases tried, "
                                     f"{counts['passed']} passed, {counts['failed']} failed")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    small batches gain nothing from more, and OpenMP threads waiting on each other slow down
+    tenfold when other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

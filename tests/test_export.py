@@ -52,12 +52,7 @@ DIGITS = ("in_r8_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e2_c16_w4_a4-grouped_r1_k3_s
 TEST_IMAGES = 500
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")

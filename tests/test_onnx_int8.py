@@ -30,12 +30,7 @@ EPOCHS = 15  # digits at 8 x 8: about a minute on one loaded core, ~98% test acc
 SIZE_SLACK = 1.15  # bytes <= SIZE_SLACK * weight_bytes + onnx_int8.GRAPH_OVERHEAD_BYTES (8-bit weights)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")

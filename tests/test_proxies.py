@@ -16,12 +16,7 @@ from nas.train.bench_proxies import ArchScore, correlations, proxy_batch, score_
 from nas.train.proxies import is_rectifier, naswot, synflow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ def small_cnn(width: int = 16, depthwise: bool = True) -> nn.Module:
         nn.Flatten(), nn.Linear(2 * width * 16, 10))  # digits are 8x8: keep the 4x4 layout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny 8x8 batches gain nothing from more, and OpenMP threads
-    waiting on each other slow down tenfold when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")
