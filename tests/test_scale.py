@@ -110,13 +110,13 @@ def test_scale_table_and_json(capsys):
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, needle, monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # no device profile: --by latency_ms must say how to get one
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("NAS_PROFILE", raising=False)
     code = main(["scale", "--arch", BASE, *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("nas: error: "), err
     if needle is None:  # latency: depends on where the profile is looked for; it must name `nas calibrate`
         from nas.cost.latency import default_profile_path
-        if default_profile_path().is_file():
-            pytest.skip("a device profile exists here")
+        assert not default_profile_path().is_file()  # HOME and NAS_PROFILE point nowhere
         needle = "run `nas calibrate` first"
     assert needle in err, err
 
