@@ -20,17 +20,21 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     p.add_argument("--no-retrain", action="store_true",
                    help="fail instead of retraining a trial that has no final weights")
+    p.add_argument("--format", help="extra targets, comma-separated: c (C99 sources), tflite (full-integer "
+                   "model.tflite; pip install nas[tflite])")
     p.add_argument("--threads", type=int, help="torch / kernel threads for evaluation and timing (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object on stdout")
 
 
 def run(args) -> int:
     from nas.export.bundle import set_threads
+    from nas.export.formats import parse_formats
     from nas.export.trial import export_trial
 
+    formats = parse_formats(args.format)  # before any work
     set_threads(args.threads)
     manifest = export_trial(args.study, args.output, storage=args.storage, trial=None if args.best else args.trial,
-                            retrain=not args.no_retrain, force=args.force)
+                            retrain=not args.no_retrain, force=args.force, formats=formats)
     if args.json:
         print(json.dumps(manifest))
     else:

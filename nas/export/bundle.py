@@ -38,6 +38,7 @@ from nas.cost import arch_cost
 from nas.errors import UsageError
 from nas.export.deploy import packed_model
 from nas.export.fold import model_records
+from nas.export.formats import write_formats
 from nas.export.payload import encode_payload
 from nas.quant import BinaryConv2d, packed_kernels
 from nas.space import decode, encode
@@ -221,7 +222,7 @@ def check_output(out_dir, force: bool = False) -> Path:
 
 def export_model(model, out_dir, test, *, space: str | None = None, scaling: dict | None = None,
                  budget_bytes: int | None = None, info: dict | None = None, force: bool = False,
-                 cost=None) -> dict:
+                 cost=None, formats: tuple[str, ...] = ()) -> dict:
     """Write the bundle of a trained `QuantNet` to `out_dir`; return the manifest.
 
     test: the dataset's test split (`ImageDataset`), normalised as in training: its
@@ -231,6 +232,7 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
     info: extra manifest fields (study, trial, seed, val_accuracy, ...).
     force: replace an existing non-empty `out_dir`.
     cost: `arch_cost(model.arch)` when the caller has it (the arch is costed once per export).
+    formats: extra targets (`nas.export.formats`: "c", "tflite"), written into the bundle.
     """
     arch_string = encode(model.arch)
     out = check_output(out_dir, force)
@@ -284,6 +286,7 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         write_onnx(model, example, tmp / "model.onnx")
         from nas.export.onnx_int8 import write_int8_onnx  # here: `python -m nas.export.onnx_int8` imports this file
         manifest["int8_onnx"] = write_int8_onnx(tmp, model.arch, payload, manifest, test, ours)
+        write_formats(formats, tmp, model.arch, payload, manifest, test, ours)
         manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)}
                              for name in FILES + OPTIONAL_FILES if name in FILES or (tmp / name).is_file()}
         manifest["manifest_sha256"] = _manifest_digest(manifest)

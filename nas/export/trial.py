@@ -72,9 +72,10 @@ def _weights_path(record, url: str, study_name: str) -> Path:
 
 
 def export_trial(study_name: str, output, *, storage: str | None = None, trial: int | None = None,
-                 retrain: bool = True, force: bool = False) -> dict:
+                 retrain: bool = True, force: bool = False, formats: tuple[str, ...] = ()) -> dict:
     """Write the bundle of trial `trial` (None: the best feasible trained trial) of study
-    `study_name` to `output`; return its manifest (with ``bundle``: the output path)."""
+    `study_name` to `output`; return its manifest (with ``bundle``: the output path).
+    formats: extra targets (`nas.export.formats.parse_formats`), e.g. ("c",)."""
     from nas.cost import arch_cost
     from nas.data import load_dataset
     from nas.export.bundle import check_budget, check_output, export_model
@@ -119,7 +120,7 @@ def export_trial(study_name: str, output, *, storage: str | None = None, trial: 
             "retrain_test_accuracy": record.test_accuracy, "weights_source": str(path)}
     manifest = export_model(model, output, data.test, space=identity.space,
                             scaling=TrialRecord.of(chosen).scaling, budget_bytes=budget, info=info, force=force,
-                            cost=cost)
+                            cost=cost, formats=formats)
     return {"bundle": str(output), **manifest}
 
 
