@@ -5,7 +5,10 @@ allocator keeps no statistics, so the honest figure is the process's resident se
 `PeakRSS` measures the largest growth of resident memory during a block: parameters'
 gradients, optimizer state, activations kept for backward, batch copies and the allocator's
 own overhead. The figure covers the whole process, so other threads working at the same time
-are counted too. `method` says how it was measured, best first:
+are counted too. Memory freed earlier in the process but kept by the C allocator would be
+reused without any growth (a second training in one process read 139 KB against the
+first's 57.6 MB), so on glibc the free heap is handed back to the kernel first
+(`malloc_trim(0)`), and a later block grows the RSS by what it really uses. `method` says how it was measured, best first:
 
 - ``vmhwm``: reset the kernel's high-water mark (Linux: write ``5`` to
   ``/proc/self/clear_refs``, which sets VmHWM to the current RSS), run the block, report
@@ -18,6 +21,8 @@ are counted too. `method` says how it was measured, best first:
   lower bound: 0 when the process peaked higher before the block.
 """
 
+import ctypes
+import ctypes.util
 import resource
 import sys
 import threading
@@ -36,6 +41,17 @@ def _status_kib(field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _release_free_heap() -> None:
+    """glibc: return freed heap pages to the kernel, so that reusing them shows as RSS growth."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        pass
 
 
 def _maxrss_bytes() -> int:
@@ -74,6 +90,7 @@ class PeakRSS:
                 return
 
     def __enter__(self) -> "PeakRSS":
+        _release_free_heap()
         rss = _status_kib("VmRSS")
         if rss is None:
             self._start, self.method = _maxrss_bytes(), "ru_maxrss"
