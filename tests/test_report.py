@@ -128,6 +128,42 @@ def test_report_is_self_contained_and_holds_the_study(report, study_dir):
     assert text.count("<tr>", text.index('id="layers"')) == len(layers) + 1
 
 
+def test_pareto_figures_show_every_trial_the_budget_and_units(study_dir):
+    """Nothing clipped: the x axis spans every trial and the budget, the region over budget is
+    shaded, the y axis spans the trained accuracies (not 0..1), infeasible trials sit on the
+    floor, log axes get non-colliding ticks, and the per-layer axes carry units."""
+    import math
+
+    from nas.report.page import build
+    from nas.search.records import TrialRecord
+
+    study = _study(study_dir)
+    report = build(study, "journal", None)
+    assert set(report.figures) >= {"pareto-weight", "pareto-latency", "pareto-macs", "history", "importance"}
+    for key, cost in (("pareto-weight", "weight_bytes"), ("pareto-macs", "macs")):
+        fig = report.figures[key][1]
+        lo, hi = fig.layout.xaxis.range
+        log = fig.layout.xaxis.type == "log"
+        xs = [TrialRecord.of(t).cost(cost) for t in study.trials if TrialRecord.of(t).cost(cost)]
+        for x in xs + ([40_000] if cost == "weight_bytes" else []):
+            v = math.log10(x) if log else x
+            assert lo < v < hi, (key, x, lo, hi)
+        y_lo, y_hi = fig.layout.yaxis.range
+        trained = [t.values[0] for t in study.trials if TrialRecord.of(t).trained_complete]
+        assert y_lo <= min(trained) and max(trained) <= y_hi and y_hi - y_lo < 0.5, (y_lo, y_hi, trained)
+        names = [tr.name for tr in fig.data]
+        infeasible = [tr for tr in fig.data if tr.name.startswith("infeasible")]
+        assert all(y >= y_lo for tr in infeasible for y in tr.y)
+        if cost == "weight_bytes":
+            assert "over budget (infeasible)" in names and infeasible, names
+            shade = next(tr for tr in fig.data if tr.name == "over budget (infeasible)")
+            assert min(shade.x) == 40_000 and shade.fill == "toself"
+    layers = report.figures["layers"][1]
+    axes = sorted((k for k in layers.layout if k.startswith("yaxis")), key=lambda k: int(k[5:] or 1))
+    titles = [layers.layout[k].title.text for k in axes]
+    assert titles[:4] == ["bits", "bytes", "MACs", "bytes"], titles
+
+
 def test_report_can_show_another_trial(study_dir, tmp_path, monkeypatch, capsys):
     study = _study(study_dir)
     # an infeasible trial if there is one: never trained, but its layers are still priced

@@ -1,10 +1,11 @@
 """The report page: figures of a study and one self-contained HTML file.
 
 Sections, in page order:
-1. Pareto fronts: validation accuracy vs weight_bytes and vs predicted latency_ms. Trained
-   feasible trials, their Pareto front, pruned trials (last validation accuracy), and
-   infeasible trials (never trained, drawn at accuracy 0 with a different marker), with the
-   budget drawn as a line.
+1. Pareto fronts: validation accuracy vs weight_bytes, vs predicted latency_ms (a note when
+   there is no device profile) and vs macs. Trained feasible trials, their Pareto front,
+   pruned trials (last validation accuracy), and infeasible trials (never trained, drawn on
+   the axis floor with a different marker), with the budget drawn as a line and the region
+   over it shaded.
 2. Optimisation history (`optuna.visualization.plot_optimization_history`; optuna greys the
    infeasible trials from the constraints the sampler stored).
 3. Parameter importances (`optuna.visualization.plot_param_importances`) over the trained
@@ -143,9 +144,23 @@ def _scatter(points: list[Point], name: str, what: str, **marker) -> go.Scatter:
                       hovertext=[_hover(p.trial, p.accuracy, what) for p in points], hoverinfo="text")
 
 
+def _x_range(xs: list[float], log: bool) -> list[float]:
+    """Axis range holding every x with a margin (log axes take log10 coordinates)."""
+    lo, hi = min(xs), max(xs)
+    if log:
+        pad = 0.06 * max(math.log10(hi / lo), 0.3)
+        return [math.log10(lo) - pad, math.log10(hi) + pad]
+    pad = 0.06 * (hi - lo) if hi > lo else 0.1 * abs(hi) or 1.0
+    return [lo - pad, hi + pad]
+
+
 def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget: float | None,
                   budget_text: str) -> tuple[go.Figure, list[int]]:
-    """Accuracy vs one cost; returns the figure and the Pareto trials' numbers."""
+    """Accuracy vs one cost; returns the figure and the Pareto trials' numbers.
+
+    The x axis spans every trial and the budget (nothing clipped), the region over budget is
+    shaded, the y axis spans the trained accuracies (so that a front of close accuracies is not
+    flattened against 0), and infeasible trials, never trained, sit on the axis floor."""
     trained, pruned, infeasible = [], [], []
     for t in trials:
         x = x_of(t)
@@ -157,32 +172,55 @@ def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget:
             infeasible.append(Point(t, None, x))
         elif t.state == TrialState.PRUNED:
             pruned.append(Point(t, study_view.search_accuracy(t), x))
+    accuracies = [p.accuracy for p in trained + pruned if p.accuracy is not None]
+    if accuracies:
+        lo, hi = min(accuracies), max(accuracies)
+        pad = max(0.05 * (hi - lo), 0.01)
+        y_lo, y_hi = max(0.0, lo - 2 * pad), min(1.0, hi + pad) if hi < 1.0 else 1.0 + pad
+    else:
+        y_lo, y_hi = 0.0, 1.0
+    floor = y_lo + 0.01 * (y_hi - y_lo)
     feasible_trained = [p for p in trained if is_feasible(p.trial)]
     front = pareto_front(feasible_trained)
     fig = go.Figure()
+    xs = [p.x for p in trained + pruned + infeasible if p.x > 0] + ([budget] if budget else [])
+    log = bool(xs) and max(xs) > LOG_SPAN * min(xs)  # costs spanning decades: log axis
+    x_range = _x_range(xs, log) if xs else None
+    if budget is not None and x_range is not None:
+        # over budget: a filled trace, not a shape (shapes on log axes take log10 coordinates)
+        right = 10 ** x_range[1] if log else x_range[1]
+        if right > budget:
+            fig.add_trace(go.Scatter(x=[budget, right, right, budget, budget], y=[y_lo, y_lo, y_hi, y_hi, y_lo],
+                                     fill="toself", fillcolor="rgba(214,39,40,0.08)", line=dict(width=0),
+                                     mode="lines", name="over budget (infeasible)", hoverinfo="name"))
     fig.add_trace(_scatter(feasible_trained, "trained, feasible", "feasible", color=FEASIBLE, size=9))
-    fig.add_trace(go.Scatter(x=[p.x for p in front], y=[p.accuracy for p in front], mode="lines",
-                             line=dict(color=PARETO, shape="hv", width=2), name="Pareto front", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[p.x for p in front], y=[p.accuracy for p in front], mode="lines+markers",
+                             line=dict(color=PARETO, shape="hv", width=2), name="Pareto front", hoverinfo="skip",
+                             marker=dict(size=15, color="rgba(0,0,0,0)", line=dict(color=PARETO, width=2))))
     if pruned:
         fig.add_trace(_scatter(pruned, "pruned (last val acc)", "pruned", color="rgba(0,0,0,0)", size=8,
                                line=dict(color=PRUNED, width=1.5)))
     if infeasible:
-        fig.add_trace(_scatter(infeasible, "infeasible (never trained, at 0)", "infeasible", color=INFEASIBLE,
-                               size=9, symbol="x"))
+        trace = _scatter(infeasible, "infeasible (never trained; on the floor)", "infeasible", color=INFEASIBLE,
+                         size=9, symbol="x")
+        trace.y = [floor] * len(infeasible)
+        fig.add_trace(trace)
     x = x_of(chosen)
     if x is not None:
-        fig.add_trace(go.Scatter(x=[x], y=[study_view.search_accuracy(chosen) or 0.0], mode="markers",
+        y = study_view.search_accuracy(chosen)
+        fig.add_trace(go.Scatter(x=[x], y=[floor if y is None else y], mode="markers",
                                  name=f"shown below: trial {chosen.number}", hoverinfo="skip",
                                  marker=dict(symbol="star", size=16, color=CHOSEN, line=dict(color="black", width=1))))
-    if budget is not None:  # a line trace, not a shape: shapes on log axes take log10 coordinates
-        top = max([p.accuracy for p in trained + pruned if p.accuracy is not None] + [1e-3])
-        fig.add_trace(go.Scatter(x=[budget, budget], y=[0, top * 1.05], mode="lines", name=budget_text,
+    if budget is not None:
+        fig.add_trace(go.Scatter(x=[budget, budget], y=[y_lo, y_hi], mode="lines", name=budget_text,
                                  line=dict(color=BUDGET, dash="dash"), hoverinfo="name"))
     fig.update_layout(xaxis_title=x_title, yaxis_title="validation accuracy (search)", height=460,
                       margin=dict(l=60, r=20, t=30, b=50), legend=dict(orientation="h", y=-0.18))
-    xs = [p.x for p in trained + pruned + infeasible if p.x > 0] + ([budget] if budget else [])
-    if xs and max(xs) > LOG_SPAN * min(xs):  # costs spanning decades: log axis
-        fig.update_xaxes(type="log")
+    fig.update_yaxes(range=[y_lo, y_hi])
+    if x_range is not None:
+        fig.update_xaxes(range=x_range)
+    if log:  # one label per decade over wide spans, 1-2-5 over narrow ones: labels never collide
+        fig.update_xaxes(type="log", dtick=1 if x_range[1] - x_range[0] >= 2 else "D2")
     fig.update_xaxes(tickformat="~s")  # 20k, 1.5M: SI, as the units module prints sizes
     return fig, [p.trial.number for p in front]
 
@@ -218,10 +256,10 @@ def layer_figure(layers, latency_ms: list[float] | None) -> go.Figure:
     """One row per figure, layers in execution order on a shared x axis (latency row only
     with a device profile)."""
     names = [f"{i}:{layer.name}" for i, layer in enumerate(layers)]
-    rows = [("bit width (w squares, a circles)", None, None), ("weight_bytes", "weight_bytes", "#1f77b4"),
-            ("macs", "macs", "#ff7f0e"), ("mem_access_bytes", "mem_access_bytes", "#2ca02c")]
+    rows = [("bit width (w squares, a circles)", None, None, "bits"), ("weight_bytes", "weight_bytes", "#1f77b4", "bytes"),
+            ("macs", "macs", "#ff7f0e", "MACs"), ("mem_access_bytes", "mem_access_bytes", "#2ca02c", "bytes")]
     if latency_ms is not None:
-        rows.append(("latency ms (predicted)", "latency_ms", "#8c564b"))
+        rows.append(("latency ms (predicted)", "latency_ms", "#8c564b", "ms"))
     fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, vertical_spacing=0.03,
                         subplot_titles=[r[0] for r in rows])
     hover = [f"{n}<br>{layer.op} k{layer.kernel} s{layer.stride} g{layer.groups}<br>in {list(layer.in_shapes[0])} "
@@ -231,7 +269,9 @@ def layer_figure(layers, latency_ms: list[float] | None) -> go.Figure:
     fig.add_trace(go.Scatter(x=names, y=[layer.a_bits for layer in layers], mode="markers", name="a_bits",
                              marker=dict(symbol="circle-open", size=12, color="#17becf", line=dict(width=2)),
                              hovertext=hover), 1, 1)
-    for row, (_, attr, color) in enumerate(rows[1:], start=2):
+    for row, (*_, unit) in enumerate(rows, start=1):
+        fig.update_yaxes(title_text=unit, row=row, col=1)
+    for row, (_, attr, color, _unit) in enumerate(rows[1:], start=2):
         y = latency_ms if attr == "latency_ms" else [getattr(layer, attr) for layer in layers]
         fig.add_trace(go.Bar(x=names, y=y, name=attr, marker_color=color, hovertext=hover), row, 1)
     fig.update_yaxes(type="log", tickvals=[1, 2, 4, 8, 16, 32], ticktext=["1", "2", "4", "8", "16", "32"],
@@ -276,7 +316,16 @@ def build(study: optuna.Study, storage: str, trial_number: int | None, latency: 
         report.figures["pareto-latency"] = ("Accuracy vs predicted latency", fig, None)
     else:
         hint = "" if "nas calibrate" in latency.reason else "; run `nas calibrate` on the target device"
-        report.figures["pareto-latency"] = ("Accuracy vs predicted latency", None, latency.reason + hint)
+        report.figures["pareto-latency"] = ("Accuracy vs predicted latency", None,
+                                            latency.reason + hint + " (accuracy vs macs, below, needs no device)")
+
+    def macs(t):
+        return TrialRecord.of(t).cost("macs")
+
+    macs_budget = budgets.macs
+    fig, _ = pareto_figure(trials, chosen, macs, "macs (multiply-accumulates per image)", macs_budget,
+                           f"budget macs <= {format_count(macs_budget)}" if macs_budget else "")
+    report.figures["pareto-macs"] = ("Accuracy vs macs", fig, None)
 
     report.figures["history"] = ("Optimisation history", history_figure(study), None)
     fig, note = importance_figure(study, trials)
@@ -402,7 +451,7 @@ def render(report: Report) -> str:
         f"<p class='note' id='profile-note'>{html.escape(report.profile_note)}</p>" if report.profile_note else "",
         "<h2>Best feasible trials</h2>", _best_table(report.trials, report.latency),
     ]
-    order = ("pareto-weight", "pareto-latency", "history", "importance")
+    order = ("pareto-weight", "pareto-latency", "pareto-macs", "history", "importance")
     for fig_id in order:
         title, fig, note = report.figures[fig_id]
         parts += [f"<h2>{html.escape(title)}</h2>", _figure_html(fig_id, fig, note)]
