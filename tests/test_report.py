@@ -433,6 +433,35 @@ def test_dashboard_serves_the_study_on_loopback(study_dir):
             assert json.loads(shown[t.number]["costs"])["weight_bytes"] == t.user_attrs["costs"]["weight_bytes"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=5) as r:
             assert r.status == 200 and b"<html" in r.read().lower()
+        # what the dashboard knows: constraints where Optuna's tools read them, costs as sortable
+        # numbers, and the final model (not the best search score) named in the notes
+        study = _study(study_dir)
+        infeasible = [t.number for t in study.trials if t.user_attrs.get("feasible") is False]
+        by_number = {t["number"]: t for t in detail["trials"]}
+        for n in infeasible:
+            assert by_number[n]["constraints"] and max(by_number[n]["constraints"]) > 0, by_number[n]
+        sortable = {a["key"]: a["sortable"] for a in detail["union_user_attrs"]}
+        assert sortable.get("cost.weight_bytes") is True, sortable
+        final = _best(study)
+        assert f"Final model: trial {final}" in detail["note"]["body"]
+        assert "the final model" in by_number[final]["note"]["body"]
+        if Path(CHROMIUM).exists():  # and in a real browser: the page optuna-dashboard renders
+            base = f"http://127.0.0.1:{port}/dashboard/studies/{listed[STUDY]['study_id']}"
+            expect = {f"{base}/note": f"Final model: trial {final}", base: "Infeasible" if infeasible else "Complete",
+                      f"{base}/trials?numbers={final}": "the final model"}
+            browser = DevTools(study_dir / "chromium-dashboard", 1400, 2000)
+            try:
+                browser.open_page()
+                for url, text in expect.items():
+                    browser.send("Page.navigate", url=url)
+                    for _ in range(150):  # the page fetches the study, then renders: bounded 30 s
+                        body = browser.evaluate("document.body ? document.body.innerText : ''") or ""
+                        if text in body:
+                            break
+                        time.sleep(0.2)
+                    assert text in body, (url, text, body[:500])
+            finally:
+                browser.close()
     finally:
         proc.terminate()
         try:

@@ -8,10 +8,13 @@ error and the printed URL is the address really bound.
 
 What the dashboard shows of ours: every trial's user attributes (`arch`, `costs`,
 `constraints`, `feasible`, `trained`, `accuracy`, `train`, ...) in the trial's detail pane;
-numbers and strings verbatim, dicts (`costs`, `train`) as JSON cut at 1024 characters.
-Only numeric user attributes become sortable columns of its trials table, so `costs` is
-readable per trial but not sortable there (`nas report` plots it). The study's user
-attributes (`identity`, `config`, `final:<n>`) show on the study page.
+each cost also as a number of its own (`cost.weight_bytes`, `cost.macs`, ...), which the
+trials table can sort and plot; the constraints in the system attribute Optuna's own tools
+read, so infeasible trials show as infeasible; and notes (`nas.search.records.
+note_final_models`) naming the final model, the one `nas export --best` ships, on the study's
+Note page and on the retrained trials' pages: the dashboard's own "best trial" is the best
+search score. The study's user attributes (`identity`, `config`, `final:<n>`) show on the
+study page.
 
 The WSGI app optuna-dashboard gives is wrapped (`guard`), because it answers any request that
 reaches the socket: a web page the user visits could point a DNS-rebinding name at

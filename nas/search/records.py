@@ -279,3 +279,39 @@ def write_profile(study: optuna.Study, stamp: ProfileStamp) -> None:
 
 def write_final(study: optuna.Study, record: FinalRecord) -> None:
     study.set_user_attr(f"{FINAL_PREFIX}{record.trial}", record.to_dict())
+    note_final_models(study)
+
+
+def note_final_models(study: optuna.Study) -> None:
+    """Mark the final model where optuna-dashboard shows it.
+
+    The dashboard's "best trial" is the best *search* score; the model `nas export --best`
+    ships is the final retraining's choice (`finals_ranked()[0]`), and finished trials cannot
+    take new attributes. optuna-dashboard's notes (Markdown, kept in the study's system
+    attributes) can be written for finished trials too: the study page names the final model,
+    and every retrained trial's page says what its final retraining gave and whether it won."""
+    from optuna.trial import Trial
+    from optuna_dashboard import save_note
+
+    ranked = StudyRecord.of(study).finals_ranked()
+    if not ranked:
+        return
+    won = ranked[0]
+    ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
+
+    def line(r: FinalRecord) -> str:
+        test = "-" if r.test_accuracy is None else f"{r.test_accuracy:.4f}"
+        val = "-" if r.val_accuracy is None else f"{r.val_accuracy:.4f}"
+        return (f"final retraining ({r.epochs} epochs on {r.subset or 'all'} images): test accuracy **{test}**, "
+                f"validation {val}, weight_bytes {r.costs.get('weight_bytes', '-')}")
+
+    save_note(study, f"## Final model: trial {won.trial}\n\nWhat `nas export --study {study.study_name} --best` "
+                     f"ships. Its {line(won)}.\n\nThe dashboard's *best trial* is the best search score "
+                     f"(short training); the final model is the best final validation accuracy among the "
+                     f"{len(ranked)} retrained trial(s): {', '.join(str(r.trial) for r in ranked)}.\n")
+    for r in ranked:
+        if r.trial not in ids:
+            continue
+        verdict = "**the final model** (what `nas export --best` ships)" if r is won else \
+            f"retrained, not chosen: trial {won.trial} has the better final validation accuracy"
+        save_note(Trial(study, ids[r.trial]), f"### Trial {r.trial}: {verdict}\n\n{line(r)}.\n")
