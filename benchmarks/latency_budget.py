@@ -18,6 +18,7 @@ subset, one epoch). Run it at the profile's thread count (`OMP_NUM_THREADS`).
 import argparse
 import collections
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -82,12 +83,17 @@ def main(argv=None) -> int:
     prior = random_archs(space, 300, seed=args.seed + 1000, in_chs=1, num_classes=10)
     preds = sorted(latency.predict_latency_ms(a, profile) for a in prior)
     budget_ms = preds[int(args.quantile * (len(preds) - 1))]
-    rows = {"prior (sampled, no search)": histogram(prior)}
+    rows = {"prior (sampled, no search)": histogram(prior),
+            "  prior within the budget": histogram([a for a in prior if latency.predict_latency_ms(a, profile) <= budget_ms]),
+            "  prior over the budget": histogram([a for a in prior if latency.predict_latency_ms(a, profile) > budget_ms])}
+    space_path = str((REPO / args.space) if not Path(args.space).is_file() else Path(args.space).resolve())
+    here = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # the searches write their studies/ folders here, not into the checkout
         for name, extra in (("search, no latency budget", []),
                             (f"search, --target-latency {budget_ms:.3f}ms", ["--target-latency", f"{budget_ms:.4f}ms"])):
             storage = f"journal:{Path(tmp) / (str(len(rows)) + '.journal')}"
-            cli = ["search", "--study", "b", "--storage", storage, "--space", str(args.space), "--dataset", args.dataset,
+            cli = ["search", "--study", "b", "--storage", storage, "--space", space_path, "--dataset", args.dataset,
                    "--trials", str(args.trials), "--max-trials", str(args.max_trials), "--subset", str(args.subset),
                    "--epochs", str(args.epochs), "--final-top", "1", "--final-epochs", "1", "--final-subset",
                    str(args.subset), "--seed", str(args.seed), "--profile", args.profile, "--no-progress", "--json",
@@ -102,6 +108,7 @@ def main(argv=None) -> int:
             rows[name] = histogram(trial_archs(storage, "b"))
             if extra:
                 rows["  the same search: candidates rejected as too slow"] = histogram(trial_archs(storage, "b", False))
+        os.chdir(here)
     out = {"profile": str(args.profile), "threads": profile.machine.get("threads"), "budget_ms": budget_ms,
            "quantile": args.quantile, "histograms": rows}
     if args.json:
