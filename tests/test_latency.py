@@ -2,7 +2,9 @@
 
 One real `nas calibrate --quick` run (module fixture, 1 thread, in a subprocess) fits the
 profile the other tests use; its accuracy is a benchmark printed by `nas calibrate`, not
-asserted here (timings on a shared machine are noisy).
+asserted here (timings on a shared machine are noisy). The fitter and the pricing are tested
+on synthetic timing rows (a known model, so the test does not depend on timing luck); the
+path the latency model prices each layer on is checked against the packed model itself.
 """
 
 import json
@@ -59,6 +61,12 @@ def test_calibrate_reports_heldout_and_baseline(quick):
         assert 0 <= report[key]["within_10pct"] <= 1
     assert -1 <= report["heldout"]["spearman"] <= 1
     assert set(report["heldout"]["per_space"]) == {"default", "mcu", "binary"}
+    per_bits = report["heldout"]["per_bits"]  # per bit width: the weight bits carrying most MACs
+    assert per_bits and set(per_bits) <= {f"w{b}" for b in (1, 2, 4, 8, 16, 32)}
+    assert sum(a["networks"] for a in per_bits.values()) == report["heldout"]["networks"]
+    assert all(0 <= a["within_10pct"] <= 1 for a in per_bits.values())
+    assert report["machine"]["integer_kernels"] in (None, "avx512vnni", "avxvnni", "avx2", "portable") or \
+        isinstance(report["machine"]["integer_kernels"], str)
     base = report["baseline_macs"]
     assert 0 <= base["heldout"]["within_10pct"] <= 1 and base["b_ms_per_mmac"] is not None
     assert report["noise"]["median_iqr_over_median"] >= 0
@@ -101,8 +109,9 @@ def test_corrupt_profile_says_which_file_and_to_recalibrate(tmp_path):
     (lambda d: d.update(format_version=999), "format version 999"),
     (lambda d: d.update(format="something-else"), "not a nas device profile"),
     (lambda d: d["model"]["terms"].pop("conv.pw"), "conv.pw"),
-    (lambda d: d["model"]["terms"]["bn"].update(coef=[1.0]), "bn"),
-    (lambda d: d["model"]["terms"]["bn"].update(coef=[1.0, -2.0]), "bn"),
+    (lambda d: d["model"]["terms"]["act.relu"].update(coef=[1.0]), "act.relu"),
+    (lambda d: d["model"]["terms"]["int.kxk"].update(coef=[1.0, -2.0, 0.0, 0.0, 0.0]), "int.kxk"),
+    (lambda d: d["model"]["terms"].update(bn={"features": ["1", "kelems"], "coef": [0.0, 0.0]}), "bn"),
 ])
 def test_foreign_or_damaged_profile_is_refused(profile, tmp_path, change, message):
     d = profile.to_dict()
@@ -282,3 +291,230 @@ def test_resume_under_another_device_profile_is_refused_in_one_line(quick, profi
         assert len(err.splitlines()) == 1, err
         assert latency.profile_digest(profile) in err and now in err and f"--profile {quick[0]}" in err, err
     assert len(optuna.load_study(study_name="p", storage=open_storage(storage)).trials) == 0  # no work done
+
+
+def test_previous_format_version_is_refused_with_the_recalibrate_hint(profile, tmp_path):
+    """Version 2 priced the fake-quant model; its coefficients mean nothing for the packed one."""
+    assert latency.FORMAT_VERSION == 3
+    d = profile.to_dict()
+    d["format_version"] = 2
+    p = _write(tmp_path, json.dumps(d))
+    with pytest.raises(UsageError, match=r"format version 2 is not supported .*re-run `nas calibrate`"):
+        latency.load_profile(p)
+    os.environ[latency.ENV_PROFILE] = str(p)
+    try:  # a command pricing with it exits 2 with that line, no traceback
+        assert main(["cost", "--arch", ARCH, "--json"]) == 2
+    finally:
+        del os.environ[latency.ENV_PROFILE]
+
+
+def test_calibrate_report_prints_per_bit_width(profile):
+    from nas.measure.calibrate import format_report
+
+    text = format_report(profile, "p.json")
+    assert "per bit width" in text
+    for name in profile.stats["heldout"]["per_bits"]:
+        assert f"    {name} " in text
+
+
+def test_timed_network_is_the_packed_model():
+    """What calibrate and `nas cost --measure` time is what `nas infer` runs."""
+    from nas.export.packed import PackedIntegerConv2d
+    from nas.measure.timing import build_for_timing
+
+    model = build_for_timing(decode(ARCH))
+    assert {e["path"] for e in model.layer_paths} == {"integer"}
+    assert any(isinstance(m, PackedIntegerConv2d) for m in model.modules())
+
+
+# --- the path each layer is priced on == the path the packed model runs it on -----------------
+
+KIND_BASES = {
+    "ir": "in_r16_c1-stem_c16_k3_s1_w8_a8-ir_r2_k3_s1_e3_c16_se0.25_{b}-ir_r1_k3_s2_e1_c24_{b}-head_c32_w8_a8-fc_n10_w8_a8",
+    "shift": "in_r16_c1-stem_c16_k3_s1_w8_a8-shift_r2_k3_s1_e3_c16_{b}_hs-shift_r1_k3_s2_e2_c24_{b}-head_c0_w8_a8-fc_n10_w8_a8",
+    "grouped": "in_r16_c1-stem_c16_k3_s1_w8_a8-grouped_r2_k3_s1_g4_c16_{b}-grouped_r1_k3_s2_g1_c32_{b}-head_c0_w8_a8-fc_n10_w8_a8",
+    "dense": "in_r16_c1-stem_c16_k3_s1_w8_a8-dense_r2_k3_s2_gr8_c24_{b}-head_c0_w4_a4-fc_n10_w8_a8",
+}
+BIT_PAIRS = ((32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (8, 32), (16, 8), (4, 8), (2, 8), (1, 8), (8, 2))
+
+
+def _agreement_mismatches(arch_string):
+    from nas.blocks import module_name
+    from nas.cost.graph import expand
+    from nas.export.bench import packed_of
+
+    arch = decode(arch_string)
+    paths = {e["name"]: e for e in packed_of(arch_string).layer_paths}
+    plan = latency.deployment(expand(arch))
+    priced = {module_name(arch, name): how for name, how in plan.items() if how.path is not None}
+    assert set(priced) == set(paths), arch_string
+    bad = []
+    for name, how in priced.items():
+        e = paths[name]
+        got = (e["path"], "input" in e, "output" in e, "residual" in e)
+        want = (how.path, how.codes_in, how.codes_out, how.residual)
+        if got != want:
+            bad.append((name, "packed model", got, "latency model", want))
+    return bad
+
+
+@pytest.mark.parametrize("kind", list(KIND_BASES))
+def test_priced_path_is_the_converted_path_on_every_kind_and_bits(kind):
+    """Every kind x (weight, input) bits: the path (binary / integer / float), integer-to-integer
+    chaining and the fused residual the latency model prices are what `nas.export.convert` builds."""
+    seen = set()
+    for w, a in BIT_PAIRS:
+        arch = KIND_BASES[kind].format(b=f"w{w}_a{a}")
+        bad = _agreement_mismatches(arch.replace("_se0.25", "") if w == 1 else arch)
+        assert not bad, bad
+        seen.add(w)
+    assert seen == {1, 2, 4, 8, 16, 32}
+
+
+def test_priced_path_is_the_converted_path_on_sampled_networks():
+    from nas.space import encode, load_space, random_archs
+
+    for space in ("default", "mcu", "binary", "dilated"):
+        for arch in random_archs(load_space(REPO / "search_spaces" / f"{space}.yaml"), 3, seed=11):
+            bad = _agreement_mismatches(encode(arch))
+            assert not bad, (space, bad)
+
+
+def test_convert_asks_the_one_integer_predicate():
+    """convert.py's integer row declines exactly when `kernel_path.integer_refusal` says so, with its words."""
+    from nas.cost.kernel_path import INT_BITS, MAX_K, integer_refusal, layer_path
+    from nas.export import convert
+    from nas.export.payload import LayerGeometry
+    from nas.quant import QuantConv2d, QuantLinear
+    from nas.quant import integer
+
+    assert integer.INT_BITS is INT_BITS and integer.MAX_K == MAX_K
+    assert layer_path(1, 1, 64) == layer_path(1, 8, 64) == "binary"  # 1-bit weights: the binary row
+    for w in (2, 4, 8, 16, 32):
+        for a in (2, 4, 8, 16, 32):
+            for cin_g, k, dil in ((8, 3, 1), (8, 3, 2), (MAX_K // 9 + 1, 3, 1), (16, 1, 1)):
+                geom = LayerGeometry("x", "conv", w, a, 4, cin_g, k, k)
+                m = QuantConv2d(cin_g, 4, k, padding=k // 2 * dil, dilation=dil, w_bits=w, a_bits=a)
+                row, why = convert.conversion_for(geom, m)
+                want = integer_refusal(w, a, cin_g * k * k, dil)
+                assert (row.path == "integer") == (want is None) == (layer_path(w, a, cin_g * k * k, dil) == "integer")
+                assert why == want
+            row, _ = convert.conversion_for(LayerGeometry("fc", "linear", w, a, 4, 8), QuantLinear(8, 4, w_bits=w, a_bits=a))
+            assert (row.path == "integer") == (integer_refusal(w, a, 8) is None)
+
+
+# --- fitting on synthetic timing rows (tests our fitter and pricing, not this machine) ----------
+
+TWINS = ["in_r28_c1-stem_c16_k3_s1_w{b}_a{b}-ir_r2_k3_s2_e6_c24_w{b}_a{b}-ir_r2_k5_s2_e6_c40_w{b}_a{b}"
+         "-grouped_r2_k3_s1_g4_c40_w{b}_a{b}-head_c128_w{b}_a{b}-fc_n10_w{b}_a{b}"]
+
+
+def _synthetic_profile(truth: dict, archs, kernels=True):
+    """Fit `nas calibrate`'s NNLS on rows timed by a known model `truth` (term -> coefs), with a
+    deterministic +-3% wobble standing in for timing noise."""
+    import dataclasses
+
+    from nas.measure.calibrate import fit_nnls
+
+    coef_vec = [truth.get(t, (0.0,) * len(f))[j] for t, f in latency.TERMS.items() for j in range(len(f))]
+    rows = [latency.feature_row(a, kernels) for a in archs]
+    y = [sum(c * v for c, v in zip(coef_vec, r)) * (1 + 0.03 * ((i * 7919) % 7 - 3) / 3) for i, r in enumerate(rows)]
+    coefs, _ = fit_nnls(rows, y)
+    it = iter(coefs)
+    terms = {t: tuple(next(it) for _ in f) for t, f in latency.TERMS.items()}
+    base = latency.Profile(coefs={t: (0.0,) * len(f) for t, f in latency.TERMS.items()},
+                           machine={"threads": 1, "kernels": "avx2" if kernels else None})
+    return dataclasses.replace(base, coefs=terms), coef_vec
+
+
+def _truth(int_ms_per_mmac: float) -> dict:
+    """A device where an integer MAC costs `int_ms_per_mmac` and a float MAC 0.01 ms per million."""
+    t = {"network": (0.05,)}
+    for cls in ("pw", "kxk", "dw", "grouped"):
+        t[f"conv.{cls}"] = (0.01, 0.01, 0.0005, 0.0005)
+        t[f"int.{cls}"] = (0.004, int_ms_per_mmac, 0.0002, 0.0002, 0.0001)
+    t["conv.vec"] = (0.008, 0.01)
+    t["linear"] = (0.008, 0.01)
+    t["int.linear"] = (0.004, int_ms_per_mmac, 0.0001)
+    t["int.quant"] = (0.006, 0.001)
+    t["int.out.float"] = (0.002, 0.0005)
+    t["int.out.codes"] = (0.0002,)
+    t["int.residual"] = (0.002, 0.0004)
+    t["int.hswish"] = (0.0003,)
+    t["aq.pact"] = (0.01, 0.002)
+    t["aq.half"] = (0.01, 0.002)
+    for a in ("relu", "hswish", "sigmoid"):
+        t[f"act.{a}"] = (0.004, 0.0005)
+    for name in ("add", "mul", "concat", "avgpool", "pool.global", "pool.se", "shuffle"):
+        t[name] = (0.004, 0.0005)
+    t["shift"] = (0.01, 0.001, 0.0005)
+    return t
+
+
+def _training_archs():
+    from nas.space import load_space, random_archs
+
+    archs = []
+    for space in ("default", "mcu"):
+        archs += random_archs(load_space(REPO / "search_spaces" / f"{space}.yaml"), 40, seed=3)
+    return archs
+
+
+@pytest.mark.parametrize("int_ms_per_mmac, int8_faster", [(0.003, True), (0.2, False)])
+def test_profile_fitted_on_integer_path_timings_orders_8bit_and_32bit_twins_as_measured(int_ms_per_mmac,
+                                                                                          int8_faster):
+    """Fit on rows a known device produced: when its integer kernels are faster than float, the
+    8-bit twin is priced below its 32-bit twin; when slower, above (the fit follows the timings)."""
+    archs = _training_archs()
+    profile, coef_vec = _synthetic_profile(_truth(int_ms_per_mmac), archs)
+    for twin in TWINS:
+        a8, a32 = decode(twin.format(b=8)), decode(twin.format(b=32))
+        measured = {b: sum(c * v for c, v in zip(coef_vec, latency.feature_row(a, True))) for b, a in ((8, a8), (32, a32))}
+        assert (measured[8] < measured[32]) == int8_faster  # the synthetic device is what it says
+        p8, p32 = latency.predict_latency_ms(a8, profile), latency.predict_latency_ms(a32, profile)
+        assert (p8 < p32) == int8_faster, (p8, p32)
+        assert p8 == pytest.approx(measured[8], rel=0.10) and p32 == pytest.approx(measured[32], rel=0.10)
+
+
+def test_integer_layers_are_priced_on_integer_terms_only():
+    """An 8-bit layer with an 8-bit input: kernel call, input quantize or codes, epilogue output;
+    no float conv, BatchNorm, weight quantizer or separate activation."""
+    from nas.cost.graph import expand
+
+    arch = decode(ARCH)
+    plan = latency.deployment(expand(arch))
+    cost = arch_cost(arch)
+    records = {layer.name: layer for layer in cost.layers}
+    for layer in cost.layers:
+        if layer.op not in ("conv", "linear"):
+            continue
+        terms = [t for t, _ in latency.op_terms(layer, True, records, plan[layer.name])]
+        assert terms[0].startswith("int."), (layer.name, terms)
+        assert all(t.startswith("int.") for t in terms), (layer.name, terms)
+        assert ("int.quant" in terms) != plan[layer.name].codes_in
+        assert ("int.out.codes" in terms) == plan[layer.name].codes_out
+
+
+def test_bench_infer_order_check():
+    """`nas bench infer`'s "orders the three as measured": pairwise, near-ties (int8 vs mixed
+    2/4/8 run the same kernels) agree with near-ties, anything else must have the same sign."""
+    from nas.export.bench import orders_as_measured
+
+    pred = {"fp32": 4.7, "int8": 3.5, "mixed": 3.5}
+    assert orders_as_measured(pred, {"fp32": 2.6, "int8": 2.119, "mixed": 2.118})
+    assert not orders_as_measured(pred, {"fp32": 2.0, "int8": 2.119, "mixed": 2.118})  # fp32 measured fastest
+    assert not orders_as_measured({**pred, "mixed": 3.0}, {"fp32": 2.6, "int8": 2.119, "mixed": 2.118})
+    assert orders_as_measured({**pred, "mixed": 3.0}, {"fp32": 2.6, "int8": 2.119, "mixed": 1.8})
+
+
+def test_bench_infer_prints_the_prediction_beside_the_measurement(quick, profile, tmp_path, capsys):
+    base = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e2_c16_w8_a8-grouped_r1_k3_s1_g2_c16_w8_a8-head_c0_w8_a8-fc_n10_w8_a8"
+    cli = ["bench", "infer", "--arch", base, "--mixed", "2,4", "--repeats", "2", "--rounds", "1", "--json"]
+    assert main([*cli, "--profile", str(quick[0])]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["variant"] for r in rows] == ["fp32", "int8", "mixed"]
+    for r in rows:
+        assert r["predicted_ms"] == pytest.approx(latency.predict_latency_ms(decode(r["arch"]), profile), rel=1e-3)
+        assert isinstance(r["order_as_measured"], bool)
+    assert main([*cli, "--profile", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in capsys.readouterr().err

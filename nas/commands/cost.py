@@ -11,8 +11,9 @@ Human output: a per-layer table, then totals. `--json`: one JSON object on stdou
 
 Latency: with a device profile (`nas calibrate`; `nas.cost.latency.default_profile_path`),
 `--arch` also reports the predicted `latency_ms` (total and per layer; null without a
-profile, with a note). `--measure` builds the network (`--arch`: `nas.blocks`; `--model`:
-timm's module) and times its eval-mode forward at batch 1 with the protocol of
+profile, with a note). `--measure` builds the network (`--arch`: the packed model `nas infer`
+runs, with seeded random weights, which is what `latency_ms` predicts, see docs/latency.md;
+`--model`: timm's module) and times its eval-mode forward at batch 1 with the protocol of
 `nas calibrate` (warm-up, median of repeats, threads fixed to the profile's or torch's
 default): `latency_measured_ms`, plus `latency_measured` (quartiles, repeats, threads).
 """

@@ -1,12 +1,16 @@
 """Predicted latency of an `ArchSpec` on a profiled device, and the device profile itself.
 
-What is predicted: the wall time of one eval-mode forward pass of the network `nas.blocks`
-builds from the spec, at batch 1, on the device and thread count the profile was measured
-on (`nas calibrate`), with 1-bit layers on the packed-binary C kernels where they apply
-(a_bits = 1, groups = 1, CPU, kernels built) and every other quantized layer on the
-fake-quant PyTorch path (what `nas infer` runs too): weights quantized on the fly, BN
-and activations as separate PyTorch ops. It is *not* the latency of an integer or
-deployed runtime.
+What is predicted (`latency_ms`): the wall time of one forward pass at batch 1 of the
+*packed model* `nas infer` runs (`nas.export.deploy.packed_model`), on the device and thread
+count the profile was measured on (`nas calibrate`, which times exactly that model). There,
+per `nas.export.convert` and the one path predicate `nas.cost.kernel_path`:
+2/4/8-bit convs / linears reading a 2/4/8-bit PACT input run on the integer C kernels
+(BN folded, ReLU / h-swish fused, integer from layer to layer where consecutive layers are,
+the block's residual added in the epilogue where the last layer is integer); 1-bit layers
+on the packed-binary kernels where they apply (a_bits = 1, groups = 1, CPU, kernels built),
+else the packed module's torch fallback; everything else in PyTorch on dequantized,
+BN-folded weights. `deployment` reads that plan off the graph; docs/latency.md has the
+terms and the held-out figures.
 
 The model is additive over the cost model's per-op records (`nas.cost.arch_cost(arch).
 layers`, never over modules): each op contributes one or more *terms*, each a linear
@@ -15,15 +19,17 @@ with NNLS on networks measured end to end), plus one per-network constant::
 
     latency_ms = network + sum over ops of sum over the op's terms of  coef . features
 
-A conv op, for example, is priced as its convolution (by class: pointwise, k x k,
-depthwise, grouped, on 1x1 maps), its input quantizer (PACT at 2..8 bits, half at 16),
-its weight quantizer (DoReFa at 2..8, half at 16, sign at 1), its BatchNorm and its
-activation: the PyTorch ops the fake-quant path really runs, each with a per-call
-dispatch overhead (the `1` feature: it dominates tiny networks) and a per-element or
-per-MAC slope. Features are in units that keep coefficients readable: `mmacs` = MACs/1e6,
-`kin` / `kout` = input / output elements/1e3 (fp32 on the fake-quant path, whatever the
-nominal bit width), `kweights` = weight elements/1e3, `mwords` = 64-bit word operations of
-the packed kernel/1e6, `taps` = k*k shift offsets. A binary unit's sign-and-pack and its
+An integer conv, for example, is priced as its kernel call (by class: pointwise, k x k,
+depthwise, grouped, linear; features macs, input / output / weight elements), its input
+quantization unless it reads the previous layer's codes (`int.quant`: float NCHW -> NHWC
+codes, the float -> integer boundary), its output (`int.out.codes` when requantized for
+the next integer layer, else `int.out.float`: the integer -> float boundary), a fused
+residual (`int.residual`) and h-swish (`int.hswish`). A float conv is its F.conv2d by
+class plus its input quantizer and activation. Each term has a per-call dispatch overhead
+(the `1` feature: it dominates tiny networks) and per-element or per-MAC slopes. Features
+are in units that keep coefficients readable: `mmacs` = MACs/1e6, `kin` / `kout` = input /
+output elements/1e3, `kweights` = weight elements/1e3, `mwords` = 64-bit word operations
+of the packed kernel/1e6, `taps` = k*k shift offsets. A binary unit's sign-and-pack and its
 residual add are fused into the kernel; they keep their own small terms (`sign.pack`:
 NCHW -> packed NHWC; `add.fused`: the residual's layout change).
 
@@ -49,41 +55,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nas import fsio
-from nas.cost.kernel_path import on_packed_kernels
+from nas.cost.kernel_path import layer_path, on_packed_kernels
 from nas.errors import UsageError
 
 FORMAT = "nas-device-profile"
-FORMAT_VERSION = 2  # bump when TERMS or the feature definitions change
+FORMAT_VERSION = 3  # 3: the packed model (integer / binary kernels) is what is priced; bump when TERMS or the feature definitions change
 ENV_PROFILE = "NAS_PROFILE"
 HINT = "re-run `nas calibrate`"
 
 # term -> feature names, in coefficient order. Changing this table changes the format.
 _EL = ("1", "kelems")
+_CONV = ("1", "mmacs", "kin", "kout")
+_INT = ("1", "mmacs", "kin", "kout", "kweights")
 TERMS: dict[str, tuple[str, ...]] = {
     "network": ("1",),  # per forward pass: input check, module calls outside any op
-    # convolution proper (F.conv2d), by class
-    "conv.pw": ("1", "mmacs", "kin", "kout"),  # 1x1, groups 1
-    "conv.kxk": ("1", "mmacs", "kin", "kout"),  # k > 1, groups 1 (stem, dense layers, grouped g=1)
-    "conv.dw": ("1", "mmacs", "kin", "kout"),  # depthwise: groups = C_in = C_out
-    "conv.grouped": ("1", "mmacs", "kin", "kout"),  # 1 < groups < C_in
-    "conv.vec": ("1", "mmacs"),  # convs on 1x1 maps: squeeze-excite, post-pool conv (with bias)
-    "linear": ("1", "mmacs"),  # classifier, with bias
-    # fake-quant input quantizers (per conv / linear input) and weight quantizers
-    "aq.pact": ("1", "kin"),  # 2..8-bit PACT: clamp, divide, round, multiply
-    "aq.half": ("1", "kin"),  # 16-bit: round through float16
-    "wq.dorefa": ("1", "kweights"),  # 2..8-bit DoReFa: tanh, max, round, ... on every call
-    "wq.half": ("1", "kweights"),
-    "wq.sign": ("1", "kweights", "kout"),  # 1-bit weights off the kernel path: sign * scale, output scale
-    "bn": _EL,  # BatchNorm (eval), kelems = output elements
+    # float path (`nas.export.packed.float_layer`): F.conv2d / F.linear on the dequantized,
+    # BN-folded weight with its bias, by class; also the conv proper of a 1-bit layer off the kernels
+    "conv.pw": _CONV,  # 1x1, groups 1
+    "conv.kxk": _CONV,  # k > 1, groups 1
+    "conv.dw": _CONV,  # depthwise: groups = C_in = C_out
+    "conv.grouped": _CONV,  # 1 < groups < C_in
+    "conv.vec": ("1", "mmacs"),  # convs on 1x1 maps: squeeze-excite, post-pool conv
+    "linear": ("1", "mmacs"),  # classifier
+    "aq.pact": ("1", "kin"),  # a float layer's 2..8-bit PACT input: clamp, divide, round, multiply
+    "aq.half": ("1", "kin"),  # 16-bit input: round through float16
+    # integer path (`nas.export.packed.PackedIntegerConv2d`): one C kernel call, int32
+    # accumulators, BN folded into the epilogue's scale / bias, ReLU fused there
+    "int.pw": _INT,
+    "int.kxk": _INT,
+    "int.dw": _INT,
+    "int.grouped": _INT,
+    "int.linear": ("1", "mmacs", "kweights"),
+    "int.quant": ("1", "kin"),  # float NCHW input -> NHWC codes (float -> integer boundary)
+    "int.out.float": ("1", "kout"),  # float32 NHWC output, read by float ops (integer -> float boundary)
+    "int.out.codes": ("kout",),  # requantized in the epilogue to the next integer layer's codes
+    "int.hswish": ("kout",),  # h-swish in the epilogue
+    "int.residual": ("1", "kout"),  # the block's shortcut added in the epilogue (NHWC copy of it)
+    # 1-bit layers (`PackedBinaryConv2d`): on the packed kernels (BN folded into the epilogue) ...
+    "binconv.kernel": ("1", "mwords", "ktaps", "kin", "kout", "kweights"),
+    "sign.pack": _EL,  # NCHW float -> packed NHWC words (kernel path)
+    "add.fused": _EL,  # a binary unit's shortcut, added inside the kernel (NHWC copy)
+    # ... or off them (grouped / depthwise, or a_bits > 1): signs unpacked, F.conv2d, scale, bias
+    "binconv.torch": ("1", "kweights", "kout"),
+    "sign.fake": _EL,  # sign of the input (plus one-padding) on the fallback
+    # activations a float / binary layer leaves after its folded BN
     "act.relu": _EL,
     "act.hswish": _EL,
     "act.sigmoid": _EL,
-    # 1-bit convs on the packed kernels: scale/BN folding, pack, XNOR-popcount, fused epilogue
-    "binconv.kernel": ("1", "mwords", "ktaps", "kin", "kout", "kweights"),
-    "sign.pack": _EL,  # NCHW float -> packed NHWC words (kernel path)
-    "sign.fake": _EL,  # sign on the fake-quant path (+1 padding is in the conv's wq.sign)
-    "add": _EL,  # residual / shortcut add, kelems = output elements
-    "add.fused": _EL,  # a binary unit's shortcut, added inside the kernel (NHWC copy)
+    "add": _EL,  # residual / shortcut add not fused into a kernel, kelems = output elements
     "mul": _EL,  # squeeze-excite gate
     "concat": _EL,  # dense blocks, kelems = output elements
     "avgpool": _EL,  # 2x2 / 2, ceil mode, kelems = input elements
@@ -94,6 +113,68 @@ TERMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# --- how the packed model runs each op -------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpPath:
+    """How the packed model (`nas.export.convert`) runs one cost op.
+
+    `path`: conv / linear: "binary", "integer" or "float" (`nas.cost.kernel_path.layer_path`);
+    None for the other ops. `codes_in` / `codes_out`: an integer layer reading the previous
+    integer layer's codes / writing the next one's (`convert.chain_integer_layers`).
+    `residual`: an integer layer adding its block's shortcut in the epilogue
+    (`convert.fuse_residual_adds`); `fused`: an add done inside a kernel (that layer's or a
+    binary unit's)."""
+
+    path: str | None = None
+    codes_in: bool = False
+    codes_out: bool = False
+    residual: bool = False
+    fused: bool = False
+
+
+def _row(op, shapes) -> int:
+    c_in = shapes[op.inputs[0]][0]
+    return c_in if op.kind == "linear" else c_in // op.groups * op.kernel ** 2
+
+
+def deployment(graph) -> dict[str, OpPath]:
+    """Op name -> how the packed model runs it, from the graph alone (`nas.cost.graph.expand`).
+
+    Mirrors the conversion (tests/test_latency.py holds the two equal on sampled networks of
+    every shipped space): the path predicate is `kernel_path`'s; a block's residual add is
+    fused when the op producing its branch is an integer layer without activation; an integer
+    layer writes codes when its (fused) output is read by exactly one op and that op is an
+    integer layer."""
+    ops, shapes = graph.ops, graph.shapes
+    by_name = {op.name: op for op in ops}
+    names = set(by_name)
+    producer = {op.output: op for op in ops}
+    readers: dict[int, list] = {}
+    for op in ops:
+        for t in op.inputs:
+            readers.setdefault(t, []).append(op)
+    path = {op.name: layer_path(op.w_bits, op.read_bits[0], _row(op, shapes), op.dilation)
+            for op in ops if op.kind in ("conv", "linear")}
+    fused_adds, out_tensor = set(), {}
+    for op in ops:
+        if op.kind == "add" and op.name[: -len(".add")] not in names:  # a block's residual, not a unit's
+            branch = producer.get(op.inputs[1])
+            if branch is not None and path.get(branch.name) == "integer" and branch.act is None:
+                fused_adds.add(op.name)
+                out_tensor[branch.name] = op.output
+    codes_out, codes_in = set(), set()
+    for name, p in path.items():
+        if p != "integer":
+            continue
+        rs = readers.get(out_tensor.get(name, by_name[name].output), [])
+        if len(rs) == 1 and path.get(rs[0].name) == "integer":
+            codes_out.add(name)
+            codes_in.add(rs[0].name)
+    return {op.name: OpPath(path.get(op.name), op.name in codes_in, op.name in codes_out,
+                            op.name in out_tensor, op.name in fused_adds) for op in ops}
+
+
 # --- features: per-op records -> (term, features) -------------------------------------------
 
 def _elems(shape) -> int:
@@ -102,6 +183,7 @@ def _elems(shape) -> int:
 
 
 def _conv_class(layer) -> str:
+    """conv.vec / conv.pw / conv.kxk / conv.dw / conv.grouped"""
     c_in, h_in, w_in = layer.in_shapes[0]
     c_out, h, w = layer.out_shape
     if h * w == 1 and h_in * w_in == 1:
@@ -114,30 +196,38 @@ def _conv_class(layer) -> str:
 
 
 def kernel_path(layer, kernels: bool) -> bool:
-    """Does this conv run on the packed-binary kernels (`nas.quant.binary.BinaryConv2d.kernel_ready`)?"""
+    """Does this conv run on the packed-binary kernels (`nas.export.packed.PackedBinaryConv2d.kernel_ready`)?"""
     return kernels and layer.op == "conv" and on_packed_kernels(layer.w_bits, layer.a_bits, layer.groups)
 
 
-def op_terms(layer, kernels: bool, records: dict | None = None) -> list[tuple[str, tuple[float, ...]]]:
+def op_terms(layer, kernels: bool, records: dict | None = None, how: OpPath | None = None
+             ) -> list[tuple[str, tuple[float, ...]]]:
     """The terms one op record (`nas.cost.LayerCost`) contributes, with their feature vectors.
 
     `kernels`: whether 1-bit convs run on the packed kernels on the profiled device.
     `records`: name -> record, for the whole network: a `sign` / `add` named after a conv
     (`X.sign`, `X.add`) belongs to that conv's binary unit, and a conv with a sign op of
     its own is a Bi-Real unit (BN folded into the kernel's epilogue). None: stand-alone op.
+    `how`: the op's `OpPath` (`deployment`); None: its path from its own bits, nothing chained
+    or fused.
     """
     kind = layer.op
     records = records or {}
     k_in = _elems(layer.in_shapes[0]) / 1e3
     k_out = _elems(layer.out_shape) / 1e3
+    if how is None:
+        row = layer.in_shapes[0][0] if kind == "linear" else layer.in_shapes[0][0] // max(layer.groups, 1) * layer.kernel ** 2
+        how = OpPath(layer_path(layer.w_bits, layer.a_bits, row) if kind in ("conv", "linear") else None)
     if kind in ("conv", "linear"):
-        return _weighted_terms(layer, kernels, records, k_in, k_out)
+        return _weighted_terms(layer, kernels, records, k_in, k_out, how)
     if kind in ("sign", "add"):
         conv = records.get(layer.name.rsplit(".", 1)[0]) if layer.name.endswith(f".{kind}") else None
-        fused = conv is not None and kernel_path(conv, kernels)
+        on_kernel = conv is not None and kernel_path(conv, kernels)
         if kind == "sign":
-            return [("sign.pack" if fused else "sign.fake", (1.0, k_in))]
-        return [("add.fused" if fused else "add", (1.0, k_out))]
+            return [("sign.pack" if on_kernel else "sign.fake", (1.0, k_in))]
+        if how.fused:
+            return []  # added in the integer layer's epilogue (its int.residual term)
+        return [("add.fused" if on_kernel else "add", (1.0, k_out))]
     if kind in ("mul", "concat", "shuffle"):
         return [(kind, (1.0, k_out))]
     if kind == "avgpool":
@@ -151,42 +241,59 @@ def op_terms(layer, kernels: bool, records: dict | None = None) -> list[tuple[st
                      "conv, linear, sign, add, mul, concat, avgpool, global_pool, shift, shuffle")
 
 
-def _weighted_terms(layer, kernels: bool, records: dict, k_in: float, k_out: float) -> list:
-    """conv / linear: the convolution proper, its quantizers, BN and activation."""
+def _input_terms(layer, k_in: float) -> list:
+    if 2 <= layer.a_bits <= 8:
+        return [("aq.pact", (1.0, k_in))]
+    if layer.a_bits == 16:
+        return [("aq.half", (1.0, k_in))]
+    return []
+
+
+def _weighted_terms(layer, kernels: bool, records: dict, k_in: float, k_out: float, how: OpPath) -> list:
+    """conv / linear on its path: the kernel or convolution proper, input, epilogue, activation."""
     c_in, c_out = layer.in_shapes[0][0], layer.out_shape[0]
+    mmacs = layer.macs / 1e6
     if layer.op == "linear":
         k_w = c_in * c_out / 1e3
-        terms = [("linear", (1.0, layer.macs / 1e6))]
+        cls = "linear"
     else:
         k_w = c_out * (c_in // layer.groups) * layer.kernel ** 2 / 1e3
         cls = _conv_class(layer)
-        terms = [(cls, (1.0, layer.macs / 1e6) if cls == "conv.vec" else (1.0, layer.macs / 1e6, k_in, k_out))]
+    if how.path == "integer":
+        if cls == "linear":
+            terms = [("int.linear", (1.0, mmacs, k_w))]
+        else:  # by structure (a conv on a 1x1 map is still a pointwise / k x k / ... kernel call)
+            int_cls = ("int.pw" if layer.kernel == 1 else "int.kxk") if layer.groups == 1 else (
+                "int.dw" if layer.groups == c_in == c_out else "int.grouped")
+            terms = [(int_cls, (1.0, mmacs, k_in, k_out, k_w))]
+        if not how.codes_in:
+            terms.append(("int.quant", (1.0, k_in)))
+        terms.append(("int.out.codes", (k_out,)) if how.codes_out else ("int.out.float", (1.0, k_out)))
+        if how.residual:
+            terms.append(("int.residual", (1.0, k_out)))
+        if layer.act == "hswish":
+            terms.append(("int.hswish", (k_out,)))
+        return terms  # BN folded, ReLU / h-swish fused: nothing else runs
+    conv_term = (cls, (1.0, mmacs) if cls in ("conv.vec", "linear") else (1.0, mmacs, k_in, k_out))
     unit = f"{layer.name}.sign" in records  # a Bi-Real unit's conv: its sign op is priced apart
-    if kernel_path(layer, kernels):
+    if how.path == "binary" and kernel_path(layer, kernels):
         h, w = layer.out_shape[1:]
         # 64-bit word operations: output pixels x taps x input words x output channels padded to 64
         blocks = h * w * layer.kernel ** 2 * math.ceil(c_out / 64)  # (pixel, tap, 64 output channels) steps
         mwords = blocks * math.ceil(c_in / 64) * 64 / 1e6
         terms = [("binconv.kernel", (1.0, mwords, blocks / 1e3, k_in, k_out, k_w))]
-        if unit:
-            return terms  # BN folded into the epilogue, no activation in a unit
-        terms.append(("sign.pack", (1.0, k_in)))
-    else:
-        if layer.a_bits == 1 and not unit:
-            terms.append(("sign.fake", (1.0, k_in)))
-        elif 2 <= layer.a_bits <= 8:
-            terms.append(("aq.pact", (1.0, k_in)))
-        elif layer.a_bits == 16:
-            terms.append(("aq.half", (1.0, k_in)))
-        if 2 <= layer.w_bits <= 8:
-            terms.append(("wq.dorefa", (1.0, k_w)))
-        elif layer.w_bits == 16:
-            terms.append(("wq.half", (1.0, k_w)))
-        elif layer.w_bits == 1:
-            terms.append(("wq.sign", (1.0, k_w, k_out)))
-    if layer.op == "conv" and terms[0][0] != "conv.vec":  # every conv but SE / post-pool has BN
-        terms.append(("bn", (1.0, k_out)))
-    if layer.act in ("relu", "hswish", "sigmoid"):
+        if not unit:
+            terms.append(("sign.pack", (1.0, k_in)))
+    elif how.path == "binary":  # the packed module's torch fallback
+        terms = [conv_term, ("binconv.torch", (1.0, k_w, k_out))]
+        if layer.a_bits == 1:
+            if not unit:
+                terms.append(("sign.fake", (1.0, k_in)))
+        else:
+            terms += _input_terms(layer, k_in)
+    else:  # float: dequantized weight, BN folded into it
+        terms = [conv_term, *_input_terms(layer, k_in)]
+    if not unit and layer.act in ("relu", "hswish", "sigmoid"):
         terms.append((f"act.{layer.act}", (1.0, k_out)))
     return terms
 
@@ -201,14 +308,24 @@ for _i, (_t, _f) in enumerate(COLUMNS):
     _OFFSET.setdefault(_t, _i)
 
 
-def feature_row(cost, kernels: bool) -> list[float]:
+def _plan(arch, cost):
+    """(cost, op name -> OpPath) of `arch` (`cost`: its `arch_cost`, when the caller has it)."""
+    from nas.cost.graph import expand
+    from nas.cost.model import graph_cost
+
+    graph = expand(arch)
+    return (cost if cost is not None else graph_cost(graph)), deployment(graph)
+
+
+def feature_row(arch, kernels: bool, cost=None) -> list[float]:
     """One network's features summed per term: the row of the design matrix `nas calibrate`
     fits (columns `COLUMNS`; the additive model makes the network's latency coef . row)."""
+    cost, plan = _plan(arch, cost)
     row = [0.0] * len(COLUMNS)
     row[_OFFSET["network"]] = 1.0
     records = _records(cost)
     for layer in cost.layers:
-        for term, feats in op_terms(layer, kernels, records):
+        for term, feats in op_terms(layer, kernels, records, plan.get(layer.name)):
             base = _OFFSET[term]
             for j, v in enumerate(feats):
                 row[base + j] += v
@@ -431,22 +548,15 @@ class Prediction:
     layers: tuple[LayerLatency, ...]
 
 
-def _cost_of(arch, cost):
-    if cost is not None:
-        return cost
-    from nas.cost.model import arch_cost
-    return arch_cost(arch)
-
-
 def predict(arch, profile: Profile, cost=None) -> Prediction:
     """Per-op and total predicted latency of `arch` on `profile`'s device (`cost`: its
     `arch_cost`, when the caller already has it)."""
-    cost = _cost_of(arch, cost)
+    cost, plan = _plan(arch, cost)
     records = _records(cost)
     layers = []
     for layer in cost.layers:
         parts = []
-        for term, feats in op_terms(layer, profile.kernels, records):
+        for term, feats in op_terms(layer, profile.kernels, records, plan.get(layer.name)):
             parts.append((term, sum(c * v for c, v in zip(profile.coefs[term], feats))))
         layers.append(LayerLatency(layer.name, layer.op, sum(ms for _, ms in parts), tuple(parts)))
     network = profile.coefs["network"][0]

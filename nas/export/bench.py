@@ -10,7 +10,10 @@ five stages, head and classifier within its choices) three variants of the same 
 each built with seeded random weights, packed to its payload and read back by
 `packed_model` (the same conversion `nas export` and `nas infer` use), then timed at batch 1
 with the one timing protocol (`nas.measure.timing.measure_inference_ms`) at --threads
-(default 1), the variants interleaved over --rounds rounds (median of the round medians). Prints ms per image, speedup over fp32, and how many layers run on each path.
+(default 1), the variants interleaved over --rounds rounds (median of the round medians).
+Prints ms per image, speedup over fp32, how many layers run on each path, and the latency
+model's prediction (`predicted_ms`, from --profile, default this host's device profile of
+`nas calibrate`; none without one) with whether it orders the three variants as measured.
 Timing figures depend on the machine and its load; the benchmark says nothing it did not
 measure.
 """
@@ -39,6 +42,8 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, default=1, help="torch / kernel threads (default 1)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per variant and round")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median of their medians is reported)")
+    p.add_argument("--profile", metavar="PATH", help="device profile for the predicted column (default: $NAS_PROFILE, "
+                                                     "else this host's `nas calibrate` profile; none: no prediction)")
     p.add_argument("--json", action="store_true", help="one JSON object per row on stdout")
 
 
@@ -53,6 +58,28 @@ def with_bits(arch_string: str, stage_bits: list[int], end_bits: int) -> str:
     bits.update(zip(stages, stage_bits))
     return "-".join(re.sub(r"_w\d+_a\d+", f"_w{bits[i]}_a{bits[i]}", p) if i in bits else p
                     for i, p in enumerate(parts))
+
+
+TIE = 0.03  # two variants within 3% of each other (measured, or predicted) count as a tie
+
+
+def _order(a: float, b: float) -> int:
+    return 0 if abs(a - b) <= TIE * max(a, b) else (1 if a > b else -1)
+
+
+def orders_as_measured(predicted: dict, measured: dict) -> bool:
+    """Does the latency model order every pair of variants as measured? A pair within `TIE` on
+    one side and not the other counts as agreeing when the other side's gap is also small
+    (under 2 x TIE): an int8 and a mixed 2/4/8-bit variant run the same kernels, and the model
+    prices them alike, so their order is noise."""
+    names = list(predicted)
+    for i, u in enumerate(names):
+        for v in names[i + 1:]:
+            p, m = _order(predicted[u], predicted[v]), _order(measured[u], measured[v])
+            if p != m and not (0 in (p, m) and abs(predicted[u] - predicted[v]) <= 2 * TIE * max(predicted[u], predicted[v])
+                               and abs(measured[u] - measured[v]) <= 2 * TIE * max(measured[u], measured[v])):
+                return False
+    return True
 
 
 def parse_mixed(text: str) -> list[int]:
@@ -94,8 +121,14 @@ def run(args) -> int:
 
     if args.repeats < 1 or args.rounds < 1:
         raise UsageError(f"--repeats {args.repeats} / --rounds {args.rounds}: expected whole numbers >= 1")
+    from nas.cost import latency
+
     set_threads(args.threads)
     mixed = parse_mixed(args.mixed)
+    profile = latency.find_profile(args.profile) if args.profile != "none" else None
+    if args.profile not in (None, "none") and profile is None:
+        raise UsageError(f"--profile {args.profile!r}: no such file; expected a device profile written by "
+                         "`nas calibrate` (or --profile none)")
     bases = {f"arch{i}": s for i, s in enumerate(args.arch)} if args.arch else BASES
     rows = []
     for name, base in bases.items():
@@ -110,24 +143,35 @@ def run(args) -> int:
             for v, model in models.items():
                 times[v].append(measure_inference_ms(model, x, repeats=args.repeats, warmup=2))
         fp32_ms = statistics.median(times["fp32"])
+        predicted = {v: (round(latency.predict_latency_ms(decode(s), profile), 4) if profile is not None else None)
+                     for v, s in variants.items()}
+        measured = {v: statistics.median(t) for v, t in times.items()}
+        ordered = None if profile is None else orders_as_measured(predicted, measured)
         for variant, model in models.items():
             ms = statistics.median(times[variant])
             paths = path_counts(model.layer_paths)
             row = {"name": name, "variant": variant, "arch": variants[variant], "threads": torch.get_num_threads(),
                    "batch": 1, "ms": round(ms, 4), "ms_rounds": [round(t, 4) for t in times[variant]],
                    "speedup_vs_fp32": round(fp32_ms / ms, 3), "layer_paths": paths,
-                   "chained": sum(1 for e in model.layer_paths if "output" in e)}
+                   "chained": sum(1 for e in model.layer_paths if "output" in e),
+                   "predicted_ms": predicted[variant], "order_as_measured": ordered}
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
                 where = ", ".join(f"{k} {v}" for k, v in paths.items())
                 spread = f"{min(times[variant]):.3f}..{max(times[variant]):.3f}"
+                pred = "-" if predicted[variant] is None else f"{predicted[variant]:.3f}"
                 print(f"{name:6} {variant:6} {ms:8.3f} ms (rounds {spread})  {row['speedup_vs_fp32']:5.2f}x fp32  "
-                      f"layers: {where}; {row['chained']} chained", flush=True)
+                      f"predicted {pred} ms  layers: {where}; {row['chained']} chained", flush=True)
+        if not args.json and profile is not None:
+            print(f"{name:6} latency model orders fp32 / int8 / mixed as measured (ties within {TIE:.0%}): "
+                  f"{'yes' if ordered else 'no'}",
+                  flush=True)
     if not args.json:
         from nas.kernels import integer
 
         print(f"batch 1, {torch.get_num_threads()} thread(s), median of {args.rounds} interleaved rounds x "
-              f"{args.repeats} runs; integer kernels {integer.isa() if integer.available() else 'not built'}")
+              f"{args.repeats} runs; integer kernels {integer.isa() if integer.available() else 'not built'}; "
+              f"predicted: {profile.path if profile is not None else 'no device profile (run `nas calibrate`)'}")
     return 0

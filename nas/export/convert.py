@@ -35,11 +35,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from nas.cost.kernel_path import integer_refusal
 from nas.export.fold import bn_partners
 from nas.export.packed import PackedBinaryConv2d, PackedBinaryUnit, PackedIntegerConv2d, ResidualBlock, float_layer
 from nas.export.payload import LayerGeometry, LayerRecord
 from nas.quant import BinaryConv2d, BiRealUnit, QuantConv2d, QuantLinear
-from nas.quant.integer import INT_BITS, MAX_K
 
 FUSED_ACTIVATIONS = {nn.ReLU: "relu", nn.Hardswish: "hswish"}  # module type -> IntegerConv epilogue
 
@@ -49,16 +49,10 @@ def _binary(geom: LayerGeometry, m: nn.Module) -> str | None:
 
 
 def _integer(geom: LayerGeometry, m: nn.Module) -> str | None:
-    """None when the integer kernels take this layer, else why not (recorded in the manifest)."""
-    if geom.bits not in INT_BITS:
-        return f"w_bits={geom.bits} has no integer kernel (integer: {list(INT_BITS)})"
-    if geom.a_bits not in INT_BITS:
-        return f"input a_bits={geom.a_bits} is not a 2/4/8-bit PACT input"
-    if isinstance(m, QuantConv2d) and tuple(m.dilation) != (1, 1):
-        return f"dilation {tuple(m.dilation)} (the integer kernels have none)"
-    if geom.row > MAX_K:
-        return f"C_in/g x taps = {geom.row} exceeds {MAX_K} (int32 accumulators)"
-    return None
+    """None when the integer kernels take this layer, else why not (recorded in the manifest):
+    `nas.cost.kernel_path.integer_refusal`, the predicate the latency model prices with."""
+    dilation = max(m.dilation) if isinstance(m, QuantConv2d) else 1
+    return integer_refusal(geom.bits, geom.a_bits, geom.row, dilation)
 
 
 def _float(geom: LayerGeometry, m: nn.Module) -> str | None:

@@ -2,11 +2,15 @@
 device, fit the latency model of `nas.cost.latency`, write the device profile, and report
 the model's error on held-out architectures against the "latency ∝ macs" baseline.
 
-What is measured: the eval-mode forward pass of `nas.blocks.build_model(arch)` at batch 1
-(input: a fixed seeded N(0, 1) image; no op here has data-dependent speed), under
-`torch.inference_mode()`, with the thread count fixed (`torch.set_num_threads`; the packed
-kernels use the same count), 1-bit convs on the packed-binary kernels where they apply
-(`QuantNet.use_kernels(True)`), every other layer on the fake-quant PyTorch path.
+What is measured: the eval-mode forward pass at batch 1 of the packed model `nas infer` runs
+(`nas.measure.timing.build_for_timing`: `arch` built with seeded random weights, packed to
+its payload and read back by `nas.export.deploy.packed_model`), so 2/4/8-bit layers with a
+2/4/8-bit PACT input run on the integer kernels, 1-bit convs on the packed-binary kernels
+where they apply, every other layer in PyTorch on dequantized weights (`nas.export.convert`
+decides, through `nas.cost.kernel_path`, the predicate the latency model prices with);
+input: a fixed seeded N(0, 1) image (no op here has data-dependent speed), under
+`torch.inference_mode()`, with the thread count fixed (`torch.set_num_threads`; both kinds
+of kernels use the same count).
 
 Timing protocol (`Protocol`): per network, untimed warm-up runs (allocator, oneDNN
 primitive and packed-weight caches), then individually timed runs (`time.perf_counter_ns`,
@@ -14,7 +18,7 @@ CUDA synchronised) until both a minimum count and a minimum time are reached; th
 the **median**, the noise the interquartile range over the median. Python's GC is off
 while timing. Calibration makes several passes (rounds) over all networks, each in its own
 shuffled order with training and held-out networks mixed, and pools a network's runs from
-all rounds: this machine's speed drifts by 10-20% over minutes (a shared VM host), and a
+all rounds (each network is built once, before its first round): this machine's speed drifts by 10-20% over minutes (a shared VM host), and a
 burst of load elsewhere must not bias one set or one network. The spread of a network's
 per-round medians is reported with the noise.
 
@@ -110,12 +114,13 @@ WHOLE_WEIGHT = 2.0  # whole networks count twice in the fit: they are what is pr
 def measure_all(archs: list[ArchSpec], protocol: Protocol, device: str = "cpu", seed: int = 0,
                 progress: bool = True) -> list[Timing]:
     """Time every network in `protocol.rounds` passes, each in its own shuffled order (a network
-    is rebuilt in every pass), so that slow drifts of the machine's speed reach every network
-    alike; a network's runs from all passes are pooled."""
+    is built once, when first timed, and kept), so that slow drifts of the machine's speed reach
+    every network alike; a network's runs from all passes are pooled."""
     from nas.progress import bar as progress_bar
 
     rng = random.Random(seed)
     runs: list[list[list[float]]] = [[] for _ in archs]
+    models: dict[int, object] = {}
     bar = progress_bar(len(archs) * protocol.rounds, "calibrate", "net", enabled=progress,
                        line_every=max(1, len(archs) // 10))
     for _ in range(protocol.rounds):
@@ -123,7 +128,9 @@ def measure_all(archs: list[ArchSpec], protocol: Protocol, device: str = "cpu", 
         rng.shuffle(order)
         for i in order:
             arch = archs[i]
-            runs[i].append(time_runs(build_for_timing(arch, device), example_input(arch, device), protocol, device))
+            if i not in models:
+                models[i] = build_for_timing(arch, device)
+            runs[i].append(time_runs(models[i], example_input(arch, device), protocol, device))
             bar.update()
     bar.close()
     return [Timing.of(r) for r in runs]
@@ -216,6 +223,16 @@ def plan_networks(spaces: list[Path], plan: Plan, seed: int) -> tuple[list[tuple
     return unique, held_unique
 
 
+def dominant_bits(cost) -> str:
+    """"w<bits>": the weight bit width carrying most of a network's MACs (ties: the lower width),
+    the group a network's error is reported in per bit width."""
+    macs: dict[int, int] = {}
+    for layer in cost.layers:
+        if layer.op in ("conv", "linear"):
+            macs[layer.w_bits] = macs.get(layer.w_bits, 0) + layer.macs
+    return f"w{max(sorted(macs), key=lambda b: macs[b])}"
+
+
 # --- fitting ----------------------------------------------------------------------------------
 
 def _p90(values: list[float]) -> float:
@@ -279,10 +296,12 @@ def machine_info(threads: int, device: str) -> dict:
     import torch
 
     from nas import kernels
+    from nas.kernels import integer
 
     info = {"host": lat.host_name(), "cpu_model": cpu_model(), "cores": os.cpu_count(), "device": device,
             "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
-            "kernels": kernels.isa() if device == "cpu" and kernels.available() else None}
+            "kernels": kernels.isa() if device == "cpu" and kernels.available() else None,
+            "integer_kernels": integer.isa() if device == "cpu" and integer.available() else None}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -332,7 +351,7 @@ def calibrate(threads: int, device: str = "cpu", quick: bool = False, spaces=DEF
     for (role, name, arch), timing in zip(jobs, timings):
         cost = arch_cost(arch)
         results.append({"role": role, "space": name, "arch": encode(arch), "macs": cost.macs,
-                        "row": lat.feature_row(cost, kernels), "timing": timing})
+                        "bits": dominant_bits(cost), "row": lat.feature_row(arch, kernels, cost), "timing": timing})
     tr = [r for r in results if r["role"] == "train"]
     ho = [r for r in results if r["role"] == "heldout"]
     y_tr = [r["timing"].median_ms for r in tr]
@@ -355,10 +374,15 @@ def calibrate(threads: int, device: str = "cpu", quick: bool = False, spaces=DEF
     for name in sorted({r["space"] for r in ho}):
         idx = [i for i, r in enumerate(ho) if r["space"] == name]
         per_space[name] = agreement([pred_ho[i] for i in idx], [y_ho[i] for i in idx])
+    per_bits = {}
+    for bits in sorted({r["bits"] for r in ho}, key=lambda b: int(b[1:])):
+        idx = [i for i, r in enumerate(ho) if r["bits"] == bits]
+        per_bits[bits] = agreement([pred_ho[i] for i in idx], [y_ho[i] for i in idx])
     stats = {
         "fit": {**agreement(predict([r["row"] for r in tr]), y_tr),
                 "single_block_networks": sum(r["space"].endswith("/block") for r in tr)},
-        "heldout": {**agreement(pred_ho, y_ho), "per_space": per_space},
+        "heldout": {**agreement(pred_ho, y_ho), "per_space": per_space, "per_bits": per_bits,
+                    "per_bits_means": "networks grouped by the weight bit width that carries most of their MACs"},
         "baseline_macs": {"model": "latency_ms = a + b * macs / 1e6", "a_ms": a, "b_ms_per_mmac": b,
                           "fit": agreement([a + b * r["macs"] / 1e6 for r in tr], y_tr),
                           "heldout": agreement(base_ho, y_ho)},
@@ -374,7 +398,7 @@ def calibrate(threads: int, device: str = "cpu", quick: bool = False, spaces=DEF
     }
     profile = lat.Profile(coefs=terms, machine=machine, protocol=protocol.to_dict(), stats=stats,
                           created=lat.now_iso())
-    report = {"heldout_networks": [{"space": r["space"], "arch": r["arch"], "measured_ms": m, "predicted_ms": p,
+    report = {"heldout_networks": [{"space": r["space"], "bits": r["bits"], "arch": r["arch"], "measured_ms": m, "predicted_ms": p,
                                     "baseline_ms": q, "noise": r["timing"].noise}
                                    for r, m, p, q in zip(ho, y_ho, pred_ho, base_ho)]}
     return profile, report
@@ -403,12 +427,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _rho(x) -> str:
+    return "    -" if x is None else f"{x:.3f}"
+
+
 def format_report(profile: lat.Profile, path: str) -> str:
     s, m = profile.stats, profile.machine
     ho, base, fit = s["heldout"], s["baseline_macs"]["heldout"], s["fit"]
     lines = [f"device profile written to {path}",
              f"  {m['cpu_model']}, {m['cores']} cores, device {m['device']}, {m['threads']} thread(s), torch "
-             f"{m['torch']}, packed kernels {m['kernels'] or 'not used'}",
+             f"{m['torch']}, packed kernels {m['kernels'] or 'not used'}, integer kernels "
+             f"{m.get('integer_kernels') or 'not built'}",
              f"  timing: batch 1, median of the runs of {profile.protocol['rounds']} rounds (>= "
              f"{profile.protocol['min_repeats']} runs each, after warm-up); noise IQR / median: median "
              f"{_pct(s['noise']['median_iqr_over_median'])}, 90th percentile {_pct(s['noise']['p90_iqr_over_median'])}; "
@@ -424,7 +453,10 @@ def format_report(profile: lat.Profile, path: str) -> str:
              f"  baseline: latency = a + b * macs      {_pct(base['within_10pct']):>14}   {base['spearman']:.3f}",
              f"  goal                                  {_pct(GOAL_WITHIN):>14}   {GOAL_SPEARMAN:.3f}"]
     for name, a in ho["per_space"].items():
-        lines.append(f"    {name:<34} {_pct(a['within_10pct']):>14}   {a['spearman']:.3f}   ({a['networks']} networks)")
+        lines.append(f"    {name:<34} {_pct(a['within_10pct']):>14}   {_rho(a['spearman'])}   ({a['networks']} networks)")
+    lines.append("  per bit width (the weight bits carrying most MACs)")
+    for name, a in ho.get("per_bits", {}).items():
+        lines.append(f"    {name:<34} {_pct(a['within_10pct']):>14}   {_rho(a['spearman'])}   ({a['networks']} networks)")
     if s["noise"]["median_iqr_over_median"] > NOISY:
         lines.append(f"  warning: timings were noisy (median IQR / median {_pct(s['noise']['median_iqr_over_median'])} > "
                      f"{_pct(NOISY)}): something else used this machine; re-run `nas calibrate` when it is idle")

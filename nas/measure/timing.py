@@ -88,9 +88,23 @@ def example_input(arch: ArchSpec, device: str = "cpu"):
 
 
 def build_for_timing(arch: ArchSpec, device: str = "cpu"):
-    """The built network as it is timed: eval mode, packed kernels allowed, on `device`."""
+    """The network as it is timed: what `nas infer` runs, i.e. the packed model
+    (`nas.export.deploy.packed_model`) of `arch` built with seeded random weights and read back
+    from its payload (2/4/8-bit layers on the integer kernels, 1-bit on the binary kernels,
+    the rest in PyTorch; `nas.export.convert`), eval mode. That is what `latency_ms` predicts.
+
+    On CUDA (no integer / binary kernels there) the fake-quant model, as before: a CUDA
+    profile prices the terms of the CPU packed model, so treat its figures as rough.
+
+    (`nas.export` sits above `nas.measure`; it is imported here, inside the function, because
+    the deployed form is what is measured: see docs/architecture.md.)"""
     import torch
 
+    if device == "cpu":
+        from nas.export.bench import packed_of
+        from nas.space import encode
+
+        return packed_of(encode(arch), seed=0)
     from nas.blocks.model import build_model
 
     torch.manual_seed(0)

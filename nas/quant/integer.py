@@ -46,12 +46,11 @@ from __future__ import annotations
 
 import torch
 
+from nas.cost.kernel_path import INT_BITS, MAX_K  # noqa: F401 (their home: the path predicate)
 from nas.errors import UsageError
 from nas.quant.functions import TERNARY_THRESHOLD, act_steps, channel_dims, dorefa_scale
 
-INT_BITS = (2, 4, 8)  # weight / activation widths with an integer kernel
 ACTIVATIONS = ("none", "relu", "hswish")
-MAX_K = 33024  # taps x input channels per output: 255 * 255 * K must stay < 2^31
 
 
 def check_int_bits(where: str, name: str, bits: int) -> None:
