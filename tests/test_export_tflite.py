@@ -94,6 +94,7 @@ def test_micro_arena_beside_peak_act_bytes(bundle):
     _extra()
     _, manifest = bundle
     micro, peak = manifest["tflite"]["micro"], manifest["peak_act_bytes"]
+    assert micro["ran"] is True, micro
     assert micro["arena_bytes"] == micro["head_bytes"] + micro["tail_bytes"] and micro["head_bytes"] > 0
     # the same int8 graph: TFLite Micro's kernels and LiteRT's reference kernels, bit for bit
     assert micro["logits_equal_litert_reference_kernels"] is True

@@ -61,6 +61,7 @@ FILE = "model.tflite"
 EXTRA = "pip install nas[tflite]"
 PACKAGES = ("litert_torch", "ai_edge_litert", "tflite_micro")
 CALIBRATION_IMAGES = 256
+MICRO_ARENA_BYTES = 64 << 20  # the arena handed to TFLite Micro (its report says how much it used)
 ARENA_SLACK = 1.10  # issue 17: TFLM arena <= 1.10 x peak_act_bytes, or explained op by op
 
 
@@ -443,12 +444,20 @@ def micro_arena(data: bytes, x_int8: np.ndarray) -> dict:
     from tflite_micro.python.tflite_micro import runtime
 
     with _quiet() as log:
-        interp = runtime.Interpreter.from_bytes(data)
-        interp.set_input(x_int8[:1], 0)
-        interp.invoke()
-        logits = np.array(interp.get_output(0))
-        interp.print_allocations()
+        try:
+            # a generous arena (the runtime's default is 10 x the file); the report gives what it used
+            interp = runtime.Interpreter.from_bytes(data, arena_size=max(10 * len(data), MICRO_ARENA_BYTES))
+            interp.set_input(x_int8[:1], 0)
+            interp.invoke()
+            logits = np.array(interp.get_output(0))
+            interp.print_allocations()
+            failed = None
+        except RuntimeError as e:
+            failed = e
     text = log.text()
+    if failed is not None:
+        why = [line for line in text.splitlines() if line.strip()][-3:]
+        raise UsageError(f"TFLite Micro cannot run model.tflite ({failed}: {' / '.join(why)[:400]})") from None
     found = {k: int(v) for k, v in ALLOCATION_LINE.findall(text)}
     if set(found) != {"total", "head", "tail"}:
         raise AssertionError(f"tflite-micro print_allocations: no arena figures in its output ({text[-300:]!r})")
@@ -540,7 +549,10 @@ def write(tmp, arch, payload: bytes, manifest: dict, test, predictions) -> dict:
     path.write_bytes(data)
     site = input_site(arch, payload)
     preds = litert_predictions(data, test, site)
-    micro = micro_arena(data, quantize_input(calibration[:1], site))
+    try:
+        micro = micro_arena(data, quantize_input(calibration[:1], site))
+    except UsageError as e:  # e.g. a 5 x 5 shift's 25-input concat: TFLite Micro takes at most 10
+        micro = {"ran": False, "why": str(e)}
     liveness = tensor_liveness(data)
     it = litert_interpreter(data)
     litert_logits = _one_logits(it, quantize_input(calibration[:1], site))
@@ -559,19 +571,20 @@ def write(tmp, arch, payload: bytes, manifest: dict, test, predictions) -> dict:
         "accuracy": int((preds == test.labels).sum()) / len(test), "test_images": len(test),
         "calibration": {"split": "test", "images": int(len(calibration)),
                         "tensors": len(info["calibrated"]), "how": "min / max, asymmetric int8"},
-        "micro": {"arena_bytes": micro["arena_bytes"], "head_bytes": micro["head_bytes"],
+        "micro": micro if "logits" not in micro else {
+                  "ran": True, "arena_bytes": micro["arena_bytes"], "head_bytes": micro["head_bytes"],
                   "tail_bytes": micro["tail_bytes"], "logits_equal_litert_reference_kernels": micro["logits"] == reference_logits,
                   "logits_max_abs_diff_vs_litert_xnnpack": int(np.max(np.abs(np.subtract(micro["logits"],
                                                                                          litert_logits)))),
                   "allocations": micro["allocations"]},
         "peak_act_bytes": peak,
-        "arena_head_over_peak_act_bytes": round(micro["head_bytes"] / peak, 4),
+        "arena_head_over_peak_act_bytes": round(micro["head_bytes"] / peak, 4) if "head_bytes" in micro else None,
         "op_counts": liveness["op_counts"],
         "runtime": f"ai-edge-litert {_version('ai-edge-litert')}, tflite-micro {_version('tflite-micro')}, "
                    f"litert-torch {_version('litert-torch')}",
         "layers": info["layers"], "calibrated": info["calibrated"],
     }
-    if micro["head_bytes"] > ARENA_SLACK * peak:
+    if "head_bytes" in micro and micro["head_bytes"] > ARENA_SLACK * peak:
         entry["arena_explained"] = arena_explanation(arch, liveness, micro, peak)
     return entry
 
