@@ -46,7 +46,7 @@ from nas.units import format_bytes
 
 FORMAT = "nas-bundle/1"
 FILES = ("arch.yaml", "weights.safetensors", "payload.bin", "model.onnx", "model.ts")
-OPTIONAL_FILES = ("model.int8.onnx",)  # written when the model has one; verified when listed
+OPTIONAL_FILES = ("model.int8.onnx", "model.tflite")  # written when the model has one / --format asks; verified when listed
 MANIFEST = "manifest.json"
 LATENCY_REPEATS = 30
 THROUGHPUT_BATCH = 256

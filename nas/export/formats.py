@@ -13,7 +13,9 @@ manifest: the manifest so far; test: the normalised test split (`ImageDataset`);
 predictions: `nas infer`'s (the packed model's) predicted labels on `test`. It writes its
 files under tmp and returns what goes into ``manifest[name]`` (sizes, agreement with
 `nas infer`, measured figures). A model it cannot express is a `UsageError` naming the
-layer and why (exit 2).
+layer and why (exit 2). A format that needs optional packages also has
+``require_extra()``, which `parse_formats` calls: a missing package is one line (exit 2)
+before any work.
 """
 
 import importlib
@@ -35,6 +37,10 @@ def parse_formats(text: str | None) -> tuple[str, ...]:
         if n not in FORMATS:
             raise UsageError(f"--format {text!r}: unknown format {n!r}; expected a comma-separated list of "
                              f"{', '.join(FORMATS)}")
+    for n in names:  # a format whose packages are missing says so before any work
+        require = getattr(importlib.import_module(FORMATS[n]), "require_extra", None)
+        if require is not None:
+            require()
     return names
 
 

@@ -130,7 +130,9 @@ def _widened(w_int: np.ndarray, scale: np.ndarray, widen: bool = True) -> tuple[
     return (w_int * k[:, None]).astype(np.int8), (scale / k.astype(np.float32)).astype(np.float32)
 
 
-def _layer(rec, module: nn.Module) -> _Layer:
+def int8_layer(rec, module: nn.Module) -> _Layer:
+    """One payload record as the int8 table holds it (weights, scales, bias, site); shared with
+    `nas.export.tflite`."""
     g = rec.geom
     w_shape = (g.c_out, g.c_in_g) if g.kind == "linear" else (g.c_out, g.c_in_g, g.k_h, g.k_w)
     widen = 2 <= g.a_bits <= 8  # the conv runs on int8 kernels
@@ -421,7 +423,7 @@ def build(arch, payload: bytes, example: torch.Tensor) -> Int8Onnx:
         raise UsageError(f"int8 ONNX: {why}")
     records = decode_payload(payload, geoms)
     model = packed_model(arch, payload, integer=False)  # the float form: its quantized layers are replaced
-    layers = [_layer(rec, model.get_submodule(rec.geom.name)) for rec in records]
+    layers = [int8_layer(rec, model.get_submodule(rec.geom.name)) for rec in records]
     traced = _traced_graph(model, [rec.geom.name for rec in records], example)
 
     w = _Writer()
