@@ -222,7 +222,7 @@ def check_output(out_dir, force: bool = False) -> Path:
 
 def export_model(model, out_dir, test, *, space: str | None = None, scaling: dict | None = None,
                  budget_bytes: int | None = None, info: dict | None = None, force: bool = False,
-                 cost=None, formats: tuple[str, ...] = ()) -> dict:
+                 cost=None, formats: tuple[str, ...] = (), calibration=None) -> dict:
     """Write the bundle of a trained `QuantNet` to `out_dir`; return the manifest.
 
     test: the dataset's test split (`ImageDataset`), normalised as in training: its
@@ -233,6 +233,8 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
     force: replace an existing non-empty `out_dir`.
     cost: `arch_cost(model.arch)` when the caller has it (the arch is costed once per export).
     formats: extra targets (`nas.export.formats`: "c", "tflite"), written into the bundle.
+    calibration: training images (`ImageDataset`, normalised as `test`) for formats that
+        calibrate tensors the model leaves unquantized.
     """
     arch_string = encode(model.arch)
     out = check_output(out_dir, force)
@@ -286,7 +288,7 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         write_onnx(model, example, tmp / "model.onnx")
         from nas.export.onnx_int8 import write_int8_onnx  # here: `python -m nas.export.onnx_int8` imports this file
         manifest["int8_onnx"] = write_int8_onnx(tmp, model.arch, payload, manifest, test, ours)
-        write_formats(formats, tmp, model.arch, payload, manifest, test, ours)
+        write_formats(formats, tmp, model.arch, payload, manifest, test, ours, calibration)
         manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)}
                              for name in FILES + OPTIONAL_FILES if name in FILES or (tmp / name).is_file()}
         manifest["manifest_sha256"] = _manifest_digest(manifest)

@@ -6,11 +6,14 @@ directory before it is moved into place (so a failing format leaves no bundle).
 
 A format is a module with one function::
 
-    write(tmp: Path, arch, payload: bytes, manifest: dict, test, predictions) -> dict
+    write(tmp: Path, arch, payload: bytes, manifest: dict, test, predictions, calibration) -> dict
 
 tmp: the bundle directory being written; arch: the `ArchSpec`; payload: payload.bin's bytes;
 manifest: the manifest so far; test: the normalised test split (`ImageDataset`);
-predictions: `nas infer`'s (the packed model's) predicted labels on `test`. It writes its
+predictions: `nas infer`'s (the packed model's) predicted labels on `test`; calibration:
+normalised training images (`ImageDataset`) for a format that must range tensors the model
+leaves unquantized, or None when the caller has none (the format then says which split it
+used: never silently the test split it is scored on). It writes its
 files under tmp and returns what goes into ``manifest[name]`` (sizes, agreement with
 `nas infer`, measured figures). A model it cannot express is a `UsageError` naming the
 layer and why (exit 2). A format that needs optional packages also has
@@ -44,8 +47,9 @@ def parse_formats(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def write_formats(formats, tmp, arch, payload: bytes, manifest: dict, test, predictions) -> None:
+def write_formats(formats, tmp, arch, payload: bytes, manifest: dict, test, predictions,
+                  calibration=None) -> None:
     """Write each requested format into `tmp` and record its figures in `manifest`."""
     for name in formats:
         module = importlib.import_module(FORMATS[name])
-        manifest[name] = module.write(tmp, arch, payload, manifest, test, predictions)
+        manifest[name] = module.write(tmp, arch, payload, manifest, test, predictions, calibration)

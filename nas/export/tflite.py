@@ -25,7 +25,8 @@ model's own numbers go in, as in `nas.export.onnx_int8` (whose per-layer table,
 - every other tensor (a conv output that reaches no site directly, residual adds,
   hard-swish, pools, the squeeze-excite path, the logits) has no quantizer in the model,
   and TFLite needs one: its scale and zero point are **calibrated** (min / max over
-  `CALIBRATION_IMAGES` images of the test split, asymmetric int8) and the manifest says
+  `CALIBRATION_IMAGES` training images, asymmetric int8; the test split only where the
+  caller passes none, and the manifest then says so) and the manifest says
   which tensors (`calibrated`). litert-torch's PT2E path quantizes exactly these too, by
   observers; here the observers only see tensors the model itself leaves unquantized.
 
@@ -539,11 +540,14 @@ def arena_explanation(arch, liveness: dict, micro: dict, peak_act_bytes: int) ->
 
 # ---- the bundle's model.tflite ------------------------------------------------------------------
 
-def write(tmp, arch, payload: bytes, manifest: dict, test, predictions) -> dict:
+def write(tmp, arch, payload: bytes, manifest: dict, test, predictions, calibration=None) -> dict:
     """Write model.tflite into the bundle directory `tmp`; return its manifest entry
-    (`nas.export.formats`)."""
+    (`nas.export.formats`). `calibration`: training images for the calibrated tensors (None:
+    the test split's first images, recorded as such in the manifest)."""
     require_extra()
-    calibration, _ = test.batch(torch.arange(min(CALIBRATION_IMAGES, len(test))))
+    split = "train" if calibration is not None else "test"
+    source = calibration if calibration is not None else test
+    calibration, _ = source.batch(torch.arange(min(CALIBRATION_IMAGES, len(source))))
     data, info = convert(arch, payload, calibration)
     path = Path(tmp) / FILE
     path.write_bytes(data)
@@ -569,7 +573,7 @@ def write(tmp, arch, payload: bytes, manifest: dict, test, predictions) -> dict:
         "output": {"layout": "int8 logits", **_output_q(it)},
         "prediction_agreement": int((preds == predictions).sum()) / len(test),
         "accuracy": int((preds == test.labels).sum()) / len(test), "test_images": len(test),
-        "calibration": {"split": "test", "images": int(len(calibration)),
+        "calibration": {"split": split, "images": int(len(calibration)),
                         "tensors": len(info["calibrated"]), "how": "min / max, asymmetric int8"},
         "micro": micro if "logits" not in micro else {
                   "ran": True, "arena_bytes": micro["arena_bytes"], "head_bytes": micro["head_bytes"],

@@ -120,8 +120,22 @@ def export_trial(study_name: str, output, *, storage: str | None = None, trial: 
             "retrain_test_accuracy": record.test_accuracy, "weights_source": str(path)}
     manifest = export_model(model, output, data.test, space=identity.space,
                             scaling=TrialRecord.of(chosen).scaling, budget_bytes=budget, info=info, force=force,
-                            cost=cost, formats=formats)
+                            cost=cost, formats=formats, calibration=calibration_images(data, formats))
     return {"bundle": str(output), **manifest}
+
+
+def calibration_images(data, formats, images: int = 256):
+    """A fixed stratified subset of the training split for formats that calibrate (None without any format)."""
+    if not formats:
+        return None
+    import torch
+
+    from nas.data import ImageDataset
+    from nas.data.split import stratified_subset
+
+    idx = stratified_subset(data.train.labels, min(images, len(data.train)), seed=0)
+    return ImageDataset(data.train.images[torch.as_tensor(idx)], data.train.labels[torch.as_tensor(idx)],
+                        data.test.mean, data.test.std)
 
 
 def trained_model(arch, state: dict, path: Path, arch_string: str):
