@@ -23,6 +23,8 @@ def add_arguments(p):
     p.add_argument("--subset", type=int, help="a fixed stratified subset of this many test images")
     p.add_argument("--threads", type=int, help="torch / kernel threads (default: torch's own choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--c", action="store_true", help="also build the bundle's C package (c/, `nas export --format c`) "
+                   "with gcc, run it on the test split, compare its logits with the packed model's bit for bit")
 
 
 def test_split(manifest: dict, dataset: str, data_dir: str | None, subset: int | None):
@@ -70,6 +72,8 @@ def run(args) -> int:
         "latency_ms": manifest.get("latency_ms"), **timings(model, test),
         "layer_paths": path_counts(model.layer_paths),
     }
+    if args.c:
+        result["c"] = c_check(args.bundle, model, test, preds)
     if args.json:
         print(json.dumps(result))
     else:
@@ -81,4 +85,31 @@ def run(args) -> int:
         print(f"  payload   {result['payload_bytes']} bytes")
         where = ", ".join(f"{n} {path}" for path, n in result["layer_paths"].items())
         print(f"  layers    {where} (integer kernels {result['integer_kernels']})")
+        if args.c:
+            c = result["c"]
+            print(f"  C (gcc)   accuracy {c['accuracy']:.4f}, predictions agree {c['prediction_agreement']:.4f}, "
+                  f"logits bit-identical on {c['identical_logits']}/{c['images']} images")
     return 0
+
+
+def c_check(bundle, model, test, preds) -> dict:
+    """Build `bundle/c` on the host, run it on `test`, compare with the packed model."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from nas.export.c import host_logits, images_f32
+
+    c_dir = Path(bundle) / "c"
+    if not (c_dir / "model.c").is_file():
+        raise UsageError(f"--c: {c_dir} has no model.c; expected a bundle exported with `nas export --format c`")
+    images = images_f32(test)
+    logits = host_logits(c_dir, images, model.arch.fc.num_classes)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    same = np.all(logits.view(np.uint32) == ref.view(np.uint32), axis=1)
+    labels = test.labels.numpy()
+    return {"images": len(test), "accuracy": float((logits.argmax(1) == labels).mean()),
+            "prediction_agreement": float((logits.argmax(1) == preds.numpy()).mean()),
+            "identical_logits": int(same.sum())}
