@@ -84,3 +84,30 @@ def test_float_layer_is_refused_naming_it(digits, tmp_path):
         export_model(model, tmp_path / "b", digits.test.subset(torch.arange(20)), info={"dataset": "digits"},
                      formats=("c",))
     assert not (tmp_path / "b").exists()
+
+
+MCU = shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")
+
+
+@pytest.mark.skipif(not MCU, reason="no arm-none-eabi-gcc / qemu-system-arm (Debian: gcc-arm-none-eabi "
+                                    "libnewlib-arm-none-eabi qemu-system-arm)")
+def test_cortex_m4_logits_equal_the_hosts_under_qemu(digits, tmp_path, capsys):
+    model = trained(BINARY, digits)
+    out = tmp_path / "bundle"
+    export_model(model, out, digits.test, info={"dataset": "digits"}, formats=("c",))
+    assert main(["infer", "--bundle", str(out), "--c", "--mcu", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["c"]["mcu"]
+    assert m["identical_logits"] == m["images"] == 10
+    assert m["flash_bytes"] > m["payload_bytes"] + m["kernel_code_bytes"] > m["payload_bytes"]
+    assert m["bss_bytes"] >= m["arena_bytes"] and m["stack_peak_bytes"] > 0
+    assert m["instructions_per_inference"] > 0
+
+
+def test_missing_cross_compiler_names_the_debian_packages(digits, tmp_path, capsys, monkeypatch):
+    model = trained(INTEGER, digits)
+    out = tmp_path / "bundle"
+    export_model(model, out, digits.test.subset(torch.arange(30)), info={"dataset": "digits"}, formats=("c",))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["infer", "--bundle", str(out), "--c", "--mcu"]) == 2
+    err = capsys.readouterr().err
+    assert "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm" in err and len(err.strip().splitlines()) == 1

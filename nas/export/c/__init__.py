@@ -373,3 +373,76 @@ def write(tmp, arch, payload: bytes, manifest: dict, test, predictions) -> dict:
             "peak_act_bytes": manifest.get("peak_act_bytes"), "operations": gen["ops"],
             "host": {"images": len(test), "accuracy": float((preds == labels).mean()),
                      "prediction_agreement": agree, "compiler": "gcc " + CFLAGS}}
+
+
+MCU_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+MCU_CFLAGS = ["-std=c99", "-O2", "-ffp-contract=off", "-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16",
+              "-mfloat-abi=hard", "-ffunction-sections", "-fdata-sections"]
+MCU_FILES = ("mcu_main.c", "mcu.ld")
+SYSTICK_HZ = 25_000_000  # mps2-an386's CPU clock (SysTick, processor clock source)
+
+
+def mcu_tools() -> None:
+    """UsageError (exit 2) naming the Debian packages when the cross tools are missing."""
+    missing = [t for t in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm") if shutil.which(t) is None]
+    if missing:
+        raise UsageError(f"--mcu: {', '.join(missing)} not found on PATH; expected the Debian packages "
+                         f"{MCU_PACKAGES} (apt-get install -y --no-install-recommends {MCU_PACKAGES})")
+
+
+def mcu_check(c_dir: Path, images: np.ndarray, n_classes: int, timeout_s: int = 300) -> dict:
+    """Cross-compile for Cortex-M4 (hard float), run `images` under qemu-system-arm -M mps2-an386
+    -semihosting -icount shift=0; returns logits, sizes (flash, SRAM) and instructions."""
+    mcu_tools()
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        for f in Path(c_dir).iterdir():
+            shutil.copy(f, t / f.name)
+        for f in MCU_FILES:
+            shutil.copy(HERE / f, t / f)
+        rows = ",\n".join("{" + ",".join(f32(v) for v in img.ravel()) + "}" for img in images)
+        (t / "mcu_images.h").write_text(f"#define NAS_MCU_IMAGES {len(images)}\nstatic const float "
+                                        f"nas_mcu_images[{len(images)}][NAS_INPUT_SIZE] = {{\n{rows}\n}};\n")
+        cc = ["arm-none-eabi-gcc", *MCU_CFLAGS]
+        subprocess.run([*cc, "-c", "nas_ops.c", "-o", "nas_ops.o"], cwd=t, check=True, capture_output=True)
+        r = subprocess.run([*cc, "-nostartfiles", "-T", "mcu.ld", "-Wl,--gc-sections", "-Wl,-Map=model.map",
+                            "mcu_main.c", "model.c", "nas_ops.o", "-lm", "-o", "model.elf"], cwd=t,
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"Cortex-M4 build failed: {r.stderr.strip()[-2000:]}")
+        sections = _sizes(t / "model.elf")
+        kernel_code = sum(v for k, v in _sizes(t / "nas_ops.o").items() if k.startswith(".text"))
+        # a HardFault handler exits through semihosting; `timeout` bounds anything else
+        r = subprocess.run(["timeout", str(timeout_s), "qemu-system-arm", "-M", "mps2-an386", "-nographic",
+                            "-semihosting", "-icount", "shift=0", "-kernel", str(t / "model.elf")],
+                           capture_output=True, text=True)
+        logits, ticks, stack = [], [], None
+        for line in (r.stdout + r.stderr).splitlines():
+            if line.startswith("logits "):
+                parts = line.split()
+                logits.append([int(h, 16) for h in parts[1:1 + n_classes]])
+                ticks.append(int(parts[-1]))
+            elif line.startswith("stack "):
+                stack = int(line.split()[1])
+        if len(logits) != len(images):
+            raise RuntimeError(f"qemu-system-arm (rc {r.returncode}) printed {len(logits)} of {len(images)} results: "
+                               f"{(r.stdout + r.stderr).strip()[-500:]}")
+    mcu_logits = np.array(logits, np.uint32).view(np.float32)
+    ns_per_tick = 1e9 / SYSTICK_HZ  # -icount shift=0: one instruction per virtual ns
+    images_bytes = int(images.size) * 4  # the embedded test images (not part of the model)
+    flash = sections.get(".text", 0) + sections.get(".ARM.exidx", 0) + sections.get(".data", 0) - images_bytes
+    return {"logits": mcu_logits, "images": len(images), "flash_bytes": flash, "images_bytes": images_bytes, "kernel_code_bytes": kernel_code,
+            "sram_bytes": sections.get(".data", 0) + sections.get(".bss", 0) + (stack or 0),
+            "data_bytes": sections.get(".data", 0), "bss_bytes": sections.get(".bss", 0), "stack_peak_bytes": stack,
+            "instructions_per_inference": int(np.median(ticks) * ns_per_tick),
+            "instruction_count_resolution": int(ns_per_tick)}
+
+
+def _sizes(path: Path) -> dict:
+    out = subprocess.run(["arm-none-eabi-size", "-A", str(path)], capture_output=True, text=True, check=True).stdout
+    sizes = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
+            sizes[parts[0]] = int(parts[1])
+    return sizes
