@@ -37,7 +37,8 @@ from torch import nn
 
 from nas.cost.kernel_path import integer_refusal
 from nas.export.fold import bn_partners
-from nas.export.packed import PackedBinaryConv2d, PackedBinaryUnit, PackedIntegerConv2d, ResidualBlock, float_layer
+from nas.export.packed import (FixedOrderAvgPool, PackedBinaryConv2d, PackedBinaryUnit, PackedIntegerConv2d,
+                               ResidualBlock, float_layer)
 from nas.export.payload import LayerGeometry, LayerRecord
 from nas.quant import BinaryConv2d, BiRealUnit, QuantConv2d, QuantLinear
 
@@ -175,6 +176,10 @@ def convert(model: nn.Module, records: list[LayerRecord], integer: bool = True) 
             _replace(model, units[name], PackedBinaryUnit(unit.shortcut, conv))
         else:
             _replace(model, name, conv)
+    if integer:  # the global pool in a stated float32 order (the C export reproduces it)
+        for name, m in list(model.named_modules()):
+            if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+                _replace(model, name, FixedOrderAvgPool())
     fused = fuse_residual_adds(model)
     chained = chain_integer_layers(model)
     for entry in paths:

@@ -23,6 +23,10 @@ def add_arguments(p):
     p.add_argument("--subset", type=int, help="a fixed stratified subset of this many test images")
     p.add_argument("--threads", type=int, help="torch / kernel threads (default: torch's own choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--c", action="store_true", help="also build the bundle's C package (c/, `nas export --format c`) "
+                   "with gcc, run it on the test split, compare its logits with the packed model's bit for bit")
+    p.add_argument("--mcu", action="store_true", help="with --c: also cross-compile for Cortex-M4 and run 10 test "
+                   "images under qemu-system-arm -M mps2-an386 (flash, SRAM, instructions per inference)")
 
 
 def test_split(manifest: dict, dataset: str, data_dir: str | None, subset: int | None):
@@ -70,6 +74,14 @@ def run(args) -> int:
         "latency_ms": manifest.get("latency_ms"), **timings(model, test),
         "layer_paths": path_counts(model.layer_paths),
     }
+    if args.mcu and not args.c:
+        raise UsageError("--mcu: expected --c as well (the MCU check runs the bundle's C package)")
+    if args.mcu:
+        from nas.export.c import mcu_tools
+
+        mcu_tools()  # before any work: a missing cross tool is one line, exit 2
+    if args.c:
+        result["c"] = c_check(args.bundle, model, test, preds, args.mcu)
     if args.json:
         print(json.dumps(result))
     else:
@@ -81,4 +93,48 @@ def run(args) -> int:
         print(f"  payload   {result['payload_bytes']} bytes")
         where = ", ".join(f"{n} {path}" for path, n in result["layer_paths"].items())
         print(f"  layers    {where} (integer kernels {result['integer_kernels']})")
+        if args.c:
+            c = result["c"]
+            print(f"  C (gcc)   accuracy {c['accuracy']:.4f}, predictions agree {c['prediction_agreement']:.4f}, "
+                  f"logits bit-identical on {c['identical_logits']}/{c['images']} images")
+        if args.mcu:
+            m = result["c"]["mcu"]
+            print(f"  Cortex-M4 logits equal the host's on {m['identical_logits']}/{m['images']} images; flash "
+                  f"{m['flash_bytes']} B (payload {m['payload_bytes']}, kernels {m['kernel_code_bytes']}), SRAM "
+                  f"{m['sram_bytes']} B (arena {m['arena_bytes']}, stack peak {m['stack_peak_bytes']}), "
+                  f"{m['instructions_per_inference']} instructions/inference")
     return 0
+
+
+def c_check(bundle, model, test, preds, mcu: bool = False) -> dict:
+    """Build `bundle/c` on the host, run it on `test`, compare with the packed model."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from nas.export.c import host_logits, images_f32
+
+    c_dir = Path(bundle) / "c"
+    if not (c_dir / "model.c").is_file():
+        raise UsageError(f"--c: {c_dir} has no model.c; expected a bundle exported with `nas export --format c`")
+    images = images_f32(test)
+    logits = host_logits(c_dir, images, model.arch.fc.num_classes)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    same = np.all(logits.view(np.uint32) == ref.view(np.uint32), axis=1)
+    labels = test.labels.numpy()
+    out = {}
+    if mcu:
+        from nas.export.c import mcu_check
+
+        m = mcu_check(c_dir, images[:10], model.arch.fc.num_classes)
+        got = m.pop("logits")
+        m["identical_logits"] = int(np.all(got.view(np.uint32) == logits[:10].view(np.uint32), axis=1).sum())
+        text = (c_dir / "model.h").read_text()
+        m["arena_bytes"] = int(text.split("NAS_ARENA_BYTES ")[1].split()[0])
+        m["payload_bytes"] = int(text.split("NAS_PAYLOAD_BYTES ")[1].split()[0])
+        out["mcu"] = m
+    return {**out, "images": len(test), "accuracy": float((logits.argmax(1) == labels).mean()),
+            "prediction_agreement": float((logits.argmax(1) == preds.numpy()).mean()),
+            "identical_logits": int(same.sum())}

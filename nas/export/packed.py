@@ -258,3 +258,16 @@ def float_layer(rec: LayerRecord, src: nn.Module) -> nn.Module:
         m.bias.copy_(torch.from_numpy(rec.bias.copy()))
     _load_clip(m.act_quant, rec.clip)
     return m
+
+
+class FixedOrderAvgPool(nn.Module):
+    """Global average pool with a stated float32 order (so the C export reproduces it bit for
+    bit): s = x[p=0]; s = s + x[p] for p = 1 .. H·W - 1 (row-major pixels); y = s / (H·W).
+    Replaces `nn.AdaptiveAvgPool2d(1)` in the packed model; output (N, C, 1, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, H·W)
+        s = flat[:, :, 0].clone()
+        for p in range(1, flat.shape[2]):
+            s = s + flat[:, :, p]
+        return (s / flat.shape[2])[:, :, None, None]

@@ -21,9 +21,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "int_epilogue.h"
+
 #define NAS_INT_LANES 16
 
-enum { NAS_ACT_NONE = 0, NAS_ACT_RELU = 1, NAS_ACT_HSWISH = 2 };
+/* NAS_ACT_* and the epilogue arithmetic: int_epilogue.h (shared with the C export) */
 
 typedef struct int_args {
     const int16_t *xp;  /* padded int16 input (N, Hp, Wp, G * cpad) */
@@ -43,26 +45,11 @@ typedef struct int_args {
 /* Epilogue of one output value: pixel index pix = (n * Ho + oy) * Wo + ox, channel c. */
 static inline void nas_int_store(const int_args *a, long pix, int c, int32_t acc)
 {
-    float y = (float)acc * a->scale[c];
-    y = y + a->bias[c];
-    if (a->res)
-        y = y + a->res[pix * a->cout + c];
-    if (a->act == NAS_ACT_RELU) {
-        y = y > 0.f ? y : 0.f;
-    } else if (a->act == NAS_ACT_HSWISH) {
-        float t = y + 3.f;
-        t = t < 0.f ? 0.f : t;
-        t = t > 6.f ? 6.f : t;
-        y = (y * t) / 6.f;
-    }
-    if (a->yc) {
-        float v = y < a->q_lo ? a->q_lo : y;
-        v = v > a->q_alpha ? a->q_alpha : v;
-        v = v / a->q_s;
-        a->yc[pix * a->cout + c] = (uint8_t)(int)rintf(v);
-    } else {
+    const float y = nas_int_epilogue(acc, a->scale[c], a->bias[c], a->res ? a->res + pix * a->cout + c : NULL, a->act);
+    if (a->yc)
+        a->yc[pix * a->cout + c] = nas_int_requant(y, a->q_lo, a->q_alpha, a->q_s);
+    else
         a->yf[pix * a->cout + c] = y;
-    }
 }
 
 /* One output row (n, oy), all channels. */

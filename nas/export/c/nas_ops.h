@@ -1,0 +1,44 @@
+/* Operations of an exported `nas` model (`nas export --format c`): C99, no malloc, no
+ * dependencies beyond <string.h> / <math.h>. Activations NHWC in the model's static arena:
+ * float32, activation codes (one byte each: uint8 unsigned / int8 signed), or packed signs
+ * (uint64 words per pixel, channel c = bit c % 64 of word c / 64, 1 = +1).
+ * Weights are read straight from the payload bytes (layout: nas/cost/layout.py); floats in
+ * it are read with memcpy (records are not aligned). Semantics: nas/quant/integer.py (integer
+ * layers, epilogue in int_epilogue.h), nas/kernels/__init__.py (binary layers). */
+#ifndef NAS_OPS_H
+#define NAS_OPS_H
+
+#include <stdint.h>
+
+#include "int_epilogue.h"
+
+typedef struct nas_conv {
+    int H, W, cin, Ho, Wo, cout, kh, kw, sh, sw, ph, pw, groups;
+    int w_bits;              /* 2/4/8: packed codes; 1: packed words */
+    const uint8_t *weight;   /* the record's weight part */
+    const uint8_t *scale;    /* float32 (cout,) payload scale (m_c * BN factor) */
+    const uint8_t *bias;     /* float32 (cout,) */
+    float s_x;               /* integer: the input's PACT step alpha / steps (float32) */
+    int in_signed;           /* integer: input codes are int8 */
+    int act;                 /* NAS_ACT_* fused (integer layers) */
+    int requant;             /* integer: write codes (q_lo, q_alpha, q_s) instead of float32 */
+    float q_lo, q_alpha, q_s;
+} nas_conv;
+
+/* float32 (n) -> codes rint(min(max(x, lo), alpha) / s) */
+void nas_quantize(const float *x, uint8_t *y, long n, float lo, float alpha, float s);
+/* integer conv / linear (linear: 1x1 on 1x1); res: float32 (Ho, Wo, cout) or NULL */
+void nas_int_conv(const nas_conv *c, const uint8_t *x, const float *res, void *y);
+/* float32 (pixels, C) -> packed signs (pixels, ceil(C / 64)) words, x >= 0 is +1 */
+void nas_pack_signs(const float *x, uint64_t *y, long pixels, int C);
+/* binary conv / linear on packed signs, one-padding; float32 out, + res when given */
+void nas_binary_conv(const nas_conv *c, const uint64_t *x, const float *res, float *y);
+void nas_relu(const float *x, float *y, long n);
+void nas_hswish(const float *x, float *y, long n);
+void nas_add(const float *a, const float *b, float *y, long n);
+/* AvgPool2d(2, ceil_mode=True): a window past the edge averages the pixels inside */
+void nas_avgpool2(const float *x, float *y, int H, int W, int C);
+/* global average pool in a fixed order: sum pixels 0, 1, ... in float32, then / (H * W) */
+void nas_global_avgpool(const float *x, float *y, int H, int W, int C);
+
+#endif
