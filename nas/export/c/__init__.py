@@ -354,7 +354,7 @@ def host_logits(c_dir: Path, images: np.ndarray, n_classes: int) -> np.ndarray:
         return np.fromfile(t / "logits.f32", np.float32).reshape(len(images), n_classes)
 
 
-def write(tmp, arch, payload: bytes, manifest: dict, test, predictions) -> dict:
+def write(tmp, arch, payload: bytes, manifest: dict, test, predictions, calibration=None) -> dict:
     """`nas.export.formats` hook: write `c/` and check it on the host against `nas infer`."""
     from nas.export.deploy import packed_model
 
