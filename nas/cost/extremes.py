@@ -4,11 +4,13 @@ Search: coordinate descent over the space's parameters. From a start, try every 
 every coordinate with the others fixed, keep improvements, stop when a sweep changes
 nothing. Compound scaling's parameters form one coordinate, swept jointly: they act only
 together (phi changes nothing while alpha = beta = 1, beta nothing while phi = 0), so one
-at a time the descent would stop at phi = 0. Stages interact through channel counts and
-bit widths, so a descent can stop short of the optimum: it runs from each parameter's first
-choice and from the best `RANDOM_STARTS` of a seeded random sample, and the best end point
-is returned. It is not a proof of optimality; `tests/test_extremes.py` checks it against
-an exhaustive search of small spaces and against large random samples of the shipped ones.
+at a time the descent would stop at phi = 0; a stage's kind and the parameters only that
+kind takes form another (`coordinates`). Stages interact through channel counts and bit
+widths, so a descent can stop short of the optimum: it runs from every parameter's first
+choice and from every parameter's last, and the better end point is returned. A descent is
+not a proof; `tests/test_extremes.py` checks that it reaches the optimum of every shipped
+space, found exhaustively (a dynamic programme over every choice of every stage), and of a
+small space with every block kind (a brute force over every member).
 
 Evaluation, the part that made `nas space show` slow: a member is not built whole. Its
 pieces are decoded by the one decoder's parts (`nas.space.sample`: `sample_arch` for the
@@ -24,9 +26,8 @@ and must agree with the pieces to the byte.
 """
 
 import itertools
-import random
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 
 from nas.cost.graph import PROJECT, Graph, GraphBuilder, expand_stage, expand_stem, expand_tail
 from nas.cost.model import arch_cost, peak_act_bytes, weight_bytes_and_macs
@@ -37,7 +38,6 @@ from nas.space.scaling import scale_block
 from nas.space.spec import ArchSpec
 
 MAX_SWEEPS = 8
-RANDOM_STARTS, RANDOM_POOL = 0, 64  # descents may also start from the best of a seeded random pool
 SCALING = ("alpha", "beta", "gamma", "phi")
 FIELDS = ("weight_bytes", "macs", "peak_act_bytes")
 
@@ -124,10 +124,12 @@ class _Piece:
         """Peak live bytes while the piece runs, its output stored at `out_bits` (None: as
         the piece resolves it, the logits' 32)."""
         if out_bits not in self.peaks:
-            bits = list(self.graph.bits)
-            bits[self.output] = out_bits
             g = self.graph
-            self.peaks[out_bits] = peak_act_bytes(Graph(shapes=g.shapes, bits=tuple(bits), ops=g.ops, input=g.input))[0]
+            if out_bits is not None:
+                bits = list(g.bits)
+                bits[self.output] = out_bits
+                g = Graph(shapes=g.shapes, bits=tuple(bits), ops=g.ops, input=g.input)
+            self.peaks[out_bits] = peak_act_bytes(g)[0]
         return self.peaks[out_bits]
 
 
@@ -142,10 +144,8 @@ def _price(draw, in_shape) -> _Piece | None:
         return None
     g = net.graph(x)
     weight_bytes, macs = weight_bytes_and_macs(g)
-    piece = _Piece(graph=g, output=y, weight_bytes=weight_bytes, macs=macs, in_bits=g.bits[x], out_shape=g.shapes[y],
-                   peaks={})
-    piece.peaks[None] = peak_act_bytes(g)[0]
-    return piece
+    return _Piece(graph=g, output=y, weight_bytes=weight_bytes, macs=macs, in_bits=g.bits[x], out_shape=g.shapes[y],
+                  peaks={})
 
 
 class _Members:
@@ -178,8 +178,9 @@ class _Members:
             self.pieces[key] = self.by_spec[by]
         return self.pieces[key]
 
-    def _stage_block(self, i, params, scaling):
-        """Stage i's scaled block, or None when the decoder refuses it."""
+    def _stage_block(self, i, params, scaling, size):
+        """Stage i's block scaled by `scaling` (`size`: its (width, depth)), or None when
+        the decoder refuses it."""
         stage_key = (i, self.stage_key_of[i](params))
         if stage_key not in self.stages:
             try:
@@ -187,7 +188,7 @@ class _Members:
             except UsageError:
                 self.stages[stage_key] = None
         base = self.stages[stage_key]
-        scaled_key = (stage_key, scaling.width, scaling.depth)
+        scaled_key = (stage_key, size)
         if scaled_key not in self.scaled:
             try:
                 self.scaled[scaled_key] = None if base is None else scale_block(base, scaling, self.space.divisor)
@@ -202,15 +203,15 @@ class _Members:
                 s = sample_arch(self.space, _Answers(params), self.in_chs, self.num_classes)
             except UsageError:
                 return None
-            self.ends[end_key] = (s.scaling, s.arch)
-        scaling, ref = self.ends[end_key]
+            self.ends[end_key] = (s.scaling, (s.scaling.width, s.scaling.depth), s.arch)
+        scaling, size, ref = self.ends[end_key]
         piece = self._piece(("stem", end_key), ("stem", ref.stem), lambda net, x: expand_stem(net, x, ref.stem),
                             (ref.in_chs, ref.resolution, ref.resolution))
         chain = [piece]
         for i in range(len(self.space.stages)):
             if piece is None:
                 return None
-            key, b = self._stage_block(i, params, scaling)
+            key, b = self._stage_block(i, params, scaling, size)
             if b is None:
                 return None
             c = piece.out_shape[0]
@@ -266,10 +267,6 @@ def extreme(space: Space, field: str, largest: bool = False, in_chs: int | None 
 
     starts = [point({name: values[0] for name, values in choices.items()}),
               point({name: values[-1] for name, values in choices.items()})]
-    if RANDOM_STARTS:
-        rng = random.Random(0)
-        pool = [point({name: rng.choice(values) for name, values in choices.items()}) for _ in range(RANDOM_POOL)]
-        starts += sorted(pool, key=lambda p: p[0])[:RANDOM_STARTS]
     score, params = min((descend(s) for s in starts), key=lambda p: p[0])
     if score == float("inf"):
         raise UsageError(f"space {space.path}: no member found that decodes; expected a space with valid members")
