@@ -42,7 +42,8 @@ class _Walk:
 
 
 def every_member(space):
-    """Every member of `space` (each distinct path through the decoder), decoded whole."""
+    """Every path through the decoder of `space`: its member decoded whole, or None where
+    the decoder refuses the path (not a member)."""
     todo = [{}]
     while todo:
         params = todo.pop()
@@ -50,6 +51,8 @@ def every_member(space):
             yield sample_arch(space, _Walk(params)).arch
         except _Branch as b:
             todo.extend({**params, b.name: v} for v in b.choices)
+        except UsageError:
+            yield None
 
 
 def every_member_optimum(space) -> dict:
@@ -58,6 +61,8 @@ def every_member_optimum(space) -> dict:
     best, count = {}, 0
     for arch in every_member(space):
         count += 1
+        if arch is None:
+            continue
         cost = arch_cost(arch)
         for field, largest in WHICH:
             value = getattr(cost, field)
@@ -238,4 +243,47 @@ def test_extremes_equal_the_exhaustive_optimum_of_each_shipped_space(path):
     exact = stage_dp_optimum(space)
     cache = {}
     for (field, largest), value in exact.items():
+        assert extreme(space, field, largest=largest, cache=cache).value == value, (field, largest)
+
+
+def test_dataset_channels_and_classes_reach_the_extremes():
+    """`nas search` asks with the dataset's input channels and classes: the member found has
+    them, and it bounds random members that have them too."""
+    space = load_space(str(REPO / "search_spaces/mcu.yaml"))
+    sampled = [arch_cost(a) for a in random_archs(space, 200, seed=2, in_chs=3, num_classes=100)]
+    cache = {}
+    for field, largest in WHICH:
+        e = extreme(space, field, largest=largest, in_chs=3, num_classes=100, cache=cache)
+        assert (e.arch.in_chs, e.arch.fc.num_classes) == (3, 100)
+        values = [getattr(c, field) for c in sampled]
+        assert (e.value >= max(values)) if largest else (e.value <= min(values)), (field, largest, e.value)
+    assert extreme(space, "weight_bytes", in_chs=3, num_classes=100).value > extreme(space, "weight_bytes").value
+
+
+REFUSED = """
+name: refused
+input: {resolution: 8, channels: 1}
+num_classes: 2
+scaling: {mode: compound, alpha: [1.0], beta: [1.1], gamma: auto, phi: [0, 1], target: 2.0, tolerance: 0.2}
+stem: {channels: [8], kernel: 3, stride: 1, act: relu, bits: [w8a8]}
+stages:
+  - {channels: 20, stride: 1, kinds: [ir], repeats: [1], kernel: [3], expand: [1, 2], bits: [w8a8]}
+  - {channels: 32, stride: 2, kinds: [ir, grouped], repeats: [1, 2], kernel: [3], expand: [2], groups: [4, 8],
+     bits: [w8a8, w4a4]}
+head: {channels: [0], bits: w8a8}
+classifier: {bits: [w8a8]}
+"""
+
+
+def test_members_the_decoder_refuses_are_never_extremes(tmp_path):
+    """20 channels do not split into 8 groups: unscaled the graph refuses such a member,
+    scaled (24 channels) only the decoder's check on the base network does. The extremes
+    are the brute force's, over the members that decode."""
+    path = tmp_path / "refused.yaml"
+    path.write_text(REFUSED)
+    space = load_space(str(path))
+    assert None in list(every_member(space))  # the space has refused paths
+    brute = every_member_optimum(space)
+    cache = {}
+    for (field, largest), value in brute.items():
         assert extreme(space, field, largest=largest, cache=cache).value == value, (field, largest)

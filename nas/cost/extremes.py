@@ -265,12 +265,17 @@ def extreme(space: Space, field: str, largest: bool = False, in_chs: int | None 
                 break
         return score, params
 
-    starts = [point({name: values[0] for name, values in choices.items()}),
-              point({name: values[-1] for name, values in choices.items()})]
-    score, params = min((descend(s) for s in starts), key=lambda p: p[0])
-    if score == float("inf"):
-        raise UsageError(f"space {space.path}: no member found that decodes; expected a space with valid members")
-    arch = sample_arch(space, _Answers(params), in_chs, num_classes).arch
+    while True:
+        starts = [point({name: values[0] for name, values in choices.items()}),
+                  point({name: values[-1] for name, values in choices.items()})]
+        score, params = min((descend(s) for s in starts), key=lambda p: p[0])
+        if score == float("inf"):
+            raise UsageError(f"space {space.path}: no member found that decodes; expected a space with valid members")
+        try:
+            arch = sample_arch(space, _Answers(params), in_chs, num_classes).arch
+            break
+        except UsageError:  # the pieces passed, the whole network's checks did not (channels the
+            members.costs[members.key_of(params)] = None  # base network's groups do not divide): not a member
     value = getattr(arch_cost(arch), field)
     if value != sign * score:  # the pieces and the whole network must agree to the byte
         raise AssertionError(f"extreme: {field} of the member found is {value} whole, {sign * score} by pieces")
