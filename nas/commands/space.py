@@ -2,8 +2,6 @@
 
 import json
 
-import optuna
-
 from nas.errors import UsageError
 
 
@@ -20,12 +18,15 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from nas.space import encode, load_space
-    from nas.space.sample import iter_random_archs
 
     space = load_space(args.file)
     if args.space_command == "sample":
+        import optuna  # here: `nas space show` never imports optuna (start-up, issue 20)
+
+        from nas.space.sample import iter_random_archs
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         if args.n < 1:
             raise UsageError(f"-n {args.n}: expected a whole number >= 1")
         for arch in iter_random_archs(space, args.n, args.seed):  # streams: -n may be huge

@@ -274,31 +274,50 @@ def elementwise_bits(b: BlockSpec) -> int:
     return REAL_BITS if b.binary else max(b.a_bits, MIN_ELEMENTWISE_BITS)
 
 
-def expand(arch: ArchSpec, conventions: Conventions = PROJECT) -> Graph:
-    """ArchSpec -> ops in execution order, tensor shapes and storage bits."""
-    net = GraphBuilder(conventions)
-    image = net.tensor((arch.in_chs, arch.resolution, arch.resolution))
-    stem = arch.stem
-    x = net.conv("stem", image, stem.out_chs, stem.kernel, stem.stride, w_bits=stem.w_bits, a_bits=stem.a_bits,
-                 act=stem.act, binary=stem.w_bits == 1)
-    chs = stem.out_chs
-    for i, b in enumerate(arch.blocks):
-        net.block = i
-        kind = KINDS[b.kind]  # BlockSpec validates kinds
-        repeats = 1 if getattr(kind, "ONE_BLOCK_PER_STAGE", False) else b.repeats
-        for j in range(repeats):
-            stride = b.stride if j == 0 else 1
-            x = kind.expand(net, f"blocks.{i}.{j}", x, b, chs, stride)
-            chs = b.out_chs
-    net.block = len(arch.blocks)
-    head = arch.head
+def expand_stem(net: GraphBuilder, image: int, stem) -> int:
+    """The stem conv on the image (`expand`'s first piece; `nas.cost.extremes` prices the pieces apart)."""
+    return net.conv("stem", image, stem.out_chs, stem.kernel, stem.stride, w_bits=stem.w_bits, a_bits=stem.a_bits,
+                    act=stem.act, binary=stem.w_bits == 1)
+
+
+def expand_stage(net: GraphBuilder, i: int, x: int, b: BlockSpec, in_chs: int) -> int:
+    """Stage `i`: `b.repeats` blocks of its kind (one block for a kind whose repeats count its
+    layers), the first with the stage's stride and `in_chs` input channels."""
+    net.block = i
+    kind = KINDS[b.kind]  # BlockSpec validates kinds
+    repeats = 1 if getattr(kind, "ONE_BLOCK_PER_STAGE", False) else b.repeats
+    chs = in_chs
+    for j in range(repeats):
+        stride = b.stride if j == 0 else 1
+        x = kind.expand(net, f"blocks.{i}.{j}", x, b, chs, stride)
+        chs = b.out_chs
+    return x
+
+
+def expand_tail(net: GraphBuilder, x: int, head, fc, block: int) -> int:
+    """Head conv (when it has channels), global pool, [post-pool conv], classifier; `block`:
+    the index their ops are labelled with (the number of stages)."""
+    net.block = block
     if head.out_chs:
         x = net.conv("head", x, head.out_chs, 1, 1, w_bits=head.w_bits, a_bits=head.a_bits, act=head.act,
                      binary=head.w_bits == 1)
-    fc = arch.fc
     x = net.global_pool("global_pool", x, max(fc.a_bits, MIN_ELEMENTWISE_BITS))
-    if conventions.post_pool_chs:
-        x = net.conv("conv_head", x, conventions.post_pool_chs, w_bits=head.w_bits, a_bits=head.a_bits,
+    if net.conventions.post_pool_chs:
+        x = net.conv("conv_head", x, net.conventions.post_pool_chs, w_bits=head.w_bits, a_bits=head.a_bits,
                      act=head.act, bn=False, bias=True)
-    net.linear("fc", x, fc.num_classes, w_bits=fc.w_bits, a_bits=fc.a_bits)
+    return net.linear("fc", x, fc.num_classes, w_bits=fc.w_bits, a_bits=fc.a_bits)
+
+
+def expand(arch: ArchSpec, conventions: Conventions = PROJECT) -> Graph:
+    """ArchSpec -> ops in execution order, tensor shapes and storage bits: stem, stages, tail.
+    A stage's blocks read only the stage's input and their own tensors (no tensor crosses a
+    stage boundary but the stage's output), which `nas.cost.extremes` relies on."""
+    net = GraphBuilder(conventions)
+    image = net.tensor((arch.in_chs, arch.resolution, arch.resolution))
+    x = expand_stem(net, image, arch.stem)
+    chs = arch.stem.out_chs
+    for i, b in enumerate(arch.blocks):
+        x = expand_stage(net, i, x, b, chs)
+        chs = b.out_chs
+    expand_tail(net, x, arch.head, arch.fc, len(arch.blocks))
     return net.graph(image)

@@ -97,12 +97,11 @@ def _weight_elements(op: Op, in_chs: int, out_chs: int) -> int:
     return 0
 
 
-def _layer(op: Op, g: Graph) -> LayerCost:
-    in_shapes = tuple(g.shapes[t] for t in op.inputs)
+def _counts(op: Op, g: Graph) -> tuple[int, int, int, int]:
+    """(weight elements, params, macs, weight_bytes) of one op."""
     out_shape = g.shapes[op.output]
-    c_in, out_chs = in_shapes[0][0], out_shape[0]
+    c_in, out_chs = g.shapes[op.inputs[0]][0], out_shape[0]
     weights = _weight_elements(op, c_in, out_chs)
-    a_bits = op.read_bits[0]
     params = weight_bytes = macs = 0
     if weights:
         params = weights + (2 * out_chs if op.bn else 0) + (out_chs if op.bias else 0) + (1 if op.clip else 0)
@@ -112,6 +111,24 @@ def _layer(op: Op, g: Graph) -> LayerCost:
     if op.float_params:  # an active shift's offsets: float32, in the payload as they are
         params += op.float_params
         weight_bytes += op.float_params * layout.FLOAT32_BYTES
+    return weights, params, macs, weight_bytes
+
+
+def weight_bytes_and_macs(g: Graph) -> tuple[int, int]:
+    """(weight_bytes, macs) of a graph, without the per-op records (`nas.cost.extremes` prices
+    thousands of pieces of networks): the same per-op counts as `graph_cost`."""
+    weight_bytes = macs = 0
+    for op in g.ops:
+        _, _, op_macs, op_bytes = _counts(op, g)
+        weight_bytes, macs = weight_bytes + op_bytes, macs + op_macs
+    return weight_bytes, macs
+
+
+def _layer(op: Op, g: Graph) -> LayerCost:
+    in_shapes = tuple(g.shapes[t] for t in op.inputs)
+    out_shape = g.shapes[op.output]
+    weights, params, macs, weight_bytes = _counts(op, g)
+    a_bits = op.read_bits[0]
     elements = sum(c * h * w for c, h, w in in_shapes) + out_shape[0] * out_shape[1] * out_shape[2]
     act_bytes = sum(tensor_bytes(g.shapes[t], g.bits[t]) for t in op.inputs)
     act_bytes += tensor_bytes(out_shape, g.bits[op.output])

@@ -14,20 +14,36 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from nas.errors import UsageError
 from nas.measure.load import CpuWatch
 
 ARCH = "in_r28_c1-stem_c16_k3_s1_w8_a8-ir_r2_k3_s2_e6_c24_w4_a4-head_c128_w8_a8-fc_n10_w8_a8"
-COMMANDS = [  # (label, argv after the interpreter)
-    ("python -c pass", ["-c", "pass"]),
-    ("import nas.cost", ["-c", "import nas.cost"]),
-    ("nas --help", ["-m", "nas.cli", "--help"]),
-    ("nas cost --help", ["-m", "nas.cli", "cost", "--help"]),
-    ("nas cost --arch ...", ["-m", "nas.cli", "cost", "--arch", ARCH]),
-    ("nas space sample mcu.yaml", ["-m", "nas.cli", "space", "sample", "search_spaces/mcu.yaml"]),
-    ("nas space show mcu.yaml", ["-m", "nas.cli", "space", "show", "search_spaces/mcu.yaml"]),
-]
+# `nas space sample search_spaces/default.yaml` (seed 0): a full-sized member of the default space
+DEFAULT_ARCH = ("in_r47_c1-stem_c16_k3_s1_w8_a8-ir_r2_k3_s1_e1_c16_w8_a8-grouped_r2_k3_s2_g2_c24_w8_a8-"
+                "ir_r2_k3_s2_e6_c40_w2_a2_hs-grouped_r2_k5_s1_g8_c80_w4_a4-grouped_r2_k3_s2_g4_c112_w32_a32-"
+                "head_c256_w8_a8-fc_n10_w8_a8")
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"  # the shipped spaces
+
+
+def commands() -> list[tuple[str, list[str]]]:
+    """(label, argv after the interpreter): the interpreter's floor, the imports, then every
+    light command; `nas space show` on each shipped space."""
+    rows = [
+        ("python -c pass", ["-c", "pass"]),
+        ("import nas.cost", ["-c", "import nas.cost"]),
+        ("nas --help", ["-m", "nas.cli", "--help"]),
+        ("nas cost --help", ["-m", "nas.cli", "cost", "--help"]),
+        ("nas cost --arch ...", ["-m", "nas.cli", "cost", "--arch", ARCH]),
+        ("nas cost --arch <default>", ["-m", "nas.cli", "cost", "--arch", DEFAULT_ARCH]),
+        ("nas space sample mcu.yaml", ["-m", "nas.cli", "space", "sample", str(SPACES / "mcu.yaml")]),
+    ]
+    for path in sorted(SPACES.glob("*.yaml")):
+        rows.append((f"nas space show {path.name}", ["-m", "nas.cli", "space", "show", str(path)]))
+    return rows
+
+
 GOAL_S = 1.0
 
 
@@ -50,7 +66,7 @@ def run(args) -> int:
         raise UsageError(f"--repeats {args.repeats}: expected a whole number >= 1")
     rows = []
     with CpuWatch() as watch:
-        for label, argv in COMMANDS:
+        for label, argv in commands():
             print(f"nas: bench startup: {label}", file=sys.stderr, flush=True)
             times = [_wall(argv) for _ in range(args.repeats)]
             rows.append({"command": label, "median_s": statistics.median(times), "min_s": min(times),
@@ -65,5 +81,5 @@ def run(args) -> int:
         mark = ""
         if r["command"].startswith(("nas cost --arch", "nas space show")):
             mark = "  ok" if r["median_s"] <= GOAL_S else f"  over the {GOAL_S:g} s goal"
-        print(f"  {r['command']:<28}{r['median_s']:>7.2f} s  (min {r['min_s']:.2f}){mark}")
+        print(f"  {r['command']:<32}{r['median_s']:>7.2f} s  (min {r['min_s']:.2f}){mark}")
     return 0

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from nas.errors import UsageError
-from nas.space.spec import ArchSpec, make_divisible, replace
+from nas.space.spec import ArchSpec, BlockSpec, make_divisible, replace
 
 EFFICIENTNET = (1.2, 1.1, 1.15)  # alpha, beta, gamma found by grid search on B0
 DEFAULT_TARGET = 2.0  # alpha * beta^2 * gamma^2: MACs double per unit of phi
@@ -93,22 +93,24 @@ def round_repeats(repeats: int, depth: float) -> int:
     return repeats if depth == 1.0 else int(math.ceil(repeats * depth))
 
 
+def scale_block(b: BlockSpec, scaling: Scaling, divisor: int = 8) -> BlockSpec:
+    """One stage's block scaled by width and depth (the rules above; `scale_arch` scales every stage with it)."""
+    w, d = scaling.width, scaling.depth
+    return replace(
+        b,
+        out_chs=round_channels(b.out_chs, w, math.lcm(divisor, b.groups)),
+        repeats=round_repeats(b.repeats, d),
+        growth=max(1, round(b.growth * w)) if b.growth else 0,
+    )
+
+
 def scale_arch(base: ArchSpec, scaling: Scaling, divisor: int = 8) -> ArchSpec:
     """Scale depth, width and resolution of `base` (a pure function; base is unchanged)."""
-    w, d = scaling.width, scaling.depth
-    blocks = []
-    for b in base.blocks:
-        div = math.lcm(divisor, b.groups)
-        blocks.append(replace(
-            b,
-            out_chs=round_channels(b.out_chs, w, div),
-            repeats=round_repeats(b.repeats, d),
-            growth=max(1, round(b.growth * w)) if b.growth else 0,
-        ))
+    w = scaling.width
     return replace(
         base,
         resolution=int(round(base.resolution * scaling.resolution)),
         stem=replace(base.stem, out_chs=round_channels(base.stem.out_chs, w, divisor)),
-        blocks=tuple(blocks),
+        blocks=tuple(scale_block(b, scaling, divisor) for b in base.blocks),
         head=replace(base.head, out_chs=round_channels(base.head.out_chs, w, divisor) if base.head.out_chs else 0),
     )
