@@ -1,6 +1,7 @@
 """The bad-input suite: every command's options and input files, malformed, empty, huge and
 hostile. Each case must fail with exit code 2 and one line on stderr that names the value
-(or the file), and must leave nothing behind in the working folder. The number of cases
+(or the file), within 30 s and MEMORY_CAP of resident-memory growth, and must leave nothing
+behind in the working folder. The number of cases
 tried is printed at the end of the test run."""
 
 import gzip
@@ -13,12 +14,14 @@ import pytest
 
 from nas import limits
 from nas.cli import main
+from nas.train.memory import PeakRSS
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_ARCH = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e1_c16_w8_a8-head_c0_w8_a8-fc_n10_w8_a8"
 HUGE = "9" * 5000
 
 S8 = "in_r8_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e1_c16_w8_a8-head_c0_w8_a8-fc_n2_w8_a8"  # for 8x8 two-class files
+MEMORY_CAP = 512 << 20  # resident-memory growth allowed while one case runs (PeakRSS)
 BOMB_LIMIT = 64 << 20  # the dataset limit during this suite (docs/limits.md gives the real one)
 
 
@@ -307,11 +310,13 @@ def test_bad_input_fails_with_one_line_and_exit_2(case_dir, capsys, argv, needle
     before = sorted(p.name for p in case_dir.iterdir())
     argv = [a.replace("{d}", str(case_dir)) for a in argv]
     start = time.monotonic()
-    rc = main(argv)
+    with PeakRSS() as mem:
+        rc = main(argv)
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err, err[-1500:]
     assert elapsed < 30, f"took {elapsed:.1f} s; a bad input must be refused quickly"
+    assert mem.peak_bytes < MEMORY_CAP, f"grew by {mem.peak_bytes >> 20} MiB; a bad input must be refused before allocating"
     lines = [line for line in err.splitlines() if line.strip() and not _is_warning(line)]
     assert rc == 2, f"exit {rc}: {err[-600:]}"
     assert len(lines) == 1, err[-1500:]
