@@ -229,3 +229,23 @@ def test_mixed_block_exports_and_infer_agrees_with_fake_quant(fm, tmp_path, caps
     agreement = int((got == expected).sum()) / TEST_IMAGES
     assert agreement >= 0.99 and manifest["prediction_agreement"] == agreement
     assert result["accuracy"] == manifest["accuracy"] == int((got == fm[1].labels).sum()) / TEST_IMAGES
+
+
+def test_shipped_layer_space_is_mcu_with_bits_per_layer():
+    mcu, layer = load_space(REPO / "search_spaces/mcu.yaml"), load_space(REPO / "search_spaces/mcu-layer.yaml")
+    assert layer.bits_per == "layer"
+    assert dataclasses.replace(layer, name=mcu.name, path=mcu.path, bits_per="stage") == mcu
+    assert any(b.per_layer_bits for a in random_archs(layer, 10, seed=0) for b in a.blocks)
+
+
+def test_stage_level_params_replay_to_uniform_stages():
+    """`nas.cost.extremes` names only stage-level parameters: the missing per-layer ones take
+    the stage's pick, so its cheapest member of a per-layer space is a real member."""
+    from nas.cost.extremes import parameter_choices
+    from nas.space.sample import replay
+
+    space = _space("layer")
+    params = {name: values[0] for name, values in parameter_choices(space).items()}
+    params.update({"s1.kind": "ir", "s1.bits": "w2a2", "s1.repeats": 2, "s1.expand": 4.0})
+    b = replay(space, params).base.blocks[1]
+    assert not b.per_layer_bits and (b.w_bits, b.a_bits) == (2, 2) and b.layer_count == 6

@@ -16,6 +16,7 @@ drew before per-layer bits existed.
 """
 
 import math
+import re
 from dataclasses import dataclass
 
 from nas.space.file import EndChoices, Space, StageChoices
@@ -127,11 +128,26 @@ def sample_arch(space: Space, trial, in_chs: int | None = None, num_classes: int
     return Sample(arch=scale_arch(base, scaling, space.divisor), base=base, scaling=scaling)
 
 
+_FURTHER_BITS = re.compile(r"s(\d+)\.[bl]\d+\.bits")  # a per-block / per-layer bits parameter
+
+
 def replay(space: Space, params: dict, in_chs: int | None = None, num_classes: int | None = None) -> Sample:
-    """Rebuild the sample a finished trial saw, from its stored params."""
+    """Rebuild the sample a finished trial saw, from its stored params.
+
+    A per-block / per-layer bits parameter missing from `params` takes its stage's first pick
+    (``s<i>.bits``): params that name only stage-level choices (`nas.cost.extremes` descends
+    over those) decode to the member whose stages are uniform."""
     import optuna  # here, not at the top: `import nas.cost` (which imports this package) stays light
 
-    return sample_arch(space, optuna.trial.FixedTrial(params), in_chs, num_classes)
+    class ReplayTrial(optuna.trial.FixedTrial):
+        def suggest_categorical(self, name, choices):
+            m = _FURTHER_BITS.fullmatch(name)
+            if m and name not in params:
+                first = params.get(f"s{m[1]}.bits")
+                return first if first in choices else choices[0]
+            return super().suggest_categorical(name, choices)
+
+    return sample_arch(space, ReplayTrial(params), in_chs, num_classes)
 
 
 def random_samples(space: Space, n: int, seed: int, in_chs: int | None = None,
