@@ -22,7 +22,8 @@ from nas.errors import UsageError
 from nas.export import export_model, load_bundle
 from nas.export.bundle import payload_of, predictions
 from nas.export.deploy import packed_model
-from nas.export.packed import PackedIntegerConv2d
+from nas.cost.kernel_path import on_packed_kernels
+from nas.export.packed import PackedBinaryUnit, PackedIntegerConv2d
 from nas.space import decode, encode
 from nas.space.file import load_space
 from nas.space.sample import random_archs, random_samples, space_size
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MIXED = ("in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r2_k3_s2_e2_c16_w8x4x2x4x8x8_a8x4x4x2x8x8"
          "-grouped_r1_k3_s1_g2_c16_w2x8_a8x2-shift_r1_k3_s2_e2_c24_w4x32_a4x32"
          "-dense_r1_k3_s1_gr8_c24_w8x2x4_a4x8x2-ir_r1_k3_s1_e2_c24_se0.25_w8x4x8_a8x8x4"
-         "-ir_r1_k3_s1_e2_c24_w1_a1x2x1-head_c32_w8_a8-fc_n10_w8_a8")
+         "-ir_r1_k3_s1_e2_c24_w1_a1x1x2-head_c32_w8_a8-fc_n10_w8_a8")
 TEST_IMAGES = 500
 
 
@@ -51,7 +52,7 @@ def test_per_layer_strings_round_trip():
     assert ir.block_bits(0) == ((8, 8), (4, 4), (2, 4)) and ir.block_bits(1) == ((4, 2), (8, 8), (8, 8))
     assert (ir.w_bits, ir.a_bits) == (8, 8)  # a mixed list's widest entry
     binary = spec.blocks[-1]
-    assert binary.binary and binary.all_layer_bits() == ((1, 1), (1, 2), (1, 1))
+    assert binary.binary and binary.all_layer_bits() == ((1, 1), (1, 1), (1, 2))
 
 
 def test_a_uniform_list_is_the_compact_form():
@@ -186,6 +187,11 @@ def test_mixed_integer_layers_chain_without_changing_a_number():
     assert paths["blocks.0.0.conv_dw"]["path"] == "integer" and paths["blocks.0.0.conv_dw"]["w_bits"] == 4
     assert paths["blocks.0.0.conv_pwl"]["w_bits"] == 2 and paths["blocks.2.0.conv2"]["path"] == "float"
     assert paths["blocks.1.0.conv2"].get("residual") == "fused"
+    units = [packed.get_submodule(f"blocks.5.0.{n}") for n in ("pw", "dw", "pwl")]  # the w1 a1x1x2 block
+    assert all(isinstance(u, PackedBinaryUnit) for u in units)
+    assert [u.conv.a_bits for u in units] == [1, 1, 2]
+    # the kernel path: the 1x1 unit with 1-bit inputs; the depthwise one (groups) and the 2-bit-input one run torch
+    assert [on_packed_kernels(1, u.conv.a_bits, u.conv.groups) for u in units] == [True, False, False]
     chained = [(n, m) for n, m in packed.named_modules() if isinstance(m, PackedIntegerConv2d) and m.requant]
     assert any(m.kernel.w_bits != packed.get_submodule(paths[n]["output"].split()[-1]).kernel.w_bits
                for n, m in chained)
