@@ -190,6 +190,8 @@ CASES = [
     # per-layer bits whose count does not match the block (2 repeats x 3 convs): block, given, expected
     (["cost", "--arch", "in_r28_c1-stem_c8-ir_c8-ir_r2_e3_c16_w8x4x8_a8-head_c0-fc_n10"],
      "block 1: ir block: 3 weight bit widths given (w8x4x8), expected 1 or 6"),
+    (["cost", "--arch", "in_r28_c1-stem_c8-ir_c8-ir_r2_e3_c16_w" + "x".join(["8"] * 5000) + "_a8-head_c0-fc_n10"],
+     "block 1: ir block: 5000 weight bit widths given"),
     (["space", "sample", "{d}/bits-per.yaml"], "bits-per.yaml:3: space.bits_per: 'conv' is not allowed"),
     (["cost", "--arch", "in_r28_c1-stem_c8-ïr_c16-head_c0-fc_n10"], "ïr"),
     (["cost", "--arch", "in_r28_c1-stem_c8-ir_c16-head_c0-fc_n10\n; import os"], "arch string"),

@@ -257,7 +257,9 @@ class BlockSpec:
 
     @staticmethod
     def _list_text(key: str, values) -> str:
-        return key + "x".join(str(v) for v in values) if values else f"{key}..."
+        """'w8x4x8' as written (the first 16 entries of a longer list, then '...')."""
+        text = key + "x".join(str(v) for v in values[:16])
+        return text + "x..." if len(values) > 16 else text
 
     @property
     def layer_count(self) -> int:
