@@ -131,6 +131,7 @@ FILES = {  # name -> bytes, written into the case's folder
     "phi-neg.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [-1000]}\nstages:\n  - {channels: 8}\n",
     "phi-shrink.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [0, -8], gamma: [4]}\n"
                        b"stages:\n  - {channels: 8}\n",
+    "bits-per.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nbits_per: conv\nstages:\n  - {channels: 8}\n",
     "study-list.yaml": b"study: [a]\ntarget-mem: 5MB\n",
     "alias-config.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                          + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
@@ -189,6 +190,12 @@ CASES = [
     (["cost", "--arch", "in_r28_c1-stem_c8-ir_c16_w3-head_c0-fc_n10"], "w_bits=3"),
     (["cost", "--arch", "in_r28_c1-stem_c8-ir_c" + HUGE + "-head_c0-fc_n10"], "arch string"),
     (["cost", "--arch", "in_r28_c1-stem_c8-ir_c16_k4-head_c0-fc_n10"], "kernel=4"),
+    # per-layer bits whose count does not match the block (2 repeats x 3 convs): block, given, expected
+    (["cost", "--arch", "in_r28_c1-stem_c8-ir_c8-ir_r2_e3_c16_w8x4x8_a8-head_c0-fc_n10"],
+     "block 1: ir block: 3 weight bit widths given (w8x4x8), expected 1 or 6"),
+    (["cost", "--arch", "in_r28_c1-stem_c8-ir_c8-ir_r2_e3_c16_w" + "x".join(["8"] * 5000) + "_a8-head_c0-fc_n10"],
+     "block 1: ir block: 5000 weight bit widths given"),
+    (["space", "sample", "{d}/bits-per.yaml"], "bits-per.yaml:3: space.bits_per: 'conv' is not allowed"),
     (["cost", "--arch", "in_r28_c1-stem_c8-ïr_c16-head_c0-fc_n10"], "ïr"),
     (["cost", "--arch", "in_r28_c1-stem_c8-ir_c16-head_c0-fc_n10\n; import os"], "arch string"),
     (["cost", "--arch", GOOD_ARCH, "--model", "timm:resnet18"], "--arch"),

@@ -103,3 +103,39 @@ def test_residual_rule_is_shared(kind):
 def test_cost_imports_without_torch_or_timm():
     code = "import nas.cost, nas.space, sys; assert 'torch' not in sys.modules and 'timm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _mixed_arch(kind: str, stride: int, binary: bool):
+    """`kind`'s block with its own bits on every conv layer: weights and activations cycling
+    through the widths (1-bit blocks: 1-bit weights, activations 1/2/4/8)."""
+    block = BLOCKS[kind].format(s=stride)
+    if binary:
+        block = block.replace("_se0.25", "").replace("_d2", "").replace("_d3", "")
+    n = decode(f"in_r16_c3-stem_c32_k3_s1_w8_a8-{block}-head_c48_w8_a8-fc_n10_w8_a8").blocks[0].layer_count
+    ws = [1] * n if binary else [(2, 4, 8, 16, 32)[i % 5] for i in range(n)]
+    acts = [(1, 2, 4, 8)[i % 4] for i in range(n)] if binary else [(8, 4, 2, 32, 16)[i % 5] for i in range(n)]
+    bits = f"w{'x'.join(map(str, ws))}_a{'x'.join(map(str, acts))}"
+    return decode(f"in_r16_c3-stem_c32_k3_s1_w8_a8-{block}_{bits}-head_c48_w8_a8-fc_n10_w8_a8"), list(zip(ws, acts))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kind", list(BLOCKS))
+def test_per_layer_bits_reach_the_cost_layers_and_the_built_layers(kind, stride, binary):
+    """Mixed bits inside a block: the cost model's layers and the built module's are still one
+    sequence, and the block's conv layers (shortcut and SE convs aside) carry the given bits in
+    execution order; `block_layers` counts exactly the layers each kind's expansion makes."""
+    arch, bits = _mixed_arch(kind, stride, binary)
+    b = arch.blocks[0]
+    assert b.per_layer_bits and b.layer_count == len(bits)
+    assert len(KINDS[b.kind].layer_roles(b)) * (1 if b.kind == "dense" else b.repeats) == b.layer_count
+    model = build_model(arch)
+    expected = cost_sequence(arch)
+    assert module_sequence(model, arch) == expected
+    block_rows = [r for r in expected if r[0].startswith("blocks.0.") and ".shortcut." not in r[0]
+                  and ".se." not in r[0]]
+    assert [(w, a) for _, _, w, a in block_rows] == bits
+    by_name = {r[0]: r for r in expected}
+    for name, _, w, a in expected:  # squeeze-excite: the depthwise conv's weight bits, float input
+        if ".se." in name:
+            assert (w, a) == (by_name[name.split(".se.")[0] + ".conv_dw"][2], 32)

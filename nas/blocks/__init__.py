@@ -4,9 +4,12 @@ Each kind file (`ir.py`, `shift.py`, `grouped.py`, `dense.py`) holds, side by si
 
 - `KEYS`: the arch-string keys its segment takes, in canonical order;
 - `MODULE_NAMES`: cost op role -> the module it is built as (float, 1-bit);
-- `expand(net, prefix, x, b, in_chs, stride)`: its op expansion onto a
+- `expand(net, prefix, x, b, in_chs, stride, bits)`: its op expansion onto a
   `nas.cost.graph.GraphBuilder`, i.e. what the cost model prices;
-- `build(b, in_chs, stride)`: its modules.
+- `build(b, in_chs, stride, bits)`: its modules (`bits`: (w_bits, a_bits) of each of the
+  block's convs, `b.block_bits(j)`, in the order of `layer_roles(b)`);
+- `layer_roles(b)`: the block's bit-carrying convs in execution order (their count is
+  `nas.space.spec.block_layers`, which the spec and codec validate against).
 
 Design (why the cost model can import this package without torch): a kind file imports
 nothing heavy at module level - only `nas.blocks.common` (pure rules: `make_divisible`,

@@ -4,8 +4,9 @@ Conventions this file fixes:
 
 - convs have no bias, except squeeze-excite's two 1x1 convs; every conv has padding d * (k // 2)
   (dilation d, 1 unless the arch string's `d` says otherwise);
-- every conv's input is quantized to the block's `a_bits` and its weight to `w_bits`,
-  except the SE convs, whose weights take `w_bits` and whose inputs stay float;
+- every conv's input is quantized to its layer's `a_bits` and its weight to `w_bits` (the
+  block's, or per layer: `BlockSpec.block_bits`), except the SE convs, whose weights take
+  the depthwise conv's `w_bits` and whose inputs stay float;
 - an input site is *unsigned* (PACT clip [0, α]) only when it directly follows a ReLU (in
   an ir block with SE: a ReLU output times the sigmoid gate); block inputs, concatenations
   and hard-swish outputs are signed ([-α, α]). Signedness changes no parameter count;
@@ -26,7 +27,7 @@ from torch import nn
 
 from nas.blocks.common import shift_groups
 from nas.quant import BinaryConv2d, BiRealUnit, QuantConv2d
-from nas.space.spec import SHORTCUT_BITS, BlockSpec
+from nas.space.spec import SHORTCUT_BITS
 
 ACT_LAYERS = {"relu": "relu", "hswish": "hard_swish"}  # spec name -> timm name
 
@@ -63,9 +64,9 @@ def conv_bn_act(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups:
     return layers
 
 
-def unit(b: BlockSpec, in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1) -> BiRealUnit:
-    """The binary unit a conv of a 1-bit block becomes."""
-    return BiRealUnit(in_chs, out_chs, kernel, stride, groups, a_bits=b.a_bits, shortcut_bits=SHORTCUT_BITS)
+def unit(a_bits: int, in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1) -> BiRealUnit:
+    """The binary unit a conv of a 1-bit block becomes, its input at `a_bits` (this layer's)."""
+    return BiRealUnit(in_chs, out_chs, kernel, stride, groups, a_bits=a_bits, shortcut_bits=SHORTCUT_BITS)
 
 
 class Block(nn.Sequential):

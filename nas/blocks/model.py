@@ -24,8 +24,8 @@ def build_stage(b: BlockSpec, in_chs: int) -> nn.Sequential:
     """A stage: `b.repeats` blocks (the first strided and changing channels); dense: one block."""
     kind = KINDS[b.kind]
     if getattr(kind, "ONE_BLOCK_PER_STAGE", False):
-        return nn.Sequential(kind.build(b, in_chs, b.stride))
-    return nn.Sequential(*[kind.build(b, in_chs if i == 0 else b.out_chs, b.stride if i == 0 else 1)
+        return nn.Sequential(kind.build(b, in_chs, b.stride, b.block_bits(0)))
+    return nn.Sequential(*[kind.build(b, in_chs if i == 0 else b.out_chs, b.stride if i == 0 else 1, b.block_bits(i))
                            for i in range(b.repeats)])
 
 

@@ -12,12 +12,19 @@ KEYS = ("r", "k", "s", "e", "c", "sf", "as", "w", "a")  # arch-string keys, in c
 MODULE_NAMES = {"conv_pw": ("conv1", "pw1"), "conv_pwl": ("conv2", "pw2")}
 
 
-def expand(net, prefix: str, x: int, b, in_chs: int, stride: int) -> int:
+def layer_roles(b) -> tuple[str, ...]:
+    """The block's bit-carrying convs in execution order (`BlockSpec.block_bits` order)."""
+    return ("conv_pw", "conv_pwl")
+
+
+def expand(net, prefix: str, x: int, b, in_chs: int, stride: int, bits) -> int:
+    """`bits`: (w_bits, a_bits) per conv, `layer_roles` order."""
     act = None if b.binary else b.act
     elem = net.elementwise_bits(b)
-    y = net.unit(f"{prefix}.conv_pw", x, mid_chs(b, in_chs), 1, 1, 1, b, act)
+    pw, pwl = bits
+    y = net.unit(f"{prefix}.conv_pw", x, mid_chs(b, in_chs), 1, 1, 1, b, act, bits=pw)
     y = net.shift(f"{prefix}.shift", y, b.kernel, stride, elem, b.shift_frac, bool(b.active_shift))
-    y = net.unit(f"{prefix}.conv_pwl", y, b.out_chs, 1, 1, 1, b, None)
+    y = net.unit(f"{prefix}.conv_pwl", y, b.out_chs, 1, 1, 1, b, None, bits=pwl)
     if has_residual(b, in_chs, stride):
         y = net.add(f"{prefix}.add", x, y, elem)
     return y
@@ -32,15 +39,15 @@ def shift_layer(b, chs: int, stride: int):
     return Shift(b.kernel, stride, b.shift_frac)
 
 
-def build(b, in_chs: int, stride: int):
+def build(b, in_chs: int, stride: int, bits):
     from nas.blocks.layers import Block, act_output_signed, conv_bn_act, unit
 
     mid = mid_chs(b, in_chs)
+    (w1, a1), (w2, a2) = bits
     if b.binary:
-        return Block([("pw1", unit(b, in_chs, mid, 1)), ("shift", shift_layer(b, mid, stride)),
-                      ("pw2", unit(b, mid, b.out_chs, 1))])
-    q = dict(w_bits=b.w_bits, a_bits=b.a_bits)
-    pw1 = conv_bn_act(in_chs, mid, 1, signed=True, act=b.act, **q)
-    pw2 = conv_bn_act(mid, b.out_chs, 1, signed=act_output_signed(b.act), act=None, **q)
+        return Block([("pw1", unit(a1, in_chs, mid, 1)), ("shift", shift_layer(b, mid, stride)),
+                      ("pw2", unit(a2, mid, b.out_chs, 1))])
+    pw1 = conv_bn_act(in_chs, mid, 1, signed=True, act=b.act, w_bits=w1, a_bits=a1)
+    pw2 = conv_bn_act(mid, b.out_chs, 1, signed=act_output_signed(b.act), act=None, w_bits=w2, a_bits=a2)
     layers = [(f"{n}1", m) for n, m in pw1] + [("shift", shift_layer(b, mid, stride))] + [(f"{n}2", m) for n, m in pw2]
     return Block(layers, has_skip=has_residual(b, in_chs, stride))

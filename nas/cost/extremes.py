@@ -33,7 +33,7 @@ from nas.cost.graph import PROJECT, Graph, GraphBuilder, expand_stage, expand_st
 from nas.cost.model import arch_cost, peak_act_bytes, weight_bytes_and_macs
 from nas.errors import UsageError
 from nas.space.file import Space
-from nas.space.sample import CHOICE_FIELD, KIND_PARAMS, STAGE_ORDER, _stage, sample_arch
+from nas.space.sample import CHOICE_FIELD, KIND_PARAMS, STAGE_ORDER, _stage, sample_arch, stage_bits_for
 from nas.space.scaling import scale_block
 from nas.space.spec import ArchSpec
 
@@ -102,6 +102,9 @@ class _Answers:
         self.params = params
 
     def suggest_categorical(self, name, choices):
+        stage_pick = stage_bits_for(name, self.params, choices)  # per-block / per-layer bits, as `replay`
+        if stage_pick is not None:
+            return stage_pick
         value = self.params[name]
         if value not in choices:
             raise ValueError(f"parameter {name}={value!r}; expected one of {list(choices)}")

@@ -29,15 +29,17 @@ also builds its modules). Structure decisions the spec leaves open, stated once:
 - 2x2 average pools (dense transition when s == 2, binary shortcuts) use ceil mode, so a
   stride-2 block's output is ceil(H / 2) whatever its kind;
 - squeeze-excite: global pool, 1x1 conv to `rd` + bias + ReLU, 1x1 conv back + bias +
-  gate, multiply; its convs take block w_bits and read unquantized (32-bit) inputs;
+  gate, multiply; its convs take the depthwise conv's w_bits and read unquantized (32-bit) inputs;
 - convs in stem / head / classifier with w_bits == 1 are plain binary-weight layers
   (no Bi-Real shortcut: that belongs to blocks).
 
 Bit widths. An op reads each input at a stated width:
-- conv / linear: its `a_bits` (quantized on read; 1 = signs), except the squeeze-excite
+- conv / linear: its `a_bits` (quantized on read; 1 = signs; per layer when the block
+  has per-layer bits, `BlockSpec.block_bits`), except the squeeze-excite
   convs and the binary shortcut's 1x1 conv, which read 32-bit;
 - sign: 32 (the real-valued stream of a binary block);
-- add / mul / concat / pools / shift / shuffle: max(a_bits of their block, 8); in binary
+- add / mul / concat / pools / shift / shuffle: max(a_bits of their block (the widest of its
+  layers), 8); in binary
   (w_bits == 1) blocks 32, the real-valued stream; the global pool belongs to the
   classifier (max(fc a_bits, 8)).
 A tensor is stored at the widest width any consumer reads it at (the input image: the
@@ -240,11 +242,14 @@ class GraphBuilder:
 
     # --- composite pieces ---
 
-    def unit(self, name, x, out_chs, kernel, stride, groups, b: BlockSpec, act, dilation=1) -> int:
-        """One conv of a block: conv + BN (+ act), or a Bi-Real binary unit when w_bits == 1
-        (never dilated: `BlockSpec` refuses dilation in 1-bit blocks)."""
+    def unit(self, name, x, out_chs, kernel, stride, groups, b: BlockSpec, act, dilation=1, *,
+             bits: tuple[int, int]) -> int:
+        """One conv of a block at `bits` = (w_bits, a_bits), this layer's (`BlockSpec.block_bits`):
+        conv + BN (+ act), or a Bi-Real binary unit when the block is 1-bit (never dilated:
+        `BlockSpec` refuses dilation in 1-bit blocks)."""
+        w_bits, a_bits = bits
         if not b.binary:
-            return self.conv(name, x, out_chs, kernel, stride, groups, w_bits=b.w_bits, a_bits=b.a_bits, act=act,
+            return self.conv(name, x, out_chs, kernel, stride, groups, w_bits=w_bits, a_bits=a_bits, act=act,
                              dilation=dilation)
         if dilation != 1:
             raise ValueError(f"{name}: dilation={dilation} in a 1-bit unit; expected 1 (binary units have no dilation)")
@@ -255,22 +260,25 @@ class GraphBuilder:
             shortcut = self.conv(f"{name}.shortcut.conv", shortcut, out_chs, w_bits=SHORTCUT_BITS, a_bits=REAL_BITS,
                                  act=None, quantized_input=False)
         src = x
-        if b.a_bits == 1:  # sign-and-pack: the real-valued x stays live (read by the shortcut)
+        if a_bits == 1:  # sign-and-pack: the real-valued x stays live (read by the shortcut)
             src = self.elementwise(f"{name}.sign", "sign", [x], REAL_BITS)
-        y = self.conv(name, src, out_chs, kernel, stride, groups, w_bits=1, a_bits=b.a_bits, act=None, binary=True)
+        y = self.conv(name, src, out_chs, kernel, stride, groups, w_bits=1, a_bits=a_bits, act=None, binary=True)
         return self.add(f"{name}.add", y, shortcut, REAL_BITS)
 
-    def squeeze_excite(self, name, x, rd, b: BlockSpec, elem_bits) -> int:
+    def squeeze_excite(self, name, x, rd, w_bits: int, elem_bits) -> int:
+        """Squeeze-excite whose two 1x1 convs take `w_bits` (the depthwise conv's) and read float."""
         c = self.shapes[x][0]
         s = self.global_pool(f"{name}.pool", x, elem_bits)
-        s = self.conv(f"{name}.conv_reduce", s, rd, w_bits=b.w_bits, a_bits=REAL_BITS, act="relu", bn=False,
+        s = self.conv(f"{name}.conv_reduce", s, rd, w_bits=w_bits, a_bits=REAL_BITS, act="relu", bn=False,
                       bias=True, quantized_input=False)
-        s = self.conv(f"{name}.conv_expand", s, c, w_bits=b.w_bits, a_bits=REAL_BITS, act="sigmoid", bn=False,
+        s = self.conv(f"{name}.conv_expand", s, c, w_bits=w_bits, a_bits=REAL_BITS, act="sigmoid", bn=False,
                       bias=True, quantized_input=False)
         return self.elementwise(f"{name}.mul", "mul", [x, s], [elem_bits, REAL_BITS])
 
 
 def elementwise_bits(b: BlockSpec) -> int:
+    """add / concat / pool / shift / shuffle width of block `b`: the real-valued stream in a
+    1-bit block, else its (widest, with per-layer bits) a_bits, at least 8."""
     return REAL_BITS if b.binary else max(b.a_bits, MIN_ELEMENTWISE_BITS)
 
 
@@ -289,7 +297,7 @@ def expand_stage(net: GraphBuilder, i: int, x: int, b: BlockSpec, in_chs: int) -
     chs = in_chs
     for j in range(repeats):
         stride = b.stride if j == 0 else 1
-        x = kind.expand(net, f"blocks.{i}.{j}", x, b, chs, stride)
+        x = kind.expand(net, f"blocks.{i}.{j}", x, b, chs, stride, b.block_bits(j))
         chs = b.out_chs
     return x
 

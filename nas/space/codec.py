@@ -11,7 +11,10 @@ Keys: r repeats (``in``: resolution), c channels, k kernel, s stride, e expansio
 se squeeze-excite ratio, d dilation of the k x k conv (ir, grouped, dense; omitted when 1), sf shifted fraction of a shift block
 (sparse shift; omitted when 1), as1 active shift (learned offsets; omitted when 0), g groups, gr growth, n classes, w weight bits, a activation bits;
 flags ``hs`` = hard-swish activation, ``noact`` = none (ReLU otherwise). Omitted keys take the spec's default
-(bits default to 32). `encode` writes every key in a fixed order, so
+(bits default to 32). Per-layer bits (block segments only): ``w`` / ``a`` take one value
+for the whole stage (the compact form) or one per conv layer joined by ``x``, in execution
+order (``nas.space.spec.block_layers`` per block), e.g. ``ir_r1_k3_s2_e3_c24_w8x4x8_a8``;
+a list whose entries are all equal is written as the one value. `encode` writes every key in a fixed order, so
 ``encode(decode(s)) == s`` for canonical strings and ``decode(encode(spec)) == spec``.
 """
 
@@ -39,8 +42,11 @@ _KEYS = {
 }
 _FLOAT_FIELDS = {"expand", "se", "shift_frac"}
 _TOKEN = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)?", re.ASCII)  # ASCII digits only: 'k３' is refused
+_LIST_TOKEN = re.compile(r"([wa])(\d{1,2}(?:x\d{1,2})+)", re.ASCII)  # per-layer bits: 'w8x4x8'
+_LIST_FIELDS = {"w_bits": "layer_w_bits", "a_bits": "layer_a_bits"}
 _FLAGS = {"hs": ("act", "hswish"), "noact": ("act", "none")}
 _HAS_ACT = {"stem", "head", "ir", "shift", "grouped", "dense"}
+_BLOCK_KINDS = ("ir", "shift", "grouped", "dense")
 
 
 def _fail(text: str, pos: int, message: str) -> UsageError:
@@ -55,6 +61,14 @@ def _parse_segment(text: str, start: int, segment: str) -> tuple[str, dict]:
     keys, values = _KEYS[kind], {}
     for token in parts[1:]:
         m = _TOKEN.fullmatch(token)
+        listed = _LIST_TOKEN.fullmatch(token) if kind in _BLOCK_KINDS else None
+        if listed is not None:
+            key, name = listed[1], _LIST_FIELDS[keys[listed[1]]]
+            if name in values or keys[key] in values:
+                raise _fail(text, pos, f"key {key!r} given twice in a {kind!r} segment")
+            values[name] = tuple(int(v) for v in listed[2].split("x"))
+            pos += len(token) + 1
+            continue
         if m is None:
             raise _fail(text, pos, f"malformed token {shown(token)}; expected <key><number>, e.g. 'k3' or 'se0.25'")
         key, number = m.groups()
@@ -66,7 +80,7 @@ def _parse_segment(text: str, start: int, segment: str) -> tuple[str, dict]:
         else:
             allowed = list(keys) + (list(_FLAGS) if kind in _HAS_ACT else [])
             raise _fail(text, pos, f"unknown key {shown(token)} in a {kind!r} segment; expected one of {allowed}")
-        if name in values:
+        if name in values or _LIST_FIELDS.get(name) in values:
             raise _fail(text, pos, f"key {key!r} given twice in a {kind!r} segment")
         values[name] = value
         pos += len(token) + 1
@@ -101,7 +115,8 @@ def decode(text: str) -> ArchSpec:
         if (kind in ("in", "stem", "head", "fc")) != (want != "block") or (want != "block" and kind != want):
             raise _fail(text, p, f"segment {kind!r} out of order; expected in, stem, blocks..., head, fc")
     by_kind = {kind: (p, values) for p, kind, values in segments}
-    blocks = tuple(_make(text, p, BlockSpec, kind=kind, **values) for p, kind, values in segments[2:-2])
+    blocks = tuple(_make(text, p, BlockSpec, f"block {i}: ", kind=kind, **values)
+                   for i, (p, kind, values) in enumerate(segments[2:-2]))
     (in_pos, in_values), (fc_pos, fc_values) = by_kind["in"], by_kind["fc"]
     for p, values, key in ((in_pos, in_values, "resolution"), (in_pos, in_values, "in_chs"),
                            (fc_pos, fc_values, "num_classes")):
@@ -115,12 +130,12 @@ def decode(text: str) -> ArchSpec:
                  stem=stem, blocks=blocks, head=head, fc=fc)
 
 
-def _make(text: str, pos: int, cls, **values):
-    """Construct a spec, pointing a validation error at its segment."""
+def _make(text: str, pos: int, cls, where: str = "", **values):
+    """Construct a spec, pointing a validation error at its segment (and `where`, e.g. the block)."""
     try:
         return cls(**values)
     except UsageError as e:
-        raise _fail(text, pos, str(e)) from None
+        raise _fail(text, pos, where + str(e)) from None
     except TypeError:  # a required field is missing: name its key
         keys = {name: key for table in _KEYS.values() for key, name in table.items()}
         missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING
@@ -144,7 +159,8 @@ def _segment(kind: str, spec, skip=()) -> str:
         if name in skip or (name == "se" and not value) or (name == "dilation" and value == 1) \
                 or (name == "shift_frac" and value == 1.0) or (name == "active_shift" and not value):
             continue
-        tokens.append(f"{key}{_number(value)}")
+        listed = getattr(spec, _LIST_FIELDS[name], ()) if name in _LIST_FIELDS else ()
+        tokens.append(f"{key}{'x'.join(str(v) for v in listed)}" if listed else f"{key}{_number(value)}")
     if kind in _HAS_ACT and spec.act != "relu":
         tokens.append({value: flag for flag, (_, value) in _FLAGS.items()}[spec.act])
     return "_".join(tokens)

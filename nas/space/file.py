@@ -30,7 +30,11 @@ Scaling (`nas.space.scaling`; survey 000 ch. 3 sec. 2-6) has two modes:
 - ``mode: free``: four independent multipliers, as a space asks: alpha, beta, phi choices and
   gamma a list of choices too (or auto, derived as above); no constraint is checked.
 
-Bits are written ``w<W>a<A>``.
+Bits are written ``w<W>a<A>``. ``bits_per: stage | block | layer`` (default ``stage``) is the
+granularity the search picks them at (`nas.space.sample`): one pair per stage (each stage's
+``bits`` list), one per block (repeat) of a stage, or one per conv layer; a stage's
+layers are all 1-bit or none (`nas.space.spec`), so per-block / per-layer picks come from
+the stage's pairs on the same side of that line as its first pick.
 """
 
 import math
@@ -46,6 +50,7 @@ from nas.space.scaling import DEFAULT_TARGET, DEFAULT_TOLERANCE, constraint_gamm
 from nas.space.spec import ACTS, BITS, BLOCK_KINDS, STRIDES
 
 SCALING_MODES = ("compound", "free")
+BITS_PER = ("stage", "block", "layer")  # granularity of sampled bit widths
 
 _BITS_RE = re.compile(r"w(\d+)a(\d+)")
 
@@ -125,6 +130,7 @@ class Space:
     scaling_mode: str = "compound"
     tolerance: float = DEFAULT_TOLERANCE  # compound: relative tolerance of alpha * beta^2 * gamma^2 on target
     gamma_grid: tuple[float, ...] | None = None  # compound: gamma picked from these (None: derived)
+    bits_per: str = "stage"  # BITS_PER: bit widths sampled per stage, per block or per conv layer
 
     def gamma_for(self, alpha: float, beta: float) -> float:
         """The gamma a sample with (alpha, beta) gets when gamma is not a trial parameter."""
@@ -208,7 +214,7 @@ class _Reader:
 
 
 _TOP = {"name", "description", "input", "num_classes", "divisor", "min_end_bits", "scaling", "stem",
-        "stages", "head", "classifier"}
+        "stages", "head", "classifier", "bits_per"}
 _STAGE = {"channels", "stride", "kinds", "repeats", "kernel", "expand", "se", "groups", "growth", "act", "bits",
           "dilation"}
 
@@ -308,6 +314,7 @@ def load_space(path) -> Space:
         scaling_mode=mode,
         tolerance=r.one(sc, "tolerance", "scaling", "float", DEFAULT_TOLERANCE, minimum=0.0),
         gamma_grid=gamma if mode == "compound" else None,
+        bits_per=r.one(top, "bits_per", "space", "str", "stage", allowed=BITS_PER),
     )
     _check_scaled_resolution(r, sc, space)
     if mode == "compound":

@@ -5,14 +5,23 @@ with live trials, `nas space sample` with a seeded RandomSampler, and export rep
 stored trial through `optuna.trial.FixedTrial(trial.params)`, so the three cannot drift.
 Parameters are named ``alpha``, ``beta``, ``gamma`` (mode free only), ``phi``, ``stem.*``, ``s<i>.*``,
 ``head.*``, ``fc.bits``; a choice with one value is not suggested (it is fixed).
+
+Bit widths at the space's `bits_per`: ``s<i>.bits`` is the stage's pair (``stage``), or that
+of its block 0 / conv layer 0; ``bits_per: block`` adds ``s<i>.b<j>.bits`` for blocks
+j >= 1 (a dense stage is one block), ``bits_per: layer`` adds ``s<i>.l<k>.bits`` for conv
+layers k >= 1 (execution order, `nas.space.spec.block_layers`), each from the stage's pairs
+that are 1-bit exactly when the first is (a stage's layers are all Bi-Real or none). They
+are suggested after all of the stage's other parameters, so a ``stage`` space draws what it
+drew before per-layer bits existed.
 """
 
 import math
+import re
 from dataclasses import dataclass
 
 from nas.space.file import EndChoices, Space, StageChoices
 from nas.space.scaling import Scaling, scale_arch
-from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
+from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec, block_layers, stage_blocks
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,21 @@ def _pick_bits(trial, name: str, choices: tuple) -> tuple[int, int]:
     return choices[labels.index(label)]
 
 
-def _stage(trial, i: int, st: StageChoices) -> BlockSpec:
+def same_side_bits(choices: tuple, first: tuple[int, int]) -> tuple:
+    """The bit pairs a stage's further blocks / layers may take: 1-bit exactly when `first` is."""
+    return tuple(p for p in choices if (p[0] == 1) == (first[0] == 1))
+
+
+def bit_units(kind: str, repeats: int, expand: float, bits_per: str) -> int:
+    """How many bit pairs a stage takes at `bits_per`: 1, its blocks, or its conv layers."""
+    if bits_per == "stage":
+        return 1
+    if bits_per == "block":
+        return stage_blocks(kind, repeats)
+    return stage_blocks(kind, repeats) * block_layers(kind, expand, repeats)
+
+
+def _stage(trial, i: int, st: StageChoices, bits_per: str = "stage") -> BlockSpec:
     p = f"s{i}."
     kind = _pick(trial, p + "kind", st.kinds)
     w_bits, a_bits = _pick_bits(trial, p + "bits", st.bits)
@@ -63,7 +86,17 @@ def _stage(trial, i: int, st: StageChoices) -> BlockSpec:
     for name in STAGE_ORDER:
         if name in STAGE_PARAMS or name in kind_params(kind, w_bits):
             chosen[name] = _pick(trial, p + name, getattr(st, CHOICE_FIELD[name]))
-    return BlockSpec(kind=kind, out_chs=st.channels, stride=st.stride, w_bits=w_bits, a_bits=a_bits, **chosen)
+    units = bit_units(kind, chosen["repeats"], chosen["expand"], bits_per)
+    if units == 1:
+        return BlockSpec(kind=kind, out_chs=st.channels, stride=st.stride, w_bits=w_bits, a_bits=a_bits, **chosen)
+    same = same_side_bits(st.bits, (w_bits, a_bits))
+    tag = "b" if bits_per == "block" else "l"
+    picks = [(w_bits, a_bits)] + [_pick_bits(trial, f"{p}{tag}{k}.bits", same) for k in range(1, units)]
+    if bits_per == "block":  # every conv layer of block j takes block j's pair
+        per = block_layers(kind, chosen["expand"], chosen["repeats"])
+        picks = [pair for pair in picks for _ in range(per)]
+    return BlockSpec(kind=kind, out_chs=st.channels, stride=st.stride, layer_w_bits=tuple(w for w, _ in picks),
+                     layer_a_bits=tuple(a for _, a in picks), **chosen)
 
 
 def _end(trial, name: str, ch: EndChoices) -> ConvSpec:
@@ -88,18 +121,40 @@ def sample_arch(space: Space, trial, in_chs: int | None = None, num_classes: int
         resolution=space.resolution,
         in_chs=in_chs or space.in_chs,
         stem=_end(trial, "stem", space.stem),
-        blocks=tuple(_stage(trial, i, st) for i, st in enumerate(space.stages)),
+        blocks=tuple(_stage(trial, i, st, space.bits_per) for i, st in enumerate(space.stages)),
         head=_end(trial, "head", space.head),
         fc=FcSpec(num_classes=num_classes or space.num_classes, w_bits=fc_w, a_bits=fc_a),
     )
     return Sample(arch=scale_arch(base, scaling, space.divisor), base=base, scaling=scaling)
 
 
+_FURTHER_BITS = re.compile(r"s(\d+)\.[bl]\d+\.bits")  # a per-block / per-layer bits parameter
+
+
+def stage_bits_for(name: str, params: dict, choices) -> str | None:
+    """The answer for a per-block / per-layer bits parameter missing from `params`: its stage's
+    pick (``s<i>.bits``), or the first choice; None for any other parameter."""
+    m = _FURTHER_BITS.fullmatch(name)
+    if not m or name in params:
+        return None
+    first = params.get(f"s{m[1]}.bits")
+    return first if first in choices else choices[0]
+
+
 def replay(space: Space, params: dict, in_chs: int | None = None, num_classes: int | None = None) -> Sample:
-    """Rebuild the sample a finished trial saw, from its stored params."""
+    """Rebuild the sample a finished trial saw, from its stored params.
+
+    A per-block / per-layer bits parameter missing from `params` takes its stage's first pick
+    (``s<i>.bits``): params that name only stage-level choices (`nas.cost.extremes` descends
+    over those) decode to the member whose stages are uniform."""
     import optuna  # here, not at the top: `import nas.cost` (which imports this package) stays light
 
-    return sample_arch(space, optuna.trial.FixedTrial(params), in_chs, num_classes)
+    class ReplayTrial(optuna.trial.FixedTrial):
+        def suggest_categorical(self, name, choices):
+            stage_pick = stage_bits_for(name, params, choices)
+            return super().suggest_categorical(name, choices) if stage_pick is None else stage_pick
+
+    return sample_arch(space, ReplayTrial(params), in_chs, num_classes)
 
 
 def random_samples(space: Space, n: int, seed: int, in_chs: int | None = None,
@@ -131,12 +186,21 @@ def random_archs(space: Space, n: int, seed: int, in_chs: int | None = None,
     return [s.arch for s in random_samples(space, n, seed, in_chs, num_classes)]
 
 
-def _stage_count(st: StageChoices) -> int:
+def _stage_count(st: StageChoices, bits_per: str = "stage") -> int:
     total = 0
     for kind in st.kinds:
-        per_kind = math.prod(len(getattr(st, CHOICE_FIELD[name])) for name in STAGE_PARAMS)
-        for w, _ in st.bits:
-            total += per_kind * math.prod(len(getattr(st, CHOICE_FIELD[name])) for name in kind_params(kind, w))
+        for w, a in st.bits:
+            params = STAGE_PARAMS + kind_params(kind, w)
+            if bits_per == "stage":
+                total += math.prod(len(getattr(st, CHOICE_FIELD[name])) for name in params)
+                continue
+            # the further bit picks depend on repeats (and an ir block's expand): sum over those
+            others = math.prod(len(getattr(st, CHOICE_FIELD[name])) for name in params
+                               if name not in ("repeats", "expand"))
+            expands = st.expand if "expand" in params else (1.0,)
+            n_same = len(same_side_bits(st.bits, (w, a)))
+            total += others * sum(n_same ** (bit_units(kind, r, e, bits_per) - 1)
+                                  for r in st.repeats for e in expands)
     return total
 
 
@@ -147,5 +211,5 @@ def space_size(space: Space) -> int:
         n *= len(end.channels) * len(end.act) * len(end.bits)
     n *= len(space.classifier.bits)
     for st in space.stages:
-        n *= _stage_count(st)
+        n *= _stage_count(st, space.bits_per)
     return n

@@ -16,14 +16,18 @@ Rounding rules (stated once, here):
   below 90% of the request;
 - repeats (and dense layers): ceil(r * alpha^phi), as timm does for depth;
 - dense growth: max(1, round(growth * beta^phi));
-- resolution: round(resolution * gamma^phi).
+- resolution: round(resolution * gamma^phi);
+- per-layer bits (`BlockSpec.layer_w_bits` / `layer_a_bits`) when depth grows: block j of
+  the scaled stage takes the bits of base block min(j, r - 1) (the added blocks repeat the
+  last one); in a dense block, dense layer j those of base layer min(j, r - 1), the
+  transition keeps its own.
 """
 
 import math
 from dataclasses import dataclass
 
 from nas.errors import UsageError
-from nas.space.spec import ArchSpec, BlockSpec, make_divisible, replace
+from nas.space.spec import ArchSpec, BlockSpec, block_layers, make_divisible, replace
 
 EFFICIENTNET = (1.2, 1.1, 1.15)  # alpha, beta, gamma found by grid search on B0
 DEFAULT_TARGET = 2.0  # alpha * beta^2 * gamma^2: MACs double per unit of phi
@@ -93,14 +97,31 @@ def round_repeats(repeats: int, depth: float) -> int:
     return repeats if depth == 1.0 else int(math.ceil(repeats * depth))
 
 
+def scaled_layer_bits(b: BlockSpec, repeats: int) -> dict:
+    """`layer_w_bits` / `layer_a_bits` of `b` at `repeats` (the rule in the module docstring)."""
+    if not b.per_layer_bits or repeats == b.repeats:
+        return {}
+    if b.kind == "dense":
+        def layer(i):
+            return 2 * min(i // 2, b.repeats - 1) + i % 2
+        index = [layer(i) for i in range(2 * repeats)] + [2 * b.repeats]
+    else:
+        per = block_layers(b.kind, b.expand, b.repeats)
+        index = [min(j, b.repeats - 1) * per + i for j in range(repeats) for i in range(per)]
+    return {name: tuple(getattr(b, name)[i] for i in index) if getattr(b, name) else ()
+            for name in ("layer_w_bits", "layer_a_bits")}
+
+
 def scale_block(b: BlockSpec, scaling: Scaling, divisor: int = 8) -> BlockSpec:
     """One stage's block scaled by width and depth (the rules above; `scale_arch` scales every stage with it)."""
     w, d = scaling.width, scaling.depth
+    repeats = round_repeats(b.repeats, d)
     return replace(
         b,
         out_chs=round_channels(b.out_chs, w, math.lcm(divisor, b.groups)),
-        repeats=round_repeats(b.repeats, d),
+        repeats=repeats,
         growth=max(1, round(b.growth * w)) if b.growth else 0,
+        **scaled_layer_bits(b, repeats),
     )
 
 

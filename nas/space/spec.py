@@ -34,7 +34,15 @@ channel count is unchanged:
               (For ``dense``, ``r`` counts dense layers inside one block.)
 
 Bit widths: every conv/linear in a block quantizes its weights to `w_bits` and its
-input activations to `a_bits`. A block with w_bits == 1 is Bi-Real style: each conv is
+input activations to `a_bits`; or, per layer, layer i of the stage (execution order:
+repeat by repeat, `block_layers` convs each; dense: 2 per dense layer, then the
+transition) to `layer_w_bits[i]` / `layer_a_bits[i]`, each list empty (the stage's one
+value) or one entry per layer. A list whose entries are all equal is stored as the one
+value (`w_bits` / `a_bits`), so a spec has one form; with a mixed list `w_bits` /
+`a_bits` hold its widest entry (the elementwise ops' rule reads it). A stage's layers
+are all 1-bit-weight (Bi-Real) or none: the Bi-Real structure (shortcuts, no block
+residual, no activation) belongs to the stage. Squeeze-excite's two 1x1 convs take the
+weight bits of the depthwise conv they follow (their inputs stay float). A block with w_bits == 1 is Bi-Real style: each conv is
 a binary unit  y = BN(binconv(sign(x))) + shortcut(x)  with one-padding, no activation
 function, and a real-valued shortcut (identity; 2x2 average pool when strided; plus a
 1x1 conv at SHORTCUT_BITS + BN when the channel count changes). a_bits == 1 requires
@@ -68,6 +76,24 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, rou
     if new_v < round_limit * v:
         new_v += divisor
     return new_v
+
+
+def block_layers(kind: str, expand: float, repeats: int) -> int:
+    """The convs of one block that carry bit widths (the Bi-Real shortcut's 1x1 conv and the
+    squeeze-excite convs excluded): ir 2 (expand == 1: dw, pw) or 3 (pw, dw, pwl); shift 2
+    (pw, pwl); grouped 2 (conv_g, conv_g1); dense, one block per stage: 2 per dense layer
+    (conv1, conv2) + the transition. `tests/test_layer_bits.py` checks it against each kind's
+    expansion (`nas.blocks.<kind>.expand`)."""
+    if kind == "ir":
+        return 2 if expand == 1 else 3
+    if kind == "dense":
+        return 2 * repeats + 1
+    return 2
+
+
+def stage_blocks(kind: str, repeats: int) -> int:
+    """Blocks in a stage: `repeats`, except dense (one block, `repeats` dense layers inside)."""
+    return 1 if kind == "dense" else repeats
 
 
 def _check_choice(where: str, name: str, value, allowed) -> None:
@@ -141,23 +167,32 @@ class BlockSpec:
     shift_frac: float = 1.0  # shift: fraction of channels shifted (1: ShiftNet's grouped shift; < 1: sparse shift)
     active_shift: int = 0  # shift: 1 = active shift (learned fractional per-channel offsets, bilinear)
     act: str = "relu"
-    w_bits: int = 32
-    a_bits: int = 32
+    w_bits: int = 32  # with a mixed layer_w_bits: its widest entry (derived)
+    a_bits: int = 32  # with a mixed layer_a_bits: its widest entry (derived)
+    layer_w_bits: tuple[int, ...] = ()  # per conv layer, execution order (module docstring); () = w_bits for all
+    layer_a_bits: tuple[int, ...] = ()  # per conv layer; () = a_bits for all
 
     def __post_init__(self):
         where = f"{self.kind} block"
         _check_choice("block", "kind", self.kind, BLOCK_KINDS)
         _check_min(where, "out_chs", self.out_chs, 1)
         _check_min(where, "repeats", self.repeats, 1)
+        _check_min(where, "expand", self.expand, 1.0 if self.kind == "ir" else 0.25)
+        self._normalise_layer_bits(where)
         _check_min(where, "kernel", self.kernel, 1)
         if self.kernel % 2 == 0:
             raise UsageError(f"{where}: kernel={self.kernel} is not allowed; expected an odd kernel size")
         _check_choice(where, "stride", self.stride, STRIDES)
-        _check_min(where, "expand", self.expand, 1.0 if self.kind == "ir" else 0.25)
         if not 0.0 <= self.se < 1.0:
             raise UsageError(f"{where}: se={self.se!r} is not allowed; expected 0 <= se < 1")
         _check_choice(where, "act", self.act, ACTS)
         _check_bits(where, self.w_bits, self.a_bits)
+        for i, (w, a) in enumerate(self.all_layer_bits()):
+            _check_bits(f"{where} layer {i}", w, a)
+        ws = {w for w, _ in self.all_layer_bits()}
+        if 1 in ws and len(ws) > 1:
+            raise UsageError(f"{where}: weight bits {self._list_text('w', self.layer_w_bits)} mix 1-bit and "
+                             f"multi-bit layers; expected all layers 1-bit (a Bi-Real block) or none")
         if self.se and self.kind != "ir":
             raise UsageError(f"{where}: se={self.se} is not allowed; squeeze-excite exists only in ir blocks")
         if self.se and self.w_bits == 1:
@@ -195,9 +230,63 @@ class BlockSpec:
         elif self.growth:
             raise UsageError(f"{where}: growth={self.growth} is not allowed; growth exists only in dense blocks")
 
+    def _normalise_layer_bits(self, where: str) -> None:
+        """Lists to tuples; check each list's length; a uniform list becomes the one value."""
+        n = self.layer_count
+        for key, name, one in (("w", "layer_w_bits", "w_bits"), ("a", "layer_a_bits", "a_bits")):
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)):
+                raise UsageError(f"{where}: {name}={values!r} is not allowed; expected a tuple of bit widths")
+            values = tuple(values)
+            for v in values:
+                _check_choice(where, name, v, BITS)
+            if values and len(values) != n:
+                blocks = stage_blocks(self.kind, self.repeats)
+                per = block_layers(self.kind, self.expand, self.repeats)
+                how = f"{blocks} block(s) x {per} conv layers" if self.kind != "dense" else \
+                    f"2 per dense layer x {self.repeats} + the transition"
+                raise UsageError(f"{where}: {len(values)} {'weight' if key == 'w' else 'activation'} bit widths "
+                                 f"given ({self._list_text(key, values)}), expected 1 or {n} (one per conv layer: "
+                                 f"{how})")
+            if values and len(set(values)) == 1:
+                object.__setattr__(self, one, values[0])
+                values = ()
+            elif values:
+                object.__setattr__(self, one, max(values))
+            object.__setattr__(self, name, values)
+
+    @staticmethod
+    def _list_text(key: str, values) -> str:
+        """'w8x4x8' as written (the first 16 entries of a longer list, then '...')."""
+        text = key + "x".join(str(v) for v in values[:16])
+        return text + "x..." if len(values) > 16 else text
+
+    @property
+    def layer_count(self) -> int:
+        """Bit-carrying conv layers in the stage (`block_layers` x blocks)."""
+        return stage_blocks(self.kind, self.repeats) * block_layers(self.kind, self.expand, self.repeats)
+
+    @property
+    def per_layer_bits(self) -> bool:
+        return bool(self.layer_w_bits or self.layer_a_bits)
+
+    def layer_bits(self, i: int) -> tuple[int, int]:
+        """(w_bits, a_bits) of the stage's conv layer i (execution order)."""
+        w = self.layer_w_bits[i] if self.layer_w_bits else self.w_bits
+        a = self.layer_a_bits[i] if self.layer_a_bits else self.a_bits
+        return w, a
+
+    def all_layer_bits(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self.layer_bits(i) for i in range(self.layer_count))
+
+    def block_bits(self, j: int) -> tuple[tuple[int, int], ...]:
+        """(w_bits, a_bits) of each conv layer of block j (repeat j; dense: j == 0, the whole stage)."""
+        per = block_layers(self.kind, self.expand, self.repeats)
+        return tuple(self.layer_bits(j * per + i) for i in range(per))
+
     @property
     def binary(self) -> bool:
-        """Bi-Real style block (1-bit weights)."""
+        """Bi-Real style block (1-bit weights; all layers or none, see the module docstring)."""
         return self.w_bits == 1
 
 
