@@ -61,9 +61,10 @@ def final_data(config: SearchConfig, resolution: int):
 
 def final_train(model, data, config: SearchConfig, **kwargs):
     """The final recipe, defined once for the search's finalists and for `nas bench search`'s
-    hand-designed nets: `final_epochs` epochs at batch `final_batch_size`, seeded by `seed`."""
+    hand-designed nets: `final_epochs` epochs at batch `final_batch_size`, seeded by `seed`, on
+    `device`; the model comes back on the CPU."""
     return train(model, data, epochs=config.final_epochs, batch_size=config.final_batch_size, seed=config.seed,
-                 progress=True, **kwargs)
+                 progress=True, device=config.device, amp=config.amp, **kwargs)
 
 
 def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> FinalRecord:
