@@ -233,8 +233,8 @@ def test_sizes_follow_the_dataset_when_none_is_given():
     assert (config.subset, config.final_subset, config.val_subset, config.epochs) == (n_train, n_train, n_val, 2)
     assert config.final_epochs == 10
     assert notes == [f"--subset 5000: capped to {n_train}, the training split of digits",
-                     f"--final-subset 20000: capped to {n_train}, the training split of digits",
-                     f"--val-subset 999: capped to {n_val}, the validation split of digits"]
+                     f"--val-subset 999: capped to {n_val}, the validation split of digits",
+                     f"--final-subset 20000: capped to {n_train}, the training split of digits"]
 
 
 def test_oversized_subsets_are_capped_with_a_note_before_the_search(in_tmp, capsys):
