@@ -248,9 +248,14 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                 if teacher is not None:
                     teacher.to("cpu")
         infer_ms = None
-        if measure_inference:  # on the CPU, the deployment path
+        if measure_inference:  # on the CPU (the deployment path), in the memory format it trained in
             example, _ = next(iterate(cpu_val_set, 1))
-            infer_ms = measure_inference_ms(model, example, channels_last=use_cl)
+            if use_cl:
+                model.to(memory_format=torch.channels_last)
+            try:
+                infer_ms = measure_inference_ms(model, example, channels_last=use_cl)
+            finally:
+                model.to(memory_format=torch.contiguous_format)
 
     return TrainResult(
         accuracy=accuracy, train_time_s=train_time, infer_ms_per_image=infer_ms,
