@@ -296,7 +296,28 @@ CASES = [
     (["search", "--target-mem", "5MB", "--space", "{d}/phi-shrink.yaml"], "phi-shrink.yaml:3"),
     (["compress", "--arch", GOOD_ARCH.replace("w8_a8", "w32_a32"), "--weights", "{d}/cut.safetensors",
       "--dataset", "digits", "--prune", "0.5", "-o", "{d}/c"], "cut.safetensors"),
+    # issue 19: sizes checked before any work, devices
+    (["search", "--target-mem", "5MB", "--subset", "0"], "--subset 0"),
+    (["search", "--target-mem", "5MB", "--val-subset", "0"], "--val-subset 0"),
+    (["search", "--target-mem", "5MB", "--final-subset", "-5"], "--final-subset -5"),
+    (["search", "--target-mem", "5MB", "--final-epochs", "0"], "--final-epochs 0"),
+    (["search", "--target-mem", "200KB", "--dataset", "digits", "--subset", "5"], "one image per class"),
+    (["search", "--target-mem", "200KB", "--dataset", "digits", "--final-subset", "3"], "--final-subset 3"),
+    (["train", "--arch", S8.replace("fc_n2", "fc_n10"), "--dataset", "digits", "--subset", "0"], "--subset 0"),
+    (["search", "--target-mem", "5MB", "--device", "tpu"], "--device 'tpu'"),
+    (["search", "--target-mem", "5MB", "--device", "cuda:1000"], "cuda:1000"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--device", "cuda7"], "cuda7"),
+    (["bench", "train", "--device", "gpu"], "--device 'gpu'"),
+    (["scale", "--arch", GOOD_ARCH, "--targets", "50KB", "--device", "npu"], "npu"),
 ]
+if not __import__("torch").cuda.is_available():  # where CUDA is present these run instead of failing
+    CASES += [
+        (["search", "--target-mem", "5MB", "--device", "cuda"], "--device cuda: CUDA is not available"),
+        (["search", "--target-mem", "5MB", "--device", "cuda:1"], "--device cuda:1: CUDA is not available"),
+        (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--device", "cuda"], "--device cuda: CUDA"),
+        (["bench", "train", "--device", "cuda"], "--device cuda: CUDA"),
+        (["scale", "--arch", GOOD_ARCH, "--targets", "50KB", "--train", "--device", "cuda"], "--device cuda: CUDA"),
+    ]
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 from nas.cli import main
 from nas.search.storage import open_storage
 
-FAST = ["--dataset", "fashion-mnist", "--space", "search_spaces/mcu.yaml", "--subset", "500", "--epochs", "1",
-        "--final-epochs", "1", "--final-subset", "500", "--no-progress", "--seed", "3"]
+FAST = ["--dataset", "fashion-mnist", "--space", "search_spaces/mcu.yaml", "--subset", "500", "--val-subset", "1000",
+        "--epochs", "1", "--final-epochs", "1", "--final-subset", "500", "--no-progress", "--seed", "3"]
 
 
 def _study(name, storage):
@@ -210,3 +210,44 @@ def test_the_readme_study_config_loads():
     config = build_config({}, read_config_file(str(root / "studies" / "fm-100k.yaml")))
     assert config.study == "fm-100k" and config.space == "search_spaces/mcu.yaml"
     assert config.budgets.weight_bytes == 100_000 and config.budget_s == 1800
+
+
+def test_sizes_follow_the_dataset_when_none_is_given():
+    """Fashion-MNIST keeps the sizes `make search` always used; digits (1,294 training images)
+    gets its whole split and more epochs, so its candidates see about as many images."""
+    from nas.data import load_dataset
+    from nas.search.config import Sizes, SearchConfig, default_sizes, first_rung, resolve_sizes
+
+    fm = load_dataset("fashion-mnist")
+    assert default_sizes(len(fm.train), len(fm.val)) == Sizes(subset=4000, epochs=3, val_subset=6000,
+                                                              final_subset=20000, final_epochs=4)
+    digits = load_dataset("digits")
+    n_train, n_val = len(digits.train), len(digits.val)
+    sizes = default_sizes(n_train, n_val)
+    assert sizes == Sizes(subset=n_train, epochs=9, val_subset=n_val, final_subset=n_train, final_epochs=10)
+    assert sizes.epochs * sizes.subset >= 0.9 * 3 * 4000  # images seen per candidate, as on Fashion-MNIST
+    assert [first_rung(e) for e in (2, 3, 9)] == [1, 1, 3]
+    notes = []
+    config = resolve_sizes(SearchConfig(subset=5000, final_subset=20000, val_subset=999, epochs=2), n_train,
+                           n_val, 10, "digits", notes)
+    assert (config.subset, config.final_subset, config.val_subset, config.epochs) == (n_train, n_train, n_val, 2)
+    assert config.final_epochs == 10
+    assert notes == [f"--subset 5000: capped to {n_train}, the training split of digits",
+                     f"--val-subset 999: capped to {n_val}, the validation split of digits",
+                     f"--final-subset 20000: capped to {n_train}, the training split of digits"]
+
+
+def test_oversized_subsets_are_capped_with_a_note_before_the_search(in_tmp, capsys):
+    """The issue's case: --subset and --final-subset over digits' split cap, the search runs."""
+    storage = f"journal:{in_tmp / 'c.journal'}"
+    rc = main(["search", "--target-mem", "200KB", "--dataset", "digits", "--space", "search_spaces/mcu.yaml",
+               "--subset", "4000", "--final-subset", "20000", "--epochs", "1", "--final-epochs", "1",
+               "--trials", "1", "--final-top", "1", "--study", "c", "--storage", storage, "--no-progress",
+               "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    notes = [line for line in captured.err.splitlines() if line.startswith("nas: note:")]
+    assert notes[:2] == ["nas: note: --subset 4000: capped to 1294, the training split of digits",
+                         "nas: note: --final-subset 20000: capped to 1294, the training split of digits"]
+    final = json.loads(captured.out)["final"][0]
+    assert final["subset"] == 1294 and final["train"]["train_images"] == 1294

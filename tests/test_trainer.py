@@ -278,3 +278,19 @@ def test_nas_bench_train_json(capsys):
                  "--repeats", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["arch"] == DIGITS_ARCH and out["subset"] == 256 and out["ratio_vs_best_plain"] > 0
+
+
+def test_nas_train_caps_an_oversized_subset_with_a_note(capsys):
+    pytest.importorskip("nas.blocks.model")
+    from nas.cli import main
+
+    assert main(["train", "--arch", DIGITS_ARCH, "--dataset", "digits", "--subset", "5000", "--val-subset", "900",
+                 "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    n_train, n_val = out["train_images"], out["val_images"]
+    assert (n_train, n_val) == (1294, 144) and out["subset"] == 1294
+    notes = [line for line in captured.err.splitlines() if line.startswith("nas: note:")]
+    assert notes == [
+        f"nas: note: --subset 5000: capped to {n_train}, the training split of digits",
+        f"nas: note: --val-subset 900: capped to {n_val}, the validation split of digits"]

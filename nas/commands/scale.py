@@ -22,6 +22,7 @@ import time
 from nas import limits
 from nas.errors import UsageError
 from nas.scale import BY, Coster, comparison, scale_family, search_coefficients
+from nas.measure.device import add_device_arguments, resolve_device
 from nas.scale.family import MAX_MULTIPLIER, check_targets
 from nas.space.scaling import DEFAULT_TARGET, DEFAULT_TOLERANCE, EFFICIENTNET, flops_factor, meets_constraint
 from nas.units import format_bytes, format_count, parse_bytes, parse_count, parse_seconds
@@ -32,6 +33,7 @@ DEFAULTS = {
     "coefficients": None, "search_coefficients": False, "coefficient_trials": 8, "space": None,
     "max_multiplier": MAX_MULTIPLIER, "train": False, "dataset": "fashion-mnist", "data_dir": None,
     "epochs": None, "subset": None, "val_subset": None, "batch_size": None, "seed": 0, "output": "scale.html", "json": False,
+    "device": None, "amp": None,
 }
 
 
@@ -63,6 +65,7 @@ def add_arguments(p) -> None:
                                                   "final recipe; they pick --search-coefficients' winner)")
     p.add_argument("--batch-size", type=int, help="training batch (default: the search's final recipe)")
     p.add_argument("--seed", type=int, help="seeds init, data order and the coefficient search (default 0)")
+    add_device_arguments(p)
     p.add_argument("-o", "--output", metavar="HTML", help="the figure's path with --train (default scale.html)")
     p.add_argument("--json", action="store_true", default=None, help="print one JSON object on stdout")
 
@@ -179,16 +182,27 @@ class Recipe:
     """The search's final recipe (`nas.search.config.SearchConfig`'s final_* defaults), one net at a time."""
 
     def __init__(self, opts, base):
-        from nas.search.config import SearchConfig
+        from nas.data import load_dataset
+        from nas.search.config import SearchConfig, default_sizes, final_epochs
 
-        defaults = SearchConfig()
         self.dataset, self.data_dir, self.seed = str(opts["dataset"]), opts["data_dir"], opts["seed"]
-        self.epochs = opts["epochs"] or defaults.final_epochs
-        self.subset = opts["subset"] or defaults.final_subset
-        self.batch_size = opts["batch_size"] or defaults.final_batch_size
+        self.device, self.amp = opts["device"], bool(opts["amp"])
+        # fail early on a missing dataset or a mismatch; the sizes not given follow its splits
+        full = load_dataset(self.dataset, self.data_dir, split_seed=self.seed, resolution=base.resolution)
+        n_train, n_val = len(full.train), len(full.val)
+        self.subset = opts["subset"] or default_sizes(n_train, n_val).final_subset
+        if self.subset > n_train:
+            print(f"nas: note: --subset {self.subset}: capped to {n_train}, the training split of {full.name}",
+                  file=sys.stderr)
+            self.subset = n_train
+        if self.subset < full.num_classes:
+            raise UsageError(f"--subset {self.subset}: expected {full.num_classes} to {n_train} (one image per "
+                             f"class, the training split of {full.name})")
+        self.epochs = opts["epochs"] or final_epochs(self.subset)
+        self.batch_size = opts["batch_size"] or SearchConfig.final_batch_size
         self.val_subset = opts["val_subset"]  # None: the whole validation split, as the final recipe
         self._data, self._done = {}, {}
-        data = self.data(base.resolution)  # fail early on a missing dataset or a mismatch
+        data = self.data(base.resolution)
         if base.in_chs != data.in_chs or base.fc.num_classes != data.num_classes:
             raise UsageError(f"base: in_chs={base.in_chs}, fc_n{base.fc.num_classes} but {data.name} has "
                              f"{data.in_chs} channel(s) and {data.num_classes} classes; expected "
@@ -228,7 +242,8 @@ class Recipe:
         try:
             result = train(model, data, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
                            progress=sys.stderr.isatty(), weight_bytes=int(arch_cost(arch).weight_bytes),
-                           measure_inference=False, val_subset=self.val_subset)  # the figure plots accuracy; latency is predicted
+                           measure_inference=False, val_subset=self.val_subset, device=self.device,
+                           amp=self.amp)  # the figure plots accuracy; latency is predicted
             out = {"val_accuracy": result.accuracy, "test_accuracy": evaluate(model, data.test),
                    "train_time_s": round(time.time() - start, 1)}
         except TrainingDiverged as e:
@@ -246,6 +261,7 @@ def run(args) -> int:
     from nas.space import Scaling, encode, scale_arch
 
     opts = merged_options(args)
+    opts["device"] = str(resolve_device(opts["device"] or "auto"))  # before any work
     targets = parse_targets(opts["targets"], opts["by"])  # before any study is opened or data loaded
     base, source, study_space = _base(opts)
     target, tolerance, divisor = _constraint(opts["space"] or study_space)

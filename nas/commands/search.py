@@ -5,6 +5,7 @@ import signal
 
 from nas.search.config import OBJECTIVES, OPTION_NAMES, PROXIES, PRUNERS, SAMPLERS, build_config, read_config_file
 from nas.errors import UsageError
+from nas.measure.device import add_device_arguments
 from nas.units import format_bytes, format_count
 
 
@@ -31,14 +32,22 @@ def add_arguments(p):
     p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
     p.add_argument("--proxy", choices=PROXIES, help="zero-cost proxy gate before training (default none)")
     p.add_argument("--pruner", choices=PRUNERS, help="sh = successive halving over epochs (default), none")
-    p.add_argument("--subset", type=int, help="training images per candidate (default 4000)")
-    p.add_argument("--val-subset", type=int, help="validation images per candidate epoch (default 2000)")
-    p.add_argument("--epochs", type=int, help="epochs per candidate (default 3)")
-    p.add_argument("--final-epochs", type=int, help="epochs of the final retraining (default 4)")
-    p.add_argument("--final-subset", type=int, help="training images of the final retraining (default 20000)")
+    g = p.add_argument_group("sizes (defaults derived from the dataset, docs/training.md; a size over its split "
+                             "is capped to it)")
+    g.add_argument("--subset", type=int, help="training images per candidate (default: the training split, "
+                                              "at most 4000)")
+    g.add_argument("--val-subset", type=int, help="validation images per candidate epoch (default: the "
+                                                  "validation split, at most 10000)")
+    g.add_argument("--epochs", type=int, help="epochs per candidate (default: ~12,000 images seen, at least 2; "
+                                              "3 on Fashion-MNIST)")
+    g.add_argument("--final-epochs", type=int, help="epochs of the final retraining (default: 4, more where that "
+                                                    "sees under 12,000 images)")
+    g.add_argument("--final-subset", type=int, help="training images of the final retraining (default: the "
+                                                    "training split, at most 20000)")
     p.add_argument("--final-top", type=int, help="best distinct feasible architectures to retrain; the best final val accuracy wins (default 3)")
     p.add_argument("--batch-size", type=int, help="candidates' training batch size (default 128)")
     p.add_argument("--final-batch-size", type=int, help="batch size of the final retraining (default 64)")
+    add_device_arguments(p)
     p.add_argument("--profile", help="device profile from `nas calibrate` that prices latency_ms (default: "
                                      "$NAS_PROFILE, else this host's); 'none': price no latency")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from nas.errors import UsageError
+from nas.measure.device import add_device_arguments, resolve_device
 from nas.measure.load import add_threads_argument, apply_threads
 from nas.units import format_bytes, parse_seconds
 
@@ -36,17 +37,26 @@ def add_arguments(p) -> None:
     p.add_argument("--save", metavar="PATH", help="write the trained weights as safetensors")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_threads_argument(p)
+    add_device_arguments(p)
     p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
                    help="no progress on stderr (default: a bar on a terminal, one line per epoch elsewhere)")
 
 
 def _check(args) -> None:
-    for name in ("epochs", "batch_size", "teacher_epochs", "val_subset"):
+    for name in ("epochs", "batch_size", "teacher_epochs", "subset", "val_subset"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}: expected a whole number >= 1")
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr {args.lr}: expected a positive number")
+
+
+def _capped(option: str, value: int | None, split: int, which: str, name: str) -> int | None:
+    """`value`, or the split's size with a note on stderr when it asks for more than the split holds."""
+    if value is not None and value > split:
+        print(f"nas: note: {option} {value}: capped to {split}, the {which} split of {name}", file=sys.stderr)
+        return split
+    return value
 
 
 def _fit(spec, data, where: str):
@@ -69,6 +79,7 @@ def run(args) -> int:
     from nas.train.trainer import TrainingDiverged, train
 
     _check(args)
+    device = resolve_device(args.device or "auto")  # before any work
     threads = apply_threads(args.threads)
     max_seconds = parse_seconds(args.max_time, "--max-time") if args.max_time else None
     spec = decode(args.arch)
@@ -80,12 +91,15 @@ def run(args) -> int:
     data = _fit(spec, full, "--arch")
     if teacher_spec is not None:
         _fit(teacher_spec, full, "--teacher")
-    if args.subset is not None and not data.num_classes <= args.subset <= len(data.train):
-        raise UsageError(f"--subset {args.subset}: expected {data.num_classes} to {len(data.train)} "
-                         f"(the training split of {data.name})")
+    subset = _capped("--subset", args.subset, len(data.train), "training", data.name)
+    val_subset = _capped("--val-subset", args.val_subset, len(data.val), "validation", data.name)
+    if subset is not None and subset < data.num_classes:
+        raise UsageError(f"--subset {subset}: expected {data.num_classes} to {len(data.train)} "
+                         f"(one image per class, the training split of {data.name})")
     print(data.describe(), file=sys.stderr)
-    common = dict(subset=args.subset, val_subset=args.val_subset, batch_size=args.batch_size, lr=args.lr,
-                  optimizer=args.optimizer, seed=args.seed, progress=not args.quiet, max_seconds=max_seconds)
+    common = dict(subset=subset, val_subset=val_subset, batch_size=args.batch_size, lr=args.lr,
+                  optimizer=args.optimizer, seed=args.seed, progress=not args.quiet, max_seconds=max_seconds,
+                  device=device, amp=bool(args.amp))
 
     teacher = teacher_acc = None
     if teacher_spec is not None:
@@ -129,7 +143,7 @@ def run(args) -> int:
           (f"   test {out['test_accuracy']:.4f}" if args.test else ""))
     print(f"  memory footprint      {format_bytes(result.weight_bytes)} (weight_bytes)")
     print(f"  training time         {result.train_time_s:.1f} s ({result.epochs_completed:g} epochs, "
-          f"{result.train_images} images, {result.images_per_s:.0f} images/s)")
+          f"{result.train_images} images, {result.images_per_s:.0f} images/s, {result.device})")
     print(f"  inference time        {result.infer_ms_per_image:.3f} ms/image (batch 1, median, {threads} threads)")
     print(f"  peak training memory  {format_bytes(result.peak_train_mem_bytes)} ({result.peak_mem_method})")
     if teacher_acc is not None:

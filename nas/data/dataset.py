@@ -52,9 +52,17 @@ class ImageDataset(torch.utils.data.Dataset):
         One gather and one conversion; `memory_format=torch.channels_last` lays the batch out
         NHWC in that same copy.
         """
+        index = index.to(self.images.device)  # no copy on the CPU
         x = self.images[index].to(torch.float32, memory_format=memory_format)
         x.sub_(self._shift).mul_(self._scale)
         return x, self.labels[index]
+
+    def to(self, device) -> "ImageDataset":
+        """This dataset held on `device` (a GPU keeps its training images there, still uint8);
+        its batches come out on that device."""
+        out = ImageDataset(self.images.to(device), self.labels.to(device), self.mean, self.std)
+        out._shift, out._scale = out._shift.to(device), out._scale.to(device)
+        return out
 
     def subset(self, index) -> "ImageDataset":
         """A new dataset holding the rows `index` (copied), same normalisation."""

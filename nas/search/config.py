@@ -12,7 +12,9 @@ Options given on the command line override the file. Sizes and times are parsed 
 (`nas.units`) and echoed back normalised.
 """
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -26,6 +28,19 @@ SAMPLERS = ("tpe", "nsga2", "random")
 OBJECTIVES = ("accuracy", "accuracy,weight_bytes", "accuracy,latency_ms", "accuracy,macs")
 PROXIES = ("naswot", "synflow", "none")
 PRUNERS = ("sh", "none")
+
+# The sizes and epochs a search derives from its dataset when none is given (`resolve_sizes`;
+# the rules and the figures behind them: docs/training.md). Caps are in images, so the cost
+# of one candidate and of one finalist does not grow with the dataset; a small dataset gets
+# its whole split, and more epochs so that it sees as many images (optimizer steps).
+SIZED_FROM_DATA = ("subset", "epochs", "val_subset", "final_subset", "final_epochs")
+CANDIDATE_SUBSET_CAP = 4000  # distinct training images per candidate (7.4% of Fashion-MNIST's 54,000)
+CANDIDATE_IMAGES = 12_000  # images a candidate sees when it runs all its epochs (~94 steps at batch 128)
+MIN_CANDIDATE_EPOCHS = 2  # successive halving needs at least two rungs
+VAL_SUBSET_CAP = 10_000  # validation images per candidate score: all of Fashion-MNIST's 6,000 (docs/training.md)
+FINAL_SUBSET_CAP = 20_000  # training images of the final recipe (the full 54,000 costs 2.7x; measured)
+FINAL_EPOCHS = 4
+FINAL_MIN_IMAGES = 12_000  # images the final recipe sees at least (a small dataset gets more epochs)
 
 
 @dataclass
@@ -43,21 +58,25 @@ class SearchConfig:
     budget_s: float | None = None  # wall-clock budget of this run
     workers: int = 1
     seed: int = 0
-    subset: int = 4000  # training images per candidate (stratified, fixed per seed)
-    epochs: int = 3  # epochs per candidate; successive halving stops the weaker half after 1 and 2
-    val_subset: int | None = 2000  # validation images scored after each candidate epoch (None: all)
+    # Sizes and epochs: None derives them from the dataset before any work (`resolve_sizes`,
+    # docs/training.md); a value larger than the split is capped to it, with a note.
+    subset: int | None = None  # training images per candidate (stratified, nested, fixed per seed)
+    epochs: int | None = None  # epochs per candidate; successive halving stops the weaker half at its rungs
+    val_subset: int | None = None  # validation images scored after each candidate epoch
     # Zero-cost proxy gate before training. Off by default: `nas bench proxies` measured
     # Spearman -0.21..+0.27 for NASWOT and synflow vs trained accuracy on this space (docs/results.md).
     proxy: str = "none"
     proxy_keep: float = 0.5  # train a candidate only if its proxy beats this quantile of earlier ones
     pruner: str = "sh"  # successive halving over epochs (single objective), or none
     final_top: int = 3  # best distinct feasible architectures retrained on the final recipe; best val wins
-    final_epochs: int = 4
-    final_subset: int | None = 20000  # None: the whole training split
+    final_epochs: int | None = None
+    final_subset: int | None = None  # training images of the final recipe
     batch_size: int = 128  # candidates' training batch
     # the final recipe's batch: the final rung and `nas bench search`'s hand nets train alike
     # (`nas.search.final.final_train`); 64 gives twice the optimizer steps of 128
     final_batch_size: int = 64
+    device: str = "auto"  # where training runs: auto (cuda if available), cpu, cuda, cuda:N (`nas.measure.device`)
+    amp: bool = False  # bf16 autocast when training on CUDA
 
     def __post_init__(self):
         self.space = self.space or default_space()
@@ -72,9 +91,9 @@ class SearchConfig:
         for name in ("workers", "epochs", "subset", "final_top", "final_epochs", "batch_size", "val_subset",
                      "final_subset", "final_batch_size"):
             value = getattr(self, name)
-            if name in ("val_subset", "final_subset") and value is None:
-                continue  # None: the whole split
-            if not isinstance(value, int) or value < 1:
+            if name in SIZED_FROM_DATA and value is None:
+                continue  # None: derived from the dataset (`resolve_sizes`)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number >= 1")
         for name in ("trials", "max_trials"):
             value = getattr(self, name)
@@ -117,7 +136,8 @@ _PARSERS = {
     "sampler": ("sampler", str), "trials": ("trials", int), "max_trials": ("max_trials", int), "workers": ("workers", int), "seed": ("seed", int),
     "subset": ("subset", int), "epochs": ("epochs", int), "proxy": ("proxy", str), "pruner": ("pruner", str),
     "final_top": ("final_top", int), "val_subset": ("val_subset", int), "final_epochs": ("final_epochs", int), "final_subset": ("final_subset", int),
-    "batch_size": ("batch_size", int), "final_batch_size": ("final_batch_size", int),
+    "batch_size": ("batch_size", int), "final_batch_size": ("final_batch_size", int), "device": ("device", str),
+    "amp": ("amp", lambda v, where: _boolean(v, where)),
     "budget": ("budget_s", lambda v, where: parse_seconds(str(v), where)),
     "target_mem": ("weight_bytes", lambda v, where: parse_bytes(str(v), where)),
     "target_act_mem": ("peak_act_bytes", lambda v, where: parse_bytes(str(v), where)),
@@ -126,6 +146,16 @@ _PARSERS = {
 }
 OPTION_NAMES = tuple(_PARSERS)  # what the command line and a study config file may set
 _BUDGET_FIELDS = {f.name for f in fields(Budgets)}
+
+
+def _boolean(value, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "yes", "1", "on"):
+        return True
+    if str(value).lower() in ("false", "no", "0", "off"):
+        return False
+    raise UsageError(f"{where} {str(value)[:100]!r}: expected true or false")
 
 
 def read_config_file(path: str) -> dict:
@@ -168,3 +198,82 @@ def build_config(options: dict, file_options: dict | None = None, where_file: st
             value = parse(value, where)
         (budgets if target in _BUDGET_FIELDS else kwargs)[target] = value
     return SearchConfig(budgets=Budgets(**budgets), **kwargs)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The search's data sizes and epochs, every one a number (after `resolve_sizes`)."""
+
+    subset: int
+    epochs: int
+    val_subset: int
+    final_subset: int
+    final_epochs: int
+
+
+def default_sizes(n_train: int, n_val: int) -> Sizes:
+    """What a search uses on a dataset of `n_train` training and `n_val` validation images
+    when no size is given (docs/training.md states the rules and the figures)."""
+    subset = min(n_train, CANDIDATE_SUBSET_CAP)
+    final_subset = min(n_train, FINAL_SUBSET_CAP)
+    return Sizes(subset=subset, epochs=candidate_epochs(subset), val_subset=min(n_val, VAL_SUBSET_CAP),
+                 final_subset=final_subset, final_epochs=final_epochs(final_subset))
+
+
+def candidate_epochs(subset: int) -> int:
+    """Epochs for a candidate on `subset` images: about `CANDIDATE_IMAGES` images seen, at least
+    `MIN_CANDIDATE_EPOCHS` (Fashion-MNIST's 4,000: 3 epochs; digits' 1,294: 9)."""
+    return max(MIN_CANDIDATE_EPOCHS, round(CANDIDATE_IMAGES / subset))
+
+
+def final_epochs(final_subset: int) -> int:
+    """Epochs of the final recipe on `final_subset` images: `FINAL_EPOCHS`, more when that would
+    see fewer than `FINAL_MIN_IMAGES` images (digits' 1,294: 10 epochs)."""
+    return max(FINAL_EPOCHS, math.ceil(FINAL_MIN_IMAGES / final_subset))
+
+
+def first_rung(epochs: int) -> int:
+    """The epoch of successive halving's first rung: a third of the candidate's images (at
+    least one epoch); later rungs double it. 3 epochs: rungs after 1 and 2; 9: after 3 and 6."""
+    return max(1, epochs // 3)
+
+
+def resolve_sizes(config: SearchConfig, n_train: int, n_val: int, num_classes: int, dataset: str,
+                  notes=None) -> SearchConfig:
+    """`config` with every size and epoch count a number: the ones not given derived from the
+    dataset (`default_sizes`), the given ones checked against its splits before any work. A
+    subset larger than its split is capped to the split, with one note each on stderr (or
+    appended to `notes`); a candidate subset below one image per class is a UsageError."""
+    derived = default_sizes(n_train, n_val)
+    splits = {"subset": (n_train, "training"), "final_subset": (n_train, "training"),
+              "val_subset": (n_val, "validation")}
+    values = {}
+    for name in SIZED_FROM_DATA:
+        value = getattr(config, name)
+        if value is not None and name in splits and value > splits[name][0]:
+            split, which = splits[name]
+            _note(f"--{name.replace('_', '-')} {value}: capped to {split}, the {which} split of {dataset}", notes)
+            value = split
+        values[name] = value
+    for name in ("subset", "final_subset"):
+        if values[name] is not None and values[name] < num_classes:
+            raise UsageError(f"--{name.replace('_', '-')} {values[name]}: expected at least {num_classes} "
+                             f"(one image per class of {dataset}) and at most {n_train} (its training split)")
+    if values["subset"] is None:
+        values["subset"] = derived.subset
+    if values["epochs"] is None:
+        values["epochs"] = candidate_epochs(values["subset"])
+    if values["val_subset"] is None:
+        values["val_subset"] = derived.val_subset
+    if values["final_subset"] is None:
+        values["final_subset"] = derived.final_subset
+    if values["final_epochs"] is None:
+        values["final_epochs"] = final_epochs(values["final_subset"])
+    return replace(config, **values)
+
+
+def _note(message: str, notes) -> None:
+    if notes is not None:
+        notes.append(message)
+    else:
+        print(f"nas: note: {message}", file=sys.stderr, flush=True)

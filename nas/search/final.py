@@ -21,7 +21,7 @@ from nas import fsio
 from nas.blocks.model import build_model
 from nas.measure.timing import example_input, time_forward
 from nas.data import load_dataset
-from nas.search.config import SearchConfig
+from nas.search.config import SearchConfig, resolve_sizes
 from nas.search.records import FinalRecord, TrialRecord, write_final
 from nas.search.results import by_final_val, final_record
 from nas.search.storage import STUDIES_DIR
@@ -61,14 +61,18 @@ def final_data(config: SearchConfig, resolution: int):
 
 def final_train(model, data, config: SearchConfig, **kwargs):
     """The final recipe, defined once for the search's finalists and for `nas bench search`'s
-    hand-designed nets: `final_epochs` epochs at batch `final_batch_size`, seeded by `seed`."""
+    hand-designed nets: `final_epochs` epochs at batch `final_batch_size`, seeded by `seed`, on
+    `device`; the model comes back on the CPU."""
     return train(model, data, epochs=config.final_epochs, batch_size=config.final_batch_size, seed=config.seed,
-                 progress=True, **kwargs)
+                 progress=True, device=config.device, amp=config.amp, **kwargs)
 
 
 def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> FinalRecord:
     searched = TrialRecord.of(trial)
     arch = decode(searched.arch)
+    if config.final_subset is None or config.final_epochs is None:  # a config written before its sizes resolved
+        full = load_dataset(config.dataset, config.data_dir, split_seed=config.seed)
+        config = resolve_sizes(config, len(full.train), len(full.val), full.num_classes, full.name)
     data = final_data(config, arch.resolution)
     print(f"nas: final training of trial {trial.number} ({config.final_epochs} epochs on "
           f"{config.final_subset or len(data.train)} images): {searched.arch}", file=sys.stderr)

@@ -125,7 +125,8 @@ class Objective:
         max_seconds = None if self.deadline is None else max(1.0, self.deadline - time.time())
         result = train(model, data, epochs=c.epochs, batch_size=c.batch_size, seed=c.seed + trial.number,
                        max_seconds=max_seconds, progress=False, on_epoch_end=on_epoch_end,
-                       measure_inference=False, weight_bytes=costs["weight_bytes"], val_subset=c.val_subset)
+                       measure_inference=False, weight_bytes=costs["weight_bytes"], val_subset=c.val_subset,
+                       device=c.device, amp=c.amp)
         write_trial(trial, trained=True, accuracy=result.accuracy, train=_train_record(result))
         return self._values(result.accuracy, costs)
 

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import replace
 
 import optuna
 import torch
@@ -23,7 +24,8 @@ from nas.errors import UsageError
 from nas.progress import bar as progress_bar
 from nas.search import final
 from nas.search.budgets import LIMITS, Budgets
-from nas.search.config import SearchConfig
+from nas.search.config import SearchConfig, first_rung, resolve_sizes
+from nas.measure.device import resolve_device
 from nas.search.objective import DataCache, Objective
 from nas.search.records import Identity, ProfileStamp, StudyRecord, TrialRecord, write_identity, write_profile
 from nas.search.results import best_feasible, tally
@@ -66,7 +68,8 @@ SH_REDUCTION_FACTOR = 2
 def open_study(config: SearchConfig, worker_index: int = 0) -> optuna.Study:
     storage = open_storage(config.storage or default_url(config.study))
     directions = ["maximize"] + ["minimize"] * (len(config.objective_names) - 1)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=SH_REDUCTION_FACTOR) \
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(config.epochs or 1),
+                                                    reduction_factor=SH_REDUCTION_FACTOR) \
         if config.pruner == "sh" else optuna.pruners.NopPruner()
     sampler = make_sampler(config, worker_index)
     try:  # load first: create_study(load_if_exists=True) appends a create-study record on every resume
@@ -183,10 +186,12 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
     device profile (`nas.cost.latency.Profile`) that prices latency_ms, loaded by the command;
     None prices no latency, and a search with a latency budget or objective refuses to start."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = replace(config, device=str(resolve_device(config.device)))  # before any work
     space = load_space(config.space)
     from nas.data import load_dataset
-    probe = load_dataset(config.dataset, config.data_dir, split_seed=config.seed, subset=config.subset,
-                         resolution=space.resolution)
+    probe = load_dataset(config.dataset, config.data_dir, split_seed=config.seed, resolution=space.resolution)
+    # every size checked against the splits, and the ones not given derived from them, before any work
+    config = resolve_sizes(config, len(probe.train), len(probe.val), probe.num_classes, probe.name)
     if config.needs_latency and profile is None:
         option = "--target-latency" if config.budgets.latency_ms is not None else f"--objectives {config.objectives}"
         raise UsageError(f"{option}: needs a device profile, none was given; run `nas calibrate` on this "
@@ -207,7 +212,11 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
          + ", ".join(x for x in (f"budget {format_seconds(budget_s)}" if budget_s else "",
                                  f"{config.trials} trained trials" if config.trials else "",
                                  f"at most {config.max_trials} trials started" if config.max_trials else "") if x)
-         + f", {config.workers} worker(s) x {threads} thread(s)")
+         + f", {config.workers} worker(s) x {threads} thread(s) on {config.device}")
+    _log(f"candidates: {config.subset} images x {config.epochs} epochs at batch {config.batch_size} "
+         f"(first rung after epoch {first_rung(config.epochs)}), scored on {config.val_subset} validation images; "
+         f"final recipe: {config.final_subset} images x {config.final_epochs} epochs at batch "
+         f"{config.final_batch_size}")
 
     bar = _ProgressBar(config, budget_s, start, show_progress)
     interrupted, gave_up, procs = False, False, []

@@ -8,13 +8,16 @@ from nas.train.batches import iterate
 
 
 def evaluate(model: nn.Module, dataset, batch_size: int = 512, channels_last: bool = False) -> float:
-    """Top-1 accuracy of `model` on `dataset`, in [0, 1]. The model's train/eval mode is restored."""
+    """Top-1 accuracy of `model` on `dataset`, in [0, 1], computed on the device the model's
+    parameters are on (batches are moved there). The model's train/eval mode is restored."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     correct = total = 0
     try:
         with torch.inference_mode():
             for x, y in iterate(dataset, batch_size, channels_last=channels_last):
+                x, y = x.to(device), y.to(device)  # no copy when already there
                 correct += int((model(x).argmax(dim=1) == y).sum())
                 total += len(y)
     finally:

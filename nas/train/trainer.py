@@ -1,10 +1,13 @@
-"""The trainer for cheap fidelities on CPU: subset and epoch budgets, AdamW/SGD with a
-cosine schedule, label smoothing, optional distillation, and the seed's five metrics.
+"""The trainer for cheap fidelities on CPU or a GPU: subset and epoch budgets, AdamW/SGD with
+a cosine schedule, label smoothing, optional distillation, and the seed's five metrics.
 
 `train` is seeded (shuffling, dropout and any other torch randomness inside it come
 from `seed`, and the global RNG state is restored afterwards) and, on CPU with a fixed
 `torch.get_num_threads()`, gives bit-identical weights for the same inputs. Thread count
-is the caller's business (`torch.set_num_threads`).
+is the caller's business (`torch.set_num_threads`). On a GPU (`device`, `nas.measure.device`)
+the model and the data live on the device during training, channels-last, optionally under
+bf16 autocast (`amp`); the model is handed back on the CPU either way, where the packed
+kernels evaluate it.
 """
 
 import math
@@ -17,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nas.train.batches import iterate, subset_of
+from nas.measure.device import resolve_device
 from nas.train.distill import distillation_loss
 from nas.train.evaluate import evaluate, measure_inference_ms
 from nas.progress import bar as progress_bar
@@ -26,6 +30,7 @@ __all__ = ["TrainResult", "TrainingDiverged", "train", "evaluate", "measure_infe
 
 DEFAULT_LR = {"adamw": 5e-3, "sgd": 0.1}  # tuned for short runs: 1 epoch of 5000 FM images, batch 64
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 5e-4}
+GPU_PEAK_METHOD = "torch.cuda.max_memory_allocated (tensors on the GPU)"
 WARMUP_FRACTION = 0.03  # linear warm-up over the first 3% of steps (binary nets like a gentle start)
 
 
@@ -66,6 +71,8 @@ class TrainResult:
     stopped_early: str | None = None  # "max_seconds" when the time budget ended training
     peak_mem_method: str = ""
     weight_bytes: int | None = None
+    device: str = "cpu"  # where it trained
+    amp: bool = False  # bf16 autocast was on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +124,7 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
           max_seconds: float | None = None, progress: bool = True,
           on_epoch_end: Callable[[int, float], None] | None = None,
           measure_inference: bool = True, weight_bytes: int | None = None,
-          val_subset: int | None = None) -> TrainResult:
+          val_subset: int | None = None, device="cpu", amp: bool = False) -> TrainResult:
     """Train `model` in place on ``data.train`` and score it on ``data.val``.
 
     data: anything with `train` and `val` datasets (a `nas.data.DataBundle`).
@@ -127,8 +134,8 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
     lr / weight_decay: None picks the optimizer's default (`DEFAULT_LR`, `DEFAULT_WEIGHT_DECAY`).
     teacher: a trained model; when given, the loss is Hinton distillation
         ``kd_alpha * T^2 KL(teacher_T || student_T) + (1 - kd_alpha) * CE`` with T = `kd_temperature`.
-    channels_last: True / False, or "auto" (`wants_channels_last`). The model is
-        returned in the default (contiguous) memory format either way.
+    channels_last: True / False, or "auto" (`wants_channels_last` on the CPU, always on CUDA).
+        The model is returned in the default (contiguous) memory format either way.
     max_seconds: stop after the step that crosses this wall-time budget (`stopped_early`).
     on_epoch_end(epoch, val_accuracy): runs after every *completed* epoch, once that
         epoch's validation accuracy is known; `epoch` counts completed epochs from 1.
@@ -137,6 +144,10 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         It does not run for an epoch cut short by `max_seconds`.
     measure_inference: also time inference (`measure_inference_ms`, batch 1, real image).
     weight_bytes: the caller's memory-footprint figure, copied into the result.
+    device: "cpu" (default), "auto", "cuda", "cuda:N" or a `torch.device` (`resolve_device`).
+        On CUDA the model (and teacher) and the uint8 images move to the device for the run,
+        validation runs there too, and the model is moved back to the CPU before returning.
+    amp: bf16 autocast of the forward pass and loss on CUDA; ignored on the CPU.
 
     Raises `TrainingDiverged` when the loss is NaN or infinite.
     """
@@ -144,19 +155,31 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         raise ValueError(f"epochs={epochs!r}: expected >= 1")
     if optimizer not in DEFAULT_LR:
         raise ValueError(f"optimizer={optimizer!r}: expected one of {sorted(DEFAULT_LR)}")
+    dev = resolve_device(device, "device")
+    on_gpu = dev.type == "cuda"
     train_set = subset_of(data.train, subset)
-    val_set = subset_of(data.val, val_subset)
+    val_set = cpu_val_set = subset_of(data.val, val_subset)
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     weight_decay = DEFAULT_WEIGHT_DECAY[optimizer] if weight_decay is None else weight_decay
-    use_cl = wants_channels_last(model) if channels_last == "auto" else bool(channels_last)
+    if channels_last == "auto":
+        use_cl = on_gpu or wants_channels_last(model)
+    else:
+        use_cl = bool(channels_last)
     steps_per_epoch = _steps_per_epoch(len(train_set), batch_size)
     total_steps = epochs * steps_per_epoch
     if teacher is not None:
         teacher.eval()
+    use_amp = bool(amp) and on_gpu
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[dev.index or 0] if on_gpu else []):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
+        if on_gpu:  # model, teacher and the uint8 images on the device for the whole run
+            model.to(dev)
+            if teacher is not None:
+                teacher.to(dev)
+            train_set, val_set = _on_device(train_set, dev), _on_device(val_set, dev)
+            torch.cuda.reset_peak_memory_stats(dev)
         if use_cl:
             model.to(memory_format=torch.channels_last)
             if teacher is not None:
@@ -178,7 +201,9 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                     loss_sum, loss_n = 0.0, 0
                     mark = time.perf_counter()  # step time includes making the batch
                     for x, y in iterate(train_set, batch_size, generator, channels_last=use_cl):
-                        loss = _loss(model, teacher, x, y, label_smoothing, kd_temperature, kd_alpha)
+                        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # no-op on the CPU
+                        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                            loss = _loss(model, teacher, x, y, label_smoothing, kd_temperature, kd_alpha)
                         value = loss.item()
                         if not math.isfinite(value):
                             raise TrainingDiverged(epoch, step, value)
@@ -209,26 +234,44 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
             else:
                 accuracy = evaluate(model, val_set, channels_last=use_cl)
                 val_history.append((step / steps_per_epoch, accuracy))
-            infer_ms = None
-            if measure_inference:
-                example, _ = next(iterate(val_set, 1))
-                infer_ms = measure_inference_ms(model, example, channels_last=use_cl)
+            peak_mem, peak_method = mem.peak_bytes, METHODS[mem.method]
+            if on_gpu:
+                peak_mem, peak_method = torch.cuda.max_memory_allocated(dev), GPU_PEAK_METHOD
         finally:
             bar.close()
             if use_cl:
                 model.to(memory_format=torch.contiguous_format)
                 if teacher is not None:
                     teacher.to(memory_format=torch.contiguous_format)
+            if on_gpu:  # handed back on the CPU, where export and the packed kernels take it
+                model.to("cpu")
+                if teacher is not None:
+                    teacher.to("cpu")
+        infer_ms = None
+        if measure_inference:  # on the CPU (the deployment path), in the memory format it trained in
+            example, _ = next(iterate(cpu_val_set, 1))
+            if use_cl:
+                model.to(memory_format=torch.channels_last)
+            try:
+                infer_ms = measure_inference_ms(model, example, channels_last=use_cl)
+            finally:
+                model.to(memory_format=torch.contiguous_format)
 
     return TrainResult(
         accuracy=accuracy, train_time_s=train_time, infer_ms_per_image=infer_ms,
-        peak_train_mem_bytes=mem.peak_bytes, images_per_s=images / step_time if step_time else 0.0,
+        peak_train_mem_bytes=peak_mem, images_per_s=images / step_time if step_time else 0.0,
         epochs=epochs, epochs_completed=step / steps_per_epoch, steps=step, train_images=len(train_set),
         subset=subset, val_images=len(val_set), seed=seed, batch_size=batch_size, lr=lr, optimizer=optimizer,
         channels_last=use_cl, label_smoothing=label_smoothing, distilled=teacher is not None,
         train_loss=loss_sum / loss_n if loss_n else float("nan"), val_history=val_history,
-        stopped_early=stopped, peak_mem_method=METHODS[mem.method], weight_bytes=weight_bytes,
+        stopped_early=stopped, peak_mem_method=peak_method, weight_bytes=weight_bytes, device=str(dev),
+        amp=use_amp,
     )
+
+
+def _on_device(dataset, device):
+    """`dataset` held on `device` when it can be (`ImageDataset.to`); others are moved per batch."""
+    return dataset.to(device) if hasattr(dataset, "to") and hasattr(dataset, "images") else dataset
 
 
 def _loss(model, teacher, x, y, label_smoothing: float, temperature: float, alpha: float) -> torch.Tensor:
