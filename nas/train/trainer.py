@@ -25,6 +25,7 @@ from nas.train.distill import distillation_loss
 from nas.train.evaluate import evaluate, measure_inference_ms
 from nas.progress import bar as progress_bar
 from nas.train.memory import METHODS, PeakRSS
+from nas.train.recipe import Augment, ema_model, recalibrate_batchnorm
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "evaluate", "measure_inference_ms", "wants_channels_last"]
 
@@ -66,6 +67,9 @@ class TrainResult:
     channels_last: bool
     label_smoothing: float
     distilled: bool
+    augment: dict | None  # the `Augment` used, or None
+    ema_decay: float | None
+    recalibrate_bn: int  # training images BatchNorm statistics were recomputed on (0: none)
     train_loss: float  # mean training loss over the last (possibly partial) epoch
     val_history: list = field(default_factory=list)  # (epoch, accuracy) whenever validation ran
     stopped_early: str | None = None  # "max_seconds" when the time budget ended training
@@ -124,7 +128,9 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
           max_seconds: float | None = None, progress: bool = True,
           on_epoch_end: Callable[[int, float], None] | None = None,
           measure_inference: bool = True, weight_bytes: int | None = None,
-          val_subset: int | None = None, device="cpu", amp: bool = False) -> TrainResult:
+          val_subset: int | None = None, device="cpu", amp: bool = False,
+          augment: Augment | None = None, ema_decay: float | str | None = None,
+          recalibrate_bn: int = 0) -> TrainResult:
     """Train `model` in place on ``data.train`` and score it on ``data.val``.
 
     data: anything with `train` and `val` datasets (a `nas.data.DataBundle`).
@@ -148,6 +154,12 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         On CUDA the model (and teacher) and the uint8 images move to the device for the run,
         validation runs there too, and the model is moved back to the CPU before returning.
     amp: bf16 autocast of the forward pass and loss on CUDA; ignored on the CPU.
+    augment: per-image random crop / flip / erasing of every training batch (`nas.train.recipe`),
+        drawn from its own generator (seed + 1), so the batch order is the same with or without.
+    ema_decay: keep an exponential moving average of the weights and end on it; "auto" sets
+        the average's horizon to a tenth of the run (decay 1 - 10 / steps, at most 0.9998).
+    recalibrate_bn: after training (and the EMA), recompute BatchNorm statistics over this
+        many training images, unaugmented (0: keep the running statistics).
 
     Raises `TrainingDiverged` when the loss is NaN or infinite.
     """
@@ -167,6 +179,8 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         use_cl = bool(channels_last)
     steps_per_epoch = _steps_per_epoch(len(train_set), batch_size)
     total_steps = epochs * steps_per_epoch
+    if ema_decay == "auto":
+        ema_decay = min(0.9998, max(0.5, 1.0 - 10.0 / total_steps))
     if teacher is not None:
         teacher.eval()
     use_amp = bool(amp) and on_gpu
@@ -180,12 +194,15 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                 teacher.to(dev)
             train_set, val_set = _on_device(train_set, dev), _on_device(val_set, dev)
             torch.cuda.reset_peak_memory_stats(dev)
+        augment_generator = torch.Generator().manual_seed(seed + 1)
+        fill = _black_pixel(train_set) if augment is not None else None
         if use_cl:
             model.to(memory_format=torch.channels_last)
             if teacher is not None:
                 teacher.to(memory_format=torch.channels_last)
         opt = _make_optimizer(model, optimizer, lr, weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(total_steps))
+        ema = ema_model(model, ema_decay) if ema_decay is not None else None
         bar = progress_bar(total_steps, "train", "step", enabled=progress, line_every=steps_per_epoch, leave=False)
         step = 0
         step_time = 0.0
@@ -202,6 +219,10 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                     mark = time.perf_counter()  # step time includes making the batch
                     for x, y in iterate(train_set, batch_size, generator, channels_last=use_cl):
                         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # no-op on the CPU
+                        if augment is not None:
+                            x = augment(x, fill, augment_generator)
+                            if use_cl:
+                                x = x.contiguous(memory_format=torch.channels_last)
                         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                             loss = _loss(model, teacher, x, y, label_smoothing, kd_temperature, kd_alpha)
                         value = loss.item()
@@ -211,6 +232,8 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                         loss.backward()
                         opt.step()
                         schedule.step()
+                        if ema is not None:
+                            ema.update_parameters(model)
                         now = time.perf_counter()
                         step_time, mark = step_time + now - mark, now
                         step += 1
@@ -228,8 +251,13 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                         val_history.append((epoch, acc))
                         bar.set_postfix(epoch=epoch, val_acc=f"{acc:.4f}")
                         on_epoch_end(epoch, acc)
+            if ema is not None:
+                model.load_state_dict(ema.module.state_dict())
+            if recalibrate_bn:
+                recalibrate_batchnorm(model, iterate(subset_of(train_set, recalibrate_bn), batch_size,
+                                                     channels_last=use_cl))
             train_time = time.perf_counter() - start
-            if val_history and val_history[-1][0] == step / steps_per_epoch:
+            if ema is None and not recalibrate_bn and val_history and val_history[-1][0] == step / steps_per_epoch:
                 accuracy = val_history[-1][1]
             else:
                 accuracy = evaluate(model, val_set, channels_last=use_cl)
@@ -263,6 +291,7 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         epochs=epochs, epochs_completed=step / steps_per_epoch, steps=step, train_images=len(train_set),
         subset=subset, val_images=len(val_set), seed=seed, batch_size=batch_size, lr=lr, optimizer=optimizer,
         channels_last=use_cl, label_smoothing=label_smoothing, distilled=teacher is not None,
+        augment=None if augment is None else asdict(augment), ema_decay=ema_decay, recalibrate_bn=recalibrate_bn,
         train_loss=loss_sum / loss_n if loss_n else float("nan"), val_history=val_history,
         stopped_early=stopped, peak_mem_method=peak_method, weight_bytes=weight_bytes, device=str(dev),
         amp=use_amp,
@@ -272,6 +301,15 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
 def _on_device(dataset, device):
     """`dataset` held on `device` when it can be (`ImageDataset.to`); others are moved per batch."""
     return dataset.to(device) if hasattr(dataset, "to") and hasattr(dataset, "images") else dataset
+
+
+def _black_pixel(dataset) -> torch.Tensor:
+    """A black pixel after the dataset's normalisation ((0 - mean) / std per channel; 0 where
+    the dataset states no normalisation)."""
+    mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+    if mean is None or std is None:
+        return torch.zeros(1)
+    return -torch.as_tensor(mean, dtype=torch.float32) / torch.as_tensor(std, dtype=torch.float32)
 
 
 def _loss(model, teacher, x, y, label_smoothing: float, temperature: float, alpha: float) -> torch.Tensor:
