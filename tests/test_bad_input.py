@@ -214,6 +214,8 @@ CASES = [
     (["train", "--arch", "in_r28_c1-stem_c8-nope-head_c0-fc_n10", "--dataset", "digits", "--epochs", "1"], "nope"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--epochs", "0"], "--epochs"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--threads", "0"], "--threads"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--erasing", "1.5"], "--erasing 1.5"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--recalibrate-bn", "-1"], "--recalibrate-bn -1"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--threads", "-3"], "--threads"),
     (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/nowhere", "--epochs", "1"], "nowhere"),
     # studies: report, dashboard, export, infer

@@ -36,6 +36,14 @@ def add_arguments(p) -> None:
     p.add_argument("--test", action="store_true", help="also score the test set (final figures only)")
     p.add_argument("--save", metavar="PATH", help="write the trained weights as safetensors")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    g = p.add_argument_group("recipe extras (nas.train.recipe; docs/training.md has what they measured)")
+    g.add_argument("--augment", action="store_true",
+                   help="random crop (pad: an eighth of the side) and, where labels survive it, a horizontal flip")
+    g.add_argument("--erasing", type=float, default=0.0, metavar="P",
+                   help="random erasing of one rectangle with probability P (default 0; implies --augment)")
+    g.add_argument("--ema", action="store_true", help="end on an exponential moving average of the weights")
+    g.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="recompute BatchNorm statistics on N unaugmented training images at the end (default 0)")
     add_threads_argument(p)
     add_device_arguments(p)
     p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
@@ -47,6 +55,10 @@ def _check(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}: expected a whole number >= 1")
+    if not 0.0 <= args.erasing <= 1.0:
+        raise UsageError(f"--erasing {args.erasing}: expected a probability from 0 to 1")
+    if args.recalibrate_bn < 0:
+        raise UsageError(f"--recalibrate-bn {args.recalibrate_bn}: expected a whole number >= 0 (training images)")
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr {args.lr}: expected a positive number")
 
@@ -100,6 +112,14 @@ def run(args) -> int:
     common = dict(subset=subset, val_subset=val_subset, batch_size=args.batch_size, lr=args.lr,
                   optimizer=args.optimizer, seed=args.seed, progress=not args.quiet, max_seconds=max_seconds,
                   device=device, amp=bool(args.amp))
+    extras = {}
+    if args.augment or args.erasing:
+        from nas.train.recipe import default_augment
+        extras["augment"] = default_augment(data.name, spec.resolution, erasing=args.erasing)
+    if args.ema:
+        extras["ema_decay"] = "auto"
+    if args.recalibrate_bn:
+        extras["recalibrate_bn"] = min(args.recalibrate_bn, len(data.train))
 
     teacher = teacher_acc = None
     if teacher_spec is not None:
@@ -117,7 +137,7 @@ def run(args) -> int:
     model = build_model(spec)
     try:
         result = train(model, data, args.epochs, teacher=teacher, weight_bytes=int(arch_cost(spec).weight_bytes),
-                       **common)
+                       **common, **extras)
     except TrainingDiverged as e:
         print(f"nas train: {e}", file=sys.stderr)
         return 1
