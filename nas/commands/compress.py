@@ -100,8 +100,6 @@ def bundle_source(bundle: str) -> dict:
 
 
 def load_model(args, data, arch: str | None = None):
-    import torch
-
     from nas.compress.model import fold_batchnorm_, hand_model, plain_from_arch
     from nas.weights import read_weights
 
@@ -119,10 +117,7 @@ def load_model(args, data, arch: str | None = None):
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UsageError(f"--weights {weights!r}: does not fit the model ({first})") from None
-    if args.model:
-        return fold_batchnorm_(model) if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) \
-            else model
-    return plain_from_arch(model)
+    return fold_batchnorm_(model) if args.model else plain_from_arch(model)
 
 
 def readback(manifest: dict, payload: bytes, model, test) -> dict:

@@ -145,7 +145,7 @@ def skeleton(manifest: dict) -> nn.Module:
         return plain_from_arch(build_model(decode(source["arch"])))
     model = hand_model(source["model"], inp["in_chs"], inp["resolution"], manifest["num_classes"],
                        source.get("width") or 1.0)
-    return fold_batchnorm_(model) if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else model
+    return fold_batchnorm_(model)  # a no-op on a net without BatchNorm
 
 
 def _resized(m: nn.Module, shape: list[int]) -> nn.Module:
