@@ -69,7 +69,8 @@ def run(args) -> int:
     train_s = time.perf_counter() - start
     result = compress(model, data, config)
     result.pop("payload")
-    result.update(model=args.model, width=args.width if args.model == "resnet20" else None, train_s=train_s, compress_s=time.perf_counter() - start - train_s,
+    result.update(model=args.model, width=args.width if args.model == "resnet20" else None, train_s=train_s,
+                  compress_s=time.perf_counter() - start - train_s,
                   accuracy_loss_points=100 * (result["test_accuracy_before"] - result["test_accuracy_after"]),
                   threads=torch.get_num_threads())
     if args.json:
