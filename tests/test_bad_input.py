@@ -86,6 +86,19 @@ def _cifar_labels(labels) -> dict:
     return files
 
 
+W32_ARCH = GOOD_ARCH.replace("w8_a8", "w32_a32")
+
+
+def _w32_weights() -> bytes:
+    """A state dict of W32_ARCH (untrained: the compress cases are refused before any training)."""
+    import torch
+    from safetensors.torch import save
+    from nas.blocks.model import build_model
+    from nas.space import decode
+    torch.manual_seed(0)
+    return save({k: v.contiguous() for k, v in build_model(decode(W32_ARCH)).state_dict().items()})
+
+
 FILES = {  # name -> bytes, written into the case's folder
     "empty.yaml": b"",
     "list.yaml": b"- 1\n- 2\n",
@@ -119,6 +132,8 @@ FILES = {  # name -> bytes, written into the case's folder
     "repeats.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nstages:\n  - {channels: 8, repeats: [100000]}\n",
     "phi.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nscaling: {phi: [1000]}\nstages:\n  - {channels: 8}\n",
     "dup-config.yaml": b"target-mem: 5MB\ntarget_mem: 1KB\n",
+    "w32.safetensors": _w32_weights(),
+    "compressed/manifest.json": b'{"format": "nas-compressed/1"}',
     "cut.safetensors": b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"dtype\": \"F32\", ",
     "zero.npz": _npz(0),
     "one.npz": _npz(1),
@@ -311,6 +326,21 @@ CASES = [
     (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--device", "cuda7"], "cuda7"),
     (["bench", "train", "--device", "gpu"], "--device 'gpu'"),
     (["scale", "--arch", GOOD_ARCH, "--targets", "50KB", "--device", "npu"], "npu"),
+    # issue 22: nas compress
+    (["compress", "--arch", W32_ARCH, "--weights", "{d}/w32.safetensors", "--dataset", "digits", "--prune", "1.5",
+      "-o", "{d}/c"], "--prune 1.5"),
+    (["compress", "--arch", W32_ARCH, "--weights", "{d}/w32.safetensors", "--dataset", "digits", "--share", "0",
+      "-o", "{d}/c"], "--share 0"),
+    (["compress", "--arch", W32_ARCH, "--weights", "{d}/w32.safetensors", "--dataset", "digits", "--pq", "d=3,k=16",
+      "-o", "{d}/c"], "not divisible by 3"),
+    (["compress", "--arch", W32_ARCH, "--weights", "{d}/w32.safetensors", "--dataset", "digits", "--ptq", "static8",
+      "--calib-images", "10", "-o", "{d}/c"], "smaller than one batch"),
+    (["compress", "--arch", W32_ARCH, "--weights", "{d}/w32.safetensors", "--dataset", "digits", "--prune", "0.5",
+      "--retrain-subset", "10", "-o", "{d}/c"], "--retrain-subset 10"),
+    (["compress", "--bundle", "{d}/compressed", "--prune", "0.5", "-o", "{d}/c"], "already compressed"),
+    (["compress", "--bundle", "{d}/compressed", "--weights", "{d}/w32.safetensors", "--prune", "0.5", "-o", "{d}/c"],
+     "--weights with --bundle"),
+    (["compress", "--arch", W32_ARCH, "--prune", "0.5", "-o", "{d}/c"], "expected --weights"),
 ]
 if not __import__("torch").cuda.is_available():  # where CUDA is present these run instead of failing
     CASES += [

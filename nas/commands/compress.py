@@ -1,17 +1,26 @@
-"""`nas compress (--arch A | --model lenet5) --weights W [--prune S [--structured] [--iterative N]]
-[--share BITS] [--pq d=D,k=K] [--ptq static8|dynamic8] -o DIR`: compress a trained float model.
+"""`nas compress (--bundle B | --arch A --weights W | --model lenet5|resnet20 --weights W)
+[--prune S [--structured] [--iterative N]] [--share BITS] [--pq d=D,k=K] [--ptq static8|dynamic8]
+-o DIR`: compress a trained float model.
 
 Deep Compression's order: prune (retrain after each step) -> share (fine-tune the
-centroids) -> pack. The output directory gets `payload.bin` (exactly the `weight_bytes`
-that `nas.cost.layout` predicts; checked before writing), `weights.safetensors` (the
-compressed model's float weights) and `manifest.json` (accuracy before / after, the
-per-layer table). Retraining prints one line per epoch on stderr.
+centroids) -> pack. The output directory is a compressed bundle (`nas.compress.bundle`):
+`payload.bin` (exactly the `weight_bytes` that `nas.cost.layout` predicts; checked before
+writing), `weights.safetensors` (the compressed model's float weights) and `manifest.json`
+(accuracy before / after, the per-layer table, the payload index). Before it is written the
+payload is decoded into a fresh network and its logits are compared with the compressed
+model's (`identical_logits`); `nas infer --bundle DIR` runs that decoded network.
+
+--bundle takes a `nas export` bundle of a full-precision arch (w32 a32 everywhere; its
+weights.safetensors after the sha256 check). A bundle with any quantized layer is refused
+with one line: its 1..16-bit records have no sparse or codebook form. A bundle that
+`nas compress` wrote is refused too. Retraining prints one line per epoch on stderr.
 """
 
 import json
 import sys
 from pathlib import Path
 
+from nas.compress.model import HAND_MODELS
 from nas.compress.report import parse_layer_sparsity, print_table
 from nas.errors import UsageError
 
@@ -19,9 +28,11 @@ from nas.errors import UsageError
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--arch", help="a full-precision arch string (w32 a32), trained with `nas train --save`")
-    src.add_argument("--model", choices=("lenet5",), help="a built-in plain network")
-    p.add_argument("--weights", required=True, help="safetensors file of the trained weights")
-    p.add_argument("--dataset", default="fashion-mnist")
+    src.add_argument("--model", choices=HAND_MODELS, help="a built-in plain network")
+    src.add_argument("--bundle", help="a bundle written by `nas export` of a full-precision (w32 a32) arch")
+    p.add_argument("--weights", help="safetensors file of the trained weights (--arch / --model)")
+    p.add_argument("--width", type=float, default=1.0, help="--model resnet20: width multiplier (default 1)")
+    p.add_argument("--dataset", help="default: the bundle's dataset, else fashion-mnist")
     p.add_argument("--data-dir")
     p.add_argument("--resolution", type=int, help="--model only: resize the images (LeNet-5 needs >= 16)")
     p.add_argument("--prune", type=float, metavar="S", help="sparsity per layer, 0 <= S < 1 (e.g. 0.9)")
@@ -39,6 +50,7 @@ def add_arguments(p) -> None:
     p.add_argument("--calibration", choices=("minmax", "percentile", "mse"), default="minmax")
     p.add_argument("--calib-images", type=int, default=256, help="training images for PTQ calibration")
     p.add_argument("--retrain-epochs", type=int, default=1)
+    p.add_argument("--retrain-subset", type=int, metavar="N", help="retrain on a stratified subset of N images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -58,65 +70,134 @@ def config_of(args):
     pq = parse_pq(args.pq) if args.pq else None
     return CompressConfig(prune=args.prune, layer_sparsity=parse_layer_sparsity(args.layer_sparsity),
                           structured=args.structured, iterative=args.iterative, retrain_epochs=args.retrain_epochs,
+                          retrain_subset=args.retrain_subset,
                           regularizer=None if args.regularizer == "none" else args.regularizer,
                           strength=args.strength, share=args.share, share_method=args.share_method, pq=pq, ptq=ptq,
                           calib_images=args.calib_images, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
 
 
-def load_model(args, data):
-    from nas.compress.model import lenet5, plain_from_arch
+def bundle_source(bundle: str) -> dict:
+    """The `nas export` manifest of --bundle, after its checks; refuses a compressed bundle and
+    one with quantized layers, before any data is read."""
+    from nas.compress.bundle import FORMAT, read_format
+    from nas.export.bundle import verify_bundle
+
+    if read_format(bundle) == FORMAT:
+        raise UsageError(f"--bundle {bundle}: is already compressed (manifest format {FORMAT}, written by "
+                         f"`nas compress`); expected a bundle written by `nas export`")
+    manifest = verify_bundle(bundle)
+    from nas.blocks.model import build_model
+    from nas.space import decode
+
+    quantized = [layer for layer in build_model(decode(manifest["arch"])).quant_layers()
+                 if layer.w_bits != 32 or layer.a_bits != 32]
+    if quantized:
+        q = quantized[0]
+        raise UsageError(f"--bundle {bundle}: layer {q.name} is quantized (w{q.w_bits} a{q.a_bits}); expected a "
+                         f"full-precision bundle (w32 a32 everywhere): a quantized record has no sparse or "
+                         f"codebook form")
+    return manifest
+
+
+def load_model(args, data, arch: str | None = None):
+    from nas.compress.model import fold_batchnorm_, hand_model, plain_from_arch
     from nas.weights import read_weights
 
-    state, _ = read_weights(args.weights, "--weights")
-    if args.model == "lenet5":
-        model = lenet5(data.in_chs, data.resolution, data.num_classes)
+    weights = str(Path(args.bundle) / "weights.safetensors") if args.bundle else args.weights
+    state, _ = read_weights(weights, "--weights")
+    if args.model:
+        model = hand_model(args.model, data.in_chs, data.resolution, data.num_classes, args.width)
     else:
         from nas.blocks.model import build_model
         from nas.space import decode
 
-        model = build_model(decode(args.arch))
+        model = build_model(decode(arch or args.arch))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise UsageError(f"--weights {args.weights!r}: does not fit the model ({first})") from None
-    return model if args.model else plain_from_arch(model)
+        raise UsageError(f"--weights {weights!r}: does not fit the model ({first})") from None
+    return fold_batchnorm_(model) if args.model else plain_from_arch(model)
+
+
+def readback(manifest: dict, payload: bytes, model, test) -> dict:
+    """Decode `payload` into a fresh network (what `nas infer` runs); compare it with `model`
+    on the test split: accuracy, prediction agreement, rows of logits identical bit for bit."""
+    import torch
+
+    from nas.compress.bundle import model_from_payload
+
+    loaded = model_from_payload(manifest, payload)
+    model.eval()
+    same = agree = correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(test), 512):
+            x, y = test.batch(torch.arange(start, min(start + 512, len(test))))
+            a, b = model(x), loaded(x)
+            same += int((a == b).all(dim=1).sum())
+            agree += int((a.argmax(1) == b.argmax(1)).sum())
+            correct += int((b.argmax(1) == y).sum())
+    return {"accuracy": correct / len(test), "prediction_agreement": agree / len(test), "identical_logits": same,
+            "test_images": len(test)}
 
 
 def run(args) -> int:
+    from nas.compress.bundle import payload_index, write_compressed_bundle
     from nas.compress.pipeline import compress
     from nas.data import load_dataset
+    from nas.fsio import check_output_path
+
     config = config_of(args)  # validates before any data is read
-    out = Path(args.output)
+    if not args.bundle and not args.weights:
+        raise UsageError(f"--{'arch' if args.arch else 'model'}: expected --weights W as well (the trained "
+                         f"weights to compress)")
+    if args.bundle and args.weights:
+        raise UsageError("--weights with --bundle: expected one of the two (the bundle carries its weights)")
+    out = check_output_path(args.output)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise UsageError(f"-o {args.output}: exists and is not an empty directory; expected a new path")
-    data = load_dataset(args.dataset, args.data_dir)
-    if args.arch:
+    source_manifest = bundle_source(args.bundle) if args.bundle else None
+    arch = source_manifest["arch"] if source_manifest else args.arch
+    dataset = args.dataset or (source_manifest or {}).get("dataset") or "fashion-mnist"
+    data = load_dataset(dataset, args.data_dir)
+    if arch:
         from nas.space import decode
 
-        data = data.resized(decode(args.arch).resolution)
+        data = data.resized(decode(arch).resolution)
     elif args.resolution:
         data = data.resized(args.resolution)
-    model = load_model(args, data)
+    if source_manifest:
+        inp = source_manifest["input"]
+        if [float(v) for v in data.mean] != inp["mean"] or [float(v) for v in data.std] != inp["std"]:
+            raise UsageError(f"--dataset {dataset}: normalises with mean {[float(v) for v in data.mean]}, std "
+                             f"{[float(v) for v in data.std]}; the bundle was trained with mean {inp['mean']}, "
+                             f"std {inp['std']}; expected the bundle's dataset")
+    model = load_model(args, data, arch)
     if config.pq is not None:
         from nas.compress.pq import check_pq
 
         check_pq(model, config.pq[0])
     result = compress(model, data, config)
     payload = result.pop("payload")
-    out.mkdir(parents=True, exist_ok=True)
-    if payload is not None:
-        (out / "payload.bin").write_bytes(payload)
-    from safetensors.torch import save_file
-    from torch.nn.utils import parametrize
-
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
-    manifest = {"arch": args.arch, "model": args.model, "dataset": args.dataset, **result,
-                "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    ptq = None if config.ptq is None else {"mode": config.ptq.mode, "bits": config.ptq.bits,
+                                           "act_symmetric": config.ptq.act_symmetric}
+    manifest = {
+        "arch": arch, "model": args.model, "dataset": dataset,
+        "source": {"arch": arch, "model": args.model, "width": args.width if args.model == "resnet20" else None,
+                   "bundle": args.bundle, "bundle_accuracy": (source_manifest or {}).get("accuracy"),
+                   "weights": args.weights},
+        "input": {"in_chs": data.in_chs, "resolution": data.resolution, "mean": [float(v) for v in data.mean],
+                  "std": [float(v) for v in data.std], "layout": "NCHW float32, (x / 255 - mean) / std"},
+        "num_classes": data.num_classes, "ptq": ptq, **result,
+        "payload": {"file": "payload.bin", "layout": "nas.cost.layout", "byte_order": "little",
+                    "layers": payload_index(model, ptq)},
+        "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+    }
+    manifest.update(readback(manifest, payload, model, data.test))
+    if manifest["identical_logits"] != len(data.test):
+        print(f"nas: warning: the model decoded from payload.bin gives different logits on "
+              f"{len(data.test) - manifest['identical_logits']} of {len(data.test)} test images", file=sys.stderr)
+    manifest = write_compressed_bundle(out, model, payload, manifest)
     if args.json:
         print(json.dumps(manifest, default=str))
     else:

@@ -7,6 +7,10 @@
 - `plain_from_arch`: a trained full-precision `QuantNet` with every BatchNorm folded into
   the conv before it and every 32-bit QuantConv2d / QuantLinear replaced by a plain layer;
   in eval mode it computes what the original does (folding reorders float products).
+- `resnet20_like`: He et al.'s CIFAR ResNet-20 (3 stages x 3 basic blocks, widths 16/32/64
+  x `width`), the hand-designed baseline of `nas bench search` and of `nas bench compress
+  --model resnet20`. `fold_batchnorm_` folds its BatchNorms into the convs before
+  compression (the payload has a bias per layer, no BatchNorm record).
 """
 
 import torch
@@ -24,6 +28,65 @@ def lenet5(in_chs: int = 1, resolution: int = 28, num_classes: int = 10, dropout
         nn.Conv2d(20, 50, 5), nn.MaxPool2d(2), nn.Flatten(1),
         nn.Linear(50 * side * side, 500), nn.ReLU(), nn.Dropout(dropout),
         nn.Linear(500, num_classes))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+
+def resnet20_like(width: float, in_chs: int, num_classes: int) -> nn.Module:
+    """He et al.'s CIFAR ResNet-20: 3 stages x 3 basic blocks, widths 16/32/64 x `width`."""
+    w = [max(4, int(round(c * width))) for c in (16, 32, 64)]
+    layers = [nn.Conv2d(in_chs, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU()]
+    cin = w[0]
+    for i, c in enumerate(w):
+        for j in range(3):
+            layers.append(BasicBlock(cin, c, 2 if (j == 0 and i > 0) else 1))
+            cin = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def fold_batchnorm_(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d registered right after a Conv2d into it (`torch.nn.utils.fusion`,
+    eval statistics); the BatchNorm becomes an Identity. The model is left in eval mode."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    modules = list(model.named_modules())
+    for (c_name, conv), (b_name, bn) in zip(modules, modules[1:]):
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            _set(model, c_name, fuse_conv_bn_eval(conv, bn))
+            _set(model, b_name, nn.Identity())
+    left = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if left:
+        raise UsageError(f"BatchNorm {left[0]} follows no conv; expected conv -> BatchNorm pairs to fold")
+    return model
+
+
+HAND_MODELS = ("lenet5", "resnet20")
+
+
+def hand_model(name: str, in_chs: int, resolution: int, num_classes: int, width: float = 1.0) -> nn.Module:
+    """A built-in plain network by name, unfolded (its BatchNorms, if any, still separate)."""
+    if name == "lenet5":
+        return lenet5(in_chs, resolution, num_classes)
+    if name == "resnet20":
+        return resnet20_like(width, in_chs, num_classes)
+    raise UsageError(f"--model {name!r}: expected one of {HAND_MODELS}")
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> None:

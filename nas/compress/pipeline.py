@@ -26,6 +26,7 @@ class CompressConfig:
     structured: bool = False
     iterative: int = 1  # prune steps (Zhu & Gupta's cubic schedule); 1 = one-shot
     retrain_epochs: int = 1  # after each prune step, and for the centroid fine-tuning
+    retrain_subset: int | None = None  # retrain on a fixed stratified subset of this many training images
     regularizer: str | None = "l2"  # l1 | l2 | None while retraining the pruned net
     strength: float = 1e-5
     share: int | None = None  # codebook bits
@@ -58,6 +59,9 @@ class CompressConfig:
                              "layer has neither zeros nor a scalar codebook)")
         if self.retrain_epochs < 0:
             raise UsageError(f"--retrain-epochs {self.retrain_epochs}: expected >= 0")
+        if self.retrain_subset is not None and self.retrain_subset < self.batch_size:
+            raise UsageError(f"--retrain-subset {self.retrain_subset}: expected at least one batch "
+                             f"({self.batch_size} images)")
 
 
 def fp32_weight_bytes(model: nn.Module) -> int:
@@ -110,7 +114,8 @@ def compress(model: nn.Module, data, config: CompressConfig, log=None) -> dict:
         return {**out, "test_accuracy_after": after, "weight_bytes": predicted, "payload_bytes": len(payload),
                 "layers": rows, "ratio": fp32 / predicted, "payload": payload}
 
-    retrain = dict(lr=config.lr, batch_size=config.batch_size, seed=config.seed, log=log)
+    retrain = dict(lr=config.lr, batch_size=config.batch_size, seed=config.seed, subset=config.retrain_subset,
+                   log=log)
     if config.prune is not None or config.layer_sparsity:
         sparsity = config.prune or 0.0
         conn = P.connections(model)

@@ -53,7 +53,8 @@ class PQWeight(nn.Module):
         v = self.codebook[self.index]  # (S, d)
         if len(self.shape) == 4:
             c_out, c_in, kh, kw = self.shape
-            return v.reshape(c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+            # contiguous: the conv then runs on the layout a decoded payload has, so the two agree bit for bit
+            return v.reshape(c_out, kh, kw, c_in).permute(0, 3, 1, 2).contiguous()
         return v.reshape(self.shape)
 
 

@@ -160,7 +160,7 @@ def parse_ptq(text: str) -> PTQConfig:
     raise UsageError(f"--ptq {text!r}: expected static8 or dynamic8")
 
 
-class _ActQuantHook:
+class ActQuantHook:
     """forward_pre_hook fake-quantizing a layer's input: fixed (s, z) or ranged per call."""
 
     def __init__(self, bits: int, symmetric: bool, scale=None, zero=None):
@@ -211,10 +211,10 @@ def apply_ptq(model: nn.Module, calib_images: torch.Tensor, config: PTQConfig) -
         if config.mode == "static":
             lo, hi = calibrate_range(x, config.calibration, config.bits, config.act_symmetric)
             s, z = affine_params(lo, hi, config.bits, config.act_symmetric)
-            hook = _ActQuantHook(config.bits, config.act_symmetric, s, z)
+            hook = ActQuantHook(config.bits, config.act_symmetric, s, z)
         else:
             s, z = affine_params(x.min(), x.max(), config.bits, config.act_symmetric)
-            hook = _ActQuantHook(config.bits, config.act_symmetric)
+            hook = ActQuantHook(config.bits, config.act_symmetric)
         row.update({f"act_{k}": v for k, v in quant_error(x, fake_quantize(x, s, z, config.bits)).items()})
         row["act_scale"], row["act_zero_point"] = float(s), int(z)
         m.register_forward_pre_hook(hook)

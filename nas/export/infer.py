@@ -9,6 +9,11 @@ conversion table (`nas.export.convert`) puts it: 1-bit layers on the packed-bina
 layer where consecutive layers are), the rest in PyTorch float; the manifest's `layer_paths`
 lists which. Images are normalised with the mean / std
 recorded in the manifest (those of the training data), not recomputed from `D`.
+
+A bundle written by `nas compress` (`nas.compress.bundle`) runs the same way: its network is
+rebuilt from the manifest's source and every weight is decoded from payload.bin (dense,
+bitmap, relative, codebook, pq or int8 records; static PTQ sites with their stored scale and
+zero point), then runs in PyTorch float.
 """
 
 import json
@@ -59,15 +64,18 @@ def path_counts(layer_paths: list[dict]) -> dict[str, int]:
 def run(args) -> int:
     from nas.export.bundle import load_bundle, predictions, set_threads, timings
 
+    from nas.compress.bundle import is_compressed, load_compressed_bundle
+
     set_threads(args.threads)
-    manifest, model = load_bundle(args.bundle)
+    # a `nas compress` bundle: the network decoded from its sparse / codebook / pq / int8 payload
+    manifest, model = load_compressed_bundle(args.bundle) if is_compressed(args.bundle) else load_bundle(args.bundle)
     dataset = args.dataset or manifest.get("dataset")
     if dataset is None:
         raise UsageError("--dataset: the bundle does not name its dataset; expected --dataset NAME or PATH")
     test = test_split(manifest, dataset, args.data_dir, args.subset)
     preds = predictions(model, test)
     result = {
-        "bundle": str(args.bundle), "arch": manifest["arch"], "dataset": dataset, "images": len(test),
+        "bundle": str(args.bundle), "arch": manifest["arch"] or manifest.get("model"), "dataset": dataset, "images": len(test),
         "accuracy": int((preds == test.labels).sum()) / len(test),
         "accuracy_at_export": manifest["accuracy"], "test_images_at_export": manifest["test_images"],
         "payload_bytes": manifest["payload_bytes"], "weight_bytes": manifest["weight_bytes"],

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from nas.compress.model import resnet20_like  # a hand baseline; compress uses it too
 from nas.errors import UsageError
 from nas.search.budgets import Budgets
 from nas.search.config import SearchConfig
@@ -62,35 +63,6 @@ def fp32_payload_bytes(model: nn.Module) -> int:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             total += 4 * (m.weight.numel() + m.weight.shape[0])  # weights + (folded or own) bias
     return total
-
-
-class _BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
-
-
-def resnet20_like(width: float, in_chs: int, num_classes: int) -> nn.Module:
-    """He et al.'s CIFAR ResNet-20: 3 stages x 3 basic blocks, widths 16/32/64 x `width`."""
-    w = [max(4, int(round(c * width))) for c in (16, 32, 64)]
-    layers = [nn.Conv2d(in_chs, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU()]
-    cin = w[0]
-    for i, c in enumerate(w):
-        for j in range(3):
-            layers.append(_BasicBlock(cin, c, 2 if (j == 0 and i > 0) else 1))
-            cin = c
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
-    return nn.Sequential(*layers)
 
 
 def mobilenetv3_small(width: float, in_chs: int, num_classes: int) -> nn.Module:
