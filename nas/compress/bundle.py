@@ -19,7 +19,6 @@ stored (scale, zero point) back; a dynamic one ranges its input per call, as in
 `nas.compress.ptq`. The result is a plain PyTorch model: `nas infer` runs it.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -32,19 +31,10 @@ from nas import fsio, limits
 from nas.compress.prune import layers_of
 from nas.cost import layout
 from nas.errors import UsageError
+from nas.manifest import MANIFEST, digest, file_entries, read_verified
 
 FORMAT = "nas-compressed/1"
 FILES = ("payload.bin", "weights.safetensors")
-MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _digest(manifest: dict) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read_format(bundle_dir) -> str | None:
@@ -103,34 +93,14 @@ def write_compressed_bundle(out, model: nn.Module, payload: bytes, manifest: dic
     with fsio.atomic_dir(out) as tmp:
         (tmp / "payload.bin").write_bytes(payload)
         save_file(state, str(tmp / "weights.safetensors"))
-        manifest["files"] = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in FILES}
-        manifest["manifest_sha256"] = _digest(manifest)
+        manifest["files"] = file_entries(tmp, FILES)
+        manifest["manifest_sha256"] = digest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n", encoding="utf-8")
     return manifest
 
 
 def verify_compressed_bundle(bundle_dir) -> dict:
-    d = Path(bundle_dir)
-    try:
-        manifest = limits.load_json(d / MANIFEST, "bundle manifest")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"bundle {d}: {MANIFEST} is not valid JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UsageError(f"bundle {d}: {MANIFEST} is not a {FORMAT} manifest; expected a bundle written by "
-                         f"`nas compress`")
-    if manifest.get("manifest_sha256") != _digest(manifest):
-        raise UsageError(f"bundle {d}: {MANIFEST} was modified after `nas compress` wrote it (its content does not "
-                         f"match its manifest_sha256); compress again")
-    files = manifest.get("files")
-    for name in FILES:
-        entry = files.get(name) if isinstance(files, dict) else None
-        p = d / name
-        if not (isinstance(entry, dict) and p.is_file()):
-            raise UsageError(f"bundle {d}: {name} is missing or not listed in {MANIFEST}; compress again")
-        if p.stat().st_size != entry.get("bytes") or _sha256(p) != entry.get("sha256"):
-            raise UsageError(f"bundle {d}: {name} does not match {MANIFEST} (size or sha256 differs); the file was "
-                             f"modified or corrupted, compress again")
-    return manifest
+    return read_verified(bundle_dir, FORMAT, FILES, writer="nas compress", redo="compress again")
 
 
 def skeleton(manifest: dict) -> nn.Module:

@@ -18,7 +18,6 @@ payload.bin alone (`nas.export.deploy`).
 """
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -33,13 +32,15 @@ import yaml
 from safetensors.torch import save_file
 
 import nas
-from nas import fsio, limits
+from nas import fsio
 from nas.cost import arch_cost
 from nas.errors import UsageError
 from nas.export.deploy import packed_model
 from nas.export.fold import model_records
 from nas.export.formats import write_formats
 from nas.export.payload import encode_payload
+from nas.manifest import MANIFEST, file_entries, read_verified, sha256
+from nas.manifest import digest as _manifest_digest
 from nas.quant import BinaryConv2d, packed_kernels
 from nas.space import decode, encode
 from nas.units import format_bytes
@@ -47,7 +48,6 @@ from nas.units import format_bytes
 FORMAT = "nas-bundle/1"
 FILES = ("arch.yaml", "weights.safetensors", "payload.bin", "model.onnx", "model.ts")
 OPTIONAL_FILES = ("model.int8.onnx", "model.tflite")  # written when the model has one / --format asks; verified when listed
-MANIFEST = "manifest.json"
 LATENCY_REPEATS = 30
 THROUGHPUT_BATCH = 256
 EVAL_BATCH = 512
@@ -132,19 +132,6 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _manifest_digest(manifest: dict) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 # ---- TorchScript / ONNX of the fake-quant model -------------------------------------------
@@ -289,8 +276,7 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         from nas.export.onnx_int8 import write_int8_onnx  # here: `python -m nas.export.onnx_int8` imports this file
         manifest["int8_onnx"] = write_int8_onnx(tmp, model.arch, payload, manifest, test, ours)
         write_formats(formats, tmp, model.arch, payload, manifest, test, ours, calibration)
-        manifest["files"] = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)}
-                             for name in FILES + OPTIONAL_FILES if name in FILES or (tmp / name).is_file()}
+        manifest["files"] = file_entries(tmp, [n for n in FILES + OPTIONAL_FILES if n in FILES or (tmp / n).is_file()])
         manifest["manifest_sha256"] = _manifest_digest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         _default_permissions(tmp)  # mkdtemp makes 0700, safetensors 0600: a bundle is meant to be shared
@@ -310,37 +296,7 @@ def _default_permissions(d: Path) -> None:
 def verify_bundle(bundle_dir) -> dict:
     """The manifest, after checking it and every file it lists (size and sha256).
     Any problem: a one-line UsageError naming the file."""
-    d = Path(bundle_dir)
-    if not d.is_dir():
-        raise UsageError(f"--bundle {bundle_dir}: no such directory; expected a bundle written by `nas export`")
-    path = d / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"bundle {d}: {MANIFEST} is missing; expected a bundle written by `nas export`")
-    try:
-        manifest = limits.load_json(path, "bundle manifest")  # size, depth, integer digits
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"bundle {d}: {MANIFEST} is not valid JSON ({str(e).splitlines()[0]}); "
-                         f"the file is corrupt, re-export the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UsageError(f"bundle {d}: {MANIFEST} is not a {FORMAT} manifest; "
-                         f"expected a bundle written by `nas export`")
-    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
-        raise UsageError(f"bundle {d}: {MANIFEST} was modified after export (its content does not match its "
-                         f"manifest_sha256); re-export the bundle")
-    files = manifest.get("files") or {}
-    for name in FILES + tuple(n for n in OPTIONAL_FILES if isinstance(files, dict) and n in files):
-        entry, p = files.get(name) if isinstance(files, dict) else None, d / name
-        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
-            raise UsageError(f"bundle {d}: {MANIFEST} lists no {name} with bytes and sha256; "
-                             f"expected every file of {list(FILES)}")
-        if not p.is_file():
-            raise UsageError(f"bundle {d}: {name} is missing (listed in {MANIFEST}); re-export the bundle")
-        size = p.stat().st_size
-        if size != entry["bytes"] or sha256(p) != entry["sha256"]:
-            raise UsageError(f"bundle {d}: {name} does not match {MANIFEST} ({size} bytes, sha256 differs; "
-                             f"expected {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}...); "
-                             f"the file was modified or corrupted, re-export the bundle")
-    return manifest
+    return read_verified(bundle_dir, FORMAT, FILES, OPTIONAL_FILES)
 
 
 def load_bundle(bundle_dir) -> tuple[dict, torch.nn.Module]:
