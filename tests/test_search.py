@@ -251,3 +251,23 @@ def test_oversized_subsets_are_capped_with_a_note_before_the_search(in_tmp, caps
                          "nas: note: --final-subset 20000: capped to 1294, the training split of digits"]
     final = json.loads(captured.out)["final"][0]
     assert final["subset"] == 1294 and final["train"]["train_images"] == 1294
+
+
+def test_a_candidate_the_deadline_cuts_short_is_pruned_not_a_finalist(in_tmp, capsys):
+    """A candidate whose training the search's time budget stops mid-way has no full score: it
+    is recorded PRUNED (accuracy and training record kept), never COMPLETE, never retrained."""
+    storage = f"journal:{in_tmp / 'studies' / 'cut.journal'}"
+    rc = main(["search", "--target-mem", "200KB", "--dataset", "digits", "--budget", "4s", "--epochs", "60",
+               "--subset", "500", "--val-subset", "100", "--study", "cut", "--storage", storage, "--no-progress",
+               "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    trials = _study("cut", storage).trials
+    cut = [t for t in trials if t.state == TrialState.PRUNED and "train" in t.user_attrs]
+    assert cut, [(t.state, sorted(t.user_attrs)) for t in trials]
+    for t in cut:
+        assert t.user_attrs["train"]["stopped_early"] == "max_seconds"
+        assert t.user_attrs["train"]["epochs_completed"] < 60
+        assert t.user_attrs.get("trained") is not True
+    assert not [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")]
+    assert not summary.get("final")  # nothing retrained

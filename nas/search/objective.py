@@ -127,6 +127,10 @@ class Objective:
                        max_seconds=max_seconds, progress=False, on_epoch_end=on_epoch_end,
                        measure_inference=False, weight_bytes=costs["weight_bytes"], val_subset=c.val_subset,
                        device=c.device, amp=c.amp)
+        if result.stopped_early == "max_seconds":  # the search's deadline cut it short: not a full score
+            write_trial(trial, accuracy=result.accuracy, train=_train_record(result))
+            raise optuna.TrialPruned(f"the search's time budget ended after {result.epochs_completed:.2f} of "
+                                     f"{c.epochs} epochs")
         write_trial(trial, trained=True, accuracy=result.accuracy, train=_train_record(result))
         return self._values(result.accuracy, costs)
 
