@@ -409,14 +409,36 @@ def quantize_input(x: torch.Tensor, site) -> np.ndarray:
 
 
 def litert_interpreter(data: bytes, threads: int = 1, reference: bool = False):
-    """LiteRT's interpreter on the file: its default kernels (XNNPACK for int8), or with
-    `reference` its builtin reference kernels (the ones TFLite Micro's match)."""
+    """LiteRT's interpreter on the file, tensors allocated: its default kernels (XNNPACK for
+    int8), or with `reference` its builtin reference kernels (the ones TFLite Micro's match).
+
+    On some hosts XNNPACK refuses to prepare a node of these graphs (seen on an AVX-512 host:
+    "failed to create XNNPACK runtime ... failed to prepare", the same file preparing on an
+    AVX2 one); the interpreter is then made with LiteRT's builtin optimised kernels and no
+    default delegate. `kernels_of(it)` says which ran."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    kind = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
-    with _quiet():
-        it = Interpreter(model_content=data, num_threads=threads, experimental_op_resolver_type=kind)
-    return it
+    kinds = [OpResolverType.BUILTIN_REF] if reference else [OpResolverType.AUTO,
+                                                            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES]
+    for i, kind in enumerate(kinds):
+        with _quiet():
+            it = Interpreter(model_content=data, num_threads=threads, experimental_op_resolver_type=kind)
+            try:
+                it.allocate_tensors()
+            except RuntimeError as e:
+                if "XNNPACK" not in str(e) or i + 1 == len(kinds):
+                    raise
+                continue
+        _KERNELS[id(it)] = {OpResolverType.BUILTIN_REF: "builtin reference", OpResolverType.AUTO: "xnnpack",
+                            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES: "builtin (xnnpack refused)"}[kind]
+        return it
+
+
+_KERNELS: dict = {}  # id(interpreter) -> which kernels it runs
+
+
+def kernels_of(it) -> str:
+    return _KERNELS.get(id(it), "unknown")
 
 
 def litert_predictions(data: bytes, dataset, site, batch_size: int = 512) -> torch.Tensor:
@@ -572,6 +594,7 @@ def write(tmp, arch, payload: bytes, manifest: dict, test, predictions, calibrat
                   "from": "the stem's PACT site: round(clip((x / 255 - mean) / std, lo, alpha) / scale) + zero_point"},
         "output": {"layout": "int8 logits", **_output_q(it)},
         "prediction_agreement": int((preds == predictions).sum()) / len(test),
+        "litert_kernels": kernels_of(it),
         "accuracy": int((preds == test.labels).sum()) / len(test), "test_images": len(test),
         "calibration": {"split": split, "images": int(len(calibration)),
                         "tensors": len(info["calibrated"]), "how": "min / max, asymmetric int8"},
