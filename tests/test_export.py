@@ -372,3 +372,51 @@ def test_cli_refuses_truncated_final_weights_in_one_line(tmp_path, monkeypatch, 
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "trial_0.safetensors" in err and "not a complete safetensors file" in err
     assert not out.exists()
+
+
+def test_export_prices_latency_with_the_profile_it_is_given(tmp_path, monkeypatch, capsys):
+    """The device profile is loaded once by `nas export` (`--profile FILE|none`, default as `nas
+    search`: $NAS_PROFILE, else this host's) and passed down; `export_trial` / `export_model`
+    never look one up. Profiles here are synthetic (one coefficient per feature unit), as in
+    test_records."""
+    from nas.cost import latency
+    from nas.export import export_trial
+
+    def synthetic(name, coef):
+        p = latency.Profile(coefs={t: tuple(coef for _ in f) for t, f in latency.TERMS.items()},
+                            machine={"threads": 1, "host": "test"})
+        return latency.load_profile(latency.save_profile(p, tmp_path / name))
+
+    env, given = synthetic("env.json", 0.01), synthetic("given.json", 0.02)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAS_PROFILE", env.path)
+    url, _ = _study(tmp_path, "p", mem=40_000)
+    arch = decode(DIGITS)
+
+    assert main(["export", "--study", "p", "--storage", url, "--best", "-o", str(tmp_path / "a"), "--json",
+                 "--profile", given.path]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["latency_ms"] == pytest.approx(latency.predict_latency_ms(arch, given))
+    assert m["latency_profile"] == latency.profile_digest(given) != latency.profile_digest(env)
+
+    assert main(["export", "--study", "p", "--storage", url, "--best", "-o", str(tmp_path / "b"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)  # no --profile: $NAS_PROFILE, as `nas search` takes it
+    assert m["latency_ms"] == pytest.approx(latency.predict_latency_ms(arch, env))
+    assert m["latency_profile"] == latency.profile_digest(env)
+
+    assert main(["export", "--study", "p", "--storage", url, "--best", "-o", str(tmp_path / "c"), "--json",
+                 "--profile", "none"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["latency_ms"] is None and m["latency_profile"] is None
+
+    # the library call prices with what it is passed, nothing else ($NAS_PROFILE is still set)
+    m = export_trial("p", tmp_path / "d", storage=url, retrain=False)
+    assert m["latency_ms"] is None and m["latency_profile"] is None
+    capsys.readouterr()
+
+    missing = tmp_path / "nope.json"
+    assert main(["export", "--study", "p", "--storage", url, "--best", "-o", str(tmp_path / "e"),
+                 "--profile", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no device profile at {missing}" in err, err
+    assert not (tmp_path / "e").exists()

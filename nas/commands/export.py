@@ -1,8 +1,8 @@
-"""`nas export --study S [--storage URL] (--best | --trial N) -o DIR`: a deployable bundle.
+"""`nas export --study S [--storage URL] (--best | --trial N) -o DIR [--profile FILE|none]`: a deployable bundle.
 
 The use case is the library call `nas.export.trial.export_trial` (trial choice, retraining
 a trial without final weights unless ``--no-retrain``, budget refusals, the bundle); this
-file parses the arguments and prints the summary.
+file parses the arguments, loads the device profile once (`--profile`) and prints the summary.
 """
 
 import json
@@ -22,19 +22,24 @@ def add_arguments(p):
                    help="fail instead of retraining a trial that has no final weights")
     p.add_argument("--format", help="extra targets, comma-separated: c (C99 sources), tflite (full-integer "
                    "model.tflite; pip install nas[tflite])")
+    p.add_argument("--profile", metavar="FILE|none", help="device profile from `nas calibrate` that prices the "
+                   "manifest's latency_ms (default: $NAS_PROFILE, else this host's, as `nas search`); "
+                   "'none': no prediction")
     p.add_argument("--threads", type=int, help="torch / kernel threads for evaluation and timing (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object on stdout")
 
 
 def run(args) -> int:
+    from nas.cost.latency import profile_option
     from nas.export.bundle import set_threads
     from nas.export.formats import parse_formats
     from nas.export.trial import export_trial
 
     formats = parse_formats(args.format)  # before any work
+    profile = profile_option(args.profile)  # loaded once, here, and passed down
     set_threads(args.threads)
     manifest = export_trial(args.study, args.output, storage=args.storage, trial=None if args.best else args.trial,
-                            retrain=not args.no_retrain, force=args.force, formats=formats)
+                            retrain=not args.no_retrain, force=args.force, formats=formats, profile=profile)
     if args.json:
         print(json.dumps(manifest))
     else:

@@ -4,7 +4,6 @@ import json
 import signal
 
 from nas.search.config import OBJECTIVES, OPTION_NAMES, PROXIES, PRUNERS, SAMPLERS, build_config, read_config_file
-from nas.errors import UsageError
 from nas.measure.device import add_device_arguments
 from nas.units import format_bytes, format_count
 
@@ -88,14 +87,10 @@ def device_profile(path: str | None, required: bool):
     else this host's default (`nas.cost.latency.default_profile_path`); None when there is none
     (or `path` is 'none') and the search does not need one. Missing but `required`, or corrupt:
     UsageError."""
-    from nas.cost import latency
+    from nas.cost.latency import profile_option
 
-    if path is not None and path.lower() == "none":
-        if required:
-            raise UsageError("--profile none: this search prices latency (--target-latency or a latency "
-                             "objective); expected a device profile file from `nas calibrate`")
-        return None
-    return latency.require_profile(path) if required or path is not None else latency.find_profile()
+    return profile_option(path, "this search prices latency (--target-latency or a latency objective)"
+                          if required else None)
 
 
 def print_summary(summary: dict) -> None:

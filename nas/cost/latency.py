@@ -35,11 +35,12 @@ NCHW -> packed NHWC; `add.fused`: the residual's layout change).
 
 Profiles are JSON files (format below, `FORMAT_VERSION`), by default
 `~/.cache/nas/profiles/<host>-<threads>t.json` (`$XDG_CACHE_HOME` respected; `NAS_PROFILE`
-names another file). A command loads its profile once, at its edge (`find_profile` /
-`require_profile`), and passes it down explicitly (`predict`); `profile_digest` names its
+names another file). A command loads its profile once, at its edge (`profile_option` for its
+`--profile FILE|none`; `find_profile` / `require_profile`), and passes it down explicitly
+(`predict`); nothing below a command resolves a profile by itself. `profile_digest` names its
 content, so that a study records which profile priced it.
 
-Pure Python: no torch here (calibrate.py measures; this file only prices).
+Pure Python: no torch here (`nas.measure.calibrate` measures; this file only prices).
 """
 
 from __future__ import annotations
@@ -522,6 +523,21 @@ def find_profile(path=None) -> Profile | None:
     return _cached_load(p) if p.is_file() else None
 
 
+def profile_option(value: str | None, required: str | None = None, option: str = "--profile") -> Profile | None:
+    """The device profile a command's `--profile FILE|none` names, loaded once at the command's
+    edge and then passed down: FILE; else (`value` None) `$NAS_PROFILE`, else this host's default
+    file (`default_profile_path`), None when that file does not exist; None for 'none'.
+    required: why the command needs one (then 'none' or a missing default file is a UsageError
+    saying so). A missing FILE, or a corrupt / foreign-version profile: UsageError."""
+    if value is not None and value.strip().lower() == "none":
+        if required:
+            raise UsageError(f"{option} none: {required}; expected a device profile file from `nas calibrate`")
+        return None
+    if value is not None and not value.strip():
+        raise UsageError(f"{option} {value!r}: empty; expected a device profile file from `nas calibrate` or 'none'")
+    return require_profile(value) if required or value is not None else find_profile()
+
+
 def profile_digest(profile: Profile) -> str:
     """The first 12 hex digits of the sha256 of the profile's content (canonical JSON): two
     profiles price alike exactly when their digests agree. Where the file lies does not count."""
@@ -569,12 +585,12 @@ def predict_latency_ms(arch, profile: Profile, cost=None) -> float:
 
 
 def latency_ms(arch, path=None, cost=None) -> float | None:
-    """Predicted latency on this device, or None when no profile exists (for other modules:
-    the search's `--target-latency`). A corrupt profile raises UsageError."""
-    p = Path(path).expanduser() if path is not None else default_profile_path()
-    if not p.is_file():
-        return None
-    return predict_latency_ms(arch, _cached_load(p), cost)
+    """Predicted latency on the profile at `path` (default: this host's, `find_profile`), or None
+    when no profile exists there; a corrupt profile raises UsageError. A convenience for scripts
+    and tests: nothing in `nas` calls it (commands load their profile once, `profile_option`, and
+    pass it down to `predict` / `predict_latency_ms`)."""
+    profile = find_profile(path)
+    return None if profile is None else predict_latency_ms(arch, profile, cost)
 
 
 def now_iso() -> str:

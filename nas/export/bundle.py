@@ -109,19 +109,23 @@ def _integer_isa() -> str | None:
     return integer.isa() if integer.available() else None
 
 
-def predicted_latency_ms(arch, cost=None) -> float | None:
-    """The latency model's prediction for `arch` (costed as `cost`, computed when None) on this
-    device, or None without a profile."""
-    try:
-        from nas.cost.latency import latency_ms
-    except ImportError:
+def predicted_latency_ms(arch, profile, cost=None) -> float | None:
+    """The latency model's prediction for `arch` (costed as `cost`, computed when None) on the
+    device `profile` (`nas.cost.latency.Profile`, loaded once by the command: `nas export
+    --profile`), or None without one."""
+    if profile is None:
         return None
-    try:
-        value = latency_ms(arch, cost=cost)
-    except (UsageError, FileNotFoundError, LookupError) as e:  # no profile fitted on this device
-        print(f"nas: no predicted latency ({e})", file=sys.stderr)
+    from nas.cost.latency import predict_latency_ms
+
+    return float(predict_latency_ms(arch, profile, cost))
+
+
+def _profile_digest(profile) -> str | None:
+    if profile is None:
         return None
-    return None if value is None else float(value)
+    from nas.cost.latency import profile_digest
+
+    return profile_digest(profile)
 
 
 def versions() -> dict:
@@ -209,7 +213,7 @@ def check_output(out_dir, force: bool = False) -> Path:
 
 def export_model(model, out_dir, test, *, space: str | None = None, scaling: dict | None = None,
                  budget_bytes: int | None = None, info: dict | None = None, force: bool = False,
-                 cost=None, formats: tuple[str, ...] = (), calibration=None) -> dict:
+                 cost=None, formats: tuple[str, ...] = (), calibration=None, profile=None) -> dict:
     """Write the bundle of a trained `QuantNet` to `out_dir`; return the manifest.
 
     test: the dataset's test split (`ImageDataset`), normalised as in training: its
@@ -222,6 +226,9 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
     formats: extra targets (`nas.export.formats`: "c", "tflite"), written into the bundle.
     calibration: training images (`ImageDataset`, normalised as `test`) for formats that
         calibrate tensors the model leaves unquantized.
+    profile: the device profile (`nas.cost.latency.Profile`) that prices the manifest's
+        `latency_ms` (its digest: `latency_profile`); None: no prediction (null). Passed in,
+        never looked up here.
     """
     arch_string = encode(model.arch)
     out = check_output(out_dir, force)
@@ -248,7 +255,8 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         "mem_access": cost.mem_access, "mem_access_bytes": cost.mem_access_bytes, "bops": cost.bops,
         # latency_ms: the device profile's prediction (None without one); latency_measured_ms:
         # the packed model (what `nas infer` runs: integer / binary kernels, float elsewhere)
-        "latency_ms": predicted_latency_ms(model.arch, cost), **timings(packed, test),
+        "latency_ms": predicted_latency_ms(model.arch, profile, cost),
+        "latency_profile": _profile_digest(profile), **timings(packed, test),
         "fake_quant_latency_measured_ms": latency_of(model, test),
         "input": {"in_chs": model.arch.in_chs, "resolution": model.arch.resolution,
                   "mean": [float(v) for v in test.mean], "std": [float(v) for v in test.std],

@@ -7,6 +7,9 @@ function `nas search` uses, unless `retrain=False`), and write the bundle
 (`nas.export.bundle.export_model`). The arch is costed once: the predicted size check before
 any retraining, the payload check and the manifest's figures all read that one cost.
 
+The device profile that prices the manifest's `latency_ms` is an argument (`profile`), loaded
+once by the command; nothing here looks one up.
+
 Refuses (UsageError, exit 2 at the CLI) when the payload exceeds the study's ``--target-mem``:
 first on the predicted size before any retraining, then on the bytes actually packed.
 """
@@ -72,10 +75,12 @@ def _weights_path(record, url: str, study_name: str) -> Path:
 
 
 def export_trial(study_name: str, output, *, storage: str | None = None, trial: int | None = None,
-                 retrain: bool = True, force: bool = False, formats: tuple[str, ...] = ()) -> dict:
+                 retrain: bool = True, force: bool = False, formats: tuple[str, ...] = (), profile=None) -> dict:
     """Write the bundle of trial `trial` (None: the best feasible trained trial) of study
     `study_name` to `output`; return its manifest (with ``bundle``: the output path).
-    formats: extra targets (`nas.export.formats.parse_formats`), e.g. ("c",)."""
+    formats: extra targets (`nas.export.formats.parse_formats`), e.g. ("c",).
+    profile: the device profile (`nas.cost.latency.Profile`) that prices the manifest's
+    `latency_ms`, loaded by the caller (`nas export --profile`); None: no prediction."""
     from nas.cost import arch_cost
     from nas.data import load_dataset
     from nas.export.bundle import check_budget, check_output, export_model
@@ -120,7 +125,8 @@ def export_trial(study_name: str, output, *, storage: str | None = None, trial: 
             "retrain_test_accuracy": record.test_accuracy, "weights_source": str(path)}
     manifest = export_model(model, output, data.test, space=identity.space,
                             scaling=TrialRecord.of(chosen).scaling, budget_bytes=budget, info=info, force=force,
-                            cost=cost, formats=formats, calibration=calibration_images(data, formats))
+                            cost=cost, formats=formats, calibration=calibration_images(data, formats),
+                            profile=profile)
     return {"bundle": str(output), **manifest}
 
 
