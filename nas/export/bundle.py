@@ -167,8 +167,8 @@ def write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path)
 
 
 def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    """TorchScript-based exporter (dynamo=False): 2-5x faster here than the torch.export one
-    and no dynamic-shape declarations; its logs go to stderr (stdout is for --json)."""
+    """TorchScript-based exporter (dynamo=False): faster than the torch.export one (docs/architecture.md,
+    "Lab figures") and no dynamic-shape declarations; its logs go to stderr (stdout is for --json)."""
     with traceable(model), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],

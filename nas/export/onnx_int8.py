@@ -637,23 +637,25 @@ def convert_bundle(bundle_dir, out) -> Path:
 
 
 def main(argv=None) -> int:
+    """`python -m nas.export.onnx_int8 --bundle DIR -o FILE`; errors are raised, and said in
+    one line by the script's boundary below (`nas.cli`'s, imported only when run as a script)."""
     import argparse
-
-    from nas.cli import _one_line
 
     p = argparse.ArgumentParser(prog="python -m nas.export.onnx_int8", description=convert_bundle.__doc__)
     p.add_argument("--bundle", required=True)
     p.add_argument("-o", "--output", required=True)
-    try:
-        args = p.parse_args(argv)
-        target = convert_bundle(args.bundle, args.output)
-    except Exception as e:  # noqa: BLE001 (the CLI's one-line boundary)
-        line, code = _one_line(e)
-        print(f"nas: error: {line}", file=sys.stderr)
-        return code
+    args = p.parse_args(argv)
+    target = convert_bundle(args.bundle, args.output)
     print(f"{target}: {target.stat().st_size} bytes")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nas.cli import _one_line
+
+    try:
+        sys.exit(main())
+    except Exception as e:  # noqa: BLE001 (the CLI's one-line boundary)
+        line, code = _one_line(e)
+        print(f"nas: error: {line}", file=sys.stderr)
+        sys.exit(code)

@@ -22,7 +22,7 @@ from nas.errors import UsageError
 
 def open_study(name: str, storage_url: str | None):
     """Load an existing study (never creates one, nor an empty journal file or SQLite database)."""
-    from nas.report.study import open_study as open_existing_study
+    from nas.search.storage import open_study as open_existing_study
 
     study, _, url = open_existing_study(name, storage_url)
     return study, url

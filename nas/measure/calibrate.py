@@ -18,9 +18,10 @@ CUDA synchronised) until both a minimum count and a minimum time are reached; th
 the **median**, the noise the interquartile range over the median. Python's GC is off
 while timing. Calibration makes several passes (rounds) over all networks, each in its own
 shuffled order with training and held-out networks mixed, and pools a network's runs from
-all rounds (each network is built once, before its first round): this machine's speed drifts by 10-20% over minutes (a shared VM host), and a
-burst of load elsewhere must not bias one set or one network. The spread of a network's
-per-round medians is reported with the noise.
+all rounds (each network is built once, before its first round): a shared machine's speed
+drifts over minutes (docs/architecture.md, "Lab figures"), and a burst of load elsewhere
+must not bias one set or one network. The spread of a network's per-round medians is
+reported with the noise.
 
 What is measured (all drawn from the search spaces, default: search_spaces/{default,mcu,
 binary}.yaml, sampled with a seeded RandomSampler exactly as the search samples them):

@@ -1,8 +1,8 @@
 """How busy the machine is while `nas` measures: one home for "other processes' load".
 
 A wall-clock figure is only as good as the machine was quiet. On a shared machine OpenMP
-threads that spin for cores other processes hold turn a 1 ms forward pass into 100s of ms
-(measured: 33 ms at 1 thread vs 325 ms at 2 threads for one network while other jobs ran).
+threads that spin for cores other processes hold can make a forward pass an order of
+magnitude slower (the figure once measured is in docs/architecture.md, "Lab figures").
 Three defences, used by the one timing protocol (`nas.measure.timing`):
 
 - `CpuWatch`: the share of the machine's CPU time that OTHER processes used during a

@@ -1,4 +1,4 @@
-"""Open a stored study for reading and pick the trial to show.
+"""A stored study for reading (`open_study`, from `nas.search.storage`) and the trial to show.
 
 Shared by `nas report` and `nas dashboard` (which should start fast: no torch imported
 here at module level). Opening never creates anything: a journal
@@ -6,7 +6,6 @@ file or SQLite database that does not exist is a usage error, not a new empty st
 """
 
 import math
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -14,40 +13,7 @@ from optuna.trial import FrozenTrial
 from nas.errors import UsageError
 from nas.search.records import TrialRecord
 from nas.search.results import best_feasible, final_record, result_trial, tally
-from nas.search.storage import default_url, open_storage
-
-
-def _existing_file(url: str) -> Path | None:
-    """The local file a journal / SQLite URL names (None for server URLs)."""
-    if url.startswith("journal:") or url.endswith(".journal"):
-        return Path(url.removeprefix("journal:"))
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///").split("?", 1)[0]
-        return Path(path) if path and path != ":memory:" else None
-    return None
-
-
-def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, object, str]:
-    """(study, its storage, storage url). UsageError when the storage or the study does not exist."""
-    url = storage_url or default_url(name)
-    where = "--storage" if storage_url else f"--study {name!r}"
-    path = _existing_file(url)
-    if path is not None and not path.is_file():
-        hint = "give --storage" if storage_url is None else "check the path"
-        here = "" if path.is_absolute() else f" under the current folder {str(Path.cwd())!r}"
-        raise UsageError(f"{where}: no storage file {str(path)!r}{here} (looked for {url!r}); "
-                         f"run `nas search --study {name}` first, or {hint}")
-    storage = open_storage(url)
-    try:
-        names = optuna.get_all_study_names(storage)
-    except Exception as e:  # a file that is not a journal / database
-        raise UsageError(f"{where}: cannot read studies from {url!r} "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if name not in names:
-        there = ", ".join(repr(n) for n in sorted(names)) or "none"
-        raise UsageError(f"--study {name!r}: no such study in {url!r} (studies there: {there})")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=storage), storage, url
+from nas.search.storage import open_study  # noqa: F401 (its home: the storage; report, dashboard and export open studies with it)
 
 
 def pick_trial(study: optuna.Study, trials: list[FrozenTrial], number: int | None) -> FrozenTrial:

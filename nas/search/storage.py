@@ -47,6 +47,39 @@ def default_url(study: str) -> str:
     return f"journal:{STUDIES_DIR / (study + '.journal')}"
 
 
+def _existing_file(url: str) -> Path | None:
+    """The local file a journal / SQLite URL names (None for server URLs)."""
+    if url.startswith("journal:") or url.endswith(".journal"):
+        return Path(url.removeprefix("journal:"))
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///").split("?", 1)[0]
+        return Path(path) if path and path != ":memory:" else None
+    return None
+
+
+def open_study(name: str, storage_url: str | None) -> tuple[optuna.Study, object, str]:
+    """(study, its storage, storage url). UsageError when the storage or the study does not exist."""
+    url = storage_url or default_url(name)
+    where = "--storage" if storage_url else f"--study {name!r}"
+    path = _existing_file(url)
+    if path is not None and not path.is_file():
+        hint = "give --storage" if storage_url is None else "check the path"
+        here = "" if path.is_absolute() else f" under the current folder {str(Path.cwd())!r}"
+        raise UsageError(f"{where}: no storage file {str(path)!r}{here} (looked for {url!r}); "
+                         f"run `nas search --study {name}` first, or {hint}")
+    storage = open_storage(url)
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as e:  # a file that is not a journal / database
+        raise UsageError(f"{where}: cannot read studies from {url!r} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if name not in names:
+        there = ", ".join(repr(n) for n in sorted(names)) or "none"
+        raise UsageError(f"--study {name!r}: no such study in {url!r} (studies there: {there})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=storage), storage, url
+
+
 class JournalCorrupt(UsageError):
     """A journal record in the middle of the file is not valid JSON: nothing is appended."""
 
