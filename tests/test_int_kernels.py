@@ -86,6 +86,67 @@ def test_conv_equals_int64_reference(level, shape, w_bits, a_bits, signed):
         np.testing.assert_array_equal(y.view(np.int32), ref.view(np.int32))  # float32 bit for bit, -0.0 too
 
 
+# Byte path (AVX-512 VNNI): register blocks of 6 pixels x 4 lane blocks, chunks of 24 pixels
+# that cross rows and images, partial lane blocks, split 8-bit weights, grouped.
+BYTE_SHAPES = [
+    (2, 9, 7, 20, 70, 3, 1, 1, 1),    # 5 lane blocks (4 + 1), pixels across rows and images
+    (1, 13, 13, 64, 64, 3, 1, 1, 1),  # 4 lane blocks, Wo = 13 (6 + 6 + 1)
+    (3, 5, 5, 9, 24, 3, 2, 1, 3),     # grouped, stride 2, cin_g = 3 (one padded quad)
+    (1, 6, 6, 128, 17, 1, 1, 0, 1),   # 1x1, 17 channels
+]
+
+
+@pytest.mark.parametrize("w_bits", [8, 4, 2])
+@pytest.mark.parametrize("shape", BYTE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_byte_path_equals_int64_reference(level, shape, w_bits):
+    g = np.random.default_rng(hash((shape, w_bits)) % 2**32)
+    N, H, W, cin, cout, k, s, p, groups = shape
+    x = _codes(g, (N, H, W, cin), 8, False)
+    w = _weights(g, (cout, cin // groups, k, k), w_bits)
+    scale = (g.standard_normal(cout) * 1e-4).astype(np.float32)
+    bias = g.standard_normal(cout).astype(np.float32)
+    res = g.standard_normal((N, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1, cout)).astype(np.float32)
+    for activation, requant in (("relu", (0.0, 2.0, float(np.float32(2.0) / np.float32(255)))),
+                                ("hswish", None), ("none", (-1.0, 1.0, float(np.float32(1.0) / np.float32(127))))):
+        y, ref = _run(x, w, w_bits, s, p, groups, scale, bias, res, activation, requant)
+        np.testing.assert_array_equal(y.view(np.int32) if y.dtype == np.float32 else y.astype(np.int32),
+                                      ref.view(np.int32) if ref.dtype == np.float32 else ref)
+
+
+def test_byte_weights_forms():
+    """|w| <= 127 is its own int8 code; odd codes beyond split as 2 s + 1; anything else has no
+    byte form (the int16 path runs it, still exact)."""
+    w = np.array([[[[127, -127]]], [[[3, -5]]]], np.int16)  # (2, 1, 1, 2)
+    codes, split = I.byte_weights(w, 1)
+    assert not split and codes.dtype == np.int8 and codes.size == 1 * 1 * 1 * 2 * 1 * 16 * 4  # (G, nb, kh, kw, quads, 16, 4)
+    assert sorted(codes[codes != 0].tolist()) == [-127, -5, 3, 127]
+    codes, split = I.byte_weights(np.array([[[[255, -255, 1, -1]]]], np.int16), 1)
+    assert split and sorted(codes[codes != 0].tolist()) == [-128, -1, 127]  # (w - 1) / 2; 1 -> 0
+    assert I.byte_weights(np.array([[[[200, 2]]]], np.int16), 1) is None
+    g = np.random.default_rng(5)
+    x = _codes(g, (1, 5, 5, 4), 8, False)
+    w = np.where(g.random((6, 4, 3, 3)) < 0.5, 200, -130).astype(np.int16)  # even, beyond int8
+    one, zero = np.ones(6, np.float32), np.zeros(6, np.float32)
+    y, ref = _run(x, w, 8, 1, 1, 1, one, zero)
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_avx512_level_has_the_byte_path():
+    if "avx512" not in LEVELS:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    I.set_isa("avx512")
+    try:
+        assert I.byte_path()
+    finally:
+        I.set_isa(None)
+    for other in set(LEVELS) - {"avx512"}:
+        I.set_isa(other)
+        try:
+            assert not I.byte_path()
+        finally:
+            I.set_isa(None)
+
+
 def test_accumulator_extremes_are_exact(level):
     """Largest codes everywhere: the int32 accumulator reaches 255 * 255 * K; scale 1 so the
     float output is acc itself (exact below 2^24)."""

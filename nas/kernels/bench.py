@@ -257,7 +257,7 @@ def _parse_bits(text: str) -> list[int]:
     return bits
 
 
-def _run_integer(bits, threads_list, seconds) -> tuple[list, float, str, list]:
+def _run_integer(bits, threads_list, seconds) -> tuple[list, float, str, str, list]:
     """The integer kernels' rows (nas/kernels/int_bench.py) for the widths in `bits`."""
     import torch
 
@@ -266,7 +266,7 @@ def _run_integer(bits, threads_list, seconds) -> tuple[list, float, str, list]:
     if not I.available():
         raise RuntimeError("nas.kernels._int is not built; run `pip install -e .`")
     level = I.isa()
-    peak = IB.int16_peak(I._ext, I.supported_isas()[0])
+    peak, instruction = IB.dot_peak(I._ext, level)
     rows = []
     saved = torch.get_num_threads()
     try:
@@ -280,7 +280,7 @@ def _run_integer(bits, threads_list, seconds) -> tuple[list, float, str, list]:
                     rows.append(r)
     finally:
         torch.set_num_threads(saved)
-    return rows, peak, level, IB.int_goals(rows)
+    return rows, peak, level, instruction, IB.int_goals(rows)
 
 
 def run(args) -> int:
@@ -330,8 +330,8 @@ def _run_binary(args, int_bits, binary: bool = True) -> int:
         finally:
             torch.set_num_threads(saved_threads)
 
-        int_rows, int_peak, int_level, int_goals = _run_integer(int_bits, threads_list, args.seconds) if int_bits \
-            else ([], None, None, [])
+        int_rows, int_peak, int_level, int_instruction, int_goals = (
+            _run_integer(int_bits, threads_list, args.seconds) if int_bits else ([], None, None, None, []))
     others = watch.others_share
     goals = []
     for threads in (threads_list if binary else []):
@@ -349,7 +349,7 @@ def _run_binary(args, int_bits, binary: bool = True) -> int:
                     "others_load": others, "torch": torch.__version__},
         "popcount_peak_bmacs_per_s": peak,
         "layers": layers, "network": networks, "goals": goals + int_goals,
-        "int16_peak_macs_per_s": int_peak, "int_level": int_level,
+        "int_peak_macs_per_s": int_peak, "int_peak_instruction": int_instruction, "int_level": int_level,
         # one row per layer and width, binary (bits 1) and integer alike
         "rows": [{"name": r["layer"], "bits": 1, "threads": r["threads"], "ms": r["binary_packed_ms"],
                   "fp32_ms": r["fp32_ms"], "onnxruntime_ms": None, "speedup_vs_fp32": r["speedup_packed"],
@@ -366,5 +366,5 @@ def _run_binary(args, int_bits, binary: bool = True) -> int:
         if int_rows:
             from nas.kernels.int_bench import int_table
             print()
-            print(int_table(int_rows, int_peak, int_level))
+            print(int_table(int_rows, int_peak, int_level, int_instruction))
     return 0 if result["all_bit_exact"] else 1

@@ -11,6 +11,16 @@
  * the low half and 0 in the high half, channels in lanes (vpmaddwd of a sign-extended input
  * with such a slot is exactly x * w).
  * Accumulators are int32 (exact: |acc| <= 255 * 255 * K < 2^31, K = kh kw cin_g checked).
+ *
+ * Byte path (levels with conv_q, AVX-512 VNNI: vpdpbusd, 64 u8 x s8 MACs per instruction),
+ * taken for unsigned activation codes when the driver is given byte weights:
+ *   xq (N, Hp, Wp, G, cq)    uint8, zero-padded, cq = cin_g rounded up to a multiple of 4
+ *   wq (G, nb, kh, kw, cq / 4, 16, 4) int8 (four input channels per lane)
+ * Weights with |w_int| <= 127 are their own int8 code. 8-bit DoReFa codes (odd, -255..255)
+ * are split exactly: w_int = 2 s + 1 with s in -128..127, so
+ *   sum x w_int = 2 sum x s + sum x,
+ * and sum x over the receptive field of a pixel (one value per group) comes from xs, the
+ * per-pixel channel sums of the padded input (N, Hp, Wp, G) int32 (split = 1).
  * The epilogue (nas_int_store) is the same scalar float32 code for every level, compiled
  * with -ffp-contract=off: bit-identical results on every level.
  */
@@ -40,6 +50,11 @@ typedef struct int_args {
     float *yf;          /* float output (N, Ho, Wo, cout) or NULL */
     uint8_t *yc;        /* code output (N, Ho, Wo, cout) bytes (int8 / uint8) or NULL */
     float q_lo, q_alpha, q_s; /* requantization clip and scale when yc */
+    /* byte path (conv_q): NULL / 0 when the int16 path runs */
+    const uint8_t *xq;  /* padded uint8 input (N, Hp, Wp, G * cq) */
+    const int8_t *wq;   /* byte lane layout */
+    const int32_t *xs;  /* channel sums (N, Hp, Wp, G) when split */
+    int cq, split;
 } int_args;
 
 /* Epilogue of one output value: pixel index pix = (n * Ho + oy) * Wo + ox, channel c. */
@@ -54,6 +69,8 @@ static inline void nas_int_store(const int_args *a, long pix, int c, int32_t acc
 
 /* One output row (n, oy), all channels. */
 typedef void (*int_row_fn)(const int_args *a, long n, long oy);
+/* Flat output pixels p0..p1-1 (p = (n * Ho + oy) * Wo + ox), all channels: the byte path. */
+typedef void (*int_pix_fn)(const int_args *a, long p0, long p1);
 
 typedef struct int_level {
     const char *name;
@@ -63,6 +80,9 @@ typedef struct int_level {
      * registers; returns a checksum; macs_per_rep int16 MACs per rep. */
     int64_t (*peak)(long reps);
     long macs_per_rep;
+    int_pix_fn conv_q;             /* byte path (xq, wq), or NULL where the level has none */
+    int64_t (*peak_q)(long reps);  /* u8 x s8 multiply-add peak of the byte path, or NULL */
+    long macs_per_rep_q;
 } int_level;
 
 extern const int_level nas_int_portable;

@@ -184,5 +184,5 @@ TGT static int64_t peak(long reps)
     return s;
 }
 
-const int_level nas_int_avx2 = {"avx2", conv_row, dw_row, peak, 8 * 16};
+const int_level nas_int_avx2 = {.name = "avx2", .conv = conv_row, .dw = dw_row, .peak = peak, .macs_per_rep = 8 * 16};
 #endif

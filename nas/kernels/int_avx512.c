@@ -1,6 +1,11 @@
-/* AVX-512 VNNI level of the integer kernels (int.h): vpdpwssd (int16 pairs multiplied and
- * added into int32, no saturation) with the 16 output channels of a group in one vector,
- * 4 output pixels per weight load. Runs only where the CPU has AVX-512 F/BW/VNNI. */
+/* AVX-512 VNNI level of the integer kernels (int.h). Two paths:
+ *  - byte path (conv_q): unsigned activation codes x int8 weights on vpdpbusd, 64 MACs per
+ *    instruction; a register block of up to 6 output pixels x 4 lane blocks (64 output
+ *    channels), 24 accumulators; 8-bit DoReFa weights split exactly as 2 s + 1 (int.h);
+ *  - int16 path (conv, dw): vpdpwssd on int16 pairs (signed codes, the rest), 4 output
+ *    pixels per weight load; depthwise with channels in lanes.
+ * The epilogue is the scalar code's float32 arithmetic as 16-lane vector ops (store16), bit
+ * for bit. Runs only where the CPU has AVX-512 F/BW/VL/VNNI. */
 #include "int.h"
 
 #ifdef NAS_INT_X86
@@ -8,14 +13,143 @@
 
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-#define PB 4 /* output pixels per block */
+#define PB 4 /* output pixels per block (int16 path) */
+
+/* nas_int_store on the channels c..c+15 of pixel pix selected by m, as float32 vector ops
+ * that give the scalar code's results bit for bit: IEEE mul / add / div, compares and blends
+ * that return what the scalar ternaries return (+0.0 for relu(-0.0), NaN kept where the
+ * scalar keeps it), conversion rounding to nearest even (rintf). */
+TGT static inline void store16(const int_args *a, long pix, int c, __m512i acc, __mmask16 m)
+{
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(m, a->scale + c));
+    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, a->bias + c));
+    const long at = pix * a->cout + c;
+    if (a->res)
+        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, a->res + at));
+    const __m512 zero = _mm512_setzero_ps();
+    if (a->act == NAS_ACT_RELU) {
+        y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), zero, y); /* y > 0 ? y : 0 */
+    } else if (a->act == NAS_ACT_HSWISH) {
+        __m512 t = _mm512_add_ps(y, _mm512_set1_ps(3.f));
+        t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ), t, zero);      /* t < 0 ? 0 : t */
+        const __m512 six = _mm512_set1_ps(6.f);
+        t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, six, _CMP_GT_OQ), t, six);        /* t > 6 ? 6 : t */
+        y = _mm512_div_ps(_mm512_mul_ps(y, t), six);
+    }
+    if (a->yc) {
+        const __m512 lo = _mm512_set1_ps(a->q_lo), al = _mm512_set1_ps(a->q_alpha);
+        __m512 v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);   /* y < lo ? lo : y */
+        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, al, _CMP_GT_OQ), v, al);         /* v > alpha ? alpha : v */
+        v = _mm512_div_ps(v, _mm512_set1_ps(a->q_s));
+        const __m512i code = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm512_mask_cvtepi32_storeu_epi8(a->yc + at, m, code); /* (uint8_t)(int): the low byte */
+    } else {
+        _mm512_mask_storeu_ps(a->yf + at, m, y);
+    }
+}
+
+static inline __mmask16 lanes(int nl) { return nl >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nl) - 1); }
+
+/* ------------------------------------------------------------------ byte path */
+
+#define QPB 6 /* output pixels per register block */
+#define QNB 4 /* lane blocks (16 output channels each) per register block */
+
+/* np pixels (flat indices p..p+np-1) x nbb lane blocks from b0 of group g. Inlined with
+ * constant np / nbb so that the accumulators live in registers. */
+TGT static inline __attribute__((always_inline)) void q_block(const int_args *a, const long *base, const long *pix,
+                                                               int g, int b0, const int np, const int nbb)
+{
+    const long cs = (long)a->G * a->cq;
+    const int quads = a->cq / 4;
+    const long tapw = (long)quads * 64, blkw = (long)a->kh * a->kw * tapw;
+    const int8_t *wb = a->wq + ((long)g * a->nb + b0) * blkw;
+    __m512i acc[QPB][QNB];
+#pragma GCC unroll 6
+    for (int i = 0; i < np; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nbb; j++)
+            acc[i][j] = _mm512_setzero_si512();
+    for (int ky = 0; ky < a->kh; ky++)
+        for (int kx = 0; kx < a->kw; kx++) {
+            const long tap = ((long)ky * a->Wp + kx) * cs + (long)g * a->cq;
+            const int8_t *w = wb + ((long)ky * a->kw + kx) * tapw;
+            const uint8_t *xb[QPB];
+#pragma GCC unroll 6
+            for (int i = 0; i < np; i++)
+                xb[i] = a->xq + base[i] + tap;
+            for (int q = 0; q < quads; q++, w += 64) {
+                __m512i wv[QNB];
+#pragma GCC unroll 4
+                for (int j = 0; j < nbb; j++)
+                    wv[j] = _mm512_loadu_si512((const void *)(w + j * blkw));
+#pragma GCC unroll 6
+                for (int i = 0; i < np; i++) {
+                    int32_t v;
+                    __builtin_memcpy(&v, xb[i] + 4 * q, 4);
+                    const __m512i xv = _mm512_set1_epi32(v);
+#pragma GCC unroll 4
+                    for (int j = 0; j < nbb; j++)
+                        acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[j]);
+                }
+            }
+        }
+#pragma GCC unroll 6
+    for (int i = 0; i < np; i++) {
+        __m512i corr = _mm512_setzero_si512();
+        if (a->split) { /* sum x over the receptive field of this pixel and group */
+            const long s0 = base[i] / cs * a->G + g;
+            int32_t sum = 0;
+            for (int ky = 0; ky < a->kh; ky++)
+                for (int kx = 0; kx < a->kw; kx++)
+                    sum += a->xs[s0 + ((long)ky * a->Wp + kx) * a->G];
+            corr = _mm512_set1_epi32(sum);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < nbb; j++) {
+            const int bo = (b0 + j) * NAS_INT_LANES;
+            __m512i v = acc[i][j];
+            if (a->split)
+                v = _mm512_add_epi32(_mm512_slli_epi32(v, 1), corr);
+            store16(a, pix[i], g * a->cout_g + bo, v, lanes(a->cout_g - bo));
+        }
+    }
+}
+
+#define QCASE(B, P) \
+    case (B) * 8 + (P): q_block(a, base, pix, g, b0, P, B); break;
+
+TGT static void conv_q(const int_args *a, long p0, long p1)
+{
+    const long cs = (long)a->G * a->cq, hw = a->Ho * a->Wo;
+    for (long p = p0; p < p1; p += QPB) {
+        const int np = p1 - p < QPB ? (int)(p1 - p) : QPB;
+        long base[QPB], pix[QPB];
+        for (int i = 0; i < np; i++) {
+            const long f = p + i, n = f / hw, oy = f % hw / a->Wo, ox = f % a->Wo;
+            pix[i] = f;
+            base[i] = ((n * a->Hp + oy * a->sh) * a->Wp + ox * a->sw) * cs; /* input of tap (0, 0) */
+        }
+        for (int g = 0; g < a->G; g++)
+            for (int b0 = 0; b0 < a->nb; b0 += QNB) {
+                const int nbb = a->nb - b0 < QNB ? a->nb - b0 : QNB;
+                switch (nbb * 8 + np) {
+                    QCASE(1, 1) QCASE(1, 2) QCASE(1, 3) QCASE(1, 4) QCASE(1, 5) QCASE(1, 6)
+                    QCASE(2, 1) QCASE(2, 2) QCASE(2, 3) QCASE(2, 4) QCASE(2, 5) QCASE(2, 6)
+                    QCASE(3, 1) QCASE(3, 2) QCASE(3, 3) QCASE(3, 4) QCASE(3, 5) QCASE(3, 6)
+                    QCASE(4, 1) QCASE(4, 2) QCASE(4, 3) QCASE(4, 4) QCASE(4, 5) QCASE(4, 6)
+                }
+            }
+    }
+}
+
+/* ------------------------------------------------------------------ int16 path */
 
 TGT static void conv_row(const int_args *a, long n, long oy)
 {
     const long cstride = (long)a->G * a->cpad;
     const int pairs = a->cpad / 2;
     const long tapw = (long)pairs * NAS_INT_LANES * 2;
-    int32_t out[PB][NAS_INT_LANES] __attribute__((aligned(64)));
     for (int g = 0; g < a->G; g++)
         for (int b = 0; b < a->nb; b++) {
             const int16_t *wb = a->wl + ((long)g * a->nb + b) * a->kh * a->kw * tapw;
@@ -54,12 +188,8 @@ TGT static void conv_row(const int_args *a, long n, long oy)
                             }
                         }
                     }
-                for (int i = 0; i < np; i++) {
-                    _mm512_store_si512((void *)out[i], acc[i]);
-                    const long pix = (n * a->Ho + oy) * a->Wo + ox0 + i;
-                    for (int l = 0; l < nl; l++)
-                        nas_int_store(a, pix, c0 + l, out[i][l]);
-                }
+                for (int i = 0; i < np; i++)
+                    store16(a, (n * a->Ho + oy) * a->Wo + ox0 + i, c0, acc[i], lanes(nl));
             }
         }
 }
@@ -67,7 +197,6 @@ TGT static void conv_row(const int_args *a, long n, long oy)
 TGT static void dw_row(const int_args *a, long n, long oy)
 {
     const long C = a->cout;
-    int32_t out[16] __attribute__((aligned(64)));
     for (long ox = 0; ox < a->Wo; ox++) {
         const long pix = (n * a->Ho + oy) * a->Wo + ox;
         long c = 0;
@@ -80,9 +209,7 @@ TGT static void dw_row(const int_args *a, long n, long oy)
                     const __m512i wv = _mm512_loadu_si512((const void *)(a->wd + ((long)ky * a->kw + kx) * C + c));
                     acc = _mm512_add_epi32(acc, _mm512_madd_epi16(xv, wv));
                 }
-            _mm512_store_si512((void *)out, acc);
-            for (int l = 0; l < 16; l++)
-                nas_int_store(a, pix, (int)(c + l), out[l]);
+            store16(a, pix, (int)c, acc, 0xFFFF);
         }
         for (; c < C; c++) {
             int32_t acc = 0;
@@ -117,5 +244,28 @@ TGT static int64_t peak(long reps)
     return s;
 }
 
-const int_level nas_int_avx512 = {"avx512", conv_row, dw_row, peak, 8 * 32};
+/* 12 independent vpdpbusd chains in named registers (an array would be kept in memory):
+ * 12 * 64 u8 x s8 MACs per pass. */
+TGT static int64_t peak_q(long reps)
+{
+    const __m512i x = _mm512_set1_epi8(3), w = _mm512_set1_epi8(5);
+    __m512i a0 = _mm512_set1_epi32(0), a1 = _mm512_set1_epi32(1), a2 = _mm512_set1_epi32(2),
+            a3 = _mm512_set1_epi32(3), a4 = _mm512_set1_epi32(4), a5 = _mm512_set1_epi32(5),
+            a6 = _mm512_set1_epi32(6), a7 = _mm512_set1_epi32(7), a8 = _mm512_set1_epi32(8),
+            a9 = _mm512_set1_epi32(9), a10 = _mm512_set1_epi32(10), a11 = _mm512_set1_epi32(11);
+    for (long r = 0; r < reps; r++) {
+#define DP(v) v = _mm512_dpbusd_epi32(v, x, w)
+        DP(a0); DP(a1); DP(a2); DP(a3); DP(a4); DP(a5); DP(a6); DP(a7); DP(a8); DP(a9); DP(a10); DP(a11);
+#undef DP
+        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3));
+    }
+    const __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                                       _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)),
+                                                        _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11))));
+    return _mm512_reduce_add_epi32(s);
+}
+
+const int_level nas_int_avx512 = {.name = "avx512", .conv = conv_row, .dw = dw_row, .peak = peak,
+                                  .macs_per_rep = 8 * 32, .conv_q = conv_q, .peak_q = peak_q,
+                                  .macs_per_rep_q = 12 * 64};
 #endif

@@ -8,8 +8,9 @@ folded-BN bias, ReLU) and requantization to the next layer's uint8 codes out. Ag
     int8 weights per channel -> DequantizeLinear, Conv, QuantizeLinear -> uint8), which
     onnxruntime fuses into its own int8 QLinearConv kernels;
 and the exactness check against the numpy int64 reference. The peak is this machine's
-int16-pair multiply-add throughput (the instruction the kernels use: vpmaddwd on AVX2,
-vpdpwssd on AVX-512 VNNI), measured by the level's microkernel on one core, times threads.
+multiply-add throughput of the instruction the layers run on, measured by the level's own
+microkernel on one core, times threads: vpdpbusd (u8 x s8, 64 MACs) where the level has the
+byte path (AVX-512 VNNI), else the int16-pair vpdpwssd / vpmaddwd.
 """
 
 from __future__ import annotations
@@ -36,21 +37,27 @@ RESNET_ROWS = 4
 GOAL_FP32, GOAL_ORT, GOAL_DW = 3.0, 1.0, 2.0
 
 
-def int16_peak(ext, level: str) -> float:
-    """Single-core int16 MACs/s of the level's multiply-add microkernel (best of 5)."""
+def dot_peak(ext, level: str) -> tuple[float, str]:
+    """Single-core MACs/s of the level's multiply-add microkernel (best of 5) and its
+    instruction: the byte path's (u8 x s8) where the level has one, else the int16 pairs'."""
+    try:
+        ext.peak_q(level, 1)
+        fn, instruction = ext.peak_q, "u8 x s8 (vpdpbusd)"
+    except ValueError:  # no byte path on this level
+        fn, instruction = ext.peak, "int16 pairs"
     reps = 1000
     while True:
         t0 = time.perf_counter()
-        ext.peak(level, reps)
+        fn(level, reps)
         if time.perf_counter() - t0 > 0.05 or reps > 1 << 30:
             break
         reps *= 4
     best = 0.0
     for _ in range(5):
         t0 = time.perf_counter()
-        _, macs = ext.peak(level, reps)
+        _, macs = fn(level, reps)
         best = max(best, macs / (time.perf_counter() - t0))
-    return best
+    return best, instruction
 
 
 def _qdq_model(w_int8, w_scale, bias, x_scale, y_scale, stride, padding, groups):
@@ -156,8 +163,8 @@ def int_goals(rows) -> list[dict]:
     return goals
 
 
-def int_table(rows, peak: float, level: str) -> str:
-    lines = [f"integer kernels, level {level}; int16 multiply-add peak (1 core): {peak / 1e9:.1f} GMAC/s", ""]
+def int_table(rows, peak: float, level: str, instruction: str) -> str:
+    lines = [f"integer kernels, level {level}; {instruction} multiply-add peak (1 core): {peak / 1e9:.1f} GMAC/s", ""]
     hdr = (f"{'layer':<26}{'bits':>5}{'thr':>4}{'ms':>9}{'fp32 ms':>9}{'ort ms':>9}{'vs fp32':>9}{'vs ort':>8}"
            f"{'GMAC/s':>8}{'peak':>6}  exact")
     lines += [hdr, "-" * len(hdr)]

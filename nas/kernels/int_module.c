@@ -168,18 +168,20 @@ static PyObject *py_repack(PyObject *self, PyObject *args)
 /* ------------------------------------------------------------------ conv */
 
 /* conv2d(x, x_signed, wl, wd, N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, groups, scale, bias,
- *        res, act, yf, yc, q_lo, q_alpha, q_s, threads)
+ *        res, act, yf, yc, q_lo, q_alpha, q_s, threads, wq, split)
  * x (N, H, W, cin) uint8 / int8 codes; wl lane layout (or None with wd (kh, kw, C) int32 for
- * depthwise); res / yf / yc None or arrays; exactly one of yf, yc. */
+ * depthwise); res / yf / yc None or arrays; exactly one of yf, yc. wq: the byte lane layout
+ * (int.h) or None; split: wq holds s of w_int = 2 s + 1. The byte path runs where the level
+ * has one, wq is given and x is unsigned; otherwise the int16 path (same results). */
 static PyObject *py_conv2d(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *wlo, *wdo, *so, *bo, *ro, *yfo, *yco;
-    int x_signed, act;
+    PyObject *xo, *wlo, *wdo, *so, *bo, *ro, *yfo, *yco, *wqo = Py_None;
+    int x_signed, act, split = 0;
     long N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, G, threads;
     float q_lo, q_alpha, q_s;
-    if (!PyArg_ParseTuple(args, "OpOOllllllllllllOOOiOOfffl", &xo, &x_signed, &wlo, &wdo, &N, &H, &W, &cin, &cout,
+    if (!PyArg_ParseTuple(args, "OpOOllllllllllllOOOiOOfffl|Op", &xo, &x_signed, &wlo, &wdo, &N, &H, &W, &cin, &cout,
                           &kh, &kw, &sh, &sw, &ph, &pw, &G, &so, &bo, &ro, &act, &yfo, &yco, &q_lo, &q_alpha, &q_s,
-                          &threads))
+                          &threads, &wqo, &split))
         return NULL;
     const int_level *lv = current_level();
     if (!lv)
@@ -202,9 +204,10 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "conv2d: kh*kw*cin_g = %ld exceeds 33024 (int32 accumulators)", kh * kw * cin_g);
         return NULL;
     }
-    const long nb = lane_blocks(cout_g);
-    Py_buffer x, wl = {0}, wd = {0}, s, b, r = {0}, yf = {0}, yc = {0};
-    int have_wl = 0, have_wd = 0, have_s = 0, have_b = 0, have_r = 0, have_yf = 0, have_yc = 0;
+    const long nb = lane_blocks(cout_g), cq = (cin_g + 3) / 4 * 4;
+    const int bytes = lv->conv_q && wqo != Py_None && !x_signed && !dw;
+    Py_buffer x, wl = {0}, wd = {0}, s, b, r = {0}, yf = {0}, yc = {0}, wq = {0};
+    int have_wl = 0, have_wd = 0, have_s = 0, have_b = 0, have_r = 0, have_yf = 0, have_yc = 0, have_wq = 0;
     PyObject *ret = NULL;
     if (get_buf(xo, &x, 0, x_signed ? "b" : "B", 1, N * H * W * cin, "conv2d: x") < 0)
         return NULL;
@@ -212,6 +215,8 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
                                    "conv2d: lane weights") == 0))
         goto done;
     if (dw && !(have_wd = get_buf(wdo, &wd, 0, "i", 4, kh * kw * cout, "conv2d: depthwise weights") == 0))
+        goto done;
+    if (bytes && !(have_wq = get_buf(wqo, &wq, 0, "b", 1, G * nb * kh * kw * cq * NAS_INT_LANES, "conv2d: byte weights") == 0))
         goto done;
     if (!(have_s = get_buf(so, &s, 0, "f", 4, cout, "conv2d: scale") == 0))
         goto done;
@@ -228,20 +233,55 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         goto done;
     }
     const long cstride = G * cpad;
-    int16_t *xp = calloc((size_t)(N * Hp * Wp * cstride), sizeof(int16_t));
-    if (!xp) {
+    int16_t *xp = NULL;
+    uint8_t *xq = NULL;
+    int32_t *xs = NULL;
+    if (bytes) {
+        xq = calloc((size_t)(N * Hp * Wp * G * cq), 1);
+        xs = split ? calloc((size_t)(N * Hp * Wp * G), sizeof(int32_t)) : NULL;
+    } else {
+        xp = calloc((size_t)(N * Hp * Wp * cstride), sizeof(int16_t));
+    }
+    if (bytes ? (!xq || (split && !xs)) : !xp) {
+        free(xq);
+        free(xs);
         PyErr_NoMemory();
         goto done;
     }
     int_args a = {xp, N, Hp, Wp, Ho, Wo, (int)G, (int)cin_g, (int)cpad, (int)cout, (int)cout_g, (int)nb,
                   (int)kh, (int)kw, (int)sh, (int)sw, have_wl ? wl.buf : NULL, have_wd ? wd.buf : NULL,
                   s.buf, b.buf, have_r ? r.buf : NULL, act, have_yf ? yf.buf : NULL, have_yc ? yc.buf : NULL,
-                  q_lo, q_alpha, q_s};
+                  q_lo, q_alpha, q_s, xq, have_wq ? wq.buf : NULL, xs, (int)cq, bytes && split};
     const int nt = clamp_threads(threads);
     const void *xb = x.buf;
+    const long npix = N * Ho * Wo, chunk = 24, nchunks = (npix + chunk - 1) / chunk;
     Py_BEGIN_ALLOW_THREADS
 #pragma omp parallel num_threads(nt)
     {
+        if (bytes) {
+#pragma omp for schedule(static)
+            for (long row = 0; row < N * H; row++) {
+                const long n = row / H, y = row % H;
+                uint8_t *d = xq + ((n * Hp + y + ph) * Wp + pw) * G * cq;
+                int32_t *ds = xs ? xs + ((n * Hp + y + ph) * Wp + pw) * G : NULL;
+                const uint8_t *src = (const uint8_t *)xb + (n * H + y) * W * cin;
+                for (long xx = 0; xx < W; xx++)
+                    for (long g = 0; g < G; g++) {
+                        const uint8_t *sg = src + xx * cin + g * cin_g;
+                        uint8_t *dg = d + (xx * G + g) * cq;
+                        int32_t sum = 0;
+                        for (long c = 0; c < cin_g; c++) {
+                            dg[c] = sg[c];
+                            sum += sg[c];
+                        }
+                        if (ds)
+                            ds[xx * G + g] = sum;
+                    }
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (long k = 0; k < nchunks; k++)
+                lv->conv_q(&a, k * chunk, k * chunk + chunk < npix ? k * chunk + chunk : npix);
+        } else {
 #pragma omp for schedule(static)
         for (long row = 0; row < N * H; row++) {
             const long n = row / H, y = row % H;
@@ -266,8 +306,11 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
 #pragma omp for schedule(dynamic, 1)
         for (long row = 0; row < N * Ho; row++)
             (dw ? lv->dw : lv->conv)(&a, row / Ho, row % Ho);
+        }
     }
     Py_END_ALLOW_THREADS
+    free(xq);
+    free(xs);
     free(xp);
     ret = Py_None;
     Py_INCREF(ret);
@@ -280,6 +323,7 @@ done:
     if (have_r) PyBuffer_Release(&r);
     if (have_yf) PyBuffer_Release(&yf);
     if (have_yc) PyBuffer_Release(&yc);
+    if (have_wq) PyBuffer_Release(&wq);
     return ret;
 }
 
@@ -346,7 +390,37 @@ static PyObject *py_peak(PyObject *self, PyObject *args)
     return Py_BuildValue("(Ll)", (long long)sum, reps * lv->macs_per_rep);
 }
 
+/* peak_q(name, reps) -> (checksum, macs): the level's byte-path (u8 x s8) microkernel. */
+static PyObject *py_peak_q(PyObject *self, PyObject *args)
+{
+    const char *name;
+    long reps;
+    if (!PyArg_ParseTuple(args, "sl", &name, &reps))
+        return NULL;
+    const int_level *lv = level_by_name(name);
+    if (!lv || !level_supported(lv) || !lv->peak_q) {
+        PyErr_Format(PyExc_ValueError, "peak_q: %.40s is not a kernel level with a byte path this CPU runs", name);
+        return NULL;
+    }
+    int64_t sum;
+    Py_BEGIN_ALLOW_THREADS
+    sum = lv->peak_q(reps);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(Ll)", (long long)sum, reps * lv->macs_per_rep_q);
+}
+
+/* byte_path() -> bool: whether the level in use has the u8 x s8 byte path. */
+static PyObject *py_byte_path(PyObject *self, PyObject *noargs)
+{
+    const int_level *lv = current_level();
+    if (!lv)
+        return NULL;
+    return PyBool_FromLong(lv->conv_q != NULL);
+}
+
 static PyMethodDef methods[] = {
+    {"peak_q", py_peak_q, METH_VARARGS, "u8 x s8 multiply-add peak microkernel of a level's byte path."},
+    {"byte_path", py_byte_path, METH_NOARGS, "Whether the level in use has the byte (u8 x s8) path."},
     {"repack", py_repack, METH_VARARGS, "Lane layout of int16 conv weights."},
     {"conv2d", py_conv2d, METH_VARARGS, "Integer conv2d with the fused epilogue."},
     {"isa", py_isa, METH_NOARGS, "Kernel level in use."},

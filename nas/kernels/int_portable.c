@@ -60,4 +60,4 @@ static int64_t peak(long reps)
     return s;
 }
 
-const int_level nas_int_portable = {"portable", conv_row, dw_row, peak, 64};
+const int_level nas_int_portable = {.name = "portable", .conv = conv_row, .dw = dw_row, .peak = peak, .macs_per_rep = 64};

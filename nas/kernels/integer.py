@@ -12,7 +12,10 @@ reference is `nas.kernels.int_reference`, equal at atol=0 on every kernel level.
 Kernel levels as the binary kernels: 'avx512' (AVX-512 VNNI), 'avx2', 'portable'; the best
 the CPU runs unless NAS_KERNEL_ISA forces one (a level the CPU lacks makes every call raise)
 or `set_isa()` does at run time. Threads: OpenMP, `threads=None` = torch.get_num_threads().
-Depthwise layers (groups = Cin = Cout) have their own channels-in-lanes loop.
+Depthwise layers (groups = Cin = Cout) have their own channels-in-lanes loop. On a level
+with a byte path (AVX-512 VNNI), unsigned codes run as u8 x s8 dot products (vpdpbusd) with
+the weights as int8 codes: directly where |w_int| <= 127, split exactly as w_int = 2 s + 1
+for 8-bit DoReFa codes (see int.h); the results are the same integers either way.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ except ImportError as e:  # not built
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["available", "isa", "supported_isas", "set_isa", "IntegerConv", "int_conv2d", "int_linear"]
+__all__ = ["available", "isa", "supported_isas", "set_isa", "byte_path", "IntegerConv", "int_conv2d", "int_linear"]
 
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}  # = NAS_ACT_* in int.h
 _LANES = 16  # = NAS_INT_LANES
@@ -60,6 +63,30 @@ def supported_isas() -> list[str]:
 def set_isa(name: str | None) -> None:
     """Force a kernel level for this process; None goes back to NAS_KERNEL_ISA / the best."""
     _need().set_isa(name)
+
+
+def byte_path() -> bool:
+    """Whether the level in use runs unsigned codes on its u8 x s8 byte path."""
+    return bool(_need().byte_path())
+
+
+def byte_weights(w_int: np.ndarray, groups: int) -> tuple[np.ndarray, bool] | None:
+    """The byte path's weights (int.h): int8 codes in lane layout (G, nb, kh, kw, cq/4, 16, 4),
+    and whether they are split (w_int = 2 s + 1, s stored); None when neither form is exact
+    (codes beyond ±127 that are not all odd)."""
+    cout, cin_g, kh, kw = w_int.shape
+    w = w_int.astype(np.int32)
+    if int(np.abs(w).max(initial=0)) <= 127:
+        codes, split = w, False
+    elif bool(np.all(w % 2 == 1)):
+        codes, split = (w - 1) // 2, True  # -255..255 odd -> -128..127
+    else:
+        return None
+    cout_g, nb, cq = cout // groups, -(-(cout // groups) // _LANES), -(-cin_g // 4) * 4
+    padded = np.zeros((groups, nb * _LANES, cq, kh, kw), np.int8)
+    padded[:, :cout_g, :cin_g] = codes.reshape(groups, cout_g, cin_g, kh, kw)
+    lay = padded.reshape(groups, nb, _LANES, cq // 4, 4, kh, kw).transpose(0, 1, 5, 6, 3, 2, 4)
+    return np.ascontiguousarray(lay).reshape(-1), split
 
 
 def _pair(v, fn: str, arg: str) -> tuple[int, int]:
@@ -119,6 +146,8 @@ class IntegerConv:
             self._wl = np.empty(groups * -(-cout_g // _LANES) * kh * kw * pairs * _LANES * 2, np.int16)
             ext.repack(wn, self._wl, cout, cin_g, kh, kw, groups)
             self._wd = None
+        bw = None if self.depthwise else byte_weights(wn, groups)
+        self._wq, self._split = (None, False) if bw is None else bw
         self._scale = (np.ones(cout, np.float32) if scale is None
                        else _np(scale, torch.float32, (cout,), _fn, "scale").copy())
         self._bias = (np.zeros(cout, np.float32) if bias is None
@@ -160,7 +189,7 @@ class IntegerConv:
         xn = x.contiguous().numpy()
         _ext.conv2d(xn, x.dtype == torch.int8, self._wl, self._wd, N, H, W, C, self.out_chs, kh, kw, sh, sw, ph, pw,
                     self.groups, self._scale, self._bias, rn, _ACT_ID[self.activation], yf, yc, q[0], q[1], q[2],
-                    torch.get_num_threads() if threads is None else int(threads))
+                    torch.get_num_threads() if threads is None else int(threads), self._wq, self._split)
         return torch.from_numpy(yf if yc is None else yc)
 
 
