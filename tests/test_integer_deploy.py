@@ -170,6 +170,31 @@ def test_chaining_changes_no_number():
         assert torch.equal(packed(x), y)
 
 
+@pytest.mark.parametrize("segment", ["shift_r2_k3_s2_e2_c16_w8_a8", "shift_r2_k3_s1_e2_c16_sf0.25_w4_a4",
+                                     "grouped_r2_k3_s1_g2_c16_w8_a8", "grouped_r1_k3_s2_g4_c16_w2_a2"])
+def test_chains_go_through_shift_and_shuffle(segment):
+    """A shift or a channel shuffle between two integer layers runs on the codes: the layer
+    before it writes the layer after it's codes, and the logits equal, bit for bit, those of
+    the same layers each writing floats."""
+    from nas.blocks.layers import ChannelShuffle, Shift
+
+    _, packed = packed_of(arch_string(segment), seed=3)
+    movers = [n for n, m in packed.named_modules() if isinstance(m, (Shift, ChannelShuffle))]
+    assert movers
+    ints = {n: m for n, m in packed.named_modules() if isinstance(m, PackedIntegerConv2d)}
+    for mover in movers:  # conv1 -> shift / shuffle -> conv2 in both kinds
+        block = mover.rsplit(".", 1)[0]
+        assert ints[f"{block}.conv1"].requant is not None, mover
+    outputs = {e["name"]: e.get("output") for e in packed.layer_paths}
+    assert sum(bool(o and o.endswith(".conv2")) for o in outputs.values()) >= len(movers), outputs
+    x = torch.randn(4, 1, 12, 12)
+    with torch.inference_mode():
+        y = packed(x)
+        for m in ints.values():
+            m.requant = None
+        assert torch.equal(packed(x), y)
+
+
 def test_predictions_agree_with_fake_quant_on_real_images():
     """The mixed network (random weights) against its fake-quant model on Fashion-MNIST test
     images: the same codes, float32 rounding apart; predictions agree on nearly all."""

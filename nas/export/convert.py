@@ -17,7 +17,9 @@ layer's epilogue (else that activation stays, `_bn_remainder`).
 Integer from layer to layer (`chain_integer_layers`): where an integer layer's output is read
 by exactly one module and that module is an integer layer, the producer requantizes straight
 to the consumer's codes (the same float32 rounding the consumer's own quantizer would do, so
-the numbers do not change) and the consumer skips its quantizer.
+the numbers do not change) and the consumer skips its quantizer. A shift or a channel shuffle
+in between (`CODE_TRANSPARENT`) moves values without changing them and fills with zeros, and
+the quantizer maps 0 to code 0 pointwise, so it runs on the codes and the chain goes through.
 
 Residual adds in the epilogue (`fuse_residual_adds`): a block with its shortcut whose last
 layer is integer becomes a `ResidualBlock`, that layer adding the shortcut in its epilogue.
@@ -239,6 +241,13 @@ def _passes_input_on(m: nn.Module) -> bool:
     return False
 
 
+def _code_transparent() -> tuple[type, ...]:
+    """Modules that commute with a pointwise quantizer whose code of 0.0 is 0: they only move
+    values (and fill with zeros), so they give the same result on codes as on floats."""
+    from nas.blocks.layers import ChannelShuffle, Shift
+    return (Shift, ChannelShuffle)
+
+
 def chain_integer_layers(model: nn.Module) -> dict[str, str]:
     """Let each integer layer whose output only one integer layer reads write that layer's
     codes; returns producer name -> consumer name.
@@ -249,15 +258,22 @@ def chain_integer_layers(model: nn.Module) -> dict[str, str]:
     input object itself) and containers that only pass it on to the consumer, exactly one
     integer layer. Tensor uses outside modules (residual adds, concatenations, the SE gate)
     happen inside containers that are not pass-on containers (`Block` with has_skip,
-    `DenseBlock`, `SqueezeExcite`), so such a tensor never has a single integer consumer."""
+    `DenseBlock`, `SqueezeExcite`), so such a tensor never has a single integer consumer.
+    A code-transparent module (shift, channel shuffle) as the one reader is followed to the
+    reader of its own output."""
     names = {id(m): n for n, m in model.named_modules()}
     ints = {n: m for n, m in model.named_modules() if isinstance(m, PackedIntegerConv2d)}
     if len(ints) < 2:
         return {}
-    produced, readers, keep = {}, defaultdict(list), []
+    transparent = {n: m for n, m in model.named_modules() if isinstance(m, _code_transparent())}
+    produced, readers, keep, passed = {}, defaultdict(list), [], {}
 
     def after(module, args, out):
         produced[id(out)] = names[id(module)]
+        keep.append(out)
+
+    def through(module, args, out):
+        passed[names[id(module)]] = id(out)
         keep.append(out)
 
     def before(module, args):
@@ -266,6 +282,7 @@ def chain_integer_layers(model: nn.Module) -> dict[str, str]:
             keep.append(args[0])
 
     hooks = [m.register_forward_hook(after) for m in ints.values()]
+    hooks += [m.register_forward_hook(through) for m in transparent.values()]
     hooks += [m.register_forward_pre_hook(before) for m in model.modules()]
     a = model.arch
     try:
@@ -274,14 +291,22 @@ def chain_integer_layers(model: nn.Module) -> dict[str, str]:
     finally:
         for h in hooks:
             h.remove()
-    chained = {}
-    for key, producer in produced.items():
+
+    def sole_reader(key) -> str | None:
+        """The one module (not an Identity, not a pass-on container) that reads tensor `key`,
+        followed through code-transparent modules; None where there is not exactly one."""
         mods = {n: model.get_submodule(n) for n in readers.get(key, [])}
         real = [n for n, m in mods.items() if not isinstance(m, nn.Identity) and not _passes_input_on(m)]
-        if len(real) != 1 or real[0] not in ints:
-            continue
-        consumer = real[0]
-        if all(consumer.startswith(n + ".") for n, m in mods.items() if _passes_input_on(m)):
+        if len(real) != 1 or not all(real[0].startswith(n + ".") for n, m in mods.items() if _passes_input_on(m)):
+            return None
+        if real[0] in transparent:
+            return sole_reader(passed[real[0]]) if real[0] in passed else None
+        return real[0]
+
+    chained = {}
+    for key, producer in produced.items():
+        consumer = sole_reader(key)
+        if consumer in ints:
             ints[producer].requant_to(ints[consumer])
             chained[producer] = consumer
     return chained
