@@ -129,3 +129,40 @@ def test_active_shift_refusals_and_export_refusal():
         assert needle in str(e.value)
     with pytest.raises(UsageError, match="active-shift archs cannot be exported yet"):
         payload_of(build_model(_arch("shift_r1_k3_s1_e2_c32_as1_w8_a8")))
+
+
+def test_shift_space_file_draws_every_variant_and_costs_them():
+    """search_spaces/shift.yaml offers sparse (`shift_frac`) and active (`active_shift`) shift as
+    stage choices; the sampler draws them, the codec writes them, the cost model prices them."""
+    from dataclasses import replace
+
+    from nas.space import load_space, random_archs
+    from nas.space.sample import space_size
+
+    space = load_space("search_spaces/shift.yaml")
+    strings = [encode(a) for a in random_archs(space, 40, seed=3)]
+    assert any("_sf0.5_" in s or "_sf0.25_" in s for s in strings)
+    assert any("_as1_" in s for s in strings)
+    assert any("-shift_" in s and "_sf" not in s and "_as1" not in s for s in strings)  # grouped shift too
+    for s in strings:
+        assert encode(decode(s)) == s and arch_cost(decode(s)).macs > 0
+    plain = replace(space, stages=tuple(replace(st, shift_frac=(1.0,), active_shift=(0,)) for st in space.stages))
+    assert space_size(space) > space_size(plain)
+    assert not any("_sf" in encode(a) or "_as1" in encode(a) for a in random_archs(plain, 20, seed=3))
+
+
+@pytest.mark.parametrize("stage, needle", [
+    ("shift_frac: [1, 0]", "shift_frac: 0.0 is not allowed; expected 0 < shift_frac <= 1"),
+    ("shift_frac: [0.5], active_shift: [0, 1]", "cannot be drawn beside shift_frac < 1"),
+    ("active_shift: [2]", "active_shift: 2 is not allowed"),
+])
+def test_shift_variant_choices_are_checked_at_load(tmp_path, stage, needle):
+    from nas.space import load_space
+
+    path = tmp_path / "s.yaml"
+    path.write_text("input: {resolution: 28, channels: 1}\nnum_classes: 10\nstem: {channels: 16, bits: w8a8}\n"
+                    f"stages:\n  - {{channels: 16, kinds: [shift], bits: w8a8, {stage}}}\n"
+                    "head: {channels: 0, bits: w8a8}\nclassifier: {bits: w8a8}\n")
+    with pytest.raises(UsageError) as e:
+        load_space(path)
+    assert needle in str(e.value) and "s.yaml" in str(e.value) and len(str(e.value).splitlines()) == 1, str(e.value)

@@ -30,6 +30,12 @@ Scaling (`nas.space.scaling`; survey 000 ch. 3 sec. 2-6) has two modes:
 - ``mode: free``: four independent multipliers, as a space asks: alpha, beta, phi choices and
   gamma a list of choices too (or auto, derived as above); no constraint is checked.
 
+Block variants are stage choices too: ``dilation: [1, 2]`` (ir / grouped / dense k x k convs)
+and, for shift blocks, ``shift_frac: [1, 0.5]`` (sparse shift: the fraction of channels moved)
+or ``active_shift: [0, 1]`` (learned fractional offsets); a stage offers one of the two shift
+variants (an active shift moves every channel). Defaults (1, 1, 0) are never suggested, so a
+space without them samples as before (search_spaces/dilated.yaml, search_spaces/shift.yaml).
+
 Bits are written ``w<W>a<A>``. ``bits_per: stage | block | layer`` (default ``stage``) is the
 granularity the search picks them at (`nas.space.sample`): one pair per stage (each stage's
 ``bits`` list), one per block (repeat) of a stage, or one per conv layer; a stage's
@@ -96,6 +102,8 @@ class StageChoices:
     act: tuple[str, ...]
     bits: tuple[tuple[int, int], ...]
     dilation: tuple[int, ...] = (1,)  # ir / grouped / dense k x k conv dilation
+    shift_frac: tuple[float, ...] = (1.0,)  # shift: fraction of channels shifted (< 1: sparse shift)
+    active_shift: tuple[int, ...] = (0,)  # shift: 1 = active shift (learned fractional offsets)
 
 
 @dataclass(frozen=True)
@@ -216,7 +224,7 @@ class _Reader:
 _TOP = {"name", "description", "input", "num_classes", "divisor", "min_end_bits", "scaling", "stem",
         "stages", "head", "classifier", "bits_per"}
 _STAGE = {"channels", "stride", "kinds", "repeats", "kernel", "expand", "se", "groups", "growth", "act", "bits",
-          "dilation"}
+          "dilation", "shift_frac", "active_shift"}
 
 
 def load_space(path) -> Space:
@@ -289,7 +297,15 @@ def load_space(path) -> Space:
             act=r.choices(s, "act", p, "str", "relu", allowed=ACTS),
             bits=r.choices(s, "bits", p, "bits", "w32a32"),
             dilation=r.choices(s, "dilation", p, "int", 1, minimum=1),
+            shift_frac=r.choices(s, "shift_frac", p, "float", 1.0),
+            active_shift=r.choices(s, "active_shift", p, "int", 0, allowed=(0, 1)),
         ))
+        for f in stages[-1].shift_frac:
+            if not 0.0 < f <= 1.0:
+                raise r.fail(s, "shift_frac", f"{p}.shift_frac", f"{f!r} is not allowed; expected 0 < shift_frac <= 1")
+        if 1 in stages[-1].active_shift and any(f != 1.0 for f in stages[-1].shift_frac):
+            raise r.fail(s, "active_shift", f"{p}.active_shift", "an active shift moves every channel, so it cannot "
+                         "be drawn beside shift_frac < 1; expected one of the two variants per stage")
         for se in stages[-1].se:
             if se >= 1:
                 raise r.fail(s, "se", f"{p}.se", f"{se} is not allowed; expected 0 <= se < 1")

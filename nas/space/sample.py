@@ -33,18 +33,22 @@ class Sample:
 
 # The space's parameter schema, written once: per stage, the choices every kind takes, then
 # those only some kinds take (squeeze-excite only in non-binary ir blocks; dilation only in
-# non-binary ir / grouped / dense blocks). `sample_arch`,
+# non-binary ir / grouped / dense blocks; the shift variants, sparse `shift_frac` and active
+# `active_shift`, only in shift blocks; a stage offers one of the two, `nas.space.file`). `sample_arch`,
 # `space_size` and `nas.cost.extremes.parameter_choices` all read it.
 STAGE_PARAMS = ("repeats", "kernel", "act")
-KIND_PARAMS = {"ir": ("expand", "se", "dilation"), "shift": ("expand",), "grouped": ("groups", "dilation"),
-               "dense": ("growth", "dilation")}
+KIND_PARAMS = {"ir": ("expand", "se", "dilation"), "shift": ("expand", "shift_frac", "active_shift"),
+               "grouped": ("groups", "dilation"), "dense": ("growth", "dilation")}
 CHOICE_FIELD = {"repeats": "repeats", "kernel": "kernel", "act": "act", "expand": "expand", "se": "se",
-                "groups": "groups", "growth": "growth", "dilation": "dilation"}  # stage parameter -> StageChoices field
+                "groups": "groups", "growth": "growth", "dilation": "dilation", "shift_frac": "shift_frac",
+                "active_shift": "active_shift"}  # stage parameter -> StageChoices field
 # the order stage parameters are suggested in: Optuna's random sampler draws per call, so
 # the order is part of what a seed means
-STAGE_ORDER = ("repeats", "kernel", "expand", "se", "groups", "growth", "act", "dilation")  # dilation last:
-# a space without a dilation choice draws exactly what it drew before dilation existed
-UNSET = {"expand": 1.0, "se": 0.0, "groups": 1, "growth": 0, "dilation": 1}  # BlockSpec value where a kind has no choice
+STAGE_ORDER = ("repeats", "kernel", "expand", "se", "groups", "growth", "act", "dilation", "shift_frac",
+               "active_shift")  # the variants last: a space without their choices draws exactly what it drew
+# before they existed (a parameter with one choice is never suggested)
+UNSET = {"expand": 1.0, "se": 0.0, "groups": 1, "growth": 0, "dilation": 1, "shift_frac": 1.0,
+         "active_shift": 0}  # BlockSpec value where a kind has no choice
 
 
 def kind_params(kind: str, w_bits: int) -> tuple[str, ...]:
