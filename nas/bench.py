@@ -3,7 +3,7 @@
 import importlib
 
 BENCHES = {  # name -> (module, what it measures)
-    "kernels": ("nas.kernels.bench", "packed-binary and 2/4/8-bit integer kernels vs PyTorch fp32 and onnxruntime int8"),
+    "kernels": ("nas.measure.bench_kernels", "packed-binary and 2/4/8-bit integer kernels vs PyTorch fp32 and onnxruntime int8"),
     "infer": ("nas.export.bench", "the packed model at int8 and mixed 2/4/8 bits vs the same arch at 32 bits (batch 1)"),
     "search": ("nas.search.bench", "the search against random search and hand-designed nets at equal budgets"),
     "pruners": ("nas.search.bench_pruners", "trial pruners replayed on recorded learning curves"),

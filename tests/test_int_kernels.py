@@ -93,15 +93,19 @@ BYTE_SHAPES = [
     (1, 13, 13, 64, 64, 3, 1, 1, 1),  # 4 lane blocks, Wo = 13 (6 + 6 + 1)
     (3, 5, 5, 9, 24, 3, 2, 1, 3),     # grouped, stride 2, cin_g = 3 (one padded quad)
     (1, 6, 6, 128, 17, 1, 1, 0, 1),   # 1x1, 17 channels
+    (2, 11, 11, 1, 16, 3, 1, 1, 1),   # a 1-channel stem: a kernel row is 3 bytes, one quad
+    (1, 16, 16, 3, 20, 7, 2, 3, 1),   # a 3-channel 7x7/2 stem: 21 bytes, 6 quads
+    (1, 7, 7, 6, 8, 5, 1, 2, 1),      # 5x5, 6 channels: rows straddle quads
 ]
 
 
+@pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("w_bits", [8, 4, 2])
 @pytest.mark.parametrize("shape", BYTE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_byte_path_equals_int64_reference(level, shape, w_bits):
-    g = np.random.default_rng(hash((shape, w_bits)) % 2**32)
+def test_byte_path_equals_int64_reference(level, shape, w_bits, signed):
+    g = np.random.default_rng(hash((shape, w_bits, signed)) % 2**32)
     N, H, W, cin, cout, k, s, p, groups = shape
-    x = _codes(g, (N, H, W, cin), 8, False)
+    x = _codes(g, (N, H, W, cin), 8, signed)
     w = _weights(g, (cout, cin // groups, k, k), w_bits)
     scale = (g.standard_normal(cout) * 1e-4).astype(np.float32)
     bias = g.standard_normal(cout).astype(np.float32)
@@ -117,10 +121,10 @@ def test_byte_weights_forms():
     """|w| <= 127 is its own int8 code; odd codes beyond split as 2 s + 1; anything else has no
     byte form (the int16 path runs it, still exact)."""
     w = np.array([[[[127, -127]]], [[[3, -5]]]], np.int16)  # (2, 1, 1, 2)
-    codes, split = I.byte_weights(w, 1)
-    assert not split and codes.dtype == np.int8 and codes.size == 1 * 1 * 1 * 2 * 1 * 16 * 4  # (G, nb, kh, kw, quads, 16, 4)
-    assert sorted(codes[codes != 0].tolist()) == [-127, -5, 3, 127]
-    codes, split = I.byte_weights(np.array([[[[255, -255, 1, -1]]]], np.int16), 1)
+    codes, split, wsum = I.byte_weights(w, 1)
+    assert not split and codes.dtype == np.int8 and codes.size == 1 * 1 * 1 * 1 * 1 * 16 * 4  # (G, nb, kh, nseg, segq, 16, 4): kw * cin = 2 bytes, 1 quad
+    assert sorted(codes[codes != 0].tolist()) == [-127, -5, 3, 127] and wsum.tolist() == [0, -2]
+    codes, split, _ = I.byte_weights(np.array([[[[255, -255, 1, -1]]]], np.int16), 1)
     assert split and sorted(codes[codes != 0].tolist()) == [-128, -1, 127]  # (w - 1) / 2; 1 -> 0
     assert I.byte_weights(np.array([[[[200, 2]]]], np.int16), 1) is None
     g = np.random.default_rng(5)

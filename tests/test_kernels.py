@@ -319,7 +319,7 @@ def test_env_var_with_unknown_level_errors_at_first_use():
 def _bench_args(*argv):
     import argparse
 
-    from nas.kernels import bench
+    from nas.measure import bench_kernels as bench
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     return bench, parser.parse_args(list(argv))

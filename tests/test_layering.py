@@ -22,11 +22,6 @@ ALLOWED = {
         "the block kind files' `expand` (torch-free; tests/test_blocks.py checks nas.cost imports no torch)",
     ("nas/measure/timing.py", "nas/export/"):
         "build_for_timing: what is timed is the packed model `nas infer` runs (inside the function)",
-    ("nas/kernels/integer.py", "nas/quant/"):
-        "the integer kernels' argument checks (ACTIVATIONS, check_int_bits) are read from nas.quant.integer; "
-        "their home should move down (nas.cost.kernel_path, beside INT_BITS / MAX_K)",
-    ("nas/kernels/bench.py", "nas/measure/"):
-        "`nas bench kernels` (an entry point beside the kernels) reports the machine load (nas.measure.load)",
 }
 
 

@@ -18,6 +18,14 @@ prices a spec on the path the deployed model will really run):
 
 INT_BITS = (2, 4, 8)  # weight / activation widths with an integer kernel
 MAX_K = 33024  # taps x input channels per output: 255 * 255 * K must stay < 2^31
+ACTIVATIONS = ("none", "relu", "hswish")  # what an integer layer's epilogue fuses (= NAS_ACT_* in int.h)
+
+
+def check_int_bits(where: str, name: str, bits: int) -> None:
+    """UsageError unless `bits` has an integer kernel (2, 4 or 8)."""
+    from nas.errors import UsageError
+    if bits not in INT_BITS:
+        raise UsageError(f"{where}: {name}={bits!r} has no integer kernel; expected one of {list(INT_BITS)}")
 
 
 def on_packed_kernels(w_bits: int, a_bits: int, groups: int, square: bool = True, dilation: int = 1) -> bool:

@@ -13,14 +13,23 @@
  * Accumulators are int32 (exact: |acc| <= 255 * 255 * K < 2^31, K = kh kw cin_g checked).
  *
  * Byte path (levels with conv_q, AVX-512 VNNI: vpdpbusd, 64 u8 x s8 MACs per instruction),
- * taken for unsigned activation codes when the driver is given byte weights:
- *   xq (N, Hp, Wp, G, cq)    uint8, zero-padded, cq = cin_g rounded up to a multiple of 4
- *   wq (G, nb, kh, kw, cq / 4, 16, 4) int8 (four input channels per lane)
+ * taken when the driver is given byte weights:
+ *   xq (N, Hp, Wp, G, cq)    uint8 (+ 64 bytes of slack), padding as stated below
+ *   wq (G, nb, kh, nseg, segq, 16, 4) int8: four bytes of the receptive field per lane
+ * One kernel row of a pixel is read as nseg segments of segq quads (4 bytes each):
+ *   groups = 1: cq = cin and the row is contiguous (kw * cin bytes): one segment of
+ *               ceil(kw cin / 4) quads (weights past kw cin are 0, so the bytes read past the
+ *               row, up to 3, do not count) - a 1- or 3-channel stem is not padded 4x;
+ *   groups > 1: cq = cin_g rounded up to a multiple of 4, one segment per kx of cq / 4 quads.
  * Weights with |w_int| <= 127 are their own int8 code. 8-bit DoReFa codes (odd, -255..255)
  * are split exactly: w_int = 2 s + 1 with s in -128..127, so
  *   sum x w_int = 2 sum x s + sum x,
  * and sum x over the receptive field of a pixel (one value per group) comes from xs, the
  * per-pixel channel sums of the padded input (N, Hp, Wp, G) int32 (split = 1).
+ * Signed codes x run as u = x + 128 (padding: u = 128, i.e. x = 0), exactly:
+ *   sum x c = sum u c - 128 sum c      (c = the byte code: w_int, or s when split),
+ * the last term one constant per output channel (wcorr = -128 sum c), and for the split
+ * sum x = sum u - 128 kh kw cin_g (xcorr).
  * The epilogue (nas_int_store) is the same scalar float32 code for every level, compiled
  * with -ffp-contract=off: bit-identical results on every level.
  */
@@ -54,7 +63,9 @@ typedef struct int_args {
     const uint8_t *xq;  /* padded uint8 input (N, Hp, Wp, G * cq) */
     const int8_t *wq;   /* byte lane layout */
     const int32_t *xs;  /* channel sums (N, Hp, Wp, G) when split */
-    int cq, split;
+    int cq, split, nseg, segq;
+    const int32_t *wcorr; /* signed input: -128 * sum of each output channel's byte codes, else NULL */
+    int32_t xcorr;        /* signed input and split: -128 * kh * kw * cin_g, else 0 */
 } int_args;
 
 /* Epilogue of one output value: pixel index pix = (n * Ho + oy) * Wo + ox, channel c. */

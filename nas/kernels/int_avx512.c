@@ -1,8 +1,8 @@
 /* AVX-512 VNNI level of the integer kernels (int.h). Two paths:
- *  - byte path (conv_q): unsigned activation codes x int8 weights on vpdpbusd, 64 MACs per
- *    instruction; a register block of up to 6 output pixels x 4 lane blocks (64 output
+ *  - byte path (conv_q): activation codes (signed ones offset by 128) x int8 weights on
+ *    vpdpbusd, 64 MACs per instruction; a register block of up to 6 output pixels x 4 lane blocks (64 output
  *    channels), 24 accumulators; 8-bit DoReFa weights split exactly as 2 s + 1 (int.h);
- *  - int16 path (conv, dw): vpdpwssd on int16 pairs (signed codes, the rest), 4 output
+ *  - int16 path (conv, dw): vpdpwssd on int16 pairs (weights with no byte form), 4 output
  *    pixels per weight load; depthwise with channels in lanes.
  * The epilogue is the scalar code's float32 arithmetic as 16-lane vector ops (store16), bit
  * for bit. Runs only where the CPU has AVX-512 F/BW/VL/VNNI. */
@@ -61,8 +61,8 @@ TGT static inline __attribute__((always_inline)) void q_block(const int_args *a,
                                                                int g, int b0, const int np, const int nbb)
 {
     const long cs = (long)a->G * a->cq;
-    const int quads = a->cq / 4;
-    const long tapw = (long)quads * 64, blkw = (long)a->kh * a->kw * tapw;
+    const int quads = a->segq;
+    const long segw = (long)quads * 64, blkw = (long)a->kh * a->nseg * segw;
     const int8_t *wb = a->wq + ((long)g * a->nb + b0) * blkw;
     __m512i acc[QPB][QNB];
 #pragma GCC unroll 6
@@ -71,9 +71,9 @@ TGT static inline __attribute__((always_inline)) void q_block(const int_args *a,
         for (int j = 0; j < nbb; j++)
             acc[i][j] = _mm512_setzero_si512();
     for (int ky = 0; ky < a->kh; ky++)
-        for (int kx = 0; kx < a->kw; kx++) {
-            const long tap = ((long)ky * a->Wp + kx) * cs + (long)g * a->cq;
-            const int8_t *w = wb + ((long)ky * a->kw + kx) * tapw;
+        for (int sg = 0; sg < a->nseg; sg++) { /* segment sg of the kernel row: at kx = sg when nseg = kw */
+            const long tap = ((long)ky * a->Wp + sg) * cs + (long)g * a->cq;
+            const int8_t *w = wb + ((long)ky * a->nseg + sg) * segw;
             const uint8_t *xb[QPB];
 #pragma GCC unroll 6
             for (int i = 0; i < np; i++)
@@ -99,7 +99,7 @@ TGT static inline __attribute__((always_inline)) void q_block(const int_args *a,
         __m512i corr = _mm512_setzero_si512();
         if (a->split) { /* sum x over the receptive field of this pixel and group */
             const long s0 = base[i] / cs * a->G + g;
-            int32_t sum = 0;
+            int32_t sum = a->xcorr;
             for (int ky = 0; ky < a->kh; ky++)
                 for (int kx = 0; kx < a->kw; kx++)
                     sum += a->xs[s0 + ((long)ky * a->Wp + kx) * a->G];
@@ -109,6 +109,8 @@ TGT static inline __attribute__((always_inline)) void q_block(const int_args *a,
         for (int j = 0; j < nbb; j++) {
             const int bo = (b0 + j) * NAS_INT_LANES;
             __m512i v = acc[i][j];
+            if (a->wcorr) /* signed codes ran as x + 128 */
+                v = _mm512_add_epi32(v, _mm512_maskz_loadu_epi32(lanes(a->cout_g - bo), a->wcorr + g * a->cout_g + bo));
             if (a->split)
                 v = _mm512_add_epi32(_mm512_slli_epi32(v, 1), corr);
             store16(a, pix[i], g * a->cout_g + bo, v, lanes(a->cout_g - bo));

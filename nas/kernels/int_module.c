@@ -171,17 +171,18 @@ static PyObject *py_repack(PyObject *self, PyObject *args)
  *        res, act, yf, yc, q_lo, q_alpha, q_s, threads, wq, split)
  * x (N, H, W, cin) uint8 / int8 codes; wl lane layout (or None with wd (kh, kw, C) int32 for
  * depthwise); res / yf / yc None or arrays; exactly one of yf, yc. wq: the byte lane layout
- * (int.h) or None; split: wq holds s of w_int = 2 s + 1. The byte path runs where the level
- * has one, wq is given and x is unsigned; otherwise the int16 path (same results). */
+ * (int.h) or None; split: wq holds s of w_int = 2 s + 1; wsum (cout,) int32: each output
+ * channel's sum of byte codes (for signed x). The byte path runs where the level has one and
+ * wq is given; otherwise the int16 path (same results). */
 static PyObject *py_conv2d(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *wlo, *wdo, *so, *bo, *ro, *yfo, *yco, *wqo = Py_None;
+    PyObject *xo, *wlo, *wdo, *so, *bo, *ro, *yfo, *yco, *wqo = Py_None, *wso = Py_None;
     int x_signed, act, split = 0;
     long N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, G, threads;
     float q_lo, q_alpha, q_s;
-    if (!PyArg_ParseTuple(args, "OpOOllllllllllllOOOiOOfffl|Op", &xo, &x_signed, &wlo, &wdo, &N, &H, &W, &cin, &cout,
+    if (!PyArg_ParseTuple(args, "OpOOllllllllllllOOOiOOfffl|OpO", &xo, &x_signed, &wlo, &wdo, &N, &H, &W, &cin, &cout,
                           &kh, &kw, &sh, &sw, &ph, &pw, &G, &so, &bo, &ro, &act, &yfo, &yco, &q_lo, &q_alpha, &q_s,
-                          &threads, &wqo, &split))
+                          &threads, &wqo, &split, &wso))
         return NULL;
     const int_level *lv = current_level();
     if (!lv)
@@ -204,10 +205,13 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "conv2d: kh*kw*cin_g = %ld exceeds 33024 (int32 accumulators)", kh * kw * cin_g);
         return NULL;
     }
-    const long nb = lane_blocks(cout_g), cq = (cin_g + 3) / 4 * 4;
-    const int bytes = lv->conv_q && wqo != Py_None && !x_signed && !dw;
-    Py_buffer x, wl = {0}, wd = {0}, s, b, r = {0}, yf = {0}, yc = {0}, wq = {0};
-    int have_wl = 0, have_wd = 0, have_s = 0, have_b = 0, have_r = 0, have_yf = 0, have_yc = 0, have_wq = 0;
+    const long nb = lane_blocks(cout_g), cq = G == 1 ? cin : (cin_g + 3) / 4 * 4;
+    const long nseg = G == 1 ? 1 : kw, segq = G == 1 ? (kw * cin + 3) / 4 : cq / 4; /* int.h */
+    const int bytes = lv->conv_q && wqo != Py_None && !dw && (!x_signed || wso != Py_None);
+    Py_buffer x, wl = {0}, wd = {0}, s, b, r = {0}, yf = {0}, yc = {0}, wq = {0}, ws = {0};
+    int have_wl = 0, have_wd = 0, have_s = 0, have_b = 0, have_r = 0, have_yf = 0, have_yc = 0, have_wq = 0,
+        have_ws = 0;
+    int32_t *wcorr = NULL;
     PyObject *ret = NULL;
     if (get_buf(xo, &x, 0, x_signed ? "b" : "B", 1, N * H * W * cin, "conv2d: x") < 0)
         return NULL;
@@ -216,7 +220,9 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         goto done;
     if (dw && !(have_wd = get_buf(wdo, &wd, 0, "i", 4, kh * kw * cout, "conv2d: depthwise weights") == 0))
         goto done;
-    if (bytes && !(have_wq = get_buf(wqo, &wq, 0, "b", 1, G * nb * kh * kw * cq * NAS_INT_LANES, "conv2d: byte weights") == 0))
+    if (bytes && !(have_wq = get_buf(wqo, &wq, 0, "b", 1, G * nb * kh * nseg * segq * 4 * NAS_INT_LANES, "conv2d: byte weights") == 0))
+        goto done;
+    if (bytes && x_signed && !(have_ws = get_buf(wso, &ws, 0, "i", 4, cout, "conv2d: byte weight sums") == 0))
         goto done;
     if (!(have_s = get_buf(so, &s, 0, "f", 4, cout, "conv2d: scale") == 0))
         goto done;
@@ -237,21 +243,32 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
     uint8_t *xq = NULL;
     int32_t *xs = NULL;
     if (bytes) {
-        xq = calloc((size_t)(N * Hp * Wp * G * cq), 1);
-        xs = split ? calloc((size_t)(N * Hp * Wp * G), sizeof(int32_t)) : NULL;
+        xq = malloc((size_t)(N * Hp * Wp * G * cq) + 64); /* slack: a row's last quad may read 3 bytes on */
+        xs = split ? malloc((size_t)(N * Hp * Wp * G) * sizeof(int32_t)) : NULL;
+        wcorr = x_signed ? malloc((size_t)cout * sizeof(int32_t)) : NULL;
     } else {
         xp = calloc((size_t)(N * Hp * Wp * cstride), sizeof(int16_t));
     }
-    if (bytes ? (!xq || (split && !xs)) : !xp) {
+    if (bytes ? (!xq || (split && !xs) || (x_signed && !wcorr)) : !xp) {
         free(xq);
         free(xs);
+        free(wcorr);
         PyErr_NoMemory();
         goto done;
     }
     int_args a = {xp, N, Hp, Wp, Ho, Wo, (int)G, (int)cin_g, (int)cpad, (int)cout, (int)cout_g, (int)nb,
                   (int)kh, (int)kw, (int)sh, (int)sw, have_wl ? wl.buf : NULL, have_wd ? wd.buf : NULL,
                   s.buf, b.buf, have_r ? r.buf : NULL, act, have_yf ? yf.buf : NULL, have_yc ? yc.buf : NULL,
-                  q_lo, q_alpha, q_s, xq, have_wq ? wq.buf : NULL, xs, (int)cq, bytes && split};
+                  q_lo, q_alpha, q_s, xq, have_wq ? wq.buf : NULL, xs, (int)cq, bytes && split, (int)nseg, (int)segq, wcorr,
+                  bytes && split && x_signed ? (int32_t)(-128 * kh * kw * cin_g) : 0};
+    if (wcorr)
+        for (long c = 0; c < cout; c++)
+            wcorr[c] = -128 * ((const int32_t *)ws.buf)[c];
+    /* padding of the byte path: u = 0 (unsigned) or 128 (signed: x = 0); its channel sums */
+    const uint8_t upad = x_signed ? 128 : 0;
+    const int32_t spad = x_signed ? (int32_t)(128 * cin_g) : 0;
+    if (xq)
+        memset(xq + N * Hp * Wp * G * cq, 0, 64);
     const int nt = clamp_threads(threads);
     const void *xb = x.buf;
     const long npix = N * Ho * Wo, chunk = 24, nchunks = (npix + chunk - 1) / chunk;
@@ -260,23 +277,36 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
     {
         if (bytes) {
 #pragma omp for schedule(static)
-            for (long row = 0; row < N * H; row++) {
-                const long n = row / H, y = row % H;
-                uint8_t *d = xq + ((n * Hp + y + ph) * Wp + pw) * G * cq;
-                int32_t *ds = xs ? xs + ((n * Hp + y + ph) * Wp + pw) * G : NULL;
-                const uint8_t *src = (const uint8_t *)xb + (n * H + y) * W * cin;
-                for (long xx = 0; xx < W; xx++)
+            for (long row = 0; row < N * Hp; row++) { /* padded rows, each written whole */
+                const long n = row / Hp, yp = row % Hp, y = yp - ph;
+                uint8_t *d = xq + row * Wp * G * cq;
+                int32_t *ds = xs ? xs + row * Wp * G : NULL;
+                const int inside = y >= 0 && y < H;
+                const uint8_t *src = (const uint8_t *)xb + (n * H + (inside ? y : 0)) * W * cin;
+                for (long xp = 0; xp < Wp; xp++) {
+                    const long xx = xp - pw;
+                    const int in = inside && xx >= 0 && xx < W;
                     for (long g = 0; g < G; g++) {
-                        const uint8_t *sg = src + xx * cin + g * cin_g;
-                        uint8_t *dg = d + (xx * G + g) * cq;
+                        uint8_t *dg = d + (xp * G + g) * cq;
                         int32_t sum = 0;
-                        for (long c = 0; c < cin_g; c++) {
-                            dg[c] = sg[c];
-                            sum += sg[c];
+                        if (in) {
+                            const uint8_t *sg = src + xx * cin + g * cin_g;
+                            for (long c = 0; c < cin_g; c++) {
+                                const uint8_t u = (uint8_t)(sg[c] ^ upad); /* signed x + 128 */
+                                dg[c] = u;
+                                sum += u;
+                            }
+                        } else {
+                            for (long c = 0; c < cin_g; c++)
+                                dg[c] = upad;
+                            sum = spad;
                         }
+                        for (long c = cin_g; c < cq; c++)
+                            dg[c] = 0;
                         if (ds)
-                            ds[xx * G + g] = sum;
+                            ds[xp * G + g] = sum;
                     }
+                }
             }
 #pragma omp for schedule(dynamic, 1)
             for (long k = 0; k < nchunks; k++)
@@ -311,6 +341,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     free(xq);
     free(xs);
+    free(wcorr);
     free(xp);
     ret = Py_None;
     Py_INCREF(ret);
@@ -324,6 +355,7 @@ done:
     if (have_yf) PyBuffer_Release(&yf);
     if (have_yc) PyBuffer_Release(&yc);
     if (have_wq) PyBuffer_Release(&wq);
+    if (have_ws) PyBuffer_Release(&ws);
     return ret;
 }
 

@@ -13,9 +13,10 @@ Kernel levels as the binary kernels: 'avx512' (AVX-512 VNNI), 'avx2', 'portable'
 the CPU runs unless NAS_KERNEL_ISA forces one (a level the CPU lacks makes every call raise)
 or `set_isa()` does at run time. Threads: OpenMP, `threads=None` = torch.get_num_threads().
 Depthwise layers (groups = Cin = Cout) have their own channels-in-lanes loop. On a level
-with a byte path (AVX-512 VNNI), unsigned codes run as u8 x s8 dot products (vpdpbusd) with
-the weights as int8 codes: directly where |w_int| <= 127, split exactly as w_int = 2 s + 1
-for 8-bit DoReFa codes (see int.h); the results are the same integers either way.
+with a byte path (AVX-512 VNNI), codes run as u8 x s8 dot products (vpdpbusd; signed codes
+offset by 128 with a per-channel correction) with the weights as int8 codes: directly where
+|w_int| <= 127, split exactly as w_int = 2 s + 1 for 8-bit DoReFa codes (see int.h); the
+results are the same integers either way.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nas.quant.integer import ACTIVATIONS, MAX_K, check_int_bits
+from nas.cost.kernel_path import ACTIVATIONS, MAX_K, check_int_bits
 
 try:
     from nas.kernels import _int as _ext
@@ -70,10 +71,13 @@ def byte_path() -> bool:
     return bool(_need().byte_path())
 
 
-def byte_weights(w_int: np.ndarray, groups: int) -> tuple[np.ndarray, bool] | None:
-    """The byte path's weights (int.h): int8 codes in lane layout (G, nb, kh, kw, cq/4, 16, 4),
-    and whether they are split (w_int = 2 s + 1, s stored); None when neither form is exact
-    (codes beyond ±127 that are not all odd)."""
+def byte_weights(w_int: np.ndarray, groups: int) -> tuple[np.ndarray, bool, np.ndarray] | None:
+    """The byte path's weights (int.h): int8 codes in lane layout (G, nb, kh, nseg, segq, 16, 4)
+    (groups 1: one segment of ceil(kw Cin / 4) quads per kernel row, the row's (kx, c) bytes in
+    order; else a segment per kx of Cin/g rounded up to 4), whether they are split
+    (w_int = 2 s + 1, s stored), and each output channel's sum of the stored codes (int32, the
+    signed-input correction); None when neither form is exact (codes beyond ±127 that are not
+    all odd)."""
     cout, cin_g, kh, kw = w_int.shape
     w = w_int.astype(np.int32)
     if int(np.abs(w).max(initial=0)) <= 127:
@@ -82,11 +86,19 @@ def byte_weights(w_int: np.ndarray, groups: int) -> tuple[np.ndarray, bool] | No
         codes, split = (w - 1) // 2, True  # -255..255 odd -> -128..127
     else:
         return None
-    cout_g, nb, cq = cout // groups, -(-(cout // groups) // _LANES), -(-cin_g // 4) * 4
-    padded = np.zeros((groups, nb * _LANES, cq, kh, kw), np.int8)
-    padded[:, :cout_g, :cin_g] = codes.reshape(groups, cout_g, cin_g, kh, kw)
-    lay = padded.reshape(groups, nb, _LANES, cq // 4, 4, kh, kw).transpose(0, 1, 5, 6, 3, 2, 4)
-    return np.ascontiguousarray(lay).reshape(-1), split
+    cout_g, nb = cout // groups, -(-(cout // groups) // _LANES)
+    if groups == 1:
+        row = kw * cin_g
+        rq = -(-row // 4)
+        padded = np.zeros((nb * _LANES, kh, rq * 4), np.int8)
+        padded[:cout, :, :row] = codes.transpose(0, 2, 3, 1).reshape(cout, kh, row)  # (co, ky, (kx, c))
+        lay = padded.reshape(1, nb, _LANES, kh, 1, rq, 4).transpose(0, 1, 3, 4, 5, 2, 6)
+    else:
+        cq = -(-cin_g // 4) * 4
+        padded = np.zeros((groups, nb * _LANES, cq, kh, kw), np.int8)
+        padded[:, :cout_g, :cin_g] = codes.reshape(groups, cout_g, cin_g, kh, kw)
+        lay = padded.reshape(groups, nb, _LANES, cq // 4, 4, kh, kw).transpose(0, 1, 5, 6, 3, 2, 4)
+    return np.ascontiguousarray(lay).reshape(-1), split, codes.reshape(cout, -1).sum(1).astype(np.int32)
 
 
 def _pair(v, fn: str, arg: str) -> tuple[int, int]:
@@ -147,7 +159,7 @@ class IntegerConv:
             ext.repack(wn, self._wl, cout, cin_g, kh, kw, groups)
             self._wd = None
         bw = None if self.depthwise else byte_weights(wn, groups)
-        self._wq, self._split = (None, False) if bw is None else bw
+        self._wq, self._split, self._wsum = (None, False, None) if bw is None else bw
         self._scale = (np.ones(cout, np.float32) if scale is None
                        else _np(scale, torch.float32, (cout,), _fn, "scale").copy())
         self._bias = (np.zeros(cout, np.float32) if bias is None
@@ -189,7 +201,7 @@ class IntegerConv:
         xn = x.contiguous().numpy()
         _ext.conv2d(xn, x.dtype == torch.int8, self._wl, self._wd, N, H, W, C, self.out_chs, kh, kw, sh, sw, ph, pw,
                     self.groups, self._scale, self._bias, rn, _ACT_ID[self.activation], yf, yc, q[0], q[1], q[2],
-                    torch.get_num_threads() if threads is None else int(threads), self._wq, self._split)
+                    torch.get_num_threads() if threads is None else int(threads), self._wq, self._split, self._wsum)
         return torch.from_numpy(yf if yc is None else yc)
 
 

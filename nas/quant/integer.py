@@ -46,17 +46,9 @@ from __future__ import annotations
 
 import torch
 
-from nas.cost.kernel_path import INT_BITS, MAX_K  # noqa: F401 (their home: the path predicate)
+from nas.cost.kernel_path import ACTIVATIONS, INT_BITS, MAX_K, check_int_bits  # noqa: F401 (their home)
 from nas.errors import UsageError
 from nas.quant.functions import TERNARY_THRESHOLD, act_steps, channel_dims, dorefa_scale
-
-ACTIVATIONS = ("none", "relu", "hswish")
-
-
-def check_int_bits(where: str, name: str, bits: int) -> None:
-    """UsageError unless `bits` has an integer kernel (2, 4 or 8)."""
-    if bits not in INT_BITS:
-        raise UsageError(f"{where}: {name}={bits!r} has no integer kernel; expected one of {list(INT_BITS)}")
 
 
 def weight_codes(w: torch.Tensor, bits: int, ternary: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """`nas bench kernels [--bits 1,2,4,8] [--threads N] [--json]`: packed-binary kernels against
 PyTorch fp32 (--bits 1, the default); with --bits 2,4,8 also the integer kernels against
-PyTorch fp32 and onnxruntime int8 (rows described in nas/kernels/int_bench.py).
+PyTorch fp32 and onnxruntime int8 (rows described in nas/measure/bench_int_kernels.py).
 
 Per layer shape (ResNet-18's 3x3 layers and small shapes of a 28x28 binary search space):
 the binary layer's time (a prepared `BinaryConv2d`, as a model holds it; median of repeats
@@ -134,17 +134,33 @@ def _bench_layer(row, threads, seconds, torch, F, K, R):
 
 
 class BiReal18:
-    """Bi-Real-18 shaped network on the kernels: real stem (conv7x7/2, BN, ReLU, maxpool),
-    16 binary 3x3 convs with a real shortcut around each (avgpool + 1x1 conv + BN where the
-    shape changes), real average pool and fc. BN after each binary conv is folded into the
-    kernel's per-channel scale and bias. Random weights: this measures speed and exactness."""
+    """Bi-Real-18 shaped network on the kernels: 16 binary 3x3 convs with a real-valued
+    shortcut around each, BN after each binary conv folded into the kernel's per-channel scale
+    and bias; the non-binary parts on the integer kernels at 8 bits, as a deployment runs
+    them: the stem conv 7x7/2 (BN folded, ReLU fused) on int8 codes of the image, then a
+    float max pool; each downsampling shortcut (avgpool 2x2, then a 1x1 conv with BN folded)
+    on int8 codes of the pooled tensor; the average pool and fc in float. Random weights:
+    this measures speed and exactness (`forward_reference` runs the binary and integer layers
+    on their references: the int64 numpy reference for the integer convs)."""
+
+    IMG_CLIP = 3.0  # the stem's input clip: codes rint(clamp(x, -3, 3) / (3 / 127))
+    SHORT_CLIP = 4.0
 
     def __init__(self, torch, K, seed: int = 0):
+        from nas.kernels import integer as I
         nn = torch.nn
         g = torch.Generator().manual_seed(seed)
         self.torch, self.K = torch, K
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                                  nn.MaxPool2d(3, 2, 1)).eval()
+
+        def int_layer(cin, cout, k, stride, padding, clip, activation):
+            w = (2 * torch.randint(0, 256, (cout, cin, k, k), generator=g) - 255).to(torch.int16)  # 8-bit DoReFa codes
+            scale = ((torch.rand(cout, generator=g) + 0.5) * (clip / 127) / (255 * (k * k * cin) ** 0.5)).float()
+            bias = (torch.randn(cout, generator=g) * 0.1).float()
+            spec = (w, scale, bias, stride, padding, activation, clip)
+            return spec, I.IntegerConv(w, 8, stride, padding, 1, scale, bias, activation)
+
+        self.stem, self.stem_conv = int_layer(3, 64, 7, 2, 3, self.IMG_CLIP, "relu")
+        self.pool = nn.MaxPool2d(3, 2, 1).eval()
         self.convs, self.downs = [], []
         cin = 64
         for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
@@ -155,35 +171,59 @@ class BiReal18:
                 bias = torch.randn(cout, generator=g) * 0.1
                 down = None
                 if s != 1 or cin != cout:
-                    down = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(cin, cout, 1, bias=False),
-                                         nn.BatchNorm2d(cout)).eval()
+                    down = int_layer(cin, cout, 1, 1, 0, self.SHORT_CLIP, "none")
                 self.convs.append((w, scale, bias, s, K.BinaryConv2d(K.pack_weights(w), cin, 3, s, 1, scale, bias)))
                 self.downs.append(down)
                 cin = cout
         self.fc = nn.Linear(512, 1000).eval()
-        for m in [self.stem, self.fc] + [d for d in self.downs if d is not None]:
-            for prm in m.parameters():
-                prm.requires_grad_(False)
+        for prm in self.fc.parameters():
+            prm.requires_grad_(False)
+
+    def _codes(self, x_nhwc, clip):
+        torch = self.torch
+        return torch.clamp(x_nhwc, -clip, clip).div_(clip / 127).round_().to(torch.int8).contiguous()
+
+    def _int(self, spec_layer, x_nhwc, threads, reference):
+        (w, scale, bias, stride, padding, activation, clip), layer = spec_layer
+        x = self._codes(x_nhwc, clip)
+        if not reference:
+            return layer(x, threads=threads)
+        from nas.kernels import int_reference as R
+        y = R.conv2d(x.numpy(), w.numpy(), (stride, stride), (padding, padding), 1, scale.numpy(), bias.numpy(),
+                     None, activation)
+        return self.torch.from_numpy(y)
+
+    def _front(self, img, threads, reference):
+        torch = self.torch
+        h = self._int((self.stem, self.stem_conv), img.permute(0, 2, 3, 1), threads, reference)  # NHWC float
+        return self.pool(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # NCHW view of NHWC memory and back
+
+    def _short(self, h, down, threads, reference):
+        if down is None:
+            return h
+        pooled = self.torch.nn.functional.avg_pool2d(h.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1)
+        return self._int(down, pooled, threads, reference)
 
     def _head(self, h_nhwc):
         return self.fc(h_nhwc.mean(dim=(1, 2)))
 
     def forward(self, img, threads):
-        """Kernel path: packed activations between the binary layers, float for shortcuts."""
-        torch, K = self.torch, self.K
-        h = self.stem(img.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)  # NHWC view
+        """Kernel path: packed activations between the binary layers, int8 codes into the
+        integer layers, float for the shortcuts' adds."""
+        K = self.K
+        h = self._front(img, threads, reference=False)
         hp = K.pack_activations(h, threads=threads)
         for (_, _, _, _, layer), down in zip(self.convs, self.downs):
-            short = h if down is None else down(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            short = self._short(h, down, threads, reference=False)
             h, hp = layer(hp, short, out_float=True, out_packed=True, threads=threads)
         return self._head(h)
 
     def forward_reference(self, img):
-        """Same network with the fake-quant reference in place of the kernels."""
+        """Same network with the references in place of the kernels."""
         from nas.kernels import reference as R
-        h = self.stem(img.contiguous(memory_format=self.torch.channels_last)).permute(0, 2, 3, 1)
+        h = self._front(img, 1, reference=True)
         for (w, scale, bias, s, _), down in zip(self.convs, self.downs):
-            short = h if down is None else down(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            short = self._short(h, down, 1, reference=True)
             h = R.binary_conv2d(h, w, s, 1, scale, bias, short.contiguous())
         return self._head(h)
 
@@ -258,10 +298,10 @@ def _parse_bits(text: str) -> list[int]:
 
 
 def _run_integer(bits, threads_list, seconds) -> tuple[list, float, str, str, list]:
-    """The integer kernels' rows (nas/kernels/int_bench.py) for the widths in `bits`."""
+    """The integer kernels' rows (nas/measure/bench_int_kernels.py) for the widths in `bits`."""
     import torch
 
-    from nas.kernels import int_bench as IB
+    from nas.measure import bench_int_kernels as IB
     from nas.kernels import integer as I
     if not I.available():
         raise RuntimeError("nas.kernels._int is not built; run `pip install -e .`")
@@ -364,7 +404,7 @@ def _run_binary(args, int_bits, binary: bool = True) -> int:
     else:
         print(_table(result))
         if int_rows:
-            from nas.kernels.int_bench import int_table
+            from nas.measure.bench_int_kernels import int_table
             print()
             print(int_table(int_rows, int_peak, int_level, int_instruction))
     return 0 if result["all_bit_exact"] else 1
