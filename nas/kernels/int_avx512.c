@@ -196,30 +196,32 @@ TGT static void conv_row(const int_args *a, long n, long oy)
         }
 }
 
+/* Depthwise: channels in lanes (16 per vector, the last block masked), 4 output pixels per
+ * weight load, so that four independent vpdpwssd chains hide its latency; the sign-extended
+ * int16 input against int32 weight slots (int16 code low, 0 high) gives exactly x * w. */
+#define DPB 4
 TGT static void dw_row(const int_args *a, long n, long oy)
 {
     const long C = a->cout;
-    for (long ox = 0; ox < a->Wo; ox++) {
-        const long pix = (n * a->Ho + oy) * a->Wo + ox;
-        long c = 0;
-        for (; c + 16 <= C; c += 16) {
-            __m512i acc = _mm512_setzero_si512();
+    for (long c = 0; c < C; c += 16) {
+        const __mmask16 m = lanes((int)(C - c));
+        for (long ox0 = 0; ox0 < a->Wo; ox0 += DPB) {
+            const int np = a->Wo - ox0 < DPB ? (int)(a->Wo - ox0) : DPB;
+            __m512i acc[DPB] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                                _mm512_setzero_si512()};
             for (int ky = 0; ky < a->kh; ky++)
                 for (int kx = 0; kx < a->kw; kx++) {
-                    const int16_t *x = a->xp + ((n * a->Hp + oy * a->sh + ky) * a->Wp + ox * a->sw + kx) * C + c;
-                    const __m512i xv = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)x));
-                    const __m512i wv = _mm512_loadu_si512((const void *)(a->wd + ((long)ky * a->kw + kx) * C + c));
-                    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(xv, wv));
+                    const __m512i wv = _mm512_maskz_loadu_epi32(m, a->wd + ((long)ky * a->kw + kx) * C + c);
+                    const int16_t *x = a->xp + ((n * a->Hp + oy * a->sh + ky) * a->Wp + ox0 * a->sw + kx) * C + c;
+                    const long ps = (long)a->sw * C;
+#pragma GCC unroll 4
+                    for (int i = 0; i < DPB; i++)
+                        if (i < np)
+                            acc[i] = _mm512_dpwssd_epi32(
+                                acc[i], _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, x + i * ps)), wv);
                 }
-            store16(a, pix, (int)c, acc, 0xFFFF);
-        }
-        for (; c < C; c++) {
-            int32_t acc = 0;
-            for (int ky = 0; ky < a->kh; ky++)
-                for (int kx = 0; kx < a->kw; kx++)
-                    acc += (int32_t)a->xp[((n * a->Hp + oy * a->sh + ky) * a->Wp + ox * a->sw + kx) * C + c]
-                           * (int16_t)a->wd[((long)ky * a->kw + kx) * C + c];
-            nas_int_store(a, pix, (int)c, acc);
+            for (int i = 0; i < np; i++)
+                store16(a, (n * a->Ho + oy) * a->Wo + ox0 + i, (int)c, acc[i], m);
         }
     }
 }
