@@ -165,6 +165,7 @@ class IntegerConv:
         self._bias = (np.zeros(cout, np.float32) if bias is None
                       else _np(bias, torch.float32, (cout,), _fn, "bias").copy())
         self._fn = _fn
+        self._plan = None  # (key, checked call constants) of the last call (see __call__)
 
     def output_size(self, H: int, W: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
@@ -175,6 +176,25 @@ class IntegerConv:
         """x (N, H, W, Cin) uint8 / int8 codes; residual (N, Ho, Wo, Cout) float32 or None;
         requant (lo, alpha, s_next) gives codes rint(min(max(y, lo), alpha) / s_next) (uint8 if
         lo >= 0, else int8) instead of float32."""
+        key = (getattr(x, "shape", None), getattr(x, "dtype", None), residual is None, requant)
+        plan = self._plan if self._plan is not None and self._plan[0] == key else None
+        if plan is None:  # checked once per input shape / dtype / requantization, then reused
+            plan = self._plan = (key,) + self._check(x, residual, requant)
+        _, shape_out, rshape, q, code_dtype = plan
+        rn = None if residual is None else _np(residual, torch.float32, rshape, self._fn, "residual")
+        yf = np.empty(shape_out, np.float32) if code_dtype is None else None
+        yc = None if code_dtype is None else np.empty(shape_out, code_dtype)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        N, H, W, C = x.shape
+        _ext.conv2d(x.contiguous().numpy(), x.dtype == torch.int8, self._wl, self._wd, N, H, W, C, self.out_chs,
+                    kh, kw, sh, sw, ph, pw, self.groups, self._scale, self._bias, rn, _ACT_ID[self.activation], yf,
+                    yc, q[0], q[1], q[2], torch.get_num_threads() if threads is None else int(threads), self._wq,
+                    self._split, self._wsum)
+        return torch.from_numpy(yf if yc is None else yc)
+
+    def _check(self, x, residual, requant) -> tuple:
+        """(output shape, residual shape, requant constants, code dtype or None) for this call's
+        input, residual and requantization, or the one-line error."""
         fn = self._fn
         if not (isinstance(x, torch.Tensor) and x.dtype in (torch.uint8, torch.int8) and x.is_cpu and x.dim() == 4):
             raise TypeError(f"{fn}: x must be a CPU uint8 / int8 (N, H, W, C) tensor of codes, "
@@ -182,27 +202,18 @@ class IntegerConv:
         N, H, W, C = x.shape
         if C != self.in_chs:
             raise ValueError(f"{fn}: x has {C} channels, the layer expects {self.in_chs}")
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         Ho, Wo = self.output_size(H, W)
         if Ho < 1 or Wo < 1:
             raise ValueError(f"{fn}: empty output for input {H}x{W}, kernel {self.kernel}, padding {self.padding}")
-        rn = None if residual is None else _np(residual, torch.float32, (N, Ho, Wo, self.out_chs), fn, "residual")
-        yf = yc = None
-        q = (0.0, 0.0, 1.0)
+        shape_out = (N, Ho, Wo, self.out_chs)
         if requant is None:
-            yf = np.empty((N, Ho, Wo, self.out_chs), np.float32)
-        else:
-            if not (isinstance(requant, tuple) and len(requant) == 3):
-                raise ValueError(f"{fn}: requant must be (lo, alpha, s_next), got {requant!r}")
-            q = tuple(float(np.float32(v)) for v in requant)
-            if not (q[2] > 0 and q[1] > q[0]):
-                raise ValueError(f"{fn}: requant {requant!r}: expected s_next > 0 and alpha > lo")
-            yc = np.empty((N, Ho, Wo, self.out_chs), np.uint8 if q[0] >= 0 else np.int8)
-        xn = x.contiguous().numpy()
-        _ext.conv2d(xn, x.dtype == torch.int8, self._wl, self._wd, N, H, W, C, self.out_chs, kh, kw, sh, sw, ph, pw,
-                    self.groups, self._scale, self._bias, rn, _ACT_ID[self.activation], yf, yc, q[0], q[1], q[2],
-                    torch.get_num_threads() if threads is None else int(threads), self._wq, self._split, self._wsum)
-        return torch.from_numpy(yf if yc is None else yc)
+            return shape_out, shape_out, (0.0, 0.0, 1.0), None
+        if not (isinstance(requant, tuple) and len(requant) == 3):
+            raise ValueError(f"{fn}: requant must be (lo, alpha, s_next), got {requant!r}")
+        q = tuple(float(np.float32(v)) for v in requant)
+        if not (q[2] > 0 and q[1] > q[0]):
+            raise ValueError(f"{fn}: requant {requant!r}: expected s_next > 0 and alpha > lo")
+        return shape_out, shape_out, q, (np.uint8 if q[0] >= 0 else np.int8)
 
 
 def int_conv2d(x, w_int, w_bits, stride=1, padding=0, groups=1, scale=None, bias=None, residual=None,
