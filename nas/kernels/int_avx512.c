@@ -18,34 +18,60 @@
 /* nas_int_store on the channels c..c+15 of pixel pix selected by m, as float32 vector ops
  * that give the scalar code's results bit for bit: IEEE mul / add / div, compares and blends
  * that return what the scalar ternaries return (+0.0 for relu(-0.0), NaN kept where the
- * scalar keeps it), conversion rounding to nearest even (rintf). */
-TGT static inline void store16(const int_args *a, long pix, int c, __m512i acc, __mmask16 m)
+ * scalar keeps it), conversion rounding to nearest even (rintf).
+ *
+ * The epilogue's per-call constants, read once (stores through the uint8 output may alias
+ * anything, so fields read from *a would be reloaded after every store). */
+typedef struct ep_consts {
+    __m512 lo, al, s;
+    const float *scale, *bias, *res;
+    float *yf;
+    uint8_t *yc;
+    long cout;
+    int act;
+} ep_consts;
+
+TGT static inline ep_consts ep_of(const int_args *a)
 {
-    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(m, a->scale + c));
-    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, a->bias + c));
-    const long at = pix * a->cout + c;
-    if (a->res)
-        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, a->res + at));
+    ep_consts e = {_mm512_set1_ps(a->q_lo), _mm512_set1_ps(a->q_alpha), _mm512_set1_ps(a->q_s), a->scale, a->bias,
+                   a->res, a->yf, a->yc, a->cout, a->act};
+    return e;
+}
+
+TGT static inline __attribute__((always_inline)) void store16e(const ep_consts *e, long pix, int c, __m512i acc,
+                                                                __mmask16 m, __m512 sc, __m512 bi)
+{
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), sc);
+    y = _mm512_add_ps(y, bi);
+    const long at = pix * e->cout + c;
+    if (e->res)
+        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e->res + at));
     const __m512 zero = _mm512_setzero_ps();
-    if (a->act == NAS_ACT_RELU) {
+    if (e->act == NAS_ACT_RELU) {
         y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), zero, y); /* y > 0 ? y : 0 */
-    } else if (a->act == NAS_ACT_HSWISH) {
+    } else if (e->act == NAS_ACT_HSWISH) {
         __m512 t = _mm512_add_ps(y, _mm512_set1_ps(3.f));
         t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ), t, zero);      /* t < 0 ? 0 : t */
         const __m512 six = _mm512_set1_ps(6.f);
         t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, six, _CMP_GT_OQ), t, six);        /* t > 6 ? 6 : t */
         y = _mm512_div_ps(_mm512_mul_ps(y, t), six);
     }
-    if (a->yc) {
-        const __m512 lo = _mm512_set1_ps(a->q_lo), al = _mm512_set1_ps(a->q_alpha);
-        __m512 v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), y, lo);   /* y < lo ? lo : y */
-        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, al, _CMP_GT_OQ), v, al);         /* v > alpha ? alpha : v */
-        v = _mm512_div_ps(v, _mm512_set1_ps(a->q_s));
+    if (e->yc) {
+        __m512 v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, e->lo, _CMP_LT_OQ), y, e->lo); /* y < lo ? lo : y */
+        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, e->al, _CMP_GT_OQ), v, e->al);       /* v > alpha ? alpha : v */
+        v = _mm512_div_ps(v, e->s);
         const __m512i code = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        _mm512_mask_cvtepi32_storeu_epi8(a->yc + at, m, code); /* (uint8_t)(int): the low byte */
+        _mm512_mask_cvtepi32_storeu_epi8(e->yc + at, m, code); /* (uint8_t)(int): the low byte */
     } else {
-        _mm512_mask_storeu_ps(a->yf + at, m, y);
+        _mm512_mask_storeu_ps(e->yf + at, m, y);
     }
+}
+
+/* store16e with this call's constants and channel c's scale and bias. */
+TGT static inline void store16(const int_args *a, long pix, int c, __m512i acc, __mmask16 m)
+{
+    const ep_consts e = ep_of(a);
+    store16e(&e, pix, c, acc, m, _mm512_maskz_loadu_ps(m, a->scale + c), _mm512_maskz_loadu_ps(m, a->bias + c));
 }
 
 static inline __mmask16 lanes(int nl) { return nl >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nl) - 1); }
@@ -57,8 +83,9 @@ static inline __mmask16 lanes(int nl) { return nl >= 16 ? (__mmask16)0xFFFF : (_
 
 /* np pixels (flat indices p..p+np-1) x nbb lane blocks from b0 of group g. Inlined with
  * constant np / nbb so that the accumulators live in registers. */
-TGT static inline __attribute__((always_inline)) void q_block(const int_args *a, const long *base, const long *pix,
-                                                               int g, int b0, const int np, const int nbb)
+TGT static inline __attribute__((always_inline)) void q_block(const int_args *a, const ep_consts *e, const long *base,
+                                                               const long *pix, int g, int b0, const int np,
+                                                               const int nbb)
 {
     const long cs = (long)a->G * a->cq;
     const int quads = a->segq;
@@ -94,35 +121,41 @@ TGT static inline __attribute__((always_inline)) void q_block(const int_args *a,
                 }
             }
         }
+    __m512i corr[QPB];
 #pragma GCC unroll 6
     for (int i = 0; i < np; i++) {
-        __m512i corr = _mm512_setzero_si512();
+        corr[i] = _mm512_set1_epi32(a->xcorr);
         if (a->split) { /* sum x over the receptive field of this pixel and group */
             const long s0 = base[i] / cs * a->G + g;
             int32_t sum = a->xcorr;
             for (int ky = 0; ky < a->kh; ky++)
                 for (int kx = 0; kx < a->kw; kx++)
                     sum += a->xs[s0 + ((long)ky * a->Wp + kx) * a->G];
-            corr = _mm512_set1_epi32(sum);
+            corr[i] = _mm512_set1_epi32(sum);
         }
+    }
 #pragma GCC unroll 4
-        for (int j = 0; j < nbb; j++) {
-            const int bo = (b0 + j) * NAS_INT_LANES;
-            __m512i v = acc[i][j];
-            if (a->wcorr) /* signed codes ran as x + 128 */
-                v = _mm512_add_epi32(v, _mm512_maskz_loadu_epi32(lanes(a->cout_g - bo), a->wcorr + g * a->cout_g + bo));
+    for (int j = 0; j < nbb; j++) {
+        const int bo = (b0 + j) * NAS_INT_LANES, c = g * a->cout_g + bo;
+        const __mmask16 m = lanes(a->cout_g - bo);
+        const __m512 sc = _mm512_maskz_loadu_ps(m, e->scale + c), bi = _mm512_maskz_loadu_ps(m, e->bias + c);
+        const __m512i wc = a->wcorr ? _mm512_maskz_loadu_epi32(m, a->wcorr + c) : _mm512_setzero_si512();
+#pragma GCC unroll 6
+        for (int i = 0; i < np; i++) {
+            __m512i v = _mm512_add_epi32(acc[i][j], wc); /* signed codes ran as x + 128 */
             if (a->split)
-                v = _mm512_add_epi32(_mm512_slli_epi32(v, 1), corr);
-            store16(a, pix[i], g * a->cout_g + bo, v, lanes(a->cout_g - bo));
+                v = _mm512_add_epi32(_mm512_slli_epi32(v, 1), corr[i]);
+            store16e(e, pix[i], c, v, m, sc, bi);
         }
     }
 }
 
 #define QCASE(B, P) \
-    case (B) * 8 + (P): q_block(a, base, pix, g, b0, P, B); break;
+    case (B) * 8 + (P): q_block(a, &e, base, pix, g, b0, P, B); break;
 
 TGT static void conv_q(const int_args *a, long p0, long p1)
 {
+    const ep_consts e = ep_of(a);
     const long cs = (long)a->G * a->cq, hw = a->Ho * a->Wo;
     for (long p = p0; p < p1; p += QPB) {
         const int np = p1 - p < QPB ? (int)(p1 - p) : QPB;
