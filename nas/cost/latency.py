@@ -29,7 +29,8 @@ class plus its input quantizer and activation. Each term has a per-call dispatch
 (the `1` feature: it dominates tiny networks) and per-element or per-MAC slopes. Features
 are in units that keep coefficients readable: `mmacs` = MACs/1e6, `kin` / `kout` = input /
 output elements/1e3, `kweights` = weight elements/1e3, `mwords` = 64-bit word operations
-of the packed kernel/1e6, `taps` = k*k shift offsets. A binary unit's sign-and-pack and its
+of the packed kernel/1e6, `taps` = k*k shift offsets, `kpixtaps` = output pixels x taps x
+groups/1e3. A binary unit's sign-and-pack and its
 residual add are fused into the kernel; they keep their own small terms (`sign.pack`:
 NCHW -> packed NHWC; `add.fused`: the residual's layout change).
 
@@ -60,7 +61,7 @@ from nas.cost.kernel_path import layer_path, on_packed_kernels
 from nas.errors import UsageError
 
 FORMAT = "nas-device-profile"
-FORMAT_VERSION = 3  # 3: the packed model (integer / binary kernels) is what is priced; bump when TERMS or the feature definitions change
+FORMAT_VERSION = 4  # 3: the packed model (integer / binary kernels) is what is priced; 4: + int.split; bump when TERMS or the feature definitions change
 ENV_PROFILE = "NAS_PROFILE"
 HINT = "re-run `nas calibrate`"
 
@@ -91,6 +92,10 @@ TERMS: dict[str, tuple[str, ...]] = {
     "int.out.float": ("1", "kout"),  # float32 NHWC output, read by float ops (integer -> float boundary)
     "int.out.codes": ("kout",),  # requantized in the epilogue to the next integer layer's codes
     "int.hswish": ("kout",),  # h-swish in the epilogue
+    # 8-bit weights on a byte-path level (AVX-512 VNNI): w_int = 2 s + 1, the sum of the inputs
+    # over each output's receptive field read per output pixel (kpixtaps = pixels x taps x
+    # groups / 1e3) and added to every output (kout); fits to 0 on levels without it
+    "int.split": ("kpixtaps", "kout"),
     "int.residual": ("1", "kout"),  # the block's shortcut added in the epilogue (NHWC copy of it)
     # 1-bit layers (`PackedBinaryConv2d`): on the packed kernels (BN folded into the epilogue) ...
     "binconv.kernel": ("1", "mwords", "ktaps", "kin", "kout", "kweights"),
@@ -146,7 +151,8 @@ def deployment(graph) -> dict[str, OpPath]:
     every shipped space): the path predicate is `kernel_path`'s; a block's residual add is
     fused when the op producing its branch is an integer layer without activation; an integer
     layer writes codes when its (fused) output is read by exactly one op and that op is an
-    integer layer."""
+    integer layer, looking through a grouped / sparse shift or a channel shuffle (they move
+    codes as they would move values: `nas.export.convert.chain_integer_layers`)."""
     ops, shapes = graph.ops, graph.shapes
     by_name = {op.name: op for op in ops}
     names = set(by_name)
@@ -164,11 +170,17 @@ def deployment(graph) -> dict[str, OpPath]:
             if branch is not None and path.get(branch.name) == "integer" and branch.act is None:
                 fused_adds.add(op.name)
                 out_tensor[branch.name] = op.output
+    def sole_readers(t) -> list:
+        rs = readers.get(t, [])
+        if len(rs) == 1 and (rs[0].kind == "shuffle" or (rs[0].kind == "shift" and not rs[0].float_params)):
+            return sole_readers(rs[0].output)  # code-transparent: an active shift (learned offsets) is not
+        return rs
+
     codes_out, codes_in = set(), set()
     for name, p in path.items():
         if p != "integer":
             continue
-        rs = readers.get(out_tensor.get(name, by_name[name].output), [])
+        rs = sole_readers(out_tensor.get(name, by_name[name].output))
         if len(rs) == 1 and path.get(rs[0].name) == "integer":
             codes_out.add(name)
             codes_in.add(rs[0].name)
@@ -274,6 +286,10 @@ def _weighted_terms(layer, kernels: bool, records: dict, k_in: float, k_out: flo
             terms.append(("int.residual", (1.0, k_out)))
         if layer.act == "hswish":
             terms.append(("int.hswish", (k_out,)))
+        if layer.w_bits == 8 and terms[0][0] != "int.dw":  # the byte path's split (depthwise: int16 path)
+            h_out, w_out = layer.out_shape[1], layer.out_shape[2]
+            taps = 1 if cls == "linear" else layer.kernel ** 2
+            terms.append(("int.split", (h_out * w_out * taps * layer.groups / 1e3, k_out)))
         return terms  # BN folded, ReLU / h-swish fused: nothing else runs
     conv_term = (cls, (1.0, mmacs) if cls in ("conv.vec", "linear") else (1.0, mmacs, k_in, k_out))
     unit = f"{layer.name}.sign" in records  # a Bi-Real unit's conv: its sign op is priced apart
