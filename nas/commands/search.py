@@ -14,6 +14,10 @@ def add_arguments(p):
     g.add_argument("--target-act-mem", help="budget on peak_act_bytes (live activations, input counted)")
     g.add_argument("--target-macs", help="budget on macs (multiply-accumulates), e.g. 20M")
     g.add_argument("--target-latency", help="budget on predicted latency (needs `nas calibrate`), e.g. 2ms")
+    g.add_argument("--target-flash", help="budget on flash_bytes: the C package's flash on a Cortex-M4 (payload, "
+                                          "descriptors, kernels; docs/deploy-c.md); the C export must take the arch")
+    g.add_argument("--target-sram", help="budget on sram_bytes: the C package's SRAM on a Cortex-M4 (arena, .bss, "
+                                         "stack peak; docs/deploy-c.md); the C export must take the arch")
     p.add_argument("--config", help="study config YAML (studies/*.yaml); options given here override it")
     p.add_argument("--space", help="search space YAML (default search_spaces/default.yaml)")
     p.add_argument("--dataset", help="fashion-mnist (default), digits, cifar10, cifar100, or a path")
@@ -112,6 +116,11 @@ def print_summary(summary: dict) -> None:
               f"test {f['test_accuracy']:.4f}, weight_bytes {format_bytes(f['costs']['weight_bytes'])} "
               f"(budget {format_bytes(summary['budgets']['weight_bytes']) if summary['budgets'].get('weight_bytes') else 'none'}); "
               f"weights {f['weights']}")
+        if f["costs"].get("flash_bytes") is not None:  # --target-flash / --target-sram: the C package on a Cortex-M4
+            budgets = summary["budgets"]
+            print(f"       C on Cortex-M4 (predicted): flash {f['costs']['flash_bytes']} B (budget "
+                  f"{budgets.get('flash_bytes') or 'none'}), SRAM {f['costs']['sram_bytes']} B (budget "
+                  f"{budgets.get('sram_bytes') or 'none'})")
         predicted = f"{f['latency_ms']:.3g} ms" if f.get("latency_ms") is not None else "no device profile"
         measured = f"{f['latency_measured_ms']:.3g} ms" if f.get("latency_measured_ms") is not None else "-"
         print(f"       latency predicted {predicted}, measured {measured} (batch 1, median)")

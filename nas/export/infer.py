@@ -110,6 +110,7 @@ def run(args) -> int:
             print(f"  Cortex-M4 logits equal the host's on {m['identical_logits']}/{m['images']} images; flash "
                   f"{m['flash_bytes']} B (payload {m['payload_bytes']}, kernels {m['kernel_code_bytes']}), SRAM "
                   f"{m['sram_bytes']} B (arena {m['arena_bytes']}, stack peak {m['stack_peak_bytes']}), "
+                  f"predicted flash {m['predicted_flash_bytes']} B, SRAM {m['predicted_sram_bytes']} B, "
                   f"{m['instructions_per_inference']} instructions/inference")
     return 0
 
@@ -142,6 +143,10 @@ def c_check(bundle, model, test, preds, mcu: bool = False) -> dict:
         text = (c_dir / "model.h").read_text()
         m["arena_bytes"] = int(text.split("NAS_ARENA_BYTES ")[1].split()[0])
         m["payload_bytes"] = int(text.split("NAS_PAYLOAD_BYTES ")[1].split()[0])
+        from nas.cost.mcu import mcu_cost
+
+        predicted = mcu_cost(model.arch, m["payload_bytes"])  # what nas search --target-flash/-sram priced
+        m["predicted_flash_bytes"], m["predicted_sram_bytes"] = predicted.flash_bytes, predicted.sram_bytes
         out["mcu"] = m
     return {**out, "images": len(test), "accuracy": float((logits.argmax(1) == labels).mean()),
             "prediction_agreement": float((logits.argmax(1) == preds.numpy()).mean()),

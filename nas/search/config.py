@@ -143,6 +143,8 @@ _PARSERS = {
     "target_act_mem": ("peak_act_bytes", lambda v, where: parse_bytes(str(v), where)),
     "target_macs": ("macs", lambda v, where: parse_count(str(v), where)),
     "target_latency": ("latency_ms", lambda v, where: parse_seconds(str(v), where) * 1e3),
+    "target_flash": ("flash_bytes", lambda v, where: parse_bytes(str(v), where)),
+    "target_sram": ("sram_bytes", lambda v, where: parse_bytes(str(v), where)),
 }
 OPTION_NAMES = tuple(_PARSERS)  # what the command line and a study config file may set
 _BUDGET_FIELDS = {f.name for f in fields(Budgets)}

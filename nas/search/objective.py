@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from nas.blocks.model import build_model
 from nas.cost import arch_cost
 from nas.cost.latency import Profile, predict_latency_ms
+from nas.cost.mcu import mcu_cost
 from nas.data import load_dataset
 from nas.search.budgets import feasible
 from nas.search.config import SearchConfig
@@ -54,12 +55,16 @@ class DataCache:
         return self._cache[key]
 
 
-def trial_costs(arch, profile: Profile | None) -> dict:
+def trial_costs(arch, profile: Profile | None, mcu: bool = False) -> dict:
     """Analytic costs recorded on a trial (vocabulary names; no per-layer list), with the
-    `latency_ms` predicted on `profile` (the search's device profile), None without one."""
+    `latency_ms` predicted on `profile` (the search's device profile), None without one;
+    `mcu`: also the C package's `flash_bytes` / `sram_bytes` (`nas.cost.mcu`; None when the C
+    export refuses the arch, `c_refused` ops)."""
     cost = arch_cost(arch)
     costs = {k: v for k, v in cost.to_dict().items() if k != "layers"}
     costs["latency_ms"] = None if profile is None else predict_latency_ms(arch, profile, cost)
+    if mcu:
+        costs.update(mcu_cost(arch, cost.weight_bytes).to_dict())
     return costs
 
 
@@ -85,7 +90,7 @@ class Objective:
         write_trial(trial, worker=worker_id())
         sample = sample_arch(self.space, trial, self.in_chs, self.num_classes)
         arch = encode(sample.arch)
-        costs = trial_costs(sample.arch, self.profile)
+        costs = trial_costs(sample.arch, self.profile, c.budgets.needs_mcu)
         constraints = c.budgets.constraint_values(costs)
         write_trial(trial, arch=arch, scaling=asdict(sample.scaling), costs=costs, constraints=constraints)
         write_constraints(trial, c.budgets, constraints)  # what Optuna's samplers and the dashboard read

@@ -1,7 +1,8 @@
 """`nas export --format c`: the model as a dependency-free C99 package in the bundle's `c/`.
 
-Files: `model.h` / `model.c` (the payload as one const byte array, exactly payload.bin, and
-`nas_model_run`, a straight-line call of the operations), `nas_ops.h` / `nas_ops.c` (the
+Files: `model.h` / `model.c` (the payload as one const byte array, exactly payload.bin, the
+conv descriptors and the step table that `nas_model_run` hands to `nas_model_exec`: the model
+is data, so `nas.cost.mcu` prices its flash exactly before training), `nas_ops.h` / `nas_ops.c` (the
 operations, reading weights in the payload layout of `nas.cost.layout`), `int_epilogue.h`
 (the integer epilogue, shipped from `nas/kernels`: one definition for `nas infer` and C),
 `main.c` (host driver), `Makefile`. One static arena, no malloc.
@@ -14,12 +15,12 @@ shortcut's 2x2 average pool and the global pool (`FixedOrderAvgPool`). Float 16/
 conv / linear layers have no C form: such a bundle is a one-line UsageError naming the layer.
 
 Arena: the tensors' lifetimes over the operation order (the cost model's rule: inputs and
-output live together while an operation runs), placed first-fit at 8-byte alignment.
+output live together while an operation runs), 8-byte aligned, placed by
+`nas.cost.mcu.plan_arena` (the planner `sram_bytes` is priced with).
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import tempfile
@@ -59,10 +60,22 @@ class Tensor:
 
 @dataclass
 class Op:
-    call: str  # C statement with @0@, @1@, ... for the tensors' arena offsets (inputs, then output)
-    inputs: list
+    """One row of model.c's step table (`nas_step` in nas_ops.h)."""
+
+    op: str  # NAS_OP_* without the prefix: QUANTIZE, INT_CONV, PACK_SIGNS, BINARY_CONV, RELU, HSWISH, ADD, ...
+    inputs: list  # main input, then the residual / second operand
     output: Tensor
     name: str
+    conv: str | None = None  # the nas_conv initializer (int_conv / binary_conv)
+    n: int = 0
+    hwc: tuple = (0, 0, 0)
+    q: tuple = (0.0, 0.0, 0.0)  # quantize: lo, alpha, s
+
+
+# C step -> the step name nas.cost.mcu.c_program gives it (tests compare the two programs)
+COST_OPS = {"QUANTIZE": "quantize", "INT_CONV": "int_conv", "PACK_SIGNS": "pack_signs",
+            "BINARY_CONV": "binary_conv", "RELU": "relu", "HSWISH": "hswish", "ADD": "add",
+            "AVGPOOL2": "avgpool2", "GLOBAL_AVGPOOL": "global_avgpool"}
 
 
 @dataclass
@@ -70,20 +83,15 @@ class Program:
     ops: list = field(default_factory=list)
     records: dict = field(default_factory=dict)  # layer name -> (offsets of weight, scale, bias)
 
-    def emit(self, name, call, inputs, shape, kind):
+    def emit(self, name, op, inputs, shape, kind, **kw):
         out = Tensor(tuple(shape), kind)
-        self.ops.append(Op(call, list(inputs), out, name))
+        self.ops.append(Op(op, list(inputs), out, name, **kw))
         return out
 
 
 def _refuse(name: str, m: nn.Module, why: str):
     raise UsageError(f"--format c: layer {name or 'model'} ({type(m).__name__}) {why}; the C package holds "
                      f"integer (2/4/8-bit) and binary layers only")
-
-
-def _ptr(i: int, kind: str) -> str:
-    ctype = {"f32": "float", "u8": "uint8_t", "s8": "uint8_t", "bits": "uint64_t"}[kind]
-    return f"(({ctype} *)(nas_arena + @{i}@))"
 
 
 def _conv_struct(prog, name, m, x, Ho, Wo, cout, kh, kw, stride, pad, groups, bits):
@@ -105,8 +113,8 @@ def lower(prog: Program, name: str, m: nn.Module, x: Tensor, residual: Tensor | 
     if isinstance(m, PackedIntegerConv2d):
         if x.kind == "f32":
             n = int(np.prod(x.shape))
-            x = prog.emit(name + " (input codes)", f"nas_quantize({_ptr(0, 'f32')}, {_ptr(1, 'u8')}, {n}, "
-                          f"{f32(m._lo)}, {f32(m._hi)}, {f32(m._step)});", [x], x.shape, "s8" if m.signed else "u8")
+            x = prog.emit(name + " (input codes)", "QUANTIZE", [x], x.shape, "s8" if m.signed else "u8", n=n,
+                          q=(m._lo, m._hi, m._step))
         k = m.kernel
         H, W = x.shape[:2]
         Ho, Wo = k.output_size(H, W)
@@ -117,10 +125,8 @@ def lower(prog: Program, name: str, m: nn.Module, x: Tensor, residual: Tensor | 
         st = (_conv_struct(prog, name, m, x, Ho, Wo, k.out_chs, kh, kw, sh, ph, k.groups, k.w_bits)
               + f", {f32(m._step)}, {int(m.signed)}, {act}, {int(m.requant is not None)}, {f32(q[0])}, {f32(q[1])}, "
               f"{f32(q[2])}}}")
-        res = "NULL" if residual is None else _ptr(1, "f32")
         ins = [x] if residual is None else [x, residual]
-        return prog.emit(name, f"{{ static const nas_conv c = {st}; nas_int_conv(&c, {_ptr(0, 'u8')}, {res}, "
-                         f"nas_arena + @{len(ins)}@); }}", ins, (Ho, Wo, k.out_chs), kind)
+        return prog.emit(name, "INT_CONV", ins, (Ho, Wo, k.out_chs), kind, conv=st)
     if isinstance(m, PackedBinaryUnit):
         r = lower(prog, child("shortcut"), m.shortcut, x)
         return lower(prog, child("conv"), m.conv, x, residual=r)
@@ -130,15 +136,12 @@ def lower(prog: Program, name: str, m: nn.Module, x: Tensor, residual: Tensor | 
         if x.kind != "f32":
             _refuse(name, m, "reads codes")
         H, W, C = x.shape
-        p = prog.emit(name + " (signs)", f"nas_pack_signs({_ptr(0, 'f32')}, {_ptr(1, 'bits')}, {H * W}, {C});",
-                      [x], x.shape, "bits")
+        p = prog.emit(name + " (signs)", "PACK_SIGNS", [x], x.shape, "bits", n=H * W, hwc=(H, W, C))
         k, s, pad = m.kernel, m.stride, m.padding
         Ho, Wo = (H + 2 * pad - k) // s + 1, (W + 2 * pad - k) // s + 1
         st = _conv_struct(prog, name, m, x, Ho, Wo, m.out_chs, k, k, s, pad, 1, 1) + ", 0.0f, 0, 0, 0, 0.0f, 0.0f, 0.0f}"
-        res = "NULL" if residual is None else _ptr(1, "f32")
         ins = [p] if residual is None else [p, residual]
-        return prog.emit(name, f"{{ static const nas_conv c = {st}; nas_binary_conv(&c, {_ptr(0, 'bits')}, {res}, "
-                         f"{_ptr(len(ins), 'f32')}); }}", ins, (Ho, Wo, m.out_chs), "f32")
+        return prog.emit(name, "BINARY_CONV", ins, (Ho, Wo, m.out_chs), "f32", conv=st)
     if isinstance(m, ResidualBlock):
         y = x
         for n, sub in m.named_children():
@@ -153,8 +156,7 @@ def lower(prog: Program, name: str, m: nn.Module, x: Tensor, residual: Tensor | 
         if isinstance(m, Block) and m.has_skip:
             if y.kind != "f32" or x.kind != "f32":
                 _refuse(name, m, "adds codes")
-            y = prog.emit(name + " (add)", f"nas_add({_ptr(0, 'f32')}, {_ptr(1, 'f32')}, {_ptr(2, 'f32')}, "
-                          f"{int(np.prod(y.shape))});", [y, x], y.shape, "f32")
+            y = prog.emit(name + " (add)", "ADD", [y, x], y.shape, "f32", n=int(np.prod(y.shape)))
         return y
     from nas.export.convert import _execution_order
 
@@ -164,26 +166,22 @@ def lower(prog: Program, name: str, m: nn.Module, x: Tensor, residual: Tensor | 
         for n in order:
             y = lower(prog, child(n), getattr(m, n), y)
         if getattr(m, "has_skip", False):
-            y = prog.emit(name + " (add)", f"nas_add({_ptr(0, 'f32')}, {_ptr(1, 'f32')}, {_ptr(2, 'f32')}, "
-                          f"{int(np.prod(y.shape))});", [y, x], y.shape, "f32")
+            y = prog.emit(name + " (add)", "ADD", [y, x], y.shape, "f32", n=int(np.prod(y.shape)))
         return y
     if isinstance(m, (nn.Identity, nn.Flatten, nn.Dropout)):
         return x
     if isinstance(m, (nn.ReLU, nn.Hardswish)):
         if x.kind != "f32":
             _refuse(name, m, "reads codes")
-        fn = "nas_relu" if isinstance(m, nn.ReLU) else "nas_hswish"
-        return prog.emit(name, f"{fn}({_ptr(0, 'f32')}, {_ptr(1, 'f32')}, {int(np.prod(x.shape))});", [x], x.shape,
-                         "f32")
+        return prog.emit(name, "RELU" if isinstance(m, nn.ReLU) else "HSWISH", [x], x.shape, "f32",
+                         n=int(np.prod(x.shape)))
     if isinstance(m, nn.AvgPool2d) and m.kernel_size in (2, (2, 2)) and m.stride in (2, (2, 2)) and m.ceil_mode \
             and m.padding in (0, (0, 0)):
         H, W, C = x.shape
-        return prog.emit(name, f"nas_avgpool2({_ptr(0, 'f32')}, {_ptr(1, 'f32')}, {H}, {W}, {C});", [x],
-                         ((H + 1) // 2, (W + 1) // 2, C), "f32")
+        return prog.emit(name, "AVGPOOL2", [x], ((H + 1) // 2, (W + 1) // 2, C), "f32", hwc=(H, W, C))
     if isinstance(m, FixedOrderAvgPool):
         H, W, C = x.shape
-        return prog.emit(name, f"nas_global_avgpool({_ptr(0, 'f32')}, {_ptr(1, 'f32')}, {H}, {W}, {C});", [x],
-                         (1, 1, C), "f32")
+        return prog.emit(name, "GLOBAL_AVGPOOL", [x], (1, 1, C), "f32", hwc=(H, W, C))
     _refuse(name, m, "has no C form")
 
 
@@ -201,29 +199,16 @@ def record_offsets(geoms) -> dict:
 
 
 def plan_arena(ops: list, inp: Tensor) -> int:
-    """First-fit placement of every tensor over the op order; returns the arena bytes."""
-    last = {id(inp): -1}
-    for i, op in enumerate(ops):
-        for t in op.inputs:
-            last[id(t)] = i
-    last[id(ops[-1].output)] = len(ops)
-    live = []  # (offset, size, tensor)
+    """Place every tensor in the static arena (`nas.cost.mcu.plan_arena`, the planner the cost
+    model prices `sram_bytes` with); sets each tensor's offset, returns the arena bytes."""
+    from nas.cost.mcu import plan_arena as plan
 
-    def place(t):
-        size = -(-t.nbytes // ALIGN) * ALIGN
-        pos = 0
-        for off, sz, _ in sorted(live, key=lambda e: e[0]):
-            if pos + size <= off:
-                break
-            pos = max(pos, off + sz)
-        t.offset = pos
-        live.append((pos, size, t))
-        return pos + size
-
-    top = place(inp)
-    for i, op in enumerate(ops):
-        top = max(top, place(op.output))
-        live[:] = [e for e in live if last.get(id(e[2]), -1) > i]
+    tensors = [inp] + [op.output for op in ops]
+    index = {id(t): i for i, t in enumerate(tensors)}
+    steps = [(tuple(index[id(t)] for t in op.inputs), index[id(op.output)]) for op in ops]
+    offsets, top = plan([t.nbytes for t in tensors], steps, 0, index[id(ops[-1].output)])
+    for i, t in enumerate(tensors):
+        t.offset = offsets[i]
     return top
 
 
@@ -239,10 +224,16 @@ def generate(packed, payload: bytes) -> dict:
     if out.kind != "f32" or out.shape[:2] != (1, 1):
         raise UsageError(f"--format c: the model ends in {out.kind} {out.shape}; expected float32 logits")
     arena = plan_arena(prog.ops, inp)
-    lines = []
+    convs, steps = [], []
     for op in prog.ops:
-        ptrs = [t.offset for t in op.inputs] + [op.output.offset]
-        lines.append(f"    /* {op.name} */\n    " + re.sub(r"@(\d+)@", lambda g: str(ptrs[int(g.group(1))]), op.call))
+        conv = "0"
+        if op.conv is not None:
+            conv = f"&nas_convs[{len(convs)}]"
+            convs.append(f"    /* {len(convs)}: {op.name} */ {op.conv}")
+        res = op.inputs[1].offset if len(op.inputs) > 1 else -1
+        H, W, C = op.hwc
+        steps.append(f"    /* {op.name} */ {{NAS_OP_{op.op}, {op.inputs[0].offset}, {res}, {op.output.offset}, "
+                     f"{op.n}, {H}, {W}, {C}, {conv}, {f32(op.q[0])}, {f32(op.q[1])}, {f32(op.q[2])}}}")
     n_in, n_out = int(np.prod(inp.shape)), out.shape[2]
     body = ",\n".join(",".join(str(b) for b in payload[i:i + 24]) for i in range(0, len(payload), 24))
     model_h = f"""/* Generated by `nas export --format c`: {a.encode() if hasattr(a, 'encode') else ''} */
@@ -274,12 +265,21 @@ const uint8_t nas_payload[NAS_PAYLOAD_BYTES] __attribute__((aligned(8))) = {{
 }};
 static uint8_t nas_arena[NAS_ARENA_BYTES] __attribute__((aligned(8)));
 
+/* the conv / linear layers: shapes and where their weight, scale and bias records are in the payload */
+static const nas_conv nas_convs[{max(1, len(convs))}] = {{
+{(","+chr(10)).join(convs) or "    {0}"}
+}};
+/* the operations in order: {{op, input, residual, output (arena offsets), n, H, W, C, conv, lo, alpha, s}} */
+static const nas_step nas_steps[{len(steps)}] = {{
+{(","+chr(10)).join(steps)}
+}};
+static const nas_model nas_model_desc __attribute__((aligned(8))) = {{
+    nas_steps, {len(steps)}, nas_arena, {inp.offset}, sizeof(float) * NAS_INPUT_SIZE, {out.offset},
+    sizeof(float) * NAS_NUM_CLASSES}};
+
 int nas_model_run(const float *input, float *logits)
 {{
-    memcpy(nas_arena + {inp.offset}, input, sizeof(float) * NAS_INPUT_SIZE);
-{chr(10).join(lines)}
-    memcpy(logits, nas_arena + {out.offset}, sizeof(float) * NAS_NUM_CLASSES);
-    return 0;
+    return nas_model_exec(&nas_model_desc, input, logits);
 }}
 """
     files = {"model.h": model_h, "model.c": model_c, "main.c": MAIN_C, "Makefile": MAKEFILE}

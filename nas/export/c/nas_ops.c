@@ -167,3 +167,46 @@ void nas_global_avgpool(const float *x, float *y, int H, int W, int C)
         y[c] = s / (float)n;
     }
 }
+
+int nas_model_exec(const nas_model *m, const float *input, float *logits)
+{
+    uint8_t *a = m->arena;
+    memcpy(a + m->in, input, (size_t)m->in_bytes);
+    for (int i = 0; i < m->n_steps; i++) {
+        const nas_step *s = &m->steps[i];
+        const float *res = s->res < 0 ? NULL : (const float *)(a + s->res);
+        switch (s->op) {
+        case NAS_OP_QUANTIZE:
+            nas_quantize((const float *)(a + s->in), a + s->out, s->n, s->lo, s->alpha, s->s);
+            break;
+        case NAS_OP_INT_CONV:
+            nas_int_conv(s->conv, a + s->in, res, a + s->out);
+            break;
+        case NAS_OP_PACK_SIGNS:
+            nas_pack_signs((const float *)(a + s->in), (uint64_t *)(a + s->out), s->n, s->C);
+            break;
+        case NAS_OP_BINARY_CONV:
+            nas_binary_conv(s->conv, (const uint64_t *)(a + s->in), res, (float *)(a + s->out));
+            break;
+        case NAS_OP_RELU:
+            nas_relu((const float *)(a + s->in), (float *)(a + s->out), s->n);
+            break;
+        case NAS_OP_HSWISH:
+            nas_hswish((const float *)(a + s->in), (float *)(a + s->out), s->n);
+            break;
+        case NAS_OP_ADD:
+            nas_add((const float *)(a + s->in), res, (float *)(a + s->out), s->n);
+            break;
+        case NAS_OP_AVGPOOL2:
+            nas_avgpool2((const float *)(a + s->in), (float *)(a + s->out), s->H, s->W, s->C);
+            break;
+        case NAS_OP_GLOBAL_AVGPOOL:
+            nas_global_avgpool((const float *)(a + s->in), (float *)(a + s->out), s->H, s->W, s->C);
+            break;
+        default:
+            return 1;
+        }
+    }
+    memcpy(logits, a + m->out, (size_t)m->out_bytes);
+    return 0;
+}

@@ -25,6 +25,29 @@ typedef struct nas_conv {
     float q_lo, q_alpha, q_s;
 } nas_conv;
 
+/* One operation of the model (model.c's table, run in order by nas_model_exec): the table is
+ * data, so no code size depends on the model (nas/cost/mcu.py prices flash from it). */
+enum { NAS_OP_QUANTIZE, NAS_OP_INT_CONV, NAS_OP_PACK_SIGNS, NAS_OP_BINARY_CONV, NAS_OP_RELU, NAS_OP_HSWISH,
+       NAS_OP_ADD, NAS_OP_AVGPOOL2, NAS_OP_GLOBAL_AVGPOOL };
+
+typedef struct nas_step {
+    int32_t op;           /* NAS_OP_* */
+    int32_t in, res, out; /* arena byte offsets; res < 0: none (add: the second operand) */
+    int32_t n, H, W, C;   /* quantize / relu / hswish / add: n elements; pack_signs: n pixels, C; pools: H, W, C */
+    const nas_conv *conv; /* int_conv / binary_conv */
+    float lo, alpha, s;   /* quantize */
+} nas_step;
+
+typedef struct nas_model {
+    const nas_step *steps;
+    int32_t n_steps;
+    uint8_t *arena;
+    int32_t in, in_bytes, out, out_bytes; /* where the input is copied to and the logits read from */
+} nas_model;
+
+/* copy input into the arena, run the steps in order, copy the logits out; returns 0 */
+int nas_model_exec(const nas_model *m, const float *input, float *logits);
+
 /* float32 (n) -> codes rint(min(max(x, lo), alpha) / s) */
 void nas_quantize(const float *x, uint8_t *y, long n, float lo, float alpha, float s);
 /* integer conv / linear (linear: 1x1 on 1x1); res: float32 (Ho, Wo, cout) or NULL */
