@@ -341,6 +341,10 @@ CASES = [
     (["compress", "--bundle", "{d}/compressed", "--weights", "{d}/w32.safetensors", "--prune", "0.5", "-o", "{d}/c"],
      "--weights with --bundle"),
     (["compress", "--arch", W32_ARCH, "--prune", "0.5", "-o", "{d}/c"], "expected --weights"),
+    (["search", "--target-flash", "5 M"], "5 M"),
+    (["search", "--target-sram", "lots"], "lots"),
+    (["search", "--target-flash", "0"], "positive"),
+    (["search", "--target-sram=-64KB"], "-64KB"),
 ]
 if not __import__("torch").cuda.is_available():  # where CUDA is present these run instead of failing
     CASES += [
