@@ -271,7 +271,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         memset(xq + N * Hp * Wp * G * cq, 0, 64);
     const int nt = clamp_threads(threads);
     const void *xb = x.buf;
-    const long npix = N * Ho * Wo, chunk = 24, nchunks = (npix + chunk - 1) / chunk;
+    const long npix = N * Ho * Wo, chunk = 24 /* <= QCHUNK */, nchunks = (npix + chunk - 1) / chunk;
     Py_BEGIN_ALLOW_THREADS
 #pragma omp parallel num_threads(nt)
     {
