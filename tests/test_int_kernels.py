@@ -302,3 +302,27 @@ def test_env_var_forces_level_or_fails_in_one_line(name):
         assert out == name
     else:
         assert out.startswith("ERR NAS_KERNEL_ISA=" + name) and "\n" not in out, out
+
+
+@pytest.mark.parametrize("kernel,stride,frac", [(3, 1, 1.0), (3, 2, 1.0), (5, 1, 1.0), (3, 1, 0.25), (5, 2, 0.5)])
+@pytest.mark.parametrize("signed", [False, True])
+def test_shift_and_shuffle_on_codes_equal_the_float_modules(kernel, stride, frac, signed):
+    """The code movers equal the training modules on the same values (codes as floats), zero
+    fill included, on NCHW-shaped views of NHWC memory as the integer layers pass them."""
+    from nas.blocks.layers import ChannelShuffle, Shift
+    g = np.random.default_rng(kernel * 10 + stride)
+    codes = torch.from_numpy(_codes(g, (2, 7, 9, 30), 8, signed)).permute(0, 3, 1, 2)  # NCHW view of NHWC
+    shift = Shift(kernel, stride, frac)
+    out = shift(codes)
+    assert out.dtype == codes.dtype
+    assert torch.equal(out.float(), shift(codes.float()))
+    for groups in (2, 3, 5):
+        shuffle = ChannelShuffle(groups)
+        assert torch.equal(shuffle(codes).float(), shuffle(codes.float()))
+
+
+def test_code_movers_refuse_bad_input_in_one_line():
+    with pytest.raises(TypeError, match="shift_codes: expected a CPU uint8 / int8"):
+        I.shift_codes(torch.zeros(1, 2, 3, 3), [(0, 0, 2)], 1)
+    with pytest.raises(ValueError, match="channels sum to 4"):
+        I.shift_codes(torch.zeros(1, 4, 3, 3, dtype=torch.uint8), [(0, 0, 3)], 1)

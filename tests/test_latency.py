@@ -449,6 +449,9 @@ def _truth(int_ms_per_mmac: float) -> dict:
     for name in ("add", "mul", "concat", "avgpool", "pool.global", "pool.se", "shuffle"):
         t[name] = (0.004, 0.0005)
     t["shift"] = (0.01, 0.001, 0.0005)
+    t["shift.codes"] = (0.002, 0.0002, 0.0001)
+    t["shuffle.codes"] = (0.002, 0.0001)
+    t["int.split"] = (0.0002, 0.0001)
     return t
 
 
@@ -457,7 +460,7 @@ def _training_archs():
 
     archs = []
     for space in ("default", "mcu"):
-        archs += random_archs(load_space(REPO / "search_spaces" / f"{space}.yaml"), 40, seed=3)
+        archs += random_archs(load_space(REPO / "search_spaces" / f"{space}.yaml"), 60, seed=3)
     return archs
 
 

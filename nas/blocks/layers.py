@@ -100,6 +100,9 @@ class Shift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
         groups = shift_groups(x.shape[1], self.kernel, self.shift_frac)
+        if x.dtype in (torch.uint8, torch.int8):  # codes between two integer layers (nas.export.convert)
+            from nas.kernels.integer import shift_codes
+            return shift_codes(x, groups, s)
         outs = []
         for (dy, dx, _), part in zip(groups, torch.split(x, [n for _, _, n in groups], dim=1)):
             # out[y, x] = in[y + dy, x + dx]: crop dx columns / dy rows on one side, zero-fill the other.
@@ -154,6 +157,9 @@ class ChannelShuffle(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.uint8, torch.int8):  # codes between two integer layers (nas.export.convert)
+            from nas.kernels.integer import shuffle_codes
+            return shuffle_codes(x, self.groups)
         n, c, h, w = x.shape
         # (N, g, C/g, H, W) -> (N, C/g, g, H, W) -> (N, C, H, W)
         return x.reshape(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)

@@ -116,6 +116,8 @@ TERMS: dict[str, tuple[str, ...]] = {
     "pool.se": _EL,  # squeeze-excite's mean
     "shift": ("1", "taps", "kelems"),  # pad, k*k slices, cat
     "shuffle": _EL,
+    "shift.codes": ("1", "taps", "kelems"),  # on codes between two integer layers: one C pass
+    "shuffle.codes": _EL,
 }
 
 
@@ -127,7 +129,8 @@ class OpPath:
 
     `path`: conv / linear: "binary", "integer" or "float" (`nas.cost.kernel_path.layer_path`);
     None for the other ops. `codes_in` / `codes_out`: an integer layer reading the previous
-    integer layer's codes / writing the next one's (`convert.chain_integer_layers`).
+    integer layer's codes / writing the next one's (`convert.chain_integer_layers`); a shift or
+    shuffle with `codes_in` moves codes between two such layers.
     `residual`: an integer layer adding its block's shortcut in the epilogue
     (`convert.fuse_residual_adds`); `fused`: an add done inside a kernel (that layer's or a
     binary unit's)."""
@@ -170,20 +173,22 @@ def deployment(graph) -> dict[str, OpPath]:
             if branch is not None and path.get(branch.name) == "integer" and branch.act is None:
                 fused_adds.add(op.name)
                 out_tensor[branch.name] = op.output
-    def sole_readers(t) -> list:
+    def sole_readers(t, movers: list) -> list:
         rs = readers.get(t, [])
         if len(rs) == 1 and (rs[0].kind == "shuffle" or (rs[0].kind == "shift" and not rs[0].float_params)):
-            return sole_readers(rs[0].output)  # code-transparent: an active shift (learned offsets) is not
+            movers.append(rs[0].name)  # code-transparent: an active shift (learned offsets) is not
+            return sole_readers(rs[0].output, movers)
         return rs
 
     codes_out, codes_in = set(), set()
     for name, p in path.items():
         if p != "integer":
             continue
-        rs = sole_readers(out_tensor.get(name, by_name[name].output))
+        movers: list = []
+        rs = sole_readers(out_tensor.get(name, by_name[name].output), movers)
         if len(rs) == 1 and path.get(rs[0].name) == "integer":
             codes_out.add(name)
-            codes_in.add(rs[0].name)
+            codes_in.update([rs[0].name, *movers])  # the movers run on codes (nas.kernels.integer)
     return {op.name: OpPath(path.get(op.name), op.name in codes_in, op.name in codes_out,
                             op.name in out_tensor, op.name in fused_adds) for op in ops}
 
@@ -241,6 +246,8 @@ def op_terms(layer, kernels: bool, records: dict | None = None, how: OpPath | No
         if how.fused:
             return []  # added in the integer layer's epilogue (its int.residual term)
         return [("add.fused" if on_kernel else "add", (1.0, k_out))]
+    if kind == "shuffle" and how.codes_in:
+        return [("shuffle.codes", (1.0, k_out))]
     if kind in ("mul", "concat", "shuffle"):
         return [(kind, (1.0, k_out))]
     if kind == "avgpool":
@@ -248,7 +255,7 @@ def op_terms(layer, kernels: bool, records: dict | None = None, how: OpPath | No
     if kind == "global_pool":
         return [("pool.global" if layer.name == "global_pool" else "pool.se", (1.0, k_in))]
     if kind == "shift":
-        return [("shift", (1.0, float(layer.kernel ** 2), k_in))]
+        return [("shift.codes" if how.codes_in else "shift", (1.0, float(layer.kernel ** 2), k_in))]
     # a new op kind must be taught here before it can be priced (never silently zero)
     raise ValueError(f"latency model: op kind {kind!r} of {layer.name!r} has no terms; expected one of "
                      "conv, linear, sign, add, mul, concat, avgpool, global_pool, shift, shuffle")

@@ -359,6 +359,118 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ code movers */
+
+/* shift(x, y, N, H, W, C, offsets, stride): a grouped / sparse shift on NHWC byte codes.
+ * offsets: int32 (G, 3) rows (dy, dx, channels) in channel order, channels summing to C;
+ * y[n, oy, ox, c] = x[n, oy * s + dy, ox * s + dx, c] for c in the group, 0 outside the map
+ * (code 0 is the value 0 for every PACT quantizer). y (N, ceil(H / s), ceil(W / s), C). */
+static PyObject *py_shift(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo, *oo;
+    long N, H, W, C, s;
+    if (!PyArg_ParseTuple(args, "OOllllOl", &xo, &yo, &N, &H, &W, &C, &oo, &s))
+        return NULL;
+    if (N < 1 || H < 1 || W < 1 || C < 1 || s < 1) {
+        PyErr_SetString(PyExc_ValueError, "shift: bad geometry");
+        return NULL;
+    }
+    const long Ho = (H + s - 1) / s, Wo = (W + s - 1) / s;
+    Py_buffer x, y, o;
+    if (get_buf(xo, &x, 0, "bB", 1, N * H * W * C, "shift: x") < 0)
+        return NULL;
+    if (get_buf(yo, &y, 1, "bB", 1, N * Ho * Wo * C, "shift: y") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(oo, &o, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&y);
+        return NULL;
+    }
+    const int32_t *off = o.buf;
+    const long nrows = o.len / (3 * (long)sizeof(int32_t));
+    long total = 0;
+    for (long g = 0; g < nrows; g++)
+        total += off[3 * g + 2] < 0 ? -1L << 40 : off[3 * g + 2];
+    if (o.itemsize != 4 || o.len % (3 * sizeof(int32_t)) || total != C) {
+        PyErr_Format(PyExc_ValueError, "shift: offsets must be int32 (groups, 3) rows whose channels sum to %ld", C);
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&y);
+        PyBuffer_Release(&o);
+        return NULL;
+    }
+    const uint8_t *xb = x.buf;
+    uint8_t *yb = y.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (long n = 0; n < N; n++)
+        for (long oy = 0; oy < Ho; oy++)
+            for (long ox = 0; ox < Wo; ox++) {
+                uint8_t *d = yb + ((n * Ho + oy) * Wo + ox) * C;
+                long c0 = 0;
+                for (long g = 0; g < nrows; g++) {
+                    const long dy = off[3 * g], dx = off[3 * g + 1], nc = off[3 * g + 2];
+                    const long iy = oy * s + dy, ix = ox * s + dx;
+                    if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                        memcpy(d + c0, xb + ((n * H + iy) * W + ix) * C + c0, (size_t)nc);
+                    else
+                        memset(d + c0, 0, (size_t)nc);
+                    c0 += nc;
+                }
+            }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&o);
+    Py_RETURN_NONE;
+}
+
+/* gather(x, y, pixels, C, index): y[p, c] = x[p, index[c]] on byte codes; index int32 (C,),
+ * a permutation of 0..C-1 (a channel shuffle). */
+static PyObject *py_gather(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo, *io;
+    long P, C;
+    if (!PyArg_ParseTuple(args, "OOllO", &xo, &yo, &P, &C, &io))
+        return NULL;
+    if (P < 1 || C < 1) {
+        PyErr_SetString(PyExc_ValueError, "gather: bad geometry");
+        return NULL;
+    }
+    Py_buffer x, y, ix;
+    if (get_buf(xo, &x, 0, "bB", 1, P * C, "gather: x") < 0)
+        return NULL;
+    if (get_buf(yo, &y, 1, "bB", 1, P * C, "gather: y") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    if (get_buf(io, &ix, 0, "i", 4, C, "gather: index") < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&y);
+        return NULL;
+    }
+    const int32_t *idx = ix.buf;
+    for (long c = 0; c < C; c++)
+        if (idx[c] < 0 || idx[c] >= C) {
+            PyErr_Format(PyExc_ValueError, "gather: index[%ld] = %d is outside 0..%ld", c, idx[c], C - 1);
+            PyBuffer_Release(&x);
+            PyBuffer_Release(&y);
+            PyBuffer_Release(&ix);
+            return NULL;
+        }
+    const uint8_t *xb = x.buf;
+    uint8_t *yb = y.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (long p = 0; p < P; p++)
+        for (long c = 0; c < C; c++)
+            yb[p * C + c] = xb[p * C + idx[c]];
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&ix);
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ dispatch API */
 
 static PyObject *py_isa(PyObject *self, PyObject *noargs)
@@ -451,6 +563,8 @@ static PyObject *py_byte_path(PyObject *self, PyObject *noargs)
 }
 
 static PyMethodDef methods[] = {
+    {"shift", py_shift, METH_VARARGS, "Grouped / sparse shift of NHWC byte codes."},
+    {"gather", py_gather, METH_VARARGS, "Channel gather (shuffle) of NHWC byte codes."},
     {"peak_q", py_peak_q, METH_VARARGS, "u8 x s8 multiply-add peak microkernel of a level's byte path."},
     {"byte_path", py_byte_path, METH_NOARGS, "Whether the level in use has the byte (u8 x s8) path."},
     {"repack", py_repack, METH_VARARGS, "Lane layout of int16 conv weights."},

@@ -34,7 +34,8 @@ except ImportError as e:  # not built
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["available", "isa", "supported_isas", "set_isa", "byte_path", "IntegerConv", "int_conv2d", "int_linear"]
+__all__ = ["available", "isa", "supported_isas", "set_isa", "byte_path", "IntegerConv", "int_conv2d", "int_linear",
+           "shift_codes", "shuffle_codes"]
 
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}  # = NAS_ACT_* in int.h
 _LANES = 16  # = NAS_INT_LANES
@@ -234,3 +235,36 @@ def int_linear(x, w_int, w_bits, scale=None, bias=None, residual=None, activatio
     r = None if residual is None else residual.reshape(N, 1, 1, -1)
     layer = IntegerConv(w_int[:, :, None, None], w_bits, 1, 0, 1, scale, bias, activation, _fn="int_linear")
     return layer(x.reshape(N, 1, 1, -1), r, requant, threads).reshape(N, cout)
+
+
+def _nhwc_codes(x: torch.Tensor, fn: str) -> torch.Tensor:
+    """The NHWC tensor behind `x`, an NCHW-shaped view of channels-last byte codes (what the
+    integer layers pass on), or a TypeError."""
+    if not (isinstance(x, torch.Tensor) and x.dtype in (torch.uint8, torch.int8) and x.dim() == 4 and x.is_cpu):
+        raise TypeError(f"{fn}: expected a CPU uint8 / int8 (N, C, H, W) tensor of codes, "
+                        f"got {getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    return x.permute(0, 2, 3, 1).contiguous()  # free when x is channels-last
+
+
+def shift_codes(x: torch.Tensor, groups: list[tuple[int, int, int]], stride: int) -> torch.Tensor:
+    """`nas.blocks.layers.Shift` on activation codes: groups (dy, dx, channels) in channel order
+    (`nas.blocks.common.shift_groups`), out[y, x] = in[y + dy, x + dx] (code 0 outside: the
+    value 0 for every PACT quantizer), every stride-th row and column kept. x and the result
+    are NCHW-shaped views of NHWC memory."""
+    xn = _nhwc_codes(x, "shift_codes")
+    N, H, W, C = xn.shape
+    y = torch.empty((N, -(-H // stride), -(-W // stride), C), dtype=xn.dtype)
+    off = np.array(groups, np.int32).reshape(-1, 3)
+    _need().shift(xn.numpy(), y.numpy(), N, H, W, C, off, int(stride))
+    return y.permute(0, 3, 1, 2)
+
+
+def shuffle_codes(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """`nas.blocks.layers.ChannelShuffle` ((g, C/g) -> (C/g, g)) on activation codes (NCHW-shaped
+    views of NHWC memory, in and out)."""
+    xn = _nhwc_codes(x, "shuffle_codes")
+    N, H, W, C = xn.shape
+    index = np.arange(C, dtype=np.int32).reshape(groups, C // groups).T.reshape(-1).copy()
+    y = torch.empty_like(xn)
+    _need().gather(xn.numpy(), y.numpy(), N * H * W, C, index)
+    return y.permute(0, 3, 1, 2)
