@@ -6,8 +6,11 @@ The Python API, for notebooks (each loads only what it needs; `import nas` stays
     nas.cost("in_r28_c1-stem_c16_k3_s1_w8_a8-ir_r1_k3_s2_e4_c24_w4_a4-head_c64_w8_a8-fc_n10_w8_a8")["weight_bytes"]
     model = nas.build(arch_string)         # the fake-quant torch module
     arch = nas.sample("search_spaces/mcu.yaml", seed=0)   # an arch string from a space
+    summary = nas.search(target_mem="100KB", space="search_spaces/mcu.yaml", study="s1", budget="5m")
+    manifest = nas.export("s1", "out/")    # the search result's bundle, as `nas export --best`
 
-`nas.cost` is also the cost package (`nas.cost.arch_cost`, `nas.cost.layout`, ...).
+`nas.cost`, `nas.search` and `nas.export` are also packages (`nas.cost.arch_cost`,
+`nas.search.runner`, `nas.export.export_trial`, ...): each package is callable.
 
 Importing nas defaults OMP_WAIT_POLICY to PASSIVE (unless set): OpenMP threads then sleep
 instead of spinning while they wait, which on a shared machine is the difference between a
@@ -48,9 +51,9 @@ def sample(space, seed: int = 0, n: int | None = None):
     return archs[0] if n is None else archs
 
 
-def __getattr__(name):  # PEP 562: `nas.cost` loads the cost package on first use
-    if name == "cost":
+def __getattr__(name):  # PEP 562: `nas.cost`, `nas.search`, `nas.export` load their package on first use
+    if name in ("cost", "search", "export"):
         import importlib
 
-        return importlib.import_module("nas.cost")
+        return importlib.import_module(f"nas.{name}")
     raise AttributeError(f"module 'nas' has no attribute {name!r}")

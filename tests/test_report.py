@@ -8,6 +8,7 @@ no uncaught exception, no console error and no request leaving the file (it work
 
 import base64
 import io
+import itertools
 import json
 import os
 import queue
@@ -29,6 +30,8 @@ from nas.report.page import Point, pareto_front
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason=f"{CHROMIUM} not installed (Debian package chromium)")
 STUDY = "rep"
 SEARCH = ["search", "--study", STUDY, "--target-mem", "40KB", "--space", "search_spaces/mcu.yaml", "--dataset",
           "digits", "--trials", "3", "--subset", "64", "--batch-size", "64", "--epochs", "1", "--final-epochs", "1",
@@ -99,7 +102,8 @@ def test_report_is_self_contained_and_holds_the_study(report, study_dir):
     assert len(text) > 3_000_000  # plotly.min.js alone is ~3.5 MB
     assert "Plotly" in text and not re.search(r"<script[^>]*\bsrc=", text)
     # every section and the plots' data: ids, every trained trial's arch and hover text, the budget line
-    for div in ("pareto-weight", "pareto-latency", "history", "importance", "layers-figure", "metrics", "layers"):
+    for div in ("pareto-weight", "latency-measured", "pareto-macs", "history", "importance", "layers-figure",
+                "metrics", "layers"):
         assert f'id="{div}"' in text, div
     for t in trained:
         assert t.user_attrs["arch"] in text
@@ -118,7 +122,14 @@ def test_report_is_self_contained_and_holds_the_study(report, study_dir):
                     "netscore"):
             assert m[column][key] is not None, (column, key)
     assert m["final"]["infer_ms_per_image"] is not None
-    for label in ("memory footprint", "training time", "inference time", "peak training memory", "accuracy",
+    # peak training memory: what it measures is said, and the search's and the final retraining's
+    # figures of one arch are in the same range (once 57.6 MB against 139 KB: the second training
+    # in a process reused the heap the first had freed)
+    ratio = m["search"]["peak_train_mem_bytes"] / max(m["final"]["peak_train_mem_bytes"], 1)
+    assert 0.1 < ratio < 10, (m["search"]["peak_train_mem_bytes"], m["final"]["peak_train_mem_bytes"])
+    assert "peak training memory (process RSS growth while training)" in text
+    assert "VmHWM" in text or "sampled" in text or "ru_maxrss" in text  # the method, in the note under the table
+    for label in ("memory footprint", "training time", "inference time", "accuracy",
                   "Information Density", "NetScore"):
         assert label in text
     # per-layer table rows = the cost model's layers
@@ -139,7 +150,7 @@ def test_pareto_figures_show_every_trial_the_budget_and_units(study_dir):
 
     study = _study(study_dir)
     report = build(study, "journal", None)
-    assert set(report.figures) >= {"pareto-weight", "pareto-latency", "pareto-macs", "history", "importance"}
+    assert set(report.figures) >= {"pareto-weight", "latency-measured", "pareto-macs", "history", "importance"}
     for key, cost in (("pareto-weight", "weight_bytes"), ("pareto-macs", "macs")):
         fig = report.figures[key][1]
         lo, hi = fig.layout.xaxis.range
@@ -153,15 +164,91 @@ def test_pareto_figures_show_every_trial_the_budget_and_units(study_dir):
         assert y_lo <= min(trained) and max(trained) <= y_hi and y_hi - y_lo < 0.5, (y_lo, y_hi, trained)
         names = [tr.name for tr in fig.data]
         infeasible = [tr for tr in fig.data if tr.name.startswith("infeasible")]
-        assert all(y >= y_lo for tr in infeasible for y in tr.y)
+        # never-trained trials: a band under the trained accuracies, markers whole inside the plot
+        span = y_hi - y_lo
+        assert all(y_lo + 0.03 * span <= y < min(trained) for tr in infeasible for y in tr.y), (y_lo, infeasible)
         if cost == "weight_bytes":
             assert "over budget (infeasible)" in names and infeasible, names
             shade = next(tr for tr in fig.data if tr.name == "over budget (infeasible)")
-            assert min(shade.x) == 40_000 and shade.fill == "toself"
+            assert min(shade.x) == 40_000 and max(shade.x) >= max(xs) and shade.fill == "toself"
+            assert min(shade.y) <= y_lo and max(shade.y) >= y_hi  # the whole height over budget
+            budget = next(tr for tr in fig.data if tr.name.startswith("budget weight_bytes"))
+            assert list(budget.x) == [40_000, 40_000] and lo < (math.log10(40_000) if log else 40_000) < hi
+        # the Pareto front: straight segments between its points, spread over the plot's height
+        front = next(tr for tr in fig.data if tr.name == "Pareto front")
+        assert front.line.shape == "linear", front.line.shape
+        if len(set(front.y)) > 1:
+            assert (max(front.y) - min(front.y)) / span > 0.3, (list(front.y), y_lo, y_hi)
+        assert fig.layout.xaxis.title.text.endswith(("B)", "per image)"))  # units on the cost axes
     layers = report.figures["layers"][1]
     axes = sorted((k for k in layers.layout if k.startswith("yaxis")), key=lambda k: int(k[5:] or 1))
     titles = [layers.layout[k].title.text for k in axes]
     assert titles[:4] == ["bits", "bytes", "MACs", "bytes"], titles
+    # no device profile here: the latency section shows what is known (the finalists' latency
+    # measured on this machine), with a one-line note saying how to get a profile
+    assert "pareto-latency" not in report.figures
+    title, fig, note = report.figures["latency-measured"]
+    finals = {k: v for k, v in study.user_attrs.items() if k.startswith("final:")}
+    assert fig is not None and "nas calibrate" in note and "\n" not in note, note
+    assert sorted(fig.data[0].x) == sorted(v["latency_measured_ms"] for v in finals.values())
+    assert "ms" in fig.layout.xaxis.title.text and "measured" in fig.layout.xaxis.title.text
+
+
+def _trial(number: int, x: float, accuracy: float, feasible: bool):
+    from optuna.trial import TrialState, create_trial
+    t = create_trial(state=TrialState.COMPLETE, values=[accuracy if feasible else 0.0], user_attrs={
+        "arch": f"arch{number}", "costs": {"weight_bytes": round(x), "macs": round(x)},
+        "constraints": [-0.1 if feasible else 1.0], "feasible": feasible, "trained": feasible})
+    t.number = number
+    return t
+
+
+# (cost low, high, budget): narrow and wide spans, linear and log axes
+TICK_CASES = [(12, 95, 60), (1000, 25_000, 20_000), (900, 150_000, 100_000), (300, 700_000, 40_000),
+              (10, 10_000_000, None)]
+
+_OVERLAPS = """[...document.querySelectorAll('.plotly-graph-div')].map(div => {
+  const labels = axis => [...div.querySelectorAll(`.${axis}tick text`)]
+    .filter(t => !(t.getAttribute('transform') || '').includes('rotate') && t.textContent)
+    .map(t => { const r = t.getBoundingClientRect(); return [t.textContent, r.left, r.right, r.top, r.bottom]; });
+  const clash = (ls, a, b) => ls.slice().sort((p, q) => p[a] - q[a]).some((p, i, s) => i > 0 && s[i - 1][b] > p[a] + 0.5);
+  const xs = labels('x'), ys = labels('y');
+  return {id: div.id, x: xs.map(l => l[0]), y: ys.map(l => l[0]), clash: clash(xs, 1, 2) || clash(ys, 3, 4)};
+})"""
+
+
+@needs_chromium
+def test_cost_axes_ticks_do_not_collide_in_chromium(tmp_path):
+    """Accuracy-vs-cost figures over spans from 8x to 6 decades (log axes from 20x), 1100 to 450
+    pixels wide, drawn by real plotly.js in Chromium: no two tick labels overlap, and every axis
+    has at least 3."""
+    from plotly.offline import get_plotlyjs
+
+    from nas.report.page import pareto_figure
+    from nas.search.records import TrialRecord
+
+    divs = []
+    for k, ((lo, hi, budget), width) in enumerate(itertools.product(TICK_CASES, (1100, 700, 450))):
+        xs = [lo * (hi / lo) ** (i / 6) for i in range(7)]
+        trials = [_trial(i, x, 0.5 + 0.05 * i, budget is None or x <= budget) for i, x in enumerate(xs)]
+        fig, _ = pareto_figure(trials, trials[0], lambda t: TrialRecord.of(t).cost("weight_bytes"),
+                               "weight_bytes (B)", budget, "budget")
+        divs.append(f'<div style="width:{width}px">'
+                    + fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"case{k}") + "</div>")
+    page = tmp_path / "ticks.html"
+    page.write_text(f"<html><head><script>{get_plotlyjs()}</script></head><body>{''.join(divs)}</body></html>")
+    browser = DevTools(tmp_path / "chromium-profile", 1200, 2400)
+    try:
+        browser.open_page()
+        events = _load(browser, page)
+        _wait_for(browser, "document.querySelectorAll('.plotly-graph-div .xtick').length > 0", "the plots")
+        ticks = browser.evaluate(_OVERLAPS)
+    finally:
+        browser.close()
+    assert _problems(events) == []
+    assert len(ticks) == 3 * len(TICK_CASES)
+    for case in ticks:
+        assert not case["clash"] and len(case["x"]) >= 3 and len(case["y"]) >= 3, case
 
 
 def test_report_can_show_another_trial(study_dir, tmp_path, monkeypatch, capsys):
@@ -275,7 +362,9 @@ class DevTools:
             self.send(f"{domain}.enable")
 
     def evaluate(self, expression: str):
-        return self.send("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+        """The value of a JavaScript expression in the page (a Promise is awaited)."""
+        return self.send("Runtime.evaluate", expression=expression, returnByValue=True,
+                         awaitPromise=True)["result"].get("value")
 
     def drain(self) -> list[dict]:
         out = []
@@ -328,10 +417,6 @@ def _load(browser: DevTools, path: Path) -> list[dict]:
     raise AssertionError(f"{path} did not load in 60 s")
 
 
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                    reason=f"{CHROMIUM} not installed (Debian package chromium)")
-
-
 @needs_chromium
 def test_devtools_check_catches_broken_pages(tmp_path):
     """The detector itself: a page with an exception, a console error and a network request."""
@@ -367,6 +452,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
                 break
             time.sleep(0.1)
         assert status and all(status), f"plots not drawn: {status}"
+        ticks = browser.evaluate(_OVERLAPS)
         points = browser.evaluate("document.querySelectorAll('.plotly-graph-div .scatterlayer .point').length")
         bars = browser.evaluate("document.querySelectorAll('.plotly-graph-div .barlayer .point').length")
         png = base64.b64decode(browser.send("Page.captureScreenshot", format="png")["data"])
@@ -376,7 +462,9 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         browser.close()
     (tmp_path / "report.png").write_bytes(png)
     assert _problems(events) == []
-    assert len(status) >= 4  # Pareto (weight_bytes), history, importances (3 trained trials), per layer
+    assert [t for t in ticks if t["clash"]] == [], ticks  # no tick label overlaps another, on any plot
+    # Pareto (weight_bytes), measured latency, macs, history, importances (3 trained trials), per layer
+    assert len(status) >= 6, status
     assert points >= 8 and bars >= 10, (points, bars)
     image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert image.shape[:2] == (2400, 1200)
@@ -404,24 +492,43 @@ def test_dashboard_defaults_to_loopback():
     assert args.host == "127.0.0.1" and args.port == 8080
 
 
-def test_dashboard_serves_the_study_on_loopback(study_dir):
+def _start_dashboard(study_dir):
+    """`nas dashboard` on the fixture's study, as a user starts it: (process, port, /api/studies)."""
     port = _free_port()
     storage = f"journal:{study_dir / 'studies' / 'rep.journal'}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "nas.cli", "dashboard", "--study", STUDY, "--storage", storage,
                              "--port", str(port)], cwd=study_dir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    studies = None
+    for _ in range(120):  # bounded: 60 s
+        if proc.poll() is not None:
+            break
+        try:
+            studies = _get_json(f"http://127.0.0.1:{port}/api/studies")
+            break
+        except OSError:
+            time.sleep(0.5)
+    if studies is None:
+        _stop(proc)
+        raise AssertionError(f"dashboard did not answer (rc {proc.poll()})")
+    return proc, port, studies
+
+
+def _stop(proc) -> str:
+    """Stop a started dashboard; its stderr."""
+    proc.terminate()
     try:
-        studies = None
-        for _ in range(120):  # bounded: 60 s
-            if proc.poll() is not None:
-                break
-            try:
-                studies = _get_json(f"http://127.0.0.1:{port}/api/studies")
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert studies is not None, f"dashboard did not answer (rc {proc.poll()})"
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+def test_dashboard_serves_the_study_on_loopback(study_dir):
+    proc, port, studies = _start_dashboard(study_dir)
+    try:
         listed = {s["study_name"]: s for s in studies["study_summaries"]}
         assert STUDY in listed
         assert any(a["key"] == "identity" for a in listed[STUDY]["user_attrs"])
@@ -445,31 +552,102 @@ def test_dashboard_serves_the_study_on_loopback(study_dir):
         final = _best(study)
         assert f"Final model: trial {final}" in detail["note"]["body"]
         assert "the final model" in by_number[final]["note"]["body"]
-        if Path(CHROMIUM).exists():  # and in a real browser: the page optuna-dashboard renders
-            base = f"http://127.0.0.1:{port}/dashboard/studies/{listed[STUDY]['study_id']}"
-            expect = {f"{base}/note": f"Final model: trial {final}", base: "Infeasible" if infeasible else "Complete",
-                      f"{base}/trials?numbers={final}": "the final model"}
-            browser = DevTools(study_dir / "chromium-dashboard", 1400, 2000)
-            try:
-                browser.open_page()
-                for url, text in expect.items():
-                    browser.send("Page.navigate", url=url)
-                    for _ in range(150):  # the page fetches the study, then renders: bounded 30 s
-                        body = browser.evaluate("document.body ? document.body.innerText : ''") or ""
-                        if text in body:
-                            break
-                        time.sleep(0.2)
-                    assert text in body, (url, text, body[:500])
-            finally:
-                browser.close()
     finally:
-        proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = _stop(proc)
     assert f"http://127.0.0.1:{port}/dashboard/studies/" in err
+
+
+def _wait_for(browser, expression: str, what: str, timeout: float = 30):
+    """Poll a JavaScript expression until it gives a truthy value (the dashboard fetches, then renders)."""
+    deadline = time.time() + timeout
+    while True:
+        value = browser.evaluate(expression)
+        if value or time.time() > deadline:
+            assert value, f"{what}: not rendered in {timeout} s"
+            return value
+        time.sleep(0.25)
+
+
+# the plotly figures optuna-dashboard drew: [{name, x, y}] per graph
+_DASHBOARD_TRACES = """(() => { const gs = [...document.querySelectorAll('.js-plotly-plot')].filter(g => (g.data || []).length);
+  return gs.length >= 2 ? gs.map(g => g.data.map(d => ({name: d.name || '', x: [...(d.x || [])], y: [...(d.y || [])]})))
+                        : null; })()"""
+
+# the trials table (Smart Selection page): headers, whether each sorts, and a column read after clicks
+_TABLE = """(async () => {
+  const table = [...document.querySelectorAll('table')].find(t => t.innerText.includes('UserAttribute cost.weight_bytes'));
+  if (!table) return null;
+  const heads = [...table.querySelectorAll('thead th')];
+  const name = th => th.innerText.replace(/sorted (ascending|descending)/, '').trim();
+  const at = heads.findIndex(th => name(th) === 'UserAttribute cost.weight_bytes');
+  const column = () => [...table.querySelectorAll('tbody tr')].map(tr => tr.querySelectorAll('td')[at].innerText.trim());
+  const sorter = heads[at].querySelector('.MuiTableSortLabel-root');
+  const pause = () => new Promise(r => setTimeout(r, 400));
+  const clicks = [column()];
+  for (let i = 0; i < 2 && sorter; i++) { sorter.click(); await pause(); clicks.push(column()); }
+  return {heads: heads.map(th => [name(th), !!th.querySelector('.MuiTableSortLabel-root')]), clicks};
+})()"""
+
+
+@needs_chromium
+def test_dashboard_in_chromium_shows_infeasible_trials_and_sorts_weight_bytes(study_dir):
+    """optuna-dashboard as `nas dashboard` serves it, rendered by headless Chromium: the trials the
+    search found over budget are drawn as infeasible (optimisation history, timeline), never as
+    ordinary points; `cost.weight_bytes` is a sortable column of numbers in the trials table
+    (ascending, then descending, on clicks), where the JSON `costs` column cannot be sorted; and
+    the notes name the final model."""
+    study = _study(study_dir)
+    infeasible = sorted(t.number for t in study.trials if t.user_attrs.get("feasible") is False)
+    feasible = sorted(t.number for t in study.trials if t.user_attrs.get("feasible") is True)
+    assert infeasible and feasible  # the fixture's 40 KB budget rejects at least one sampled arch
+    weights = {t.number: t.user_attrs["costs"]["weight_bytes"] for t in study.trials if "costs" in t.user_attrs}
+    final = _best(study)
+    proc, port, studies = _start_dashboard(study_dir)
+    browser = DevTools(study_dir / "chromium-dashboard", 1400, 2000)
+    try:
+        study_id = next(s["study_id"] for s in studies["study_summaries"] if s["study_name"] == STUDY)
+        base = f"http://127.0.0.1:{port}/dashboard/studies/{study_id}"
+        browser.open_page()
+        browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=2000, deviceScaleFactor=1, mobile=False)
+
+        # the study page: optuna-dashboard's own history and timeline plots
+        browser.send("Page.navigate", url=base)
+        graphs = _wait_for(browser, _DASHBOARD_TRACES, "the study page's plots")
+        traces = [tr for g in graphs for tr in g]
+        history = next((tr for tr in traces if tr["name"].startswith("Infeasible Trial")), None)
+        assert history is not None, [tr["name"] for tr in traces]
+        assert sorted(history["x"]) == infeasible, history  # x: trial numbers
+        timeline = next((tr for tr in traces if tr["name"] == "Infeasible"), None)
+        assert timeline is not None, [tr["name"] for tr in traces]
+        assert sorted(timeline["y"]) == infeasible, timeline  # horizontal bars, one per trial
+        complete = next(tr for tr in traces if tr["name"] == "Complete")
+        assert not set(complete["y"]) & set(infeasible) and set(feasible) <= set(complete["y"])
+        objective = next(tr for tr in traces if tr["name"].startswith("val accuracy of"))
+        assert sorted(objective["x"]) == feasible  # infeasible trials are not plotted as ordinary points
+
+        # the trials table: weight_bytes sorts as a number
+        browser.send("Page.navigate", url=f"{base}/smartSelection")
+        _wait_for(browser, "[...document.querySelectorAll('table')].some(t => t.innerText.includes("
+                           "'UserAttribute cost.weight_bytes') && t.querySelectorAll('tbody tr').length > 1)",
+                  "the trials table")
+        table = browser.evaluate(_TABLE)
+        sortable = dict(table["heads"])
+        assert sortable["UserAttribute cost.weight_bytes"] is True, table["heads"]
+        assert sortable["UserAttribute costs"] is False, table["heads"]  # the JSON string: not sortable
+        shown, first, second = table["clicks"]
+        assert sorted(map(int, shown)) == sorted(weights.values()), shown  # plain numbers, every trial
+        numbers = sorted(weights.values())
+        assert [int(v) for v in first] in (numbers, numbers[::-1]), first
+        assert [int(v) for v in second] == [int(v) for v in first][::-1], (first, second)
+
+        # the notes: the final model (what `nas export --best` ships), not the best search score
+        for url, text in {f"{base}/note": f"Final model: trial {final}",
+                          f"{base}/trials?numbers={final}": "the final model"}.items():
+            browser.send("Page.navigate", url=url)
+            _wait_for(browser, f"document.body && document.body.innerText.includes({json.dumps(text)})", url)
+    finally:
+        browser.close()
+        _stop(proc)
 
 
 def test_dashboard_busy_port_and_missing_study_are_usage_errors(study_dir, monkeypatch, capsys):
@@ -495,7 +673,8 @@ def test_report_shows_predicted_latency_with_a_device_profile(study_dir, tmp_pat
     monkeypatch.chdir(study_dir)
     assert main(["report", "--study", STUDY, "-o", str(tmp_path / "r.html"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert "pareto-latency" in summary["figures"] and summary["notes"] == []
+    assert "pareto-latency" in summary["figures"] and "latency-measured" not in summary["figures"]
+    assert summary["notes"] == []
     chosen = _study(study_dir).trials[summary["chosen_trial"]]
     from nas.space import decode
     assert summary["latency_ms"] == pytest.approx(latency.predict(decode(chosen.user_attrs["arch"]), profile).total_ms)
@@ -505,5 +684,5 @@ def test_report_shows_predicted_latency_with_a_device_profile(study_dir, tmp_pat
     monkeypatch.setenv("NAS_PROFILE", str(tmp_path / "absent.json"))
     assert main(["report", "--study", STUDY, "-o", str(tmp_path / "r.html"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert "pareto-latency" not in summary["figures"]
-    assert any(n.startswith("no device profile") for n in summary["notes"]), summary["notes"]
+    assert "pareto-latency" not in summary["figures"] and "latency-measured" in summary["figures"]
+    assert any(n.startswith("no device profile") and "nas calibrate" in n for n in summary["notes"]), summary["notes"]

@@ -41,7 +41,7 @@ def run(args) -> int:
         "arch": chosen_record.arch, "costs": chosen_record.costs,
         "latency_ms": report.latency.total(chosen), "metrics": report.metrics,
         "figures": [k for k, (_, fig, _) in report.figures.items() if fig is not None],
-        "notes": [note for _, fig, note in report.figures.values() if fig is None and note]
+        "notes": [note for _, _, note in report.figures.values() if note]
         + ([report.profile_note] if report.profile_note else []),
     }
     if args.json:

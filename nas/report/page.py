@@ -1,11 +1,14 @@
 """The report page: figures of a study and one self-contained HTML file.
 
 Sections, in page order:
-1. Pareto fronts: validation accuracy vs weight_bytes, vs predicted latency_ms (a note when
-   there is no device profile) and vs macs. Trained feasible trials, their Pareto front,
-   pruned trials (last validation accuracy), and infeasible trials (never trained, drawn on
-   the axis floor with a different marker), with the budget drawn as a line and the region
-   over it shaded.
+1. Pareto fronts: validation accuracy vs weight_bytes, vs predicted latency_ms and vs macs.
+   Trained feasible trials, their Pareto front (straight segments between its points),
+   pruned trials (last validation accuracy), and infeasible trials (never trained, drawn in
+   a band under the trained accuracies with a different marker), with the budget drawn as a
+   line and the region over it shaded. Without a device profile the latency section shows
+   what is known instead: the latency measured on this machine for the retrained finalists
+   (else accuracy vs mem_access_bytes, the memory-access cost latency follows on small
+   devices), under a one-line note saying how to get a profile.
 2. Optimisation history (`optuna.visualization.plot_optimization_history`; optuna greys the
    infeasible trials from the constraints the sampler stored).
 3. Parameter importances (`optuna.visualization.plot_param_importances`) over the trained
@@ -172,14 +175,7 @@ def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget:
             infeasible.append(Point(t, None, x))
         elif t.state == TrialState.PRUNED:
             pruned.append(Point(t, study_view.search_accuracy(t), x))
-    accuracies = [p.accuracy for p in trained + pruned if p.accuracy is not None]
-    if accuracies:
-        lo, hi = min(accuracies), max(accuracies)
-        pad = max(0.05 * (hi - lo), 0.01)
-        y_lo, y_hi = max(0.0, lo - 2 * pad), min(1.0, hi + pad) if hi < 1.0 else 1.0 + pad
-    else:
-        y_lo, y_hi = 0.0, 1.0
-    floor = y_lo + 0.01 * (y_hi - y_lo)
+    y_lo, y_hi, floor = _y_range([p.accuracy for p in trained + pruned if p.accuracy is not None], bool(infeasible))
     feasible_trained = [p for p in trained if is_feasible(p.trial)]
     front = pareto_front(feasible_trained)
     fig = go.Figure()
@@ -194,14 +190,15 @@ def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget:
                                      fill="toself", fillcolor="rgba(214,39,40,0.08)", line=dict(width=0),
                                      mode="lines", name="over budget (infeasible)", hoverinfo="name"))
     fig.add_trace(_scatter(feasible_trained, "trained, feasible", "feasible", color=FEASIBLE, size=9))
+    # straight segments between the front's points: with 2-3 points a staircase reads as a flat step
     fig.add_trace(go.Scatter(x=[p.x for p in front], y=[p.accuracy for p in front], mode="lines+markers",
-                             line=dict(color=PARETO, shape="hv", width=2), name="Pareto front", hoverinfo="skip",
+                             line=dict(color=PARETO, shape="linear", width=2), name="Pareto front", hoverinfo="skip",
                              marker=dict(size=15, color="rgba(0,0,0,0)", line=dict(color=PARETO, width=2))))
     if pruned:
         fig.add_trace(_scatter(pruned, "pruned (last val acc)", "pruned", color="rgba(0,0,0,0)", size=8,
                                line=dict(color=PRUNED, width=1.5)))
     if infeasible:
-        trace = _scatter(infeasible, "infeasible (never trained; on the floor)", "infeasible", color=INFEASIBLE,
+        trace = _scatter(infeasible, "infeasible (never trained; bottom band)", "infeasible", color=INFEASIBLE,
                          size=9, symbol="x")
         trace.y = [floor] * len(infeasible)
         fig.add_trace(trace)
@@ -219,10 +216,86 @@ def pareto_figure(trials: list, chosen: FrozenTrial, x_of, x_title: str, budget:
     fig.update_yaxes(range=[y_lo, y_hi])
     if x_range is not None:
         fig.update_xaxes(range=x_range)
-    if log:  # one label per decade over wide spans, 1-2-5 over narrow ones: labels never collide
-        fig.update_xaxes(type="log", dtick=1 if x_range[1] - x_range[0] >= 2 else "D2")
-    fig.update_xaxes(tickformat="~s")  # 20k, 1.5M: SI, as the units module prints sizes
+    if log:
+        fig.update_xaxes(type="log", **_log_ticks(x_range))
+    else:
+        fig.update_xaxes(tickformat="~s")  # 20k, 1.5M: SI, as the units module prints sizes
     return fig, [p.trial.number for p in front]
+
+
+def _y_range(accuracies: list[float], floor_band: bool) -> tuple[float, float, float]:
+    """(low, high, floor): the trained accuracies with a margin (not 0..1, so that close
+    accuracies are not flattened), and, when there are never-trained trials to draw, a band
+    under them whose middle (`floor`) holds those markers whole (not cut by the axis)."""
+    if not accuracies:
+        return 0.0, 1.0, 0.04
+    lo, hi = min(accuracies), max(accuracies)
+    pad = max(0.08 * (hi - lo), 0.005)
+    y_lo, y_hi = lo - pad, hi + pad
+    band = 0.12 * (y_hi - y_lo) if floor_band else 0.0
+    y_lo -= band
+    return y_lo, y_hi, y_lo + band / 2 if floor_band else y_lo
+
+
+def _log_ticks(x_range: list[float]) -> dict:
+    """Tick values and labels for a log axis over `x_range` (log10 coordinates): 1-2-5 per
+    decade over narrow spans, every decade over wide ones, every other decade (or fewer)
+    beyond that: at most about 9 labels, each a short SI figure, so they never collide."""
+    lo, hi = x_range
+    span = hi - lo
+    mantissas = (1, 2, 5) if span <= 2.2 else (1, 3) if span <= 3.5 else (1,)
+    step = max(1, math.ceil(span / 8)) if mantissas == (1,) else 1
+    vals = [m * 10.0 ** e for e in range(math.floor(lo) - 1, math.ceil(hi) + 1) if e % step == 0
+            for m in mantissas if lo <= math.log10(m * 10.0 ** e) <= hi]
+    return dict(tickmode="array", tickvals=vals, ticktext=[_si(v) for v in vals])
+
+
+def _si(v: float) -> str:
+    """20k, 1.5M, 0.5m: a short SI label (plotly's "~s" format, done here for explicit ticks)."""
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "µ")):
+        if abs(v) >= factor:
+            return f"{v / factor:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
+def measured_latency_figure(study: optuna.Study, trials: list, chosen: FrozenTrial) -> tuple[go.Figure | None, str]:
+    """Without a device profile, what is known of latency: the final retrainings' measured
+    batch-1 latency on the machine that ran the search, against their final validation
+    accuracy. (None, "") when no finalist recorded one."""
+    from nas.search.results import final_record
+
+    points = []
+    for t in trials:
+        record = final_record(study, t.number)
+        if record is not None and record.latency_measured_ms and record.val_accuracy is not None:
+            points.append((t, record))
+    if not points:
+        return None, ""
+    accs = [r.val_accuracy for _, r in points]
+    y_lo, y_hi, _ = _y_range(accs, False)
+    xs = [r.latency_measured_ms for _, r in points]
+    log = max(xs) > LOG_SPAN * min(xs)
+    x_range = _x_range(xs, log)
+    fig = go.Figure()
+    hover = [f"trial {t.number} (retrained)<br>val acc {r.val_accuracy:.4f}, test acc "
+             f"{r.test_accuracy if r.test_accuracy is not None else float('nan'):.4f}<br>measured "
+             f"{r.latency_measured_ms:.3g} ms per image (batch 1)<br>{html.escape(r.arch or '')}" for t, r in points]
+    fig.add_trace(go.Scatter(x=xs, y=accs, mode="markers", name="retrained finalist (measured, batch 1)",
+                             marker=dict(color=FEASIBLE, size=10), hovertext=hover, hoverinfo="text"))
+    mine = [(r.latency_measured_ms, r.val_accuracy) for t, r in points if t.number == chosen.number]
+    if mine:
+        fig.add_trace(go.Scatter(x=[mine[0][0]], y=[mine[0][1]], mode="markers", hoverinfo="skip",
+                                 name=f"shown below: trial {chosen.number}",
+                                 marker=dict(symbol="star", size=16, color=CHOSEN, line=dict(color="black", width=1))))
+    fig.update_layout(xaxis_title="latency_ms (measured on this machine, batch 1, per image)",
+                      yaxis_title="validation accuracy (final retraining)", height=420,
+                      margin=dict(l=60, r=20, t=30, b=50), legend=dict(orientation="h", y=-0.2))
+    fig.update_yaxes(range=[y_lo, y_hi])
+    fig.update_xaxes(range=x_range)
+    if log:
+        fig.update_xaxes(type="log", **_log_ticks(x_range))
+    n = len(points)
+    return fig, f"the latency measured on this machine for the {n} retrained finalist{'s' * (n != 1)}"
 
 
 def history_figure(study: optuna.Study) -> go.Figure:
@@ -316,8 +389,21 @@ def build(study: optuna.Study, storage: str, trial_number: int | None, latency: 
         report.figures["pareto-latency"] = ("Accuracy vs predicted latency", fig, None)
     else:
         hint = "" if "nas calibrate" in latency.reason else "; run `nas calibrate` on the target device"
-        report.figures["pareto-latency"] = ("Accuracy vs predicted latency", None,
-                                            latency.reason + hint + " (accuracy vs macs, below, needs no device)")
+        fig, shown = measured_latency_figure(study, trials, chosen)
+        if fig is not None:
+            report.figures["latency-measured"] = (
+                "Accuracy vs latency measured on this machine (retrained finalists)", fig,
+                f"{latency.reason}{hint} to predict every trial's latency; shown: {shown}")
+        else:
+            def mem_access(t):
+                return TrialRecord.of(t).cost("mem_access_bytes")
+
+            fig, _ = pareto_figure(trials, chosen, mem_access, "mem_access_bytes (bytes read and written per image)",
+                                   None, "")
+            report.figures["latency-measured"] = (
+                "Accuracy vs memory-access cost (no latency known)", fig,
+                f"{latency.reason}{hint} to predict every trial's latency; shown: memory-access cost, which "
+                f"latency follows on small devices (no finalist has a measured latency yet)")
 
     def macs(t):
         return TrialRecord.of(t).cost("macs")
@@ -352,6 +438,7 @@ h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;margin-top:32px;border-bo
 table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 8px}
 th{background:#f4f4f4;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:12px;word-break:break-all} .note{color:#555;font-style:italic;padding:12px}
+#layers{font-size:11px} #layers td{padding:2px 4px}
 .small{color:#555;font-size:13px}
 """
 
@@ -374,7 +461,7 @@ METRIC_ROWS = (  # key, label, kind
     ("weight_bytes", "memory footprint (weight_bytes)", "bytes"),
     ("train_time_s", "training time", "seconds"),
     ("infer_ms_per_image", "inference time (batch 1, per image)", "ms"),
-    ("peak_train_mem_bytes", "peak training memory", "bytes"),
+    ("peak_train_mem_bytes", "peak training memory (process RSS growth while training)", "bytes"),
     ("accuracy", "accuracy", "acc"),
     ("information_density", "Information Density (% per M params)", "num"),
     ("netscore", "NetScore (20 log10 a^2 / (p^0.5 m^0.5))", "num"),
@@ -390,10 +477,15 @@ def _metrics_table(metrics: dict) -> str:
     for key, label, kind in METRIC_ROWS:
         cells = "".join(f'<td class="num">{html.escape(_fmt(metrics[c].get(key), kind))}</td>' for c, _ in cols)
         rows.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
+    methods = sorted({m for c, _ in cols if (m := metrics[c].get("peak_mem_method"))})
+    how = (" Peak training memory: " + "; ".join(html.escape(m) for m in methods) + ". It counts what the training "
+           "step really allocates (activations kept for backward, gradients, optimizer state, batches) and the "
+           "allocator's own overhead, freed heap handed back first, so each training reads its own growth "
+           "(search and final runs of one arch land in the same range).") if methods else ""
     return (f'<table id="metrics"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>'
-            "<p class='small'>-: not measured (search trials skip the inference timing; the final retraining "
-            "measures it). Information Density and NetScore use each column's accuracy in %, params and macs in "
-            "millions (Wong, arXiv:1806.05512).</p>")
+            "<p class='small' id='metrics-note'>-: not measured (search trials skip the inference timing; the final "
+            "retraining measures it). Information Density and NetScore use each column's accuracy in %, params and "
+            f"macs in millions (Wong, arXiv:1806.05512).{how}</p>")
 
 
 def _layers_table(layers, latency_ms) -> str:
@@ -428,7 +520,8 @@ def _best_table(trials: list, latency: Latency) -> str:
 def _figure_html(fig_id: str, fig: go.Figure | None, note: str | None) -> str:
     if fig is None:
         return f'<div id="{fig_id}" class="note">{html.escape(note or "")}</div>'
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=fig_id, config=PLOT_CONFIG)
+    above = f'<p class="note" id="{fig_id}-note">{html.escape(note)}</p>' if note else ""
+    return above + fig.to_html(full_html=False, include_plotlyjs=False, div_id=fig_id, config=PLOT_CONFIG)
 
 
 def render(report: Report) -> str:
@@ -451,8 +544,10 @@ def render(report: Report) -> str:
         f"<p class='note' id='profile-note'>{html.escape(report.profile_note)}</p>" if report.profile_note else "",
         "<h2>Best feasible trials</h2>", _best_table(report.trials, report.latency),
     ]
-    order = ("pareto-weight", "pareto-latency", "pareto-macs", "history", "importance")
+    order = ("pareto-weight", "pareto-latency", "latency-measured", "pareto-macs", "history", "importance")
     for fig_id in order:
+        if fig_id not in report.figures:
+            continue
         title, fig, note = report.figures[fig_id]
         parts += [f"<h2>{html.escape(title)}</h2>", _figure_html(fig_id, fig, note)]
     chosen = TrialRecord.of(t)

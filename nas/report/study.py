@@ -58,7 +58,8 @@ def seed_metrics(study: optuna.Study, trial: FrozenTrial) -> dict:
     def column(accuracy, train: dict) -> dict:
         d = {"weight_bytes": costs["weight_bytes"], "train_time_s": train.get("train_time_s"),
              "infer_ms_per_image": train.get("infer_ms_per_image"),
-             "peak_train_mem_bytes": train.get("peak_train_mem_bytes"), "accuracy": accuracy,
+             "peak_train_mem_bytes": train.get("peak_train_mem_bytes"),
+             "peak_mem_method": train.get("peak_mem_method"), "accuracy": accuracy,
              "information_density": None, "netscore": None}
         if accuracy is not None:
             d["information_density"] = information_density(accuracy, costs["params"])
