@@ -24,8 +24,9 @@
  * Weights with |w_int| <= 127 are their own int8 code. 8-bit DoReFa codes (odd, -255..255)
  * are split exactly: w_int = 2 s + 1 with s in -128..127, so
  *   sum x w_int = 2 sum x s + sum x,
- * and sum x over the receptive field of a pixel (one value per group) comes from xs, the
- * per-pixel channel sums of the padded input (N, Hp, Wp, G) int32 (split = 1).
+ * and sum x over the receptive field of each output pixel and group comes from psum
+ * (N * Ho * Wo, G) int32 (split = 1), which the driver builds from the padded input's channel
+ * sums by a separable box sum (kw along rows, then kh along columns).
  * Signed codes x run as u = x + 128 (padding: u = 128, i.e. x = 0), exactly:
  *   sum x c = sum u c - 128 sum c      (c = the byte code: w_int, or s when split),
  * the last term one constant per output channel (wcorr = -128 sum c), and for the split
@@ -62,7 +63,7 @@ typedef struct int_args {
     /* byte path (conv_q): NULL / 0 when the int16 path runs */
     const uint8_t *xq;  /* padded uint8 input (N, Hp, Wp, G * cq) */
     const int8_t *wq;   /* byte lane layout */
-    const int32_t *xs;  /* channel sums (N, Hp, Wp, G) when split */
+    const int32_t *psum; /* split: sum x (+ xcorr) over each output pixel's receptive field, (N*Ho*Wo, G) */
     int cq, split, nseg, segq;
     const int32_t *wcorr; /* signed input: -128 * sum of each output channel's byte codes, else NULL */
     int32_t xcorr;        /* signed input and split: -128 * kh * kw * cin_g, else 0 */

@@ -124,15 +124,7 @@ TGT static inline __attribute__((always_inline)) void q_block(const int_args *a,
     __m512i corr[QPB];
 #pragma GCC unroll 6
     for (int i = 0; i < np; i++) {
-        corr[i] = _mm512_set1_epi32(a->xcorr);
-        if (a->split) { /* sum x over the receptive field of this pixel and group */
-            const long s0 = base[i] / cs * a->G + g;
-            int32_t sum = a->xcorr;
-            for (int ky = 0; ky < a->kh; ky++)
-                for (int kx = 0; kx < a->kw; kx++)
-                    sum += a->xs[s0 + ((long)ky * a->Wp + kx) * a->G];
-            corr[i] = _mm512_set1_epi32(sum);
-        }
+        corr[i] = a->split ? _mm512_set1_epi32(a->psum[pix[i] * a->G + g]) : _mm512_setzero_si512();
     }
 #pragma GCC unroll 4
     for (int j = 0; j < nbb; j++) {

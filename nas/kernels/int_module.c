@@ -241,17 +241,23 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
     const long cstride = G * cpad;
     int16_t *xp = NULL;
     uint8_t *xq = NULL;
-    int32_t *xs = NULL;
+    int32_t *xs = NULL, *hs = NULL, *psum = NULL;
     if (bytes) {
         xq = malloc((size_t)(N * Hp * Wp * G * cq) + 64); /* slack: a row's last quad may read 3 bytes on */
-        xs = split ? malloc((size_t)(N * Hp * Wp * G) * sizeof(int32_t)) : NULL;
+        if (split) { /* channel sums of the padded input, their row box sums, each output's sum */
+            xs = malloc((size_t)(N * Hp * Wp * G) * sizeof(int32_t));
+            hs = malloc((size_t)(N * Hp * Wo * G) * sizeof(int32_t));
+            psum = malloc((size_t)(N * Ho * Wo * G) * sizeof(int32_t));
+        }
         wcorr = x_signed ? malloc((size_t)cout * sizeof(int32_t)) : NULL;
     } else {
         xp = calloc((size_t)(N * Hp * Wp * cstride), sizeof(int16_t));
     }
-    if (bytes ? (!xq || (split && !xs) || (x_signed && !wcorr)) : !xp) {
+    if (bytes ? (!xq || (split && !(xs && hs && psum)) || (x_signed && !wcorr)) : !xp) {
         free(xq);
         free(xs);
+        free(hs);
+        free(psum);
         free(wcorr);
         PyErr_NoMemory();
         goto done;
@@ -259,7 +265,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
     int_args a = {xp, N, Hp, Wp, Ho, Wo, (int)G, (int)cin_g, (int)cpad, (int)cout, (int)cout_g, (int)nb,
                   (int)kh, (int)kw, (int)sh, (int)sw, have_wl ? wl.buf : NULL, have_wd ? wd.buf : NULL,
                   s.buf, b.buf, have_r ? r.buf : NULL, act, have_yf ? yf.buf : NULL, have_yc ? yc.buf : NULL,
-                  q_lo, q_alpha, q_s, xq, have_wq ? wq.buf : NULL, xs, (int)cq, bytes && split, (int)nseg, (int)segq, wcorr,
+                  q_lo, q_alpha, q_s, xq, have_wq ? wq.buf : NULL, psum, (int)cq, bytes && split, (int)nseg, (int)segq, wcorr,
                   bytes && split && x_signed ? (int32_t)(-128 * kh * kw * cin_g) : 0};
     if (wcorr)
         for (long c = 0; c < cout; c++)
@@ -283,6 +289,24 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
                 int32_t *ds = xs ? xs + row * Wp * G : NULL;
                 const int inside = y >= 0 && y < H;
                 const uint8_t *src = (const uint8_t *)xb + (n * H + (inside ? y : 0)) * W * cin;
+                if (G == 1 && inside) { /* cq = cin: the row's pixels are contiguous, padding on both sides */
+                    memset(d, upad, (size_t)(pw * cin));
+                    uint8_t *di = d + pw * cin;
+                    if (upad)
+                        for (long i = 0; i < W * cin; i++)
+                            di[i] = (uint8_t)(src[i] ^ 0x80); /* signed x + 128 */
+                    else
+                        memcpy(di, src, (size_t)(W * cin));
+                    memset(di + W * cin, upad, (size_t)((Wp - pw - W) * cin));
+                    if (ds)
+                        for (long xp = 0; xp < Wp; xp++) {
+                            int32_t sum = 0;
+                            for (long c = 0; c < cin; c++)
+                                sum += d[xp * cin + c];
+                            ds[xp] = sum;
+                        }
+                    continue;
+                }
                 for (long xp = 0; xp < Wp; xp++) {
                     const long xx = xp - pw;
                     const int in = inside && xx >= 0 && xx < W;
@@ -306,6 +330,29 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
                         if (ds)
                             ds[xp * G + g] = sum;
                     }
+                }
+            }
+            if (psum) { /* separable box sums of the channel sums: kw along each row, then kh */
+                const int32_t xcorr = a.xcorr;
+#pragma omp for schedule(static)
+                for (long row = 0; row < N * Hp; row++)
+                    for (long ox = 0; ox < Wo; ox++)
+                        for (long g = 0; g < G; g++) {
+                            int32_t sum = 0;
+                            for (long kx = 0; kx < kw; kx++)
+                                sum += xs[(row * Wp + ox * sw + kx) * G + g];
+                            hs[(row * Wo + ox) * G + g] = sum;
+                        }
+#pragma omp for schedule(static)
+                for (long row = 0; row < N * Ho; row++) {
+                    const long n = row / Ho, oy = row % Ho;
+                    for (long ox = 0; ox < Wo; ox++)
+                        for (long g = 0; g < G; g++) {
+                            int32_t sum = xcorr;
+                            for (long ky = 0; ky < kh; ky++)
+                                sum += hs[((n * Hp + oy * sh + ky) * Wo + ox) * G + g];
+                            psum[(row * Wo + ox) * G + g] = sum;
+                        }
                 }
             }
 #pragma omp for schedule(dynamic, 1)
@@ -341,6 +388,8 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     free(xq);
     free(xs);
+    free(hs);
+    free(psum);
     free(wcorr);
     free(xp);
     ret = Py_None;
