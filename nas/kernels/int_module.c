@@ -262,11 +262,14 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    int_args a = {xp, N, Hp, Wp, Ho, Wo, (int)G, (int)cin_g, (int)cpad, (int)cout, (int)cout_g, (int)nb,
-                  (int)kh, (int)kw, (int)sh, (int)sw, have_wl ? wl.buf : NULL, have_wd ? wd.buf : NULL,
-                  s.buf, b.buf, have_r ? r.buf : NULL, act, have_yf ? yf.buf : NULL, have_yc ? yc.buf : NULL,
-                  q_lo, q_alpha, q_s, xq, have_wq ? wq.buf : NULL, psum, (int)cq, bytes && split, (int)nseg, (int)segq, wcorr,
-                  bytes && split && x_signed ? (int32_t)(-128 * kh * kw * cin_g) : 0};
+    int_args a = {.xp = xp, .N = N, .Hp = Hp, .Wp = Wp, .Ho = Ho, .Wo = Wo, .G = (int)G, .cin_g = (int)cin_g,
+                  .cpad = (int)cpad, .cout = (int)cout, .cout_g = (int)cout_g, .nb = (int)nb, .kh = (int)kh,
+                  .kw = (int)kw, .sh = (int)sh, .sw = (int)sw, .wl = have_wl ? wl.buf : NULL,
+                  .wd = have_wd ? wd.buf : NULL, .scale = s.buf, .bias = b.buf, .res = have_r ? r.buf : NULL,
+                  .act = act, .yf = have_yf ? yf.buf : NULL, .yc = have_yc ? yc.buf : NULL, .q_lo = q_lo,
+                  .q_alpha = q_alpha, .q_s = q_s, .xq = xq, .wq = have_wq ? wq.buf : NULL, .psum = psum,
+                  .cq = (int)cq, .split = bytes && split, .nseg = (int)nseg, .segq = (int)segq, .wcorr = wcorr,
+                  .xcorr = bytes && split && x_signed ? (int32_t)(-128 * kh * kw * cin_g) : 0};
     if (wcorr)
         for (long c = 0; c < cout; c++)
             wcorr[c] = -128 * ((const int32_t *)ws.buf)[c];
