@@ -326,3 +326,22 @@ def test_code_movers_refuse_bad_input_in_one_line():
         I.shift_codes(torch.zeros(1, 2, 3, 3), [(0, 0, 2)], 1)
     with pytest.raises(ValueError, match="channels sum to 4"):
         I.shift_codes(torch.zeros(1, 4, 3, 3, dtype=torch.uint8), [(0, 0, 3)], 1)
+
+
+@pytest.mark.parametrize("shape,channels_last", [((1, 16, 4, 4), True), ((3, 7, 5, 3), False), ((2, 64, 7, 7), True)])
+def test_global_pool_equals_the_stated_float32_order(shape, channels_last):
+    """The C pool adds pixels in row-major order, one float32 add at a time, then divides:
+    bit for bit the Python loop of FixedOrderAvgPool (which the C export reproduces)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g) * 1e3
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    flat = x.reshape(shape[0], shape[1], -1)
+    s = flat[:, :, 0].clone()
+    for p in range(1, flat.shape[2]):
+        s = s + flat[:, :, p]
+    want = (s / flat.shape[2])[:, :, None, None]
+    got = I.global_pool(x)
+    assert torch.equal(got.view(torch.int32), want.contiguous().view(torch.int32))
+    with pytest.raises(TypeError, match="global_pool: expected a CPU float32"):
+        I.global_pool(x.double())

@@ -523,6 +523,46 @@ static PyObject *py_gather(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* global_pool(x, y, N, P, C): y[n, c] = (x[n, 0, c] + x[n, 1, c] + ... + x[n, P-1, c]) / P in
+ * float32, summed in that order (nas.export.packed.FixedOrderAvgPool; the C export's order);
+ * x (N, P, C) float32 (NHWC pixels flattened). */
+static PyObject *py_global_pool(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo;
+    long N, P, C;
+    if (!PyArg_ParseTuple(args, "OOlll", &xo, &yo, &N, &P, &C))
+        return NULL;
+    if (N < 1 || P < 1 || C < 1) {
+        PyErr_SetString(PyExc_ValueError, "global_pool: bad geometry");
+        return NULL;
+    }
+    Py_buffer x, y;
+    if (get_buf(xo, &x, 0, "f", 4, N * P * C, "global_pool: x") < 0)
+        return NULL;
+    if (get_buf(yo, &y, 1, "f", 4, N * C, "global_pool: y") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    const float *xb = x.buf;
+    float *yb = y.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (long n = 0; n < N; n++) {
+        float *s = yb + n * C;
+        const float *xn = xb + n * P * C;
+        for (long c = 0; c < C; c++)
+            s[c] = xn[c];
+        for (long p = 1; p < P; p++)
+            for (long c = 0; c < C; c++)
+                s[c] = s[c] + xn[p * C + c];
+        for (long c = 0; c < C; c++)
+            s[c] = s[c] / (float)P;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ dispatch API */
 
 static PyObject *py_isa(PyObject *self, PyObject *noargs)
@@ -616,6 +656,7 @@ static PyObject *py_byte_path(PyObject *self, PyObject *noargs)
 
 static PyMethodDef methods[] = {
     {"shift", py_shift, METH_VARARGS, "Grouped / sparse shift of NHWC byte codes."},
+    {"global_pool", py_global_pool, METH_VARARGS, "Global average pool in a fixed float32 order."},
     {"gather", py_gather, METH_VARARGS, "Channel gather (shuffle) of NHWC byte codes."},
     {"peak_q", py_peak_q, METH_VARARGS, "u8 x s8 multiply-add peak microkernel of a level's byte path."},
     {"byte_path", py_byte_path, METH_NOARGS, "Whether the level in use has the byte (u8 x s8) path."},

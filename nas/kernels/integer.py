@@ -35,7 +35,7 @@ else:
     _IMPORT_ERROR = None
 
 __all__ = ["available", "isa", "supported_isas", "set_isa", "byte_path", "IntegerConv", "int_conv2d", "int_linear",
-           "shift_codes", "shuffle_codes"]
+           "shift_codes", "shuffle_codes", "global_pool"]
 
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}  # = NAS_ACT_* in int.h
 _LANES = 16  # = NAS_INT_LANES
@@ -268,3 +268,17 @@ def shuffle_codes(x: torch.Tensor, groups: int) -> torch.Tensor:
     y = torch.empty_like(xn)
     _need().gather(xn.numpy(), y.numpy(), N * H * W, C, index)
     return y.permute(0, 3, 1, 2)
+
+
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    """Global average pool of a float32 (N, C, H, W) tensor in a stated order: per channel
+    s = x[p=0]; s = s + x[p] for p = 1 .. H·W - 1 (row-major pixels); s / (H·W), each step one
+    float32 operation (`nas.export.packed.FixedOrderAvgPool`, the C export's order). (N, C, 1, 1)."""
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() == 4 and x.is_cpu):
+        raise TypeError(f"global_pool: expected a CPU float32 (N, C, H, W) tensor, "
+                        f"got {getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    N, C, H, W = x.shape
+    xn = x.permute(0, 2, 3, 1).contiguous()  # free when x is channels-last (an integer layer's output)
+    y = torch.empty((N, C), dtype=torch.float32)
+    _need().global_pool(xn.numpy(), y.numpy(), N, H * W, C)
+    return y[:, :, None, None]
