@@ -607,42 +607,27 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* peak(name, reps) -> (checksum, macs): the level's multiply-add microkernel. */
+/* peak(name, reps[, byte_path]) -> (checksum, macs): the level's multiply-add microkernel, the
+ * int16 pairs' or (byte_path) the u8 x s8 one of its byte path. */
 static PyObject *py_peak(PyObject *self, PyObject *args)
 {
     const char *name;
     long reps;
-    if (!PyArg_ParseTuple(args, "sl", &name, &reps))
+    int bytes = 0;
+    if (!PyArg_ParseTuple(args, "sl|p", &name, &reps, &bytes))
         return NULL;
     const int_level *lv = level_by_name(name);
-    if (!lv || !level_supported(lv)) {
-        PyErr_Format(PyExc_ValueError, "peak: %.40s is not a kernel level this CPU runs", name);
+    if (!lv || !level_supported(lv) || (bytes && !lv->peak_q)) {
+        PyErr_Format(PyExc_ValueError, "peak: %.40s is not a kernel level%s this CPU runs", name,
+                     bytes ? " with a byte path" : "");
         return NULL;
     }
+    int64_t (*fn)(long) = bytes ? lv->peak_q : lv->peak;
     int64_t sum;
     Py_BEGIN_ALLOW_THREADS
-    sum = lv->peak(reps);
+    sum = fn(reps);
     Py_END_ALLOW_THREADS
-    return Py_BuildValue("(Ll)", (long long)sum, reps * lv->macs_per_rep);
-}
-
-/* peak_q(name, reps) -> (checksum, macs): the level's byte-path (u8 x s8) microkernel. */
-static PyObject *py_peak_q(PyObject *self, PyObject *args)
-{
-    const char *name;
-    long reps;
-    if (!PyArg_ParseTuple(args, "sl", &name, &reps))
-        return NULL;
-    const int_level *lv = level_by_name(name);
-    if (!lv || !level_supported(lv) || !lv->peak_q) {
-        PyErr_Format(PyExc_ValueError, "peak_q: %.40s is not a kernel level with a byte path this CPU runs", name);
-        return NULL;
-    }
-    int64_t sum;
-    Py_BEGIN_ALLOW_THREADS
-    sum = lv->peak_q(reps);
-    Py_END_ALLOW_THREADS
-    return Py_BuildValue("(Ll)", (long long)sum, reps * lv->macs_per_rep_q);
+    return Py_BuildValue("(Ll)", (long long)sum, reps * (bytes ? lv->macs_per_rep_q : lv->macs_per_rep));
 }
 
 /* byte_path() -> bool: whether the level in use has the u8 x s8 byte path. */
@@ -658,7 +643,6 @@ static PyMethodDef methods[] = {
     {"shift", py_shift, METH_VARARGS, "Grouped / sparse shift of NHWC byte codes."},
     {"global_pool", py_global_pool, METH_VARARGS, "Global average pool in a fixed float32 order."},
     {"gather", py_gather, METH_VARARGS, "Channel gather (shuffle) of NHWC byte codes."},
-    {"peak_q", py_peak_q, METH_VARARGS, "u8 x s8 multiply-add peak microkernel of a level's byte path."},
     {"byte_path", py_byte_path, METH_NOARGS, "Whether the level in use has the byte (u8 x s8) path."},
     {"repack", py_repack, METH_VARARGS, "Lane layout of int16 conv weights."},
     {"conv2d", py_conv2d, METH_VARARGS, "Integer conv2d with the fused epilogue."},

@@ -41,10 +41,11 @@ def dot_peak(ext, level: str) -> tuple[float, str]:
     """Single-core MACs/s of the level's multiply-add microkernel (best of 5) and its
     instruction: the byte path's (u8 x s8) where the level has one, else the int16 pairs'."""
     try:
-        ext.peak_q(level, 1)
-        fn, instruction = ext.peak_q, "u8 x s8 (vpdpbusd)"
+        ext.peak(level, 1, True)
+        bytes_, instruction = True, "u8 x s8 (vpdpbusd)"
     except ValueError:  # no byte path on this level
-        fn, instruction = ext.peak, "int16 pairs"
+        bytes_, instruction = False, "int16 pairs"
+    fn = lambda name, reps: ext.peak(name, reps, bytes_)  # noqa: E731
     reps = 1000
     while True:
         t0 = time.perf_counter()
