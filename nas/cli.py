@@ -54,7 +54,46 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.set_defaults(_module=module)
         if name == command:
             _module(module).add_arguments(p)
+            _strict_numbers(p)
     return parser
+
+
+def _ascii_number(kind):
+    """int / float for argparse, ASCII only: Python's int('３') is 3, so full-width and other
+    Unicode digits would pass silently (issue 18); so would '1_000' and surrounding spaces."""
+    def parse(text: str):
+        t = text.strip()
+        if not text.isascii() or t != text or "_" in text or len(text) > 40:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a {'whole ' if kind is int else ''}number; "
+                                             f"expected ASCII digits, e.g. {'3' if kind is int else '0.5'}")
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _seed(text: str) -> int:
+    """A seed: numpy, torch and Optuna take 0 .. 2**32-1 differently; one range for every command."""
+    from nas import limits
+
+    value = _ascii_number(int)(text)
+    if not 0 <= value <= limits.MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 0 to {limits.MAX_SEED}")
+    return value
+
+
+def _strict_numbers(parser: argparse.ArgumentParser) -> None:
+    """Every type=int / type=float option of `parser` and its sub-parsers parses ASCII digits
+    only; --seed / --split-seed also within 0 .. limits.MAX_SEED."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _strict_numbers(sub)
+        elif action.type in (int, float):
+            seed = action.dest in ("seed", "split_seed") and action.type is int
+            action.type = _seed if seed else _ascii_number(action.type)
 
 
 def _module(name: str):
@@ -64,12 +103,20 @@ def _module(name: str):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("NAS_DEBUG") == "1"
+    previous = _sigterm_as_interrupt()
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        command = next((a for a in argv if not a.startswith("-")), None)
         args = build_parser(command).parse_args(argv)
         return int(_module(args._module).run(args) or 0)
+    except BrokenPipeError:  # `nas space sample ... | head`: the reader has what it wanted
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 128 + signal.SIGPIPE  # what a shell reports for a writer its pipe closed on
     except KeyboardInterrupt as e:
-        print("nas: interrupted; finished trials are kept", file=sys.stderr)
+        kept = "; finished trials are kept" if command == "search" else ""
+        print(f"nas: interrupted{kept}", file=sys.stderr)
         return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
     except Exception as e:  # the one boundary: every failure becomes one line
         if debug:
@@ -77,6 +124,22 @@ def main(argv=None) -> int:
         line, code = _one_line(e)
         print(f"nas: error: {line}", file=sys.stderr)
         return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM unwinds every command like Ctrl-C (exit 143): `nas export`'s partial bundle and any
+    temporary file are removed on the way out instead of being left behind (issue 18). `nas
+    search` installs its own, which also stops its workers. Returns the handler it replaced
+    (None where signals cannot be set: not the main thread)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signum)
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 def _one_line(e: Exception) -> tuple[str, int]:

@@ -14,8 +14,10 @@ A leaf module: it imports nothing from nas but nas.errors.
 """
 
 import errno
+import glob
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +75,7 @@ def _fsync_file(path: Path) -> None:
 def atomic_file(path):
     """Yields a temporary Path beside `path`; write it; on success it replaces `path` atomically."""
     path = Path(path)
+    _check_not_special(path, "cannot write")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
@@ -116,21 +119,22 @@ def clean_stale_partials(parent: Path, name: str) -> list[Path]:
     replacement had moved aside, between its two renames) goes back to `NAME` when `NAME` is
     missing, else it is removed. Returns the paths removed or restored."""
     removed = []
+    target = Path(parent) / name
+    name = _stem(name)
     try:
-        entries = list(Path(parent).glob(f".{name}.*{PARTIAL_SUFFIX}"))
-        olds = list(Path(parent).glob(f".{name}.old-*"))
+        entries = list(Path(parent).glob(f".{glob.escape(name)}.*{PARTIAL_SUFFIX}"))
+        olds = list(Path(parent).glob(f".{glob.escape(name)}.old-*"))
     except OSError:
         return removed
     for d in entries:
         pid = d.name[len(name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if not pid.isdigit() or _alive(int(pid)):  # not a digit: another output's (`NAME.x`)
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
-    target = Path(parent) / name
     for d in olds:
         pid = d.name[len(name) + len(".old-") + 1:]
-        if pid.isdigit() and _alive(int(pid)):
+        if not pid.isdigit() or _alive(int(pid)):
             continue
         try:
             if not target.exists():
@@ -141,6 +145,12 @@ def clean_stale_partials(parent: Path, name: str) -> list[Path]:
             continue
         removed.append(d)
     return removed
+
+
+def _stem(name: str) -> str:
+    """The part of an output's name its temporary names carry: at most 200 characters, so that
+    `.NAME.PID.XXXXXXXX.partial` stays within a 255-byte name limit."""
+    return name[:200]
 
 
 def _alive(pid: int) -> bool:
@@ -162,7 +172,7 @@ def atomic_dir(out, replace_nonempty: bool = True):
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_partials(out.parent, out.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{_stem(out.name)}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=out.parent))
     except OSError as e:
         raise write_error(out, e) from None
     try:
@@ -173,7 +183,7 @@ def atomic_dir(out, replace_nonempty: bool = True):
         if out.exists() and any(out.iterdir()):
             if not replace_nonempty:
                 raise UsageError(f"-o {str(out)!r}: not empty; expected an empty or new directory")
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = out.with_name(f".{_stem(out.name)}.old-{os.getpid()}")
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
@@ -196,6 +206,8 @@ def check_output_path(path, what: str = "-o") -> Path:
     if p.is_symlink():
         raise UsageError(f"{what} {str(path)!r}: is a symbolic link (to {os.readlink(p)!r}); "
                          f"expected a plain path (links are not followed)")
+    _check_not_special(p, what)
+    _check_name_lengths(p, what)
     parent = p.absolute().parent
     while not parent.exists() and parent != parent.parent:  # missing folders are created later
         parent = parent.parent
@@ -208,6 +220,41 @@ def check_output_path(path, what: str = "-o") -> Path:
     except OSError as e:
         raise write_error(path, e, f"{what}: cannot write") from None
     return p
+
+
+def _check_not_special(p: Path, what: str) -> None:
+    """A device, FIFO or socket at the output path: writing would replace it (rename(2) over
+    /dev/full as root) or block. Refused; a regular file or a directory goes on."""
+    try:
+        mode = os.lstat(p).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        raise UsageError(f"{what} {str(p)!r}: is a device, FIFO or socket; expected a regular file or a new path")
+
+
+def _check_name_lengths(p: Path, what: str) -> None:
+    """Every part of the path within the file system's name limit (NAME_MAX, 255 bytes on most),
+    with room for the temporary names `atomic_file` / `atomic_dir` build beside it."""
+    anchor = p.absolute().parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    try:
+        name_max = os.pathconf(anchor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for part in p.parts:
+        n = len(os.fsencode(part))
+        if n > name_max:
+            raise WriteError(f"{what} {_short(str(p))!r}: a name of {n} bytes ({_short(part, 24)!r}); "
+                             f"expected at most {name_max} bytes per name (errno ENAMETOOLONG)")
+    total = len(os.fsencode(str(p.absolute())))
+    if total >= 4096:
+        raise WriteError(f"{what} {_short(str(p))!r}: a path of {total} bytes; expected under 4096 (errno ENAMETOOLONG)")
+
+
+def _short(text: str, keep: int = 80) -> str:
+    return text if len(text) <= keep else text[:keep // 2] + "..." + text[-keep // 2:]
 
 
 def require_free_space(directory, needed_bytes: int, what: str) -> None:

@@ -147,7 +147,16 @@ def check_dataset_bytes(path, nbytes: int, what: str = "holds") -> None:
                             f"{MAX_DATASET_BYTES} (docs/limits.md)")
 
 
-def gunzip_limited(path, data: bytes, max_bytes: int | None = None) -> bytes:
+def gunzip_head(data: bytes, n: int) -> bytes:
+    """The first `n` decompressed bytes of gzip `data` (at most n are produced: a header is read
+    before the size it declares is trusted)."""
+    import zlib
+
+    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, n)
+
+
+def gunzip_limited(path, data: bytes, max_bytes: int | None = None,
+                   limit: str = "the limit (docs/limits.md)") -> bytes:
     """gzip-decompress `data`, refusing (before allocating more) output over `max_bytes`: a
     6 MB gzip bomb would otherwise expand into gigabytes."""
     import zlib
@@ -156,8 +165,7 @@ def gunzip_limited(path, data: bytes, max_bytes: int | None = None) -> bytes:
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     out = d.decompress(data, max_bytes + 1)
     if len(out) > max_bytes or d.unconsumed_tail:
-        raise LimitExceeded(f"dataset file {path}: decompresses to over {max_bytes} bytes, the limit "
-                            f"(docs/limits.md)")
+        raise LimitExceeded(f"dataset file {path}: decompresses to over {max_bytes} bytes, {limit}")
     out += d.flush()
     if not d.eof:  # what gzip.decompress says of a truncated file
         raise EOFError("Compressed file ended before the end-of-stream marker was reached")

@@ -56,6 +56,7 @@ def read_verified(bundle_dir, fmt: str, files: tuple, optional: tuple = (), writ
     if manifest.get("manifest_sha256") != digest(manifest):
         raise UsageError(f"bundle {d}: {MANIFEST} was modified after `{writer}` wrote it (its content does not "
                          f"match its manifest_sha256); {redo}")
+    _check_fields(d, manifest, redo)
     listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
     for name in tuple(files) + tuple(n for n in optional if n in listed):
         entry, p = listed.get(name), d / name
@@ -70,3 +71,43 @@ def read_verified(bundle_dir, fmt: str, files: tuple, optional: tuple = (), writ
                              f"expected {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}...); "
                              f"the file was modified or corrupted, {redo}")
     return manifest
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _check_fields(d: Path, manifest: dict, redo: str) -> None:
+    """The fields a reader uses, by type and range. The digest is an unkeyed checksum anyone can
+    recompute (issue 18), so a forged manifest must still fail here in one line, not deep inside
+    torch: `input` {in_chs, resolution, mean, std}, `num_classes`, `arch`, `dataset` and the
+    numbers `nas infer` reports."""
+    def bad(field, value, expected):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return UsageError(f"bundle {d}: {MANIFEST} field {field} is {shown}; expected {expected}; {redo}")
+
+    inp = manifest.get("input")
+    if "input" in manifest:
+        if not isinstance(inp, dict):
+            raise bad("input", inp, "an object with in_chs, resolution, mean and std")
+        for key in ("in_chs", "resolution"):
+            v, limit = inp.get(key), limits.MAGNITUDES[key]
+            if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limit):
+                raise bad(f"input.{key}", v, f"a whole number from 1 to {limit}")
+        for key in ("mean", "std"):
+            v = inp.get(key)
+            if not (isinstance(v, list) and len(v) == inp["in_chs"] and all(_is_number(x) for x in v)
+                    and (key == "mean" or all(x > 0 for x in v))):
+                raise bad(f"input.{key}", v, f"a list of {inp['in_chs']} {'positive ' if key == 'std' else ''}numbers "
+                                             f"(one per input channel)")
+    if "num_classes" in manifest:
+        v, limit = manifest["num_classes"], limits.MAGNITUDES["num_classes"]
+        if not (isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= limit):
+            raise bad("num_classes", v, f"a whole number from 2 to {limit}")
+    for key in ("arch", "dataset", "model"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            raise bad(key, manifest[key], "a string")
+    for key in ("accuracy", "test_images", "payload_bytes", "weight_bytes", "latency_ms"):
+        if manifest.get(key) is not None and not _is_number(manifest[key]):
+            raise bad(key, manifest[key], "a number")

@@ -36,6 +36,28 @@ def _gzip_bomb() -> bytes:
     return b"".join(parts) + c.flush()
 
 
+def _gzip_liar() -> bytes:
+    """A gzip IDX whose header declares one 8x8 image but whose stream expands to 128 MiB: refused
+    once it passes what the header declares, not at the dataset limit."""
+    import zlib
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [c.compress(b"\x00\x00\x08\x03" + (1).to_bytes(4, "big") + (8).to_bytes(4, "big") * 2)]
+    block = bytes(1 << 24)
+    parts += [c.compress(block) for _ in range(8)]
+    return b"".join(parts) + c.flush()
+
+
+def _png_header(side: int) -> bytes:
+    """A side x side greyscale PNG whose data stops after one row (Image.open reads the header only): past Pillow's own
+    decompression-bomb limit at 20000, refused from the header with its real size."""
+    import struct
+    import zlib
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(side + 1))) + chunk(b"IEND", b""))
+
+
 def _npz_bomb() -> bytes:
     """An .npz whose array x declares (and would expand to) 128 MiB of zeros (see _gzip_bomb)."""
     import io
@@ -99,6 +121,16 @@ def _w32_weights() -> bytes:
     return save({k: v.contiguous() for k, v in build_model(decode(W32_ARCH)).state_dict().items()})
 
 
+def _forged(**fields) -> bytes:
+    """A nas-bundle/1 manifest with `fields` over a good input block, its digest recomputed as
+    a forger would (the digest is an unkeyed checksum: the fields must be checked anyway)."""
+    from nas.manifest import digest
+    m = {"format": "nas-bundle/1", "arch": GOOD_ARCH, "dataset": "digits", "num_classes": 10,
+         "input": {"in_chs": 1, "resolution": 28, "mean": [0.3], "std": [0.4]}, **fields}
+    m["manifest_sha256"] = digest(m)
+    return json.dumps(m).encode()
+
+
 FILES = {  # name -> bytes, written into the case's folder
     "empty.yaml": b"",
     "list.yaml": b"- 1\n- 2\n",
@@ -148,6 +180,17 @@ FILES = {  # name -> bytes, written into the case's folder
                        b"stages:\n  - {channels: 8}\n",
     "bits-per.yaml": b"input: {resolution: 28}\nstem: {channels: 8}\nbits_per: conv\nstages:\n  - {channels: 8}\n",
     "study-list.yaml": b"study: [a]\ntarget-mem: 5MB\n",
+    "unicode-trials.yaml": "trials: '\uff13'\ntarget-mem: 5MB\n".encode(),
+    "idx-gzlie/train-images-idx3-ubyte.gz": _gzip_liar(),
+    "png-bomb/train/a/huge.png": _png_header(20000),
+    "png-bomb/train/b/huge.png": _png_header(20000),
+    # issue 18, third pass: manifests forged with a recomputed digest
+    "forged-input/manifest.json": _forged(input="x"),
+    "forged-mean/manifest.json": _forged(input={"in_chs": 1, "resolution": 28, "mean": "x", "std": [0.4]}),
+    "forged-res/manifest.json": _forged(input={"in_chs": 1, "resolution": 10**9, "mean": [0.3], "std": [0.4]}),
+    "forged-classes/manifest.json": _forged(num_classes="ten"),
+    "forged-arch/manifest.json": _forged(arch=["x"]),
+    "forged-dataset/manifest.json": _forged(dataset={"a": 1}),
     "alias-config.yaml": b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
                          + b"".join(b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10))
                                     for i in range(12)),
@@ -341,6 +384,35 @@ CASES = [
     (["compress", "--bundle", "{d}/compressed", "--weights", "{d}/w32.safetensors", "--prune", "0.5", "-o", "{d}/c"],
      "--weights with --bundle"),
     (["compress", "--arch", W32_ARCH, "--prune", "0.5", "-o", "{d}/c"], "expected --weights"),
+    # issue 18, third pass (a hostile re-run of the issue's list)
+    (["infer", "--bundle", "{d}/forged-input", "--dataset", "digits"], "field input is 'x'"),
+    (["infer", "--bundle", "{d}/forged-mean", "--dataset", "digits"], "field input.mean"),
+    (["infer", "--bundle", "{d}/forged-res", "--dataset", "digits"], "field input.resolution is 1000000000"),
+    (["infer", "--bundle", "{d}/forged-classes", "--dataset", "digits"], "field num_classes is 'ten'"),
+    (["infer", "--bundle", "{d}/forged-arch", "--dataset", "digits"], "field arch"),
+    (["infer", "--bundle", "{d}/forged-dataset"], "field dataset"),
+    (["space", "sample", str(REPO / "search_spaces/mcu.yaml"), "--seed", "-1"], "--seed"),
+    (["space", "sample", str(REPO / "search_spaces/mcu.yaml"), "--seed", "99999999999"], "--seed"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--seed", "-1"], "--seed"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--split-seed", "99999999999"], "--split-seed"),
+    (["search", "--target-mem", "5MB", "--trials", "\uff13"], "--trials"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--epochs", "\uff13"], "--epochs"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--lr", "\uff10.1"], "--lr"),
+    (["dashboard", "--study", "ghost", "--port", "\uff18\uff10\uff18\uff10"], "--port"),
+    (["export", "--study", "ghost", "--trial", "\uff11", "-o", "{d}/out"], "--trial"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--save", "{d}/link-out"], "symbolic link"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--save", "{d}/dangling-out"], "symbolic link"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--save", "{d}/" + "a" * 300], "ENAMETOOLONG"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "digits", "--save", "{d}/fifo"], "FIFO"),
+    (["report", "--study", "ghost", "-o", "{d}/fifo"], "FIFO"),
+    (["report", "--study", "ghost", "-o", "{d}/" + "a" * 300 + ".html"], "ENAMETOOLONG"),
+    (["export", "--study", "ghost", "--best", "-o", "{d}/" + "a" * 300], "ENAMETOOLONG"),
+    (["compress", "--arch", W32_ARCH, "--weights", "{d}/w32.safetensors", "--dataset", "digits", "--prune", "0.5",
+      "-o", "{d}/" + "a" * 300], "ENAMETOOLONG"),
+    (["calibrate", "-o", "{d}/fifo"], "FIFO"),
+    (["search", "--config", "{d}/unicode-trials.yaml"], "expected a whole number"),
+    (["train", "--arch", GOOD_ARCH, "--dataset", "{d}/idx-gzlie", "--epochs", "1"], "more than its IDX header declares"),
+    (["train", "--arch", S8, "--dataset", "{d}/png-bomb", "--epochs", "1"], "20000x20000 pixels"),
     (["search", "--target-flash", "5 M"], "5 M"),
     (["search", "--target-sram", "lots"], "lots"),
     (["search", "--target-flash", "0"], "positive"),
@@ -359,10 +431,11 @@ if not __import__("torch").cuda.is_available():  # where CUDA is present these r
 @pytest.fixture
 def case_dir(tmp_path, monkeypatch):
     for name, data in FILES.items():
-        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     (tmp_path / "link-out").symlink_to(tmp_path / "bundle-deep")  # -o through links: refused
     (tmp_path / "dangling-out").symlink_to(tmp_path / "nowhere" / "x")
+    os.mkfifo(tmp_path / "fifo")  # -o onto a FIFO / device: refused, never replaced or blocked on
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(limits, "MAX_DATASET_BYTES", BOMB_LIMIT)
     monkeypatch.setenv("NAS_PROFILE", str(tmp_path / "no-profile.json"))

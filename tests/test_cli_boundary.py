@@ -58,3 +58,19 @@ def test_version_comes_from_the_package_metadata(capsys):
     from pathlib import Path
     declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
     assert capsys.readouterr().out.strip() == f"nas {version('nas')}" == f"nas {declared}"
+
+
+def test_a_reader_closing_the_pipe_is_not_an_error():
+    """`nas space sample FILE -n 999999999999 | head -3`: the sampler streams, head exits, the
+    next write meets EPIPE; exit 141 (as a shell reports SIGPIPE), nothing on stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(f"{sys.executable} -m nas.cli space sample {repo / 'search_spaces/mcu.yaml'} "
+                          f"-n 999999999999 | head -3; exit ${{PIPESTATUS[0]}}", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, timeout=60, cwd=repo)
+    assert proc.stdout.count("\n") == 3
+    assert proc.returncode == 141, proc.stderr[-500:]
+    assert proc.stderr == ""

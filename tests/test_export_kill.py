@@ -119,3 +119,37 @@ def test_a_replacement_killed_between_its_renames_is_undone(tmp_path):
         (tmp / "manifest.json").write_text('{"new": 1}')
     assert (tmp_path / "out" / "manifest.json").read_text() == '{"new": 1}'
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_sigterm_during_export_exits_143_and_leaves_no_partial(tmp_path):
+    """SIGTERM unwinds `nas export` like Ctrl-C (nas/cli.py): exit 143, its .partial directory
+    removed on the way out, not left for the next export to find (issue 18, item 7)."""
+    _study(tmp_path)
+    p = _export(tmp_path)
+    end = time.monotonic() + 300
+    while time.monotonic() < end and p.poll() is None and not list(tmp_path.glob(".out.*.partial")):
+        time.sleep(0.05)
+    assert p.poll() is None, p.communicate()[1][-2000:]
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "nas: interrupted"
+    assert not list(tmp_path.glob(".out.*")) and not (tmp_path / "out").exists()
+
+
+def test_output_names_near_the_limit_keep_their_temporary_names_within_it(tmp_path):
+    """A 250-byte -o name: `.NAME.PID.XXXXXXXX.partial` would pass 255 bytes; the temporary names
+    carry at most 200 characters of it, and stale ones are still found and removed."""
+    from nas.fsio import atomic_dir, atomic_file, clean_stale_partials
+
+    name = "b" * 250
+    stale = tmp_path / f".{name[:200]}.{_dead_pid()}.abc.partial"
+    stale.mkdir()
+    with atomic_dir(tmp_path / name) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert (tmp_path / name / "manifest.json").read_text() == "{}"
+    assert not stale.exists()
+    with atomic_file(tmp_path / (name[:-5] + ".json")) as tmp:
+        tmp.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, name[:-5] + ".json"])
+    assert clean_stale_partials(tmp_path, name) == []

@@ -113,6 +113,29 @@ def test_corrupt_record_in_the_middle_is_refused_with_offset(tmp_path):
     assert study.study_name == "s"
 
 
+def test_record_valid_json_but_damaged_inside_is_refused_with_offset(tmp_path):
+    """A flipped byte inside a record's escaped `distribution` string keeps the line valid JSON;
+    Optuna's replay then raised JSONDecodeError on every open (exit 1). Refused like any corrupt
+    middle record, with its offset, and the recovery the message gives works."""
+    path = tmp_path / "j.journal"
+    _make_study(f"journal:{path}", n=3)
+    lines = path.read_bytes().splitlines(keepends=True)
+    index = next(i for i, line in enumerate(lines) if b'"distribution"' in line)
+    offset = sum(len(line) for line in lines[:index])
+    lines[index] = lines[index].replace(b'{\\"name\\":', b'{\\"name\\":#garbage#', 1)
+    assert b"#garbage#" in lines[index]
+    path.write_bytes(b"".join(lines))
+    for _ in range(2):  # every open, not only the first
+        with pytest.raises(JournalCorrupt) as err:
+            open_storage(str(path))
+        message = str(err.value)
+        assert f"byte {offset} (line {index + 1})" in message and f"truncate -s {offset}" in message
+        assert "\n" not in message
+    os.truncate(path, offset)
+    study = optuna.load_study(study_name="s", storage=open_storage(str(path)))
+    assert study.study_name == "s"
+
+
 def test_non_journal_files_fifos_and_memory_sqlite_are_refused(tmp_path):
     text = tmp_path / "notes.journal"
     text.write_text("my notes\n")

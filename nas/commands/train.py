@@ -94,6 +94,10 @@ def run(args) -> int:
     device = resolve_device(args.device or "auto")  # before any work
     threads = apply_threads(args.threads)
     max_seconds = parse_seconds(args.max_time, "--max-time") if args.max_time else None
+    if args.save:  # a link, a device, a long name, an unwritable folder: refused before training
+        from nas import fsio
+
+        fsio.check_output_path(args.save, "--save")
     spec = decode(args.arch)
     teacher_spec = decode(args.teacher) if args.teacher else None
     if teacher_spec is not None and teacher_spec.resolution != spec.resolution:

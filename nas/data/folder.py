@@ -45,8 +45,8 @@ def _probe(tree: ImageFolder) -> list[tuple[str, tuple[int, int]]]:
         try:
             with Image.open(path) as im:
                 info.append((im.mode, im.size))
-        except Image.DecompressionBombError:
-            info.append(("", (limits.MAX_IMAGE_PIXELS + 1, 1)))
+        except Image.DecompressionBombError:  # Pillow's own limit: read the real size from the header alone
+            info.append(("", _header_size(path)))
         except (UnidentifiedImageError, OSError) as e:
             raise UsageError(f"dataset file {path}: not a readable image ({e}); {HOW_TO_GET}") from None
         width, height = info[-1][1]
@@ -54,6 +54,20 @@ def _probe(tree: ImageFolder) -> list[tuple[str, tuple[int, int]]]:
             raise limits.LimitExceeded(f"dataset file {path}: {width}x{height} pixels, over the limit of "
                                        f"{limits.MAX_IMAGE_PIXELS} per image (docs/limits.md)")
     return info
+
+
+def _header_size(path) -> tuple[int, int]:
+    """(width, height) from an image's header, past Pillow's decompression-bomb refusal (only
+    the header is read: nothing is decoded)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError):
+        return (limits.MAX_IMAGE_PIXELS + 1, 1)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _decode(tree: ImageFolder, mode: str, resize) -> np.ndarray:

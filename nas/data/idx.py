@@ -42,23 +42,32 @@ def read_idx(path: Path, how_to_get: str) -> np.ndarray:
     """The array stored in one IDX file; `UsageError` naming the file when it is corrupt."""
     try:
         raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = limits.gunzip_limited(path, raw)
+        if raw[:2] == b"\x1f\x8b":  # a gzip bomb: the header first, then no more than it declares
+            header, dims = _header(path, limits.gunzip_head(raw, 4 + 4 * 255), how_to_get)
+            raw = limits.gunzip_limited(path, raw, header + math.prod(dims),
+                                        f"more than its IDX header declares {dims}; {how_to_get}")
     except (OSError, EOFError, zlib.error) as e:
         raise UsageError(f"dataset file {path}: cannot be read or unzipped ({e}); {how_to_get}") from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise UsageError(f"dataset file {path}: not an IDX file of unsigned bytes (bad header {raw[:4]!r}); "
-                         f"{how_to_get}")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    limits.check_dataset_bytes(path, math.prod(dims), "header says it holds")  # Python ints: no int64 overflow
+    header, dims = _header(path, raw, how_to_get)
     if len(raw) != header + int(np.prod(dims, dtype=np.int64)):
         raise UsageError(
             f"dataset file {path}: truncated or corrupt; header says {dims} = "
             f"{int(np.prod(dims, dtype=np.int64))} bytes of data, file has {len(raw) - header}; {how_to_get}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _header(path: Path, raw: bytes, how_to_get: str) -> tuple[int, tuple[int, ...]]:
+    """(header bytes, dims) of IDX data starting at `raw`; the size the dims declare is checked
+    against the dataset limit in Python ints (65536**4 does not overflow)."""
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise UsageError(f"dataset file {path}: not an IDX file of unsigned bytes (bad header {raw[:4]!r}); "
+                         f"{how_to_get}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    limits.check_dataset_bytes(path, math.prod(dims), "header says it holds")
+    return header, dims
 
 
 def load_idx_folder(folder: Path, how_to_get: str) -> RawSplits:

@@ -411,6 +411,9 @@ def run(args) -> int:
     out = Path(args.output).expanduser() if args.output else lat.default_profile_path(threads, args.device)
     if out.exists() and out.is_dir():
         raise UsageError(f"-o {str(out)!r}: is a folder; expected a profile file path, e.g. -o profile.json")
+    from nas import fsio
+
+    fsio.check_output_path(out, "-o")  # a link, a device, a long name, an unwritable folder: before measuring
     profile, report = calibrate(threads, args.device, args.quick, tuple(args.space or DEFAULT_SPACES), args.seed,
                                 progress=not args.no_progress)
     path = lat.save_profile(profile, out)

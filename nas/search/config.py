@@ -189,7 +189,7 @@ def build_config(options: dict, file_options: dict | None = None, where_file: st
         where = f"--{name.replace('_', '-')}" if name in options and options[name] is not None else \
             f"{where_file}: {name.replace('_', '-')}"
         if parse is int:
-            if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+            if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isascii() and value.isdigit())):
                 raise UsageError(f"{where} {value!r}: expected a whole number")
             value = int(value)
         elif parse is str:

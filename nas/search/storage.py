@@ -131,11 +131,7 @@ class RecoveringJournalBackend(JournalFileBackend):
                     raise UsageError(f"--storage {path!r}: not an Optuna journal (its first line is not a "
                                      f"journal record); expected a .journal file written by nas or Optuna, "
                                      f"or a new path") from None
-                line_number = data[:offset].count(b"\n") + 1
-                raise JournalCorrupt(
-                    f"journal {path!r}: corrupt record at byte {offset} (line {line_number}) "
-                    f"(not a torn last write); keep the records before it with "
-                    f"`cp {path} {path}.bak && truncate -s {offset} {path}`") from None
+                raise _corrupt_record(path, offset, data[:offset].count(b"\n") + 1) from None
             offset += len(line)
         tail = data[good_end:]
         head = b'{"op_code":'
@@ -189,6 +185,37 @@ class RecoveringJournalBackend(JournalFileBackend):
                 os.close(fd)
 
 
+def _corrupt_record(path: str, offset: int, line_number: int, why: str = "") -> JournalCorrupt:
+    return JournalCorrupt(
+        f"journal {path!r}: corrupt record at byte {offset} (line {line_number}){why} "
+        f"(not a torn last write); keep the records before it with "
+        f"`cp {path} {path}.bak && truncate -s {offset} {path}`")
+
+
+class CheckedJournalStorage(JournalStorage):
+    """Optuna's JournalStorage whose replay failures name the record.
+
+    A record can be valid JSON and still be damaged inside (a flipped byte in the escaped
+    `distribution` string, a missing field): `RecoveringJournalBackend` accepts the line, and
+    Optuna's replay raises JSONDecodeError / KeyError / TypeError from deep inside, on every
+    open. Such a record is refused like any corrupt middle record: with its byte offset and
+    the command that keeps the records before it (issue 18)."""
+
+    def _sync_with_backend(self) -> None:
+        try:
+            super()._sync_with_backend()
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            index = self._replay_result.log_number_read - 1  # counted before each record is applied
+            backend = self._backend
+            offset = getattr(backend, "_log_number_offset", {}).get(index)
+            path = getattr(backend, "_file_path", "?")
+            if offset is None:
+                raise UsageError(f"journal {path!r}: record {index + 1} cannot be replayed "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            why = f" that Optuna cannot replay ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            raise _corrupt_record(path, offset, index + 1, why[:300]) from None
+
+
 def _tail_after_newline(fd: int, size: int, chunk: int = 1 << 16) -> bytes:
     end = size
     while end > 0:
@@ -218,7 +245,7 @@ def open_storage(url: str):
         path = Path(url.removeprefix("journal:"))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(RecoveringJournalBackend(str(path)))
+            return CheckedJournalStorage(RecoveringJournalBackend(str(path)))
         except OSError as e:
             raise UsageError(f"--storage {url!r}: cannot open the journal file ({e.strerror}); "
                              f"expected a writable path") from None
