@@ -182,3 +182,30 @@ def test_sqlite_truncated_inside_its_last_page(tmp_path):
         outcomes.add("intact")
     print("sqlite truncated inside its last page:", sorted(outcomes))
     assert all(o in ("refused", "intact") for o in outcomes), outcomes
+
+
+def test_a_trial_orphaned_before_it_named_its_worker_is_failed_and_retried(tmp_path, monkeypatch):
+    """A worker killed between creating a trial and the objective's first write leaves a
+    RUNNING trial with no worker recorded: the next start fails it once it is past the grace
+    (waiting out the rest) and re-enqueues its parameters; a live worker's trial stays."""
+    import time
+
+    from nas.search import storage
+    from nas.search.records import trial_attrs
+    from nas.search.storage import fail_dead_local_trials, worker_id
+
+    monkeypatch.setattr(storage, "ORPHAN_GRACE_S", 1.0)
+    study = optuna.create_study(study_name="s", storage=open_storage(f"journal:{tmp_path / 's.journal'}"))
+    orphan = study.ask()
+    orphan.suggest_int("x", 0, 9)
+    live = study.ask()
+    for k, v in trial_attrs(worker=worker_id()).items():
+        live.set_user_attr(k, v)
+    t0 = time.monotonic()
+    assert fail_dead_local_trials(study) == 1
+    assert time.monotonic() - t0 >= 0.5  # it waited for the orphan to age past the grace
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[orphan.number] == optuna.trial.TrialState.FAIL
+    assert states[live.number] == optuna.trial.TrialState.RUNNING
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs.get("fixed_params") for t in waiting] == [{"x": orphan.params["x"]}]

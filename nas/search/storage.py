@@ -15,6 +15,7 @@ last record is moved to a `.corrupt` sidecar, appends never leave a torn record 
 corrupt record in the middle is refused with its byte offset.
 """
 
+import datetime
 import json
 import os
 import socket
@@ -363,15 +364,34 @@ def _alive(worker: str) -> bool:
     return True
 
 
+ORPHAN_GRACE_S = 10.0  # a live worker names itself on its trial as the objective's first write
+
+
 def fail_dead_local_trials(study: optuna.Study) -> int:
-    """Mark RUNNING trials whose local worker process is gone FAIL; re-enqueue their params."""
+    """Mark RUNNING trials whose local worker process is gone FAIL; re-enqueue their params.
+
+    A trial with no worker recorded was created by a worker killed before the objective's
+    first write (a live one writes it within microseconds of creating the trial): it is
+    failed once it is ORPHAN_GRACE_S old, waiting out the rest of that grace if it is younger."""
     if isinstance(study._storage, RDBStorage):
         optuna.storages.fail_stale_trials(study)  # heartbeat-based, any machine
         return 0
+
+    def running():
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    orphans = [t for t in running() if not TrialRecord.of(t).worker]
+    if orphans:
+        now = datetime.datetime.now()
+        ages = [(now - t.datetime_start).total_seconds() for t in orphans if t.datetime_start]
+        youngest = min(ages, default=ORPHAN_GRACE_S)
+        if 0 <= youngest < ORPHAN_GRACE_S:
+            time.sleep(ORPHAN_GRACE_S - youngest)
+    orphan_ids = {t._trial_id for t in orphans}
     n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in running():
         worker = TrialRecord.of(t).worker
-        if worker and not _alive(worker):
+        if (worker and not _alive(worker)) or (not worker and t._trial_id in orphan_ids):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             if t.params:
                 study.enqueue_trial(t.params, user_attrs=trial_attrs(retry_of=t.number))
