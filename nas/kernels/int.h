@@ -93,6 +93,8 @@ typedef struct int_level {
     int64_t (*peak)(long reps);
     long macs_per_rep;
     int_pix_fn conv_q;             /* byte path (xq, wq), or NULL where the level has none */
+    /* byte path: out[p] = sum of the n bytes at x + p * n, for p < np (the split's channel sums) */
+    void (*byte_sums)(const uint8_t *x, long np, long n, int32_t *out);
     int64_t (*peak_q)(long reps);  /* u8 x s8 multiply-add peak of the byte path, or NULL */
     long macs_per_rep_q;
 } int_level;

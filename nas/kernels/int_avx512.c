@@ -176,6 +176,22 @@ TGT static void conv_q(const int_args *a, long p0, long p1)
         }
 }
 
+/* Channel sums of byte codes: vpsadbw against zero adds 8 bytes into each 64-bit lane. */
+TGT static void byte_sums(const uint8_t *x, long np, long n, int32_t *out)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    for (long p = 0; p < np; p++) {
+        const uint8_t *r = x + p * n;
+        __m512i acc = zero;
+        long c = 0;
+        for (; c + 64 <= n; c += 64)
+            acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_loadu_si512((const void *)(r + c)), zero));
+        if (c < n)
+            acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(~0ULL >> (64 - (n - c)), r + c), zero));
+        out[p] = (int32_t)_mm512_reduce_add_epi64(acc);
+    }
+}
+
 /* ------------------------------------------------------------------ int16 path */
 
 TGT static void conv_row(const int_args *a, long n, long oy)
@@ -301,6 +317,6 @@ TGT static int64_t peak_q(long reps)
 }
 
 const int_level nas_int_avx512 = {.name = "avx512", .conv = conv_row, .dw = dw_row, .peak = peak,
-                                  .macs_per_rep = 8 * 32, .conv_q = conv_q, .peak_q = peak_q,
+                                  .macs_per_rep = 8 * 32, .conv_q = conv_q, .byte_sums = byte_sums, .peak_q = peak_q,
                                   .macs_per_rep_q = 12 * 64};
 #endif

@@ -301,7 +301,9 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
                     else
                         memcpy(di, src, (size_t)(W * cin));
                     memset(di + W * cin, upad, (size_t)((Wp - pw - W) * cin));
-                    if (ds)
+                    if (ds && lv->byte_sums)
+                        lv->byte_sums(d, Wp, cin, ds);
+                    else if (ds)
                         for (long xp = 0; xp < Wp; xp++) {
                             int32_t sum = 0;
                             for (long c = 0; c < cin; c++)
