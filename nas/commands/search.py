@@ -31,7 +31,9 @@ def add_arguments(p):
     p.add_argument("--storage", help="Optuna storage URL (default journal file studies/<study>.journal)")
     p.add_argument("--workers", type=int, help="worker processes on this machine (default 1)")
     p.add_argument("--seed", type=int, help="seed for sampling, splits and training (default 0)")
-    p.add_argument("--objectives", choices=OBJECTIVES, help="accuracy alone with constraints (default) or a Pareto pair")
+    p.add_argument("--objectives", choices=OBJECTIVES, metavar="OBJ",
+                   help="accuracy alone with constraints (default) or a Pareto pair: "
+                        + " | ".join(OBJECTIVES))
     p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
     p.add_argument("--proxy", choices=PROXIES, help="zero-cost proxy gate before training (default none)")
     p.add_argument("--pruner", choices=PRUNERS, help="sh = successive halving over epochs (default), none")
