@@ -254,13 +254,13 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
                "device_profile": StudyRecord.of(study).profile.describe(),
                "trained": counts.trained, "infeasible": counts.infeasible, "pruned": counts.pruned,
                "duplicates": counts.duplicates, "failed": counts.failed,
-               "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted}
+               "elapsed_s": round(time.time() - start, 1), "interrupted": interrupted,
+               "final": [], "best": []}  # one JSON shape: empty lists when interrupted or nothing feasible
     if gave_up and not ranked:
         low = extreme(space, "weight_bytes", in_chs=probe.in_chs, num_classes=probe.num_classes)
         raise UsageError(f"{MAX_INFEASIBLE_STREAK} infeasible candidates in a row for {config.budgets.describe()}; "
                          f"the cheapest found has weight_bytes {format_bytes(low.value)}")
     if not ranked:
-        summary["best"] = []
         _log("no feasible trained trial yet: give a larger --budget or --trials")
         return summary
     if not interrupted:
