@@ -235,6 +235,10 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
     cost = arch_cost(model.arch) if cost is None else cost
     payload, index = payload_of(model, cost)
     check_budget(len(payload), budget_bytes)
+    # weights.safetensors, model.ts and model.onnx each hold the float weights; torch.jit.save
+    # aborts the interpreter on a full disk, so the space is checked before any work or write
+    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    fsio.require_free_space(out.parent, 3 * float_bytes + len(payload) + (1 << 20), f"-o {str(out)!r}: its folder")
 
     packed = packed_model(decode(arch_string), payload)  # read back from the bytes, as `nas infer` does
     fake = predictions(model, test)
@@ -268,10 +272,6 @@ def export_model(model, out_dir, test, *, space: str | None = None, scaling: dic
         "layer_paths": packed.layer_paths,
     }
 
-    # weights.safetensors, model.ts and model.onnx each hold the float weights; torch.jit.save
-    # aborts the interpreter on a full disk, so the space is checked before anything is written
-    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
-    fsio.require_free_space(out.parent, 3 * float_bytes + len(payload) + (1 << 20), "-o")
     with fsio.atomic_dir(out) as tmp:
         (tmp / "arch.yaml").write_text(yaml.safe_dump({"arch": arch_string, "space": space, "scaling": scaling},
                                                       sort_keys=False), encoding="utf-8")
