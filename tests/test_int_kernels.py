@@ -345,3 +345,22 @@ def test_global_pool_equals_the_stated_float32_order(shape, channels_last):
     assert torch.equal(got.view(torch.int32), want.contiguous().view(torch.int32))
     with pytest.raises(TypeError, match="global_pool: expected a CPU float32"):
         I.global_pool(x.double())
+
+
+@pytest.mark.parametrize("bits,signed", [(8, False), (8, True), (4, False), (2, True)])
+def test_quantize_codes_equal_act_codes(level, bits, signed):
+    """The float -> codes boundary in C equals nas.quant.integer.act_codes bit for bit: ties
+    at half steps (round half to even), signed zeros, values beyond the clip, odd lengths."""
+    from nas.quant.integer import act_codes, act_code_dtype, act_scale
+    alpha = torch.tensor(2.5)
+    step = float(act_scale(alpha, bits, signed))
+    lo = -float(alpha) if signed else 0.0
+    g = torch.Generator().manual_seed(bits)
+    halves = (torch.arange(-260, 260, dtype=torch.float32) + 0.5) * step  # exact ties
+    x = torch.cat([torch.randn(1001, generator=g) * 2, halves, torch.tensor([0.0, -0.0, 1e30, -1e30, 2.5, -2.5])])
+    x = x.reshape(1, 1, 1, -1).contiguous()
+    got = I.quantize_codes(x, lo, float(alpha), step, act_code_dtype(signed))
+    if got is None:
+        assert not I.byte_path()  # only levels without the vector code decline
+        return
+    assert torch.equal(got, act_codes(x, alpha, bits, signed).to(act_code_dtype(signed)))

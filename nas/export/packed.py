@@ -169,13 +169,19 @@ class PackedIntegerConv2d(nn.Module):
     def input_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) codes of a float NCHW (or (N, C)) input, equal to
         `nas.quant.integer.act_codes` (tests/test_integer_deploy.py holds them equal at atol=0):
-        the same clamp, float32 division and round-half-even, as four ops on Python-float
-        constants instead of act_codes' tensor constants (at batch 1 the ops' overhead, not
-        their arithmetic, is the cost)."""
+        the same clamp, float32 division and round-half-even, in one C pass where the kernel
+        level has one (`nas.kernels.integer.quantize_codes`), else as four torch ops on
+        Python-float constants instead of act_codes' tensor constants (at batch 1 the ops'
+        overhead, not their arithmetic, is the cost)."""
         if self.linear:
             x = x[:, None, None, :]  # (N, C) -> (N, 1, 1, C)
         else:
             x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC (free when the input is channels_last)
+        if x.dtype == torch.float32 and not x.requires_grad:
+            from nas.kernels.integer import quantize_codes
+            codes = quantize_codes(x.contiguous(), self._lo, self._hi, self._step, self._code_dtype)
+            if codes is not None:
+                return codes
         return torch.clamp(x, self._lo, self._hi).div_(self._step).round_().to(self._code_dtype)
 
     def reference_codes(self, x: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,9 @@ typedef struct int_level {
     int64_t (*peak)(long reps);
     long macs_per_rep;
     int_pix_fn conv_q;             /* byte path (xq, wq), or NULL where the level has none */
+    /* codes[i] = rint(min(max(x[i], lo), alpha) / s) as bytes for i < n: nas_int_requant on a
+     * float32 array (the float -> integer boundary), or NULL where the level has none */
+    void (*quantize)(const float *x, long n, float lo, float alpha, float s, uint8_t *codes);
     /* byte path: out[p] = sum of the n bytes at x + p * n, for p < np (the split's channel sums) */
     void (*byte_sums)(const uint8_t *x, long np, long n, int32_t *out);
     int64_t (*peak_q)(long reps);  /* u8 x s8 multiply-add peak of the byte path, or NULL */

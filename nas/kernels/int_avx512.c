@@ -176,6 +176,21 @@ TGT static void conv_q(const int_args *a, long p0, long p1)
         }
 }
 
+/* nas_int_requant over a float32 array, 16 lanes at a time (the same compares, blends,
+ * IEEE division and round-to-nearest-even as store16e's requantization). */
+TGT static void quantize(const float *x, long n, float lo, float alpha, float s, uint8_t *codes)
+{
+    const __m512 lov = _mm512_set1_ps(lo), alv = _mm512_set1_ps(alpha), sv = _mm512_set1_ps(s);
+    for (long i = 0; i < n; i += 16) {
+        const __mmask16 m = lanes((int)(n - i < 16 ? n - i : 16));
+        const __m512 y = _mm512_maskz_loadu_ps(m, x + i);
+        __m512 v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, lov, _CMP_LT_OQ), y, lov);
+        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, alv, _CMP_GT_OQ), v, alv);
+        v = _mm512_div_ps(v, sv);
+        _mm512_mask_cvtepi32_storeu_epi8(codes + i, m, _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+}
+
 /* Channel sums of byte codes: vpsadbw against zero adds 8 bytes into each 64-bit lane. */
 TGT static void byte_sums(const uint8_t *x, long np, long n, int32_t *out)
 {
@@ -317,6 +332,6 @@ TGT static int64_t peak_q(long reps)
 }
 
 const int_level nas_int_avx512 = {.name = "avx512", .conv = conv_row, .dw = dw_row, .peak = peak,
-                                  .macs_per_rep = 8 * 32, .conv_q = conv_q, .byte_sums = byte_sums, .peak_q = peak_q,
+                                  .macs_per_rep = 8 * 32, .conv_q = conv_q, .quantize = quantize, .byte_sums = byte_sums, .peak_q = peak_q,
                                   .macs_per_rep_q = 12 * 64};
 #endif

@@ -565,6 +565,40 @@ static PyObject *py_global_pool(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* quantize(x, codes, n, lo, alpha, s) -> bool: codes[i] = rint(min(max(x[i], lo), alpha) / s)
+ * (nas_int_requant) for a float32 array on the level's vector code; False (nothing written)
+ * where the level has none. */
+static PyObject *py_quantize(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *co;
+    long n;
+    float lo, alpha, s;
+    if (!PyArg_ParseTuple(args, "OOlfff", &xo, &co, &n, &lo, &alpha, &s))
+        return NULL;
+    const int_level *lv = current_level();
+    if (!lv)
+        return NULL;
+    if (!lv->quantize)
+        Py_RETURN_FALSE;
+    if (n < 1 || !(s > 0.f)) {
+        PyErr_Format(PyExc_ValueError, "quantize: n=%ld, s=%g: expected n >= 1 and s > 0", n, (double)s);
+        return NULL;
+    }
+    Py_buffer x, c;
+    if (get_buf(xo, &x, 0, "f", 4, n, "quantize: x") < 0)
+        return NULL;
+    if (get_buf(co, &c, 1, "bB", 1, n, "quantize: codes") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    lv->quantize(x.buf, n, lo, alpha, s, c.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&c);
+    Py_RETURN_TRUE;
+}
+
 /* ------------------------------------------------------------------ dispatch API */
 
 static PyObject *py_isa(PyObject *self, PyObject *noargs)
@@ -644,6 +678,7 @@ static PyObject *py_byte_path(PyObject *self, PyObject *noargs)
 static PyMethodDef methods[] = {
     {"shift", py_shift, METH_VARARGS, "Grouped / sparse shift of NHWC byte codes."},
     {"global_pool", py_global_pool, METH_VARARGS, "Global average pool in a fixed float32 order."},
+    {"quantize", py_quantize, METH_VARARGS, "Float32 -> activation codes (the requantization's arithmetic)."},
     {"gather", py_gather, METH_VARARGS, "Channel gather (shuffle) of NHWC byte codes."},
     {"byte_path", py_byte_path, METH_NOARGS, "Whether the level in use has the byte (u8 x s8) path."},
     {"repack", py_repack, METH_VARARGS, "Lane layout of int16 conv weights."},

@@ -35,7 +35,7 @@ else:
     _IMPORT_ERROR = None
 
 __all__ = ["available", "isa", "supported_isas", "set_isa", "byte_path", "IntegerConv", "int_conv2d", "int_linear",
-           "shift_codes", "shuffle_codes", "global_pool"]
+           "shift_codes", "shuffle_codes", "global_pool", "quantize_codes"]
 
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}  # = NAS_ACT_* in int.h
 _LANES = 16  # = NAS_INT_LANES
@@ -282,3 +282,12 @@ def global_pool(x: torch.Tensor) -> torch.Tensor:
     y = torch.empty((N, C), dtype=torch.float32)
     _need().global_pool(xn.numpy(), y.numpy(), N, H * W, C)
     return y[:, :, None, None]
+
+
+def quantize_codes(x_nhwc: torch.Tensor, lo: float, alpha: float, step: float, dtype: torch.dtype):
+    """Activation codes rint(min(max(x, lo), alpha) / step) of a contiguous float32 tensor, as
+    `dtype` (uint8 / int8), on the level's vector code (the requantization's arithmetic, bit for
+    bit); None where the level has none (the caller quantizes with torch ops)."""
+    codes = torch.empty(x_nhwc.shape, dtype=dtype)
+    ok = _need().quantize(x_nhwc.numpy(), codes.numpy(), x_nhwc.numel(), float(lo), float(alpha), float(step))
+    return codes if ok else None
