@@ -286,20 +286,24 @@ def test_packed_model_rejects_a_payload_of_another_arch(trained):
 
 # ---- `nas export` on a study -------------------------------------------------------------------
 
-def _study(tmp_path, name: str, mem: int):
+def _study(tmp_path, name: str, mem: int, **budgets):
     """A study as `nas search` leaves it: identity, config, one trained trial (no final weights)."""
     from nas.search.budgets import Budgets
     from nas.search.config import SearchConfig
 
     url = f"journal:{tmp_path / 'studies' / (name + '.journal')}"
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
-    config = SearchConfig(study=name, dataset="digits", space="search_spaces/mcu.yaml", budgets=Budgets(weight_bytes=mem),
+    config = SearchConfig(study=name, dataset="digits", space="search_spaces/mcu.yaml",
+                          budgets=Budgets(weight_bytes=mem, **budgets),
                           subset=300, epochs=1, final_epochs=1, final_subset=300, batch_size=32)
     study.set_user_attr("identity", {"space": config.space, "dataset": config.dataset,
                                      "budgets": config.budgets.to_dict(), "objectives": config.objectives})
     study.set_user_attr("config", config.to_dict())
     cost = arch_cost(decode(DIGITS))
     costs = {k: getattr(cost, k) for k in TOTALS}
+    if config.budgets.needs_mcu:
+        from nas.cost.mcu import mcu_cost
+        costs.update(mcu_cost(decode(DIGITS), cost.weight_bytes).to_dict())
     constraints = config.budgets.constraint_values(costs)
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={
         "arch": DIGITS, "costs": costs, "constraints": constraints, "feasible": all(c <= 0 for c in constraints),
@@ -352,6 +356,20 @@ def test_cli_refuses_over_budget_with_exit_2(tmp_path, monkeypatch, capsys):
     assert not out.exists()
     assert main(["export", "--study", "nope", "--storage", url, "--best", "-o", str(out)]) == 2
     assert "'nope'" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_trial_over_the_studys_mcu_budgets_with_exit_2(tmp_path, monkeypatch, capsys):
+    """--target-flash / --target-sram are checked on export too (before any retraining), as the
+    search priced them (`nas.cost.mcu`): one line naming the option, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    for name, budgets, option in (("flash", {"flash_bytes": 1000}, "--target-flash"),
+                                  ("sram", {"sram_bytes": 1000}, "--target-sram")):
+        url, _ = _study(tmp_path, name, mem=10**7, **budgets)
+        out = tmp_path / f"bundle-{name}"
+        assert main(["export", "--study", name, "--storage", url, "--trial", "0", "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and option in err and "exceeds" in err, err
+        assert not out.exists() and not (tmp_path / "studies" / name).exists()  # no retraining happened
 
 
 def test_cli_refuses_truncated_final_weights_in_one_line(tmp_path, monkeypatch, capsys):

@@ -74,6 +74,27 @@ def _weights_path(record, url: str, study_name: str) -> Path:
                      f"relative to where `nas search` ran); expected the file written by the final retraining")
 
 
+def check_mcu_budgets(arch, weight_bytes: int, budgets, trial: int) -> None:
+    """The study's --target-flash / --target-sram against the trial's C package as `nas.cost.mcu`
+    prices it (what the search constrained): a UsageError, before any work, when it does not fit
+    or the C export refuses the architecture."""
+    if not budgets.needs_mcu:
+        return
+    from nas.cost.mcu import mcu_cost
+    from nas.units import format_bytes
+
+    m = mcu_cost(arch, weight_bytes)
+    if m.refused:
+        raise UsageError(f"trial {trial}: the study has --target-flash / --target-sram, but the C export refuses "
+                         f"this architecture ({', '.join(m.refused[:3])}); refusing to export")
+    for field, option, value in (("flash_bytes", "--target-flash", m.flash_bytes),
+                                 ("sram_bytes", "--target-sram", m.sram_bytes)):
+        limit = getattr(budgets, field)
+        if limit is not None and value > limit:
+            raise UsageError(f"trial {trial}: predicted {field} {value} ({format_bytes(value)}) exceeds the study's "
+                             f"{option} {format_bytes(limit)} ({limit} bytes); refusing to export")
+
+
 def export_trial(study_name: str, output, *, storage: str | None = None, trial: int | None = None,
                  retrain: bool = True, force: bool = False, formats: tuple[str, ...] = (), profile=None) -> dict:
     """Write the bundle of trial `trial` (None: the best feasible trained trial) of study
@@ -100,6 +121,7 @@ def export_trial(study_name: str, output, *, storage: str | None = None, trial: 
     arch = decode(arch_string)
     cost = arch_cost(arch)
     check_budget(cost.weight_bytes, budget, "the study's --target-mem (predicted weight_bytes)")
+    check_mcu_budgets(arch, cost.weight_bytes, identity.budgets, chosen.number)
 
     record = final_record(study, chosen.number)
     if record is None:
