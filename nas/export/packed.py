@@ -18,7 +18,7 @@ from torch import nn
 
 from nas.cost.kernel_path import on_packed_kernels
 from nas.export.payload import LayerRecord
-from nas.kernels import reference
+from nas.kernels import integer, reference
 from nas.quant import ActQuant, QuantConv2d, QuantLinear, packed_kernels
 from nas.quant.binary import kernel_runtime_ready
 from nas.quant.integer import act_code_dtype, act_codes, act_scale
@@ -147,7 +147,6 @@ class PackedIntegerConv2d(nn.Module):
 
     def __init__(self, rec: LayerRecord, src: nn.Module, activation: str = "none"):
         super().__init__()
-        from nas.kernels.integer import IntegerConv
 
         g = rec.geom
         self.name, self.linear = g.name, g.kind == "linear"
@@ -162,7 +161,7 @@ class PackedIntegerConv2d(nn.Module):
         self.register_buffer("w_int", integer_weight(rec))  # (C_out, C_in_g, k_h, k_w) int16
         self.register_buffer("scale", scale)  # (C_out,) float32
         self.register_buffer("bias", torch.from_numpy(rec.bias.copy()))  # (C_out,) float32
-        self.kernel = IntegerConv(self.w_int, g.bits, stride, padding, groups, scale, self.bias, activation)
+        self.kernel = integer.IntegerConv(self.w_int, g.bits, stride, padding, groups, scale, self.bias, activation)
         self.out_chs = g.c_out
         self.requant: tuple[float, float, float] | None = None  # set by convert.chain_integer_layers
 
@@ -178,8 +177,7 @@ class PackedIntegerConv2d(nn.Module):
         else:
             x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC (free when the input is channels_last)
         if x.dtype == torch.float32 and not x.requires_grad:
-            from nas.kernels.integer import quantize_codes
-            codes = quantize_codes(x.contiguous(), self._lo, self._hi, self._step, self._code_dtype)
+            codes = integer.quantize_codes(x.contiguous(), self._lo, self._hi, self._step, self._code_dtype)
             if codes is not None:
                 return codes
         return torch.clamp(x, self._lo, self._hi).div_(self._step).round_().to(self._code_dtype)
@@ -272,7 +270,6 @@ class FixedOrderAvgPool(nn.Module):
     Replaces `nn.AdaptiveAvgPool2d(1)` in the packed model; output (N, C, 1, 1)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from nas.kernels import integer
         if integer.available() and x.dtype == torch.float32 and x.device.type == "cpu" and not x.requires_grad:
             return integer.global_pool(x)  # the same order in C (tests/test_int_kernels.py holds them equal)
         flat = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, H·W)

@@ -72,6 +72,19 @@ def byte_path() -> bool:
     return bool(_need().byte_path())
 
 
+def byte_codes(w_int: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """The int8 form of integer weight codes for u8 x s8 dot products (`nas.quant.integer`
+    states the rule): the codes themselves where |w_int| <= 127 (2/4-bit, ternary), else, for
+    odd codes (8-bit DoReFa, -255..255), s = (w_int - 1) / 2 with w_int = 2 s + 1 exactly
+    (split = True). None when neither form is exact. Returns (codes as int32, split)."""
+    w = np.asarray(w_int).astype(np.int32)
+    if int(np.abs(w).max(initial=0)) <= 127:
+        return w, False
+    if bool(np.all(w % 2 == 1)):
+        return (w - 1) // 2, True  # -255..255 odd -> -128..127
+    return None
+
+
 def byte_weights(w_int: np.ndarray, groups: int) -> tuple[np.ndarray, bool, np.ndarray] | None:
     """The byte path's weights (int.h): int8 codes in lane layout (G, nb, kh, nseg, segq, 16, 4)
     (groups 1: one segment of ceil(kw Cin / 4) quads per kernel row, the row's (kx, c) bytes in
@@ -80,13 +93,10 @@ def byte_weights(w_int: np.ndarray, groups: int) -> tuple[np.ndarray, bool, np.n
     signed-input correction); None when neither form is exact (codes beyond ±127 that are not
     all odd)."""
     cout, cin_g, kh, kw = w_int.shape
-    w = w_int.astype(np.int32)
-    if int(np.abs(w).max(initial=0)) <= 127:
-        codes, split = w, False
-    elif bool(np.all(w % 2 == 1)):
-        codes, split = (w - 1) // 2, True  # -255..255 odd -> -128..127
-    else:
+    form = byte_codes(w_int)
+    if form is None:
         return None
+    codes, split = form
     cout_g, nb = cout // groups, -(-(cout // groups) // _LANES)
     if groups == 1:
         row = kw * cin_g
@@ -177,12 +187,12 @@ class IntegerConv:
         """x (N, H, W, Cin) uint8 / int8 codes; residual (N, Ho, Wo, Cout) float32 or None;
         requant (lo, alpha, s_next) gives codes rint(min(max(y, lo), alpha) / s_next) (uint8 if
         lo >= 0, else int8) instead of float32."""
-        key = (getattr(x, "shape", None), getattr(x, "dtype", None), residual is None, requant)
+        key = (getattr(x, "shape", None), getattr(x, "dtype", None), requant)
         plan = self._plan if self._plan is not None and self._plan[0] == key else None
         if plan is None:  # checked once per input shape / dtype / requantization, then reused
-            plan = self._plan = (key,) + self._check(x, residual, requant)
-        _, shape_out, rshape, q, code_dtype = plan
-        rn = None if residual is None else _np(residual, torch.float32, rshape, self._fn, "residual")
+            plan = self._plan = (key,) + self._check(x, requant)
+        _, shape_out, q, code_dtype = plan
+        rn = None if residual is None else _np(residual, torch.float32, shape_out, self._fn, "residual")
         yf = np.empty(shape_out, np.float32) if code_dtype is None else None
         yc = None if code_dtype is None else np.empty(shape_out, code_dtype)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
@@ -193,9 +203,9 @@ class IntegerConv:
                     self._split, self._wsum)
         return torch.from_numpy(yf if yc is None else yc)
 
-    def _check(self, x, residual, requant) -> tuple:
-        """(output shape, residual shape, requant constants, code dtype or None) for this call's
-        input, residual and requantization, or the one-line error."""
+    def _check(self, x, requant) -> tuple:
+        """(output shape (the residual's too), requant constants, code dtype or None) for this
+        call's input and requantization, or the one-line error."""
         fn = self._fn
         if not (isinstance(x, torch.Tensor) and x.dtype in (torch.uint8, torch.int8) and x.is_cpu and x.dim() == 4):
             raise TypeError(f"{fn}: x must be a CPU uint8 / int8 (N, H, W, C) tensor of codes, "
@@ -208,13 +218,13 @@ class IntegerConv:
             raise ValueError(f"{fn}: empty output for input {H}x{W}, kernel {self.kernel}, padding {self.padding}")
         shape_out = (N, Ho, Wo, self.out_chs)
         if requant is None:
-            return shape_out, shape_out, (0.0, 0.0, 1.0), None
+            return shape_out, (0.0, 0.0, 1.0), None
         if not (isinstance(requant, tuple) and len(requant) == 3):
             raise ValueError(f"{fn}: requant must be (lo, alpha, s_next), got {requant!r}")
         q = tuple(float(np.float32(v)) for v in requant)
         if not (q[2] > 0 and q[1] > q[0]):
             raise ValueError(f"{fn}: requant {requant!r}: expected s_next > 0 and alpha > lo")
-        return shape_out, shape_out, q, (np.uint8 if q[0] >= 0 else np.int8)
+        return shape_out, q, (np.uint8 if q[0] >= 0 else np.int8)
 
 
 def int_conv2d(x, w_int, w_bits, stride=1, padding=0, groups=1, scale=None, bias=None, residual=None,

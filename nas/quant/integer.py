@@ -73,7 +73,8 @@ def weight_codes(w: torch.Tensor, bits: int, ternary: bool = False) -> tuple[tor
 
 def split_weight_codes(w_int: torch.Tensor, bits: int) -> torch.Tensor:
     """The int8 form for u8 x s8 dot products: s = (w_int - 1) / 2 (so w_int = 2 s + 1),
-    in -2^(bits-1)..2^(bits-1) - 1. Only for DoReFa codes (odd); ternary codes are int8 already."""
+    in -2^(bits-1)..2^(bits-1) - 1. Only for DoReFa codes (odd); ternary codes are int8 already.
+    (The AVX-512 byte path takes its weights through the same rule, `nas.kernels.integer.byte_codes`.)"""
     if bool(((w_int.to(torch.int32) & 1) == 0).any()):
         raise UsageError("split_weight_codes: even weight codes (ternary?) have no 2s+1 form; use them as int8")
     return torch.div(w_int.to(torch.int32) - 1, 2, rounding_mode="floor").to(torch.int8)
