@@ -103,6 +103,7 @@ def _module(name: str):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("NAS_DEBUG") == "1"
+    _terminated.clear()
     previous = _sigterm_as_interrupt()
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
@@ -119,6 +120,9 @@ def main(argv=None) -> int:
         print(f"nas: interrupted{kept}", file=sys.stderr)
         return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
     except Exception as e:  # the one boundary: every failure becomes one line
+        if _terminated:  # the interrupt raised inside a C++ layer (TorchScript) came out wrapped
+            print("nas: interrupted", file=sys.stderr)
+            return 128 + _terminated[-1]
         if debug:
             raise
         line, code = _one_line(e)
@@ -129,12 +133,16 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+_terminated: list[int] = []  # the termination signals received, in order
+
+
 def _sigterm_as_interrupt():
     """SIGTERM unwinds every command like Ctrl-C (exit 143): `nas export`'s partial bundle and any
     temporary file are removed on the way out instead of being left behind (issue 18). `nas
     search` installs its own, which also stops its workers. Returns the handler it replaced
     (None where signals cannot be set: not the main thread)."""
     def handler(signum, frame):
+        _terminated.append(signum)
         raise KeyboardInterrupt(signum)
     try:
         return signal.signal(signal.SIGTERM, handler)
