@@ -397,3 +397,37 @@ def test_dropout_rescaling_starts_from_the_dense_rate_at_every_step():
         P.prune_unstructured_(net, 0.75, fraction=frac)
         P.rescale_dropout_(net, conn)
     assert net[7].p == pytest.approx(0.5 * math.sqrt(0.25), abs=1e-3)  # fc2 keeps a quarter of its weights
+
+
+def test_a_batchnorm_net_is_pruned_with_its_batchnorms_then_folded(digits16):
+    """The ResNet-20-like retrains its pruned weights with BatchNorm (nas.compress.pipeline),
+    folds after the masks are permanent (zeros stay zeros), and the payload is exact."""
+    from nas.compress.model import resnet20_like
+    from nas.compress.payload import model_plan
+    from nas.compress.pipeline import CompressConfig, compress
+    torch.manual_seed(0)
+    net = resnet20_like(0.25, 1, 10)
+    P.retrain(net, digits16, 1, lr=3e-3, log=open("/dev/null", "w"))
+    seen = []  # did the prune steps' retraining run with the BatchNorms in place?
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(type(m).__name__) if isinstance(m, torch.nn.BatchNorm2d) and m.training else None)
+    try:
+        out = compress(net, digits16, CompressConfig(prune=0.6, iterative=2, share=4, retrain_epochs=1),
+                       log=open("/dev/null", "w"))
+    finally:
+        handle.remove()
+    assert "BatchNorm2d" in seen
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    layers = P.layers_of(net)
+    big = [m for _, m in layers[1:-1]]
+    assert all(abs(float((m.weight == 0).float().mean()) - 0.6) < 0.02 for m in big)
+    assert out["weight_bytes"] == len(out["payload"]) == sum(p.record_bytes for p in model_plan(net))
+
+
+def test_layer_sparsity_takes_ranges():
+    from nas.errors import UsageError
+    from nas.compress.report import parse_layer_sparsity
+    assert parse_layer_sparsity("0=0.4,14-16=0.95") == {0: 0.4, 14: 0.95, 15: 0.95, 16: 0.95}
+    for bad in ("3-1=0.5", "-2=0.5", "a=0.5", "4"):
+        with pytest.raises(UsageError):
+            parse_layer_sparsity(bad)

@@ -100,7 +100,7 @@ def bundle_source(bundle: str) -> dict:
 
 
 def load_model(args, data, arch: str | None = None):
-    from nas.compress.model import fold_batchnorm_, hand_model, plain_from_arch
+    from nas.compress.model import hand_model, plain_from_arch
     from nas.weights import read_weights
 
     weights = str(Path(args.bundle) / "weights.safetensors") if args.bundle else args.weights
@@ -117,7 +117,7 @@ def load_model(args, data, arch: str | None = None):
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UsageError(f"--weights {weights!r}: does not fit the model ({first})") from None
-    return fold_batchnorm_(model) if args.model else plain_from_arch(model)
+    return model if args.model else plain_from_arch(model)  # compress() folds a hand model's BatchNorms
 
 
 def readback(manifest: dict, payload: bytes, model, test) -> dict:

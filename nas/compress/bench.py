@@ -35,12 +35,15 @@ def add_arguments(p) -> None:
     p.add_argument("--share", type=int, default=4, help="codebook bits (default 4)")
     p.add_argument("--retrain-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--same-budget", action="store_true",
+                   help="also train a copy of the uncompressed net for as many epochs as the compression "
+                        "retrains, and report the loss against it (the same net trained the same way)")
     p.add_argument("--json", action="store_true")
 
 
 def run(args) -> int:
     from nas.compress.report import parse_layer_sparsity, print_table
-    from nas.compress.model import fold_batchnorm_, hand_model
+    from nas.compress.model import hand_model
     from nas.compress.pipeline import CompressConfig, compress
     from nas.compress.prune import retrain
     from nas.data import load_dataset
@@ -64,19 +67,44 @@ def run(args) -> int:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save)
-    if args.model == "resnet20":
-        fold_batchnorm_(model)
     train_s = time.perf_counter() - start
+    reference = _same_budget_accuracy(model, data, config, args) if args.same_budget else None
     result = compress(model, data, config)
     result.pop("payload")
     result.update(model=args.model, width=args.width if args.model == "resnet20" else None, train_s=train_s,
                   compress_s=time.perf_counter() - start - train_s,
                   accuracy_loss_points=100 * (result["test_accuracy_before"] - result["test_accuracy_after"]),
                   threads=torch.get_num_threads())
+    if reference is not None:
+        result.update(test_accuracy_same_budget=reference["accuracy"], same_budget_epochs=reference["epochs"],
+                      accuracy_loss_points_same_budget=100 * (reference["accuracy"] - result["test_accuracy_after"]))
     if args.json:
         print(json.dumps(result))
         return 0
     print_table(result)
     print(f"ratio {result['ratio']:.1f}x at {result['accuracy_loss_points']:+.2f} points test accuracy loss "
           f"(train {train_s:.0f} s, compress {result['compress_s']:.0f} s, {torch.get_num_threads()} threads)")
+    if reference is not None:
+        print(f"uncompressed net trained {reference['epochs']} more epochs (the compression's retraining): test "
+              f"accuracy {reference['accuracy']:.4f}; loss against it {result['accuracy_loss_points_same_budget']:+.2f} "
+              f"points")
     return 0
+
+
+def _same_budget_accuracy(model, data, config, args) -> dict:
+    """Train a copy of the uncompressed `model` for the epochs the compression will retrain
+    (every prune step's and the codebook's), on the same images and learning rate."""
+    import copy
+
+    from nas.compress.model import fold_batchnorm_
+    from nas.compress.prune import retrain
+    from nas.train.evaluate import evaluate
+
+    pruning = config.prune is not None or bool(config.layer_sparsity)
+    epochs = config.retrain_epochs * ((config.iterative if pruning else 0) + (config.share is not None))
+    twin = copy.deepcopy(model)
+    if epochs:
+        retrain(twin, data, epochs, lr=config.lr, batch_size=config.batch_size, regularizer=config.regularizer,
+                strength=config.strength, seed=config.seed + 1, subset=config.retrain_subset,
+                label="uncompressed, same budget")
+    return {"epochs": epochs, "accuracy": evaluate(fold_batchnorm_(twin), data.test)}

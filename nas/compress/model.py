@@ -9,8 +9,9 @@
   in eval mode it computes what the original does (folding reorders float products).
 - `resnet20_like`: He et al.'s CIFAR ResNet-20 (3 stages x 3 basic blocks, widths 16/32/64
   x `width`), the hand-designed baseline of `nas bench search` and of `nas bench compress
-  --model resnet20`. `fold_batchnorm_` folds its BatchNorms into the convs before
-  compression (the payload has a bias per layer, no BatchNorm record).
+  --model resnet20`. `nas.compress.pipeline` prunes and retrains it with its BatchNorms,
+  then `fold_batchnorm_` folds them into the convs (the payload has a bias per layer, no
+  BatchNorm record).
 """
 
 import torch

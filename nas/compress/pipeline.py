@@ -92,10 +92,20 @@ def calibration_images(data, n: int, batch_size: int) -> torch.Tensor:
 
 
 def compress(model: nn.Module, data, config: CompressConfig, log=None) -> dict:
-    """Compress `model` in place; return the payload bytes, the per-layer table and the figures."""
+    """Compress `model` in place; return the payload bytes, the per-layer table and the figures.
+
+    A model with BatchNorms (`--model resnet20`) is pruned and retrained with them, so the
+    retraining keeps its normalisation; they are folded into the convs once the masks are
+    permanent (folding scales each output channel: zeros stay zeros), before sharing, pq or
+    PTQ, which work on the layers' final weights.
+    """
+    from nas.compress.model import fold_batchnorm_
     from nas.train.evaluate import evaluate
 
     log = sys.stderr if log is None else log
+    pruning = config.prune is not None or bool(config.layer_sparsity)
+    if not pruning:
+        fold_batchnorm_(model)  # a no-op on a net without BatchNorm
     before = evaluate(model, data.test)
     fp32 = fp32_weight_bytes(model)
     print(f"uncompressed: test accuracy {before:.4f}, fp32 weight_bytes {fp32}", file=log, flush=True)
@@ -116,7 +126,7 @@ def compress(model: nn.Module, data, config: CompressConfig, log=None) -> dict:
 
     retrain = dict(lr=config.lr, batch_size=config.batch_size, seed=config.seed, subset=config.retrain_subset,
                    log=log)
-    if config.prune is not None or config.layer_sparsity:
+    if pruning:
         sparsity = config.prune or 0.0
         conn = P.connections(model)
         for step, frac in enumerate(P.schedule(config.iterative), 1):
@@ -131,6 +141,7 @@ def compress(model: nn.Module, data, config: CompressConfig, log=None) -> dict:
                 P.retrain(model, data, config.retrain_epochs, regularizer=config.regularizer,
                           strength=config.strength, label=f"prune step {step}/{config.iterative} retrain", **retrain)
         P.make_permanent_(model)
+        fold_batchnorm_(model)
         if P.is_chain(model):
             if config.structured:
                 out["channels_removed"] = P.remove_pruned_channels_(model)

@@ -6,15 +6,20 @@ from nas.errors import UsageError
 
 
 def parse_layer_sparsity(text: str) -> dict[int, float]:
+    """`0=0.4,7-13=0.85`: layer index (execution order) or an inclusive range -> sparsity."""
     out = {}
+    bad = "expected INDEX=SPARSITY or FIRST-LAST=SPARSITY, e.g. 0=0.5,14-20=0.95"
     for part in filter(None, text.split(",")):
         key, sep, value = part.partition("=")
+        first, dash, last = key.partition("-")
         try:
-            out[int(key)] = float(value)
+            lo, hi = int(first), int(last if dash else first)
+            sparsity = float(value)
         except ValueError:
-            raise UsageError(f"--layer-sparsity {part!r}: expected INDEX=SPARSITY, e.g. 0=0.5") from None
-        if not sep:
-            raise UsageError(f"--layer-sparsity {part!r}: expected INDEX=SPARSITY, e.g. 0=0.5")
+            raise UsageError(f"--layer-sparsity {part!r}: {bad}") from None
+        if not sep or lo < 0 or hi < lo:
+            raise UsageError(f"--layer-sparsity {part!r}: {bad}")
+        out.update(dict.fromkeys(range(lo, hi + 1), sparsity))
     return out
 
 
