@@ -12,8 +12,10 @@ model's (`identical_logits`); `nas infer --bundle DIR` runs that decoded network
 
 --bundle takes a `nas export` bundle of a full-precision arch (w32 a32 everywhere; its
 weights.safetensors after the sha256 check). A bundle with any quantized layer is refused
-with one line: its 1..16-bit records have no sparse or codebook form. A bundle that
-`nas compress` wrote is refused too. Retraining prints one line per epoch on stderr.
+with one line (its 1..16-bit records have no sparse or codebook form), except by
+`--ptq static8`, which makes its 32-bit layers 8-bit in the export's integer semantics and
+writes a `nas export` bundle (`nas.export.ptq`). A bundle that `nas compress` wrote is
+refused too. Retraining prints one line per epoch on stderr.
 """
 
 import json
@@ -29,7 +31,8 @@ def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--arch", help="a full-precision arch string (w32 a32), trained with `nas train --save`")
     src.add_argument("--model", choices=HAND_MODELS, help="a built-in plain network")
-    src.add_argument("--bundle", help="a bundle written by `nas export` of a full-precision (w32 a32) arch")
+    src.add_argument("--bundle", help="a bundle written by `nas export`: of a full-precision (w32 a32) arch, "
+                                       "or any with --ptq static8 (its 32-bit layers become 8-bit)")
     p.add_argument("--weights", help="safetensors file of the trained weights (--arch / --model)")
     p.add_argument("--width", type=float, default=1.0, help="--model resnet20: width multiplier (default 1)")
     p.add_argument("--dataset", help="default: the bundle's dataset, else fashion-mnist")
@@ -76,9 +79,10 @@ def config_of(args):
                           calib_images=args.calib_images, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
 
 
-def bundle_source(bundle: str) -> dict:
-    """The `nas export` manifest of --bundle, after its checks; refuses a compressed bundle and
-    one with quantized layers, before any data is read."""
+def bundle_source(bundle: str, ptq_static: bool = False) -> dict:
+    """The `nas export` manifest of --bundle, after its checks; refuses a compressed bundle and,
+    unless `ptq_static` (which keeps quantized layers: `nas.export.ptq`), one with quantized
+    layers, before any data is read. Its ``quantized`` key says whether any layer is."""
     from nas.compress.bundle import FORMAT, read_format
     from nas.export.bundle import verify_bundle
 
@@ -91,12 +95,12 @@ def bundle_source(bundle: str) -> dict:
 
     quantized = [layer for layer in build_model(decode(manifest["arch"])).quant_layers()
                  if layer.w_bits != 32 or layer.a_bits != 32]
-    if quantized:
+    if quantized and not ptq_static:
         q = quantized[0]
         raise UsageError(f"--bundle {bundle}: layer {q.name} is quantized (w{q.w_bits} a{q.a_bits}); expected a "
                          f"full-precision bundle (w32 a32 everywhere): a quantized record has no sparse or "
-                         f"codebook form")
-    return manifest
+                         f"codebook form (only --ptq static8 takes it: its 32-bit layers become 8-bit)")
+    return {**manifest, "quantized": bool(quantized)}
 
 
 def load_model(args, data, arch: str | None = None):
@@ -156,7 +160,8 @@ def run(args) -> int:
     out = check_output_path(args.output)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise UsageError(f"-o {args.output}: exists and is not an empty directory; expected a new path")
-    source_manifest = bundle_source(args.bundle) if args.bundle else None
+    ptq_static = config.ptq is not None and config.ptq.mode == "static"
+    source_manifest = bundle_source(args.bundle, ptq_static) if args.bundle else None
     arch = source_manifest["arch"] if source_manifest else args.arch
     dataset = args.dataset or (source_manifest or {}).get("dataset") or "fashion-mnist"
     data = load_dataset(dataset, args.data_dir)
@@ -172,6 +177,8 @@ def run(args) -> int:
             raise UsageError(f"--dataset {dataset}: normalises with mean {[float(v) for v in data.mean]}, std "
                              f"{[float(v) for v in data.std]}; the bundle was trained with mean {inp['mean']}, "
                              f"std {inp['std']}; expected the bundle's dataset")
+    if source_manifest and source_manifest["quantized"]:
+        return _ptq_quantized_bundle(args, data)
     model = load_model(args, data, arch)
     if config.pq is not None:
         from nas.compress.pq import check_pq
@@ -202,4 +209,27 @@ def run(args) -> int:
         print(json.dumps(manifest, default=str))
     else:
         print_table(result)
+    return 0
+
+
+def _ptq_quantized_bundle(args, data) -> int:
+    """--bundle (with quantized layers) --ptq static8: its 32-bit layers made 8-bit in the
+    export's integer semantics; the output is a `nas export` bundle (`nas.export.ptq`)."""
+    from nas.export.ptq import ptq_export
+
+    manifest = ptq_export(args.bundle, args.output, data, method=args.calibration, calib_images=args.calib_images,
+                          batch_size=args.batch_size, seed=args.seed)
+    if args.json:
+        print(json.dumps(manifest, default=str))
+        return 0
+    ptq = manifest["ptq"]
+    print(f"{'layer':<28}{'bits':>14}{'weight SQNR':>13}{'act clip':>10}{'act SQNR':>10}")
+    for r in ptq["layers"]:
+        w = f"{r['weight_sqnr_db']:.1f} dB" if "weight_sqnr_db" in r else "-"
+        clip = f"{r['act_clip']:.3f}" if "act_clip" in r else "-"
+        a = f"{r['act_sqnr_db']:.1f} dB" if "act_sqnr_db" in r else "-"
+        print(f"{r['layer']:<28}{r['bits_before'] + '->' + r['bits_after']:>14}{w:>13}{clip:>10}{a:>10}")
+    print(f"test accuracy {ptq['source_accuracy']:.4f} -> {manifest['accuracy']:.4f} "
+          f"({100 * (ptq['source_accuracy'] - manifest['accuracy']):+.2f} points lost); weight_bytes "
+          f"{ptq['source_weight_bytes']} -> {manifest['weight_bytes']}; a `nas export` bundle in {args.output}")
     return 0
