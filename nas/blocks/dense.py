@@ -4,7 +4,7 @@ transition to c + BN, and a 2x2 average pool (ceil mode) when stride 2. No resid
 (concatenation is its shortcut). A dense stage is one block (`repeats` counts its layers).
 """
 
-KEYS = ("r", "k", "s", "gr", "c", "d", "w", "a")  # arch-string keys, in canonical order
+KEYS = ("r", "k", "s", "gr", "c", "d", "p", "cb", "w", "a")  # arch-string keys, in canonical order
 # cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
 MODULE_NAMES = {"conv1": ("conv1", "unit1"), "conv2": ("conv2", "unit2"), "conv": ("conv", "unit")}
 DENSE_BOTTLENECK = 4  # a dense layer's 1x1 widens to 4 * growth (DenseNet-B)

@@ -5,7 +5,7 @@ channel shuffle (only when groups > 1: with one group it is the identity), group
 
 from nas.blocks.common import has_residual
 
-KEYS = ("r", "k", "s", "g", "c", "d", "w", "a")  # arch-string keys, in canonical order
+KEYS = ("r", "k", "s", "g", "c", "d", "p", "cb", "w", "a")  # arch-string keys, in canonical order
 # cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
 MODULE_NAMES = {"conv_g": ("conv1", "gconv"), "conv_g1": ("conv2", "gpw")}
 

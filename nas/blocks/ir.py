@@ -9,7 +9,7 @@ and channels kept. `d`: the depthwise conv's dilation (timm pads d * (k - 1) / 2
 
 from nas.blocks.common import has_residual, mid_chs
 
-KEYS = ("r", "k", "s", "e", "c", "se", "d", "w", "a")  # arch-string keys, in canonical order
+KEYS = ("r", "k", "s", "e", "c", "se", "d", "p", "cb", "w", "a")  # arch-string keys, in canonical order
 # cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
 MODULE_NAMES = {"conv_dw": ("conv_dw", "dw"), "conv_pw": ("conv_pw", "pw"), "conv_pwl": ("conv_pwl", "pwl")}
 

@@ -29,6 +29,20 @@ def build_stage(b: BlockSpec, in_chs: int) -> nn.Sequential:
                            for i in range(b.repeats)])
 
 
+def mark_compressed(stage: nn.Module, b: BlockSpec) -> None:
+    """Mark a stage's bit-carrying convs (squeeze-excite's excluded, as `nas.cost.graph`'s
+    `unit` marks their ops) with the stage's searched sparsity / codebook: attributes
+    `sparsity` and `codebook` that training (`nas.train.sparsify`) and the payload
+    (`nas.export.fold`) read. Unmarked convs have neither attribute (read as 0)."""
+    if not b.compressed:
+        return
+    convs = [m for name, m in stage.named_modules() if isinstance(m, QuantConv2d) and ".se." not in f".{name}."]
+    if len(convs) != b.layer_count:
+        raise AssertionError(f"{b.kind} stage: {len(convs)} convs to mark, expected {b.layer_count} (block_layers)")
+    for m in convs:
+        m.sparsity, m.codebook = b.sparsity, b.codebook
+
+
 class QuantLayer(NamedTuple):
     """One quantized conv / linear of a model, in execution order."""
 
@@ -50,6 +64,7 @@ class QuantNet(nn.Module):
         stages, chs = [], stem.out_chs
         for b in arch.blocks:
             stages.append(build_stage(b, chs))
+            mark_compressed(stages[-1], b)
             chs = b.out_chs
         self.blocks = nn.Sequential(*stages)
         if head.out_chs:

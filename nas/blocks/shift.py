@@ -7,7 +7,7 @@ when stride 1 and channels kept. 1-bit: the two 1x1 convs as Bi-Real units, no b
 
 from nas.blocks.common import has_residual, mid_chs
 
-KEYS = ("r", "k", "s", "e", "c", "sf", "as", "w", "a")  # arch-string keys, in canonical order
+KEYS = ("r", "k", "s", "e", "c", "sf", "as", "p", "cb", "w", "a")  # arch-string keys, in canonical order
 # cost op role -> (module name when float, module name of the Bi-Real unit when 1-bit)
 MODULE_NAMES = {"conv_pw": ("conv1", "pw1"), "conv_pwl": ("conv2", "pw2")}
 

@@ -5,7 +5,8 @@ every coordinate with the others fixed, keep improvements, stop when a sweep cha
 nothing. Compound scaling's parameters form one coordinate, swept jointly: they act only
 together (phi changes nothing while alpha = beta = 1, beta nothing while phi = 0), so one
 at a time the descent would stop at phi = 0; a stage's kind and the parameters only that
-kind takes form another (`coordinates`). Stages interact through channel counts and bit
+kind takes form another, and so do a stage's bits and its searched sparsity / codebook
+(drawn only at w32a32) (`coordinates`). Stages interact through channel counts and bit
 widths, so a descent can stop short of the optimum: it runs from every parameter's first
 choice and from every parameter's last, and the better end point is returned. A descent is
 not a proof; `tests/test_extremes.py` checks that it reaches the optimum of every shipped
@@ -33,7 +34,8 @@ from nas.cost.graph import PROJECT, Graph, GraphBuilder, expand_stage, expand_st
 from nas.cost.model import arch_cost, peak_act_bytes, weight_bytes_and_macs
 from nas.errors import UsageError
 from nas.space.file import Space
-from nas.space.sample import CHOICE_FIELD, KIND_PARAMS, STAGE_ORDER, _stage, sample_arch, stage_bits_for
+from nas.space.sample import (CHOICE_FIELD, COMPRESSION_PARAMS, KIND_PARAMS, STAGE_ORDER, _stage, sample_arch,
+                              stage_bits_for)
 from nas.space.scaling import scale_block
 from nas.space.spec import ArchSpec
 
@@ -90,6 +92,15 @@ def coordinates(choices: dict[str, list]) -> dict[str, list[dict]]:
                 moves[name] += [{name: kind, **dict(zip(names, combo))}
                                 for combo in itertools.product(*(choices[n] for n in names))]
             joint.add(name)
+        elif name.endswith(".bits") and name[: -len("bits")] + "sparsity" in choices:
+            # a stage's bits with its searched sparsity / codebook: those act only at w32a32,
+            # so one at a time the descent would never leave a cheap quantized pick for them
+            stage = name[: -len("bits")]
+            names = [stage + p for p in COMPRESSION_PARAMS]
+            joint.update(names + [name])
+            moves[name] = [{name: label, **dict(zip(names, combo))} for label in choices[name]
+                           for combo in (itertools.product(*(choices[n] for n in names)) if label == "w32a32"
+                                         else [tuple(choices[n][0] for n in names)])]
     moves.update({name: [{name: v} for v in values] for name, values in choices.items() if name not in joint})
     return moves
 

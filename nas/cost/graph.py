@@ -105,6 +105,8 @@ class Op:
     act: str | None = None  # fused activation / gate
     clip: bool = False  # a quantized activation site: learns and stores one clip value
     binary: bool = False  # 1-bit weights (scale computed from the weights, not a parameter)
+    sparsity: float = 0.0  # a searched sparse record: this fraction of the weights pruned (`layout.searched_*`)
+    codebook: int = 0  # a searched codebook record: bits of its k-means codebook (0 = none)
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ class GraphBuilder:
         return out
 
     def conv(self, name, x, out_chs, kernel=1, stride=1, groups=1, *, w_bits, a_bits, act, bn=True,
-             bias=False, quantized_input=True, binary=False, dilation=1) -> int:
+             bias=False, quantized_input=True, binary=False, dilation=1, sparsity=0.0, codebook=0) -> int:
         c, h, w = self.shapes[x]
         if c % groups or out_chs % groups:
             raise ValueError(f"{name}: channels {c}->{out_chs} are not divisible by groups={groups}")
@@ -196,7 +198,8 @@ class GraphBuilder:
         out_hw = conv_out(h, kernel, stride, dilation), conv_out(w, kernel, stride, dilation)
         return self._op(name, "conv", [x], [read], (out_chs, *out_hw),
                         kernel=kernel, stride=stride, groups=groups, dilation=dilation, w_bits=w_bits, bn=bn, bias=bias, act=act,
-                        clip=quantized_input and has_clip(a_bits), binary=binary)
+                        clip=quantized_input and has_clip(a_bits), binary=binary, sparsity=sparsity,
+                        codebook=codebook)
 
     def linear(self, name, x, out_features, *, w_bits, a_bits, bias=True) -> int:
         c, _, _ = self.shapes[x]
@@ -246,11 +249,12 @@ class GraphBuilder:
              bits: tuple[int, int]) -> int:
         """One conv of a block at `bits` = (w_bits, a_bits), this layer's (`BlockSpec.block_bits`):
         conv + BN (+ act), or a Bi-Real binary unit when the block is 1-bit (never dilated:
-        `BlockSpec` refuses dilation in 1-bit blocks)."""
+        `BlockSpec` refuses dilation in 1-bit blocks). A stage's searched sparsity / codebook
+        (`BlockSpec.compressed`, w32 a32 only) marks exactly these convs, not squeeze-excite's."""
         w_bits, a_bits = bits
         if not b.binary:
             return self.conv(name, x, out_chs, kernel, stride, groups, w_bits=w_bits, a_bits=a_bits, act=act,
-                             dilation=dilation)
+                             dilation=dilation, sparsity=b.sparsity, codebook=b.codebook)
         if dilation != 1:
             raise ValueError(f"{name}: dilation={dilation} in a 1-bit unit; expected 1 (binary units have no dilation)")
         shortcut = x  # runs first: the fused kernel takes its output as the residual input

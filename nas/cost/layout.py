@@ -215,3 +215,54 @@ def pruned_layer_bytes_bound(n: int, c_out: int, sparsity: float, share_bits: in
     nnz = n - round(sparsity * n)
     weights = min(dense_bytes(n, share_bits), bitmap_bytes(n, nnz, share_bits))
     return compressed_layer_bytes(BITMAP, c_out, weights, share_bits)
+
+
+# ---- Searched sparsity / codebook (issue 22 item 5: `p` / `cb` in an arch string) ----------
+#
+# A full-precision (w32 a32) conv of a stage whose `BlockSpec.sparsity` or `.codebook` is
+# set is written as a compressed record whose size follows from the arch alone, so the
+# search prices it exactly before training. Only pattern-independent encodings are used
+# (dense or bitmap; relative indices depend on where the survivors fall): with
+# ``n = C_out * C_in_g * k_h * k_w`` weights, training prunes exactly ``round(s * n)`` of them
+# by magnitude (`searched_nnz`), and the record is::
+#
+#     uint8    encoding      0 dense, 1 bitmap: whichever is smaller for that nnz (ties: dense)
+#     uint32   count         dense: n; bitmap: nnz
+#     float32  codebook[2^b] codebook layers only; in a pruned layer index 0 is 0.0
+#     float32  scale[C_out]  codebook layers only: the folded BatchNorm's per-channel factor
+#                            (folding scales each output channel, which would break a shared
+#                            codebook; the weight is codebook[index] * scale[c])
+#     dense    n values packed at value_bits (a float32, or a b-bit codebook index)
+#     bitmap   ceil(n / 8) bytes, bit i (LSB first) = weight i survives, then the nnz values
+#     float32  bias[C_out]
+#
+# Without a codebook the values are the folded float32 weights (BatchNorm folded in keeps
+# the zeros). The bitmap marks the survivors, so the count is the arch's, never the data's.
+
+def searched_nnz(n: int, sparsity: float) -> int:
+    """Weights a searched layer keeps: n - round(s * n) (the count magnitude pruning prunes is
+    round(s * n), as `torch.nn.utils.prune` rounds a fractional amount)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity={sparsity!r}; expected 0 <= sparsity < 1")
+    return n - round(sparsity * n)
+
+
+def searched_encoding(n: int, sparsity: float, codebook: int) -> tuple[int, int]:
+    """(encoding, weight-section bytes) of a searched layer: dense or bitmap, the smaller (ties: dense)."""
+    bits = codebook or None
+    nnz = searched_nnz(n, sparsity)
+    dense, bitmap = dense_bytes(n, bits), bitmap_bytes(n, nnz, bits)
+    return (DENSE, dense) if dense <= bitmap else (BITMAP, bitmap)
+
+
+def searched_scale_bytes(c_out: int, codebook: int) -> int:
+    return c_out * FLOAT32_BYTES if codebook else 0
+
+
+def searched_layer_bytes(c_out: int, c_in_g: int, k_h: int, k_w: int, sparsity: float, codebook: int) -> int:
+    """One searched record: header + [codebook + scale] + weights + bias (layout above)."""
+    _check(32, c_out, c_in_g, k_h, k_w)
+    n = c_out * c_in_g * k_h * k_w
+    _, weights = searched_encoding(n, sparsity, codebook)
+    return (RECORD_HEADER_BYTES + codebook_bytes(codebook or None) + searched_scale_bytes(c_out, codebook)
+            + weights + bias_bytes(c_out))

@@ -11,7 +11,9 @@ Each op of `nas.cost.graph.expand` is priced here:
 - `macs`: conv k_h*k_w*(C_in/g)*C_out*H_out*W_out; linear in*out; squeeze-excite convs
   count; elementwise ops, pooling, shift, shuffle, sign: 0 (DESIGN.md vocabulary).
 - `weight_bytes`: the deployable payload, `nas.cost.layout` (weights + scale + bias per
-  conv / linear, + one float32 clip per quantized activation site).
+  conv / linear, + one float32 clip per quantized activation site; a stage's searched
+  sparse / codebook convs: `layout.searched_layer_bytes`, exact before training). `params`
+  stays the module's count: a pruned weight is still a parameter of the module.
 - `mem_access`: elements read and written by the op: its inputs + its output + its weights
   (the kernel's elements; not bias / scale). For a 1x1 conv with g groups this is
   h*w*(c1 + c2) + c1*c2/g (ShuffleNet V2; seed 000, ch. 4 sec. 2).
@@ -105,7 +107,11 @@ def _counts(op: Op, g: Graph) -> tuple[int, int, int, int]:
     params = weight_bytes = macs = 0
     if weights:
         params = weights + (2 * out_chs if op.bn else 0) + (out_chs if op.bias else 0) + (1 if op.clip else 0)
-        weight_bytes = layout.layer_bytes(op.w_bits, out_chs, c_in // op.groups, op.kernel, op.kernel)
+        if op.sparsity or op.codebook:  # a searched sparse / codebook record
+            weight_bytes = layout.searched_layer_bytes(out_chs, c_in // op.groups, op.kernel, op.kernel,
+                                                       op.sparsity, op.codebook)
+        else:
+            weight_bytes = layout.layer_bytes(op.w_bits, out_chs, c_in // op.groups, op.kernel, op.kernel)
         weight_bytes += layout.CLIP_BYTES if op.clip else 0
         macs = weights * out_shape[1] * out_shape[2]
     if op.float_params:  # an active shift's offsets: float32, in the payload as they are

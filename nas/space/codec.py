@@ -9,7 +9,9 @@ is a kind followed by ``_``-separated tokens ``<key><number>`` (or a bare flag):
 
 Keys: r repeats (``in``: resolution), c channels, k kernel, s stride, e expansion ratio,
 se squeeze-excite ratio, d dilation of the k x k conv (ir, grouped, dense; omitted when 1), sf shifted fraction of a shift block
-(sparse shift; omitted when 1), as1 active shift (learned offsets; omitted when 0), g groups, gr growth, n classes, w weight bits, a activation bits;
+(sparse shift; omitted when 1), as1 active shift (learned offsets; omitted when 0), p searched sparsity
+of a w32 a32 stage's convs in percent (p75 = 0.75; omitted when 0), cb bits of their k-means codebook
+(omitted when 0), g groups, gr growth, n classes, w weight bits, a activation bits;
 flags ``hs`` = hard-swish activation, ``noact`` = none (ReLU otherwise). Omitted keys take the spec's default
 (bits default to 32). Per-layer bits (block segments only): ``w`` / ``a`` take one value
 for the whole stage (the compact form) or one per conv layer joined by ``x``, in execution
@@ -29,7 +31,8 @@ from nas.space.spec import ArchSpec, BlockSpec, ConvSpec, FcSpec
 # kind -> ordered {key: field name}; the order is the canonical order `encode` writes.
 _BLOCK_KEYS = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expand", "g": "groups",
                "gr": "growth", "c": "out_chs", "se": "se", "d": "dilation",
-               "sf": "shift_frac", "as": "active_shift", "w": "w_bits", "a": "a_bits"}
+               "sf": "shift_frac", "as": "active_shift", "p": "sparsity", "cb": "codebook",
+               "w": "w_bits", "a": "a_bits"}
 _KEYS = {
     "in": {"r": "resolution", "c": "in_chs"},
     "stem": {"c": "out_chs", "k": "kernel", "s": "stride", "w": "w_bits", "a": "a_bits"},
@@ -76,7 +79,10 @@ def _parse_segment(text: str, start: int, segment: str) -> tuple[str, dict]:
             name, value = _FLAGS[key]
         elif key in keys and number is not None:
             name = keys[key]
-            value = float(number) if name in _FLOAT_FIELDS else _to_int(text, pos, token, number)
+            if name == "sparsity":  # a percentage: exact decimal arithmetic, so p90 is 0.9 and back
+                value = float(Decimal(number) / 100)
+            else:
+                value = float(number) if name in _FLOAT_FIELDS else _to_int(text, pos, token, number)
         else:
             allowed = list(keys) + (list(_FLAGS) if kind in _HAS_ACT else [])
             raise _fail(text, pos, f"unknown key {shown(token)} in a {kind!r} segment; expected one of {allowed}")
@@ -157,7 +163,11 @@ def _segment(kind: str, spec, skip=()) -> str:
     for key, name in _KEYS[kind].items():
         value = getattr(spec, name)
         if name in skip or (name == "se" and not value) or (name == "dilation" and value == 1) \
-                or (name == "shift_frac" and value == 1.0) or (name == "active_shift" and not value):
+                or (name == "shift_frac" and value == 1.0) or (name in ("active_shift", "sparsity", "codebook")
+                                                               and not value):
+            continue
+        if name == "sparsity":
+            tokens.append(f"{key}{format((Decimal(repr(value)) * 100).normalize(), 'f')}")
             continue
         listed = getattr(spec, _LIST_FIELDS[name], ()) if name in _LIST_FIELDS else ()
         tokens.append(f"{key}{'x'.join(str(v) for v in listed)}" if listed else f"{key}{_number(value)}")

@@ -35,6 +35,10 @@ and, for shift blocks, ``shift_frac: [1, 0.5]`` (sparse shift: the fraction of c
 or ``active_shift: [0, 1]`` (learned fractional offsets); a stage offers one of the two shift
 variants (an active shift moves every channel). Defaults (1, 1, 0) are never suggested, so a
 space without them samples as before (search_spaces/dilated.yaml, search_spaces/shift.yaml).
+``sparsity: [0, 0.5, 0.75, 0.9]`` and ``codebook: [0, 4, 5]`` (searched magnitude pruning and
+k-means codebook bits of the stage's convs, docs/compression.md) are drawn only when the
+stage's bits pick is w32a32 (else 0), after its other choices; they need w32a32 among the
+stage's bits and ``bits_per: stage`` (search_spaces/mcu-sparse.yaml).
 
 Bits are written ``w<W>a<A>``. ``bits_per: stage | block | layer`` (default ``stage``) is the
 granularity the search picks them at (`nas.space.sample`): one pair per stage (each stage's
@@ -53,7 +57,7 @@ import yaml
 from nas import limits
 from nas.errors import UsageError
 from nas.space.scaling import DEFAULT_TARGET, DEFAULT_TOLERANCE, constraint_gamma, flops_factor, meets_constraint
-from nas.space.spec import ACTS, BITS, BLOCK_KINDS, STRIDES
+from nas.space.spec import ACTS, BITS, BLOCK_KINDS, MAX_CODEBOOK_BITS, STRIDES
 
 SCALING_MODES = ("compound", "free")
 BITS_PER = ("stage", "block", "layer")  # granularity of sampled bit widths
@@ -104,6 +108,8 @@ class StageChoices:
     dilation: tuple[int, ...] = (1,)  # ir / grouped / dense k x k conv dilation
     shift_frac: tuple[float, ...] = (1.0,)  # shift: fraction of channels shifted (< 1: sparse shift)
     active_shift: tuple[int, ...] = (0,)  # shift: 1 = active shift (learned fractional offsets)
+    sparsity: tuple[float, ...] = (0.0,)  # w32a32 picks only: searched magnitude-pruning fraction
+    codebook: tuple[int, ...] = (0,)  # w32a32 picks only: searched k-means codebook bits (0 = none)
 
 
 @dataclass(frozen=True)
@@ -224,7 +230,7 @@ class _Reader:
 _TOP = {"name", "description", "input", "num_classes", "divisor", "min_end_bits", "scaling", "stem",
         "stages", "head", "classifier", "bits_per"}
 _STAGE = {"channels", "stride", "kinds", "repeats", "kernel", "expand", "se", "groups", "growth", "act", "bits",
-          "dilation", "shift_frac", "active_shift"}
+          "dilation", "shift_frac", "active_shift", "sparsity", "codebook"}
 
 
 def load_space(path) -> Space:
@@ -299,7 +305,10 @@ def load_space(path) -> Space:
             dilation=r.choices(s, "dilation", p, "int", 1, minimum=1),
             shift_frac=r.choices(s, "shift_frac", p, "float", 1.0),
             active_shift=r.choices(s, "active_shift", p, "int", 0, allowed=(0, 1)),
+            sparsity=r.choices(s, "sparsity", p, "float", 0.0, minimum=0.0),
+            codebook=r.choices(s, "codebook", p, "int", 0, allowed=tuple(range(MAX_CODEBOOK_BITS + 1))),
         ))
+        _check_compression_axes(r, s, p, stages[-1], top)
         for f in stages[-1].shift_frac:
             if not 0.0 < f <= 1.0:
                 raise r.fail(s, "shift_frac", f"{p}.shift_frac", f"{f!r} is not allowed; expected 0 < shift_frac <= 1")
@@ -336,6 +345,23 @@ def load_space(path) -> Space:
     if mode == "compound":
         _check_constraint(r, sc, space)
     return space
+
+
+def _check_compression_axes(r: "_Reader", s, p: str, st: StageChoices, top) -> None:
+    """``sparsity`` / ``codebook``: drawn only where the stage's bits pick is w32a32 (a DoReFa
+    layer has no zero level to prune to), at the stage's granularity."""
+    for f in st.sparsity:
+        if not 0.0 <= f < 1.0:
+            raise r.fail(s, "sparsity", f"{p}.sparsity", f"{f!r} is not allowed; expected 0 <= sparsity < 1")
+    axes = [k for k in ("sparsity", "codebook") if k in s and getattr(st, k) != StageChoices.__dataclass_fields__[k].default]
+    if not axes:
+        return
+    if (32, 32) not in st.bits:
+        raise r.fail(s, axes[0], f"{p}.{axes[0]}", f"{list(getattr(st, axes[0]))} needs w32a32 among the stage's bits "
+                     f"{['w%da%d' % b for b in st.bits]}; searched pruning and codebooks apply only to full-precision layers")
+    if top.get("bits_per", "stage") != "stage":
+        raise r.fail(s, axes[0], f"{p}.{axes[0]}", f"is drawn per stage; expected bits_per: stage, "
+                     f"not {top.get('bits_per')!r}")
 
 
 def _check_constraint(r: "_Reader", sc, space: "Space") -> None:

@@ -34,26 +34,36 @@ class Sample:
 # The space's parameter schema, written once: per stage, the choices every kind takes, then
 # those only some kinds take (squeeze-excite only in non-binary ir blocks; dilation only in
 # non-binary ir / grouped / dense blocks; the shift variants, sparse `shift_frac` and active
-# `active_shift`, only in shift blocks; a stage offers one of the two, `nas.space.file`). `sample_arch`,
+# `active_shift`, only in shift blocks; a stage offers one of the two, `nas.space.file`; the searched
+# `sparsity` / `codebook`, only in w32a32 stages, `COMPRESSION_PARAMS`). `sample_arch`,
 # `space_size` and `nas.cost.extremes.parameter_choices` all read it.
 STAGE_PARAMS = ("repeats", "kernel", "act")
 KIND_PARAMS = {"ir": ("expand", "se", "dilation"), "shift": ("expand", "shift_frac", "active_shift"),
                "grouped": ("groups", "dilation"), "dense": ("growth", "dilation")}
 CHOICE_FIELD = {"repeats": "repeats", "kernel": "kernel", "act": "act", "expand": "expand", "se": "se",
                 "groups": "groups", "growth": "growth", "dilation": "dilation", "shift_frac": "shift_frac",
-                "active_shift": "active_shift"}  # stage parameter -> StageChoices field
+                "active_shift": "active_shift", "sparsity": "sparsity",
+                "codebook": "codebook"}  # stage parameter -> StageChoices field
 # the order stage parameters are suggested in: Optuna's random sampler draws per call, so
 # the order is part of what a seed means
 STAGE_ORDER = ("repeats", "kernel", "expand", "se", "groups", "growth", "act", "dilation", "shift_frac",
-               "active_shift")  # the variants last: a space without their choices draws exactly what it drew
+               "active_shift", "sparsity", "codebook")  # the variants last: a space without their choices draws exactly what it drew
 # before they existed (a parameter with one choice is never suggested)
 UNSET = {"expand": 1.0, "se": 0.0, "groups": 1, "growth": 0, "dilation": 1, "shift_frac": 1.0,
-         "active_shift": 0}  # BlockSpec value where a kind has no choice
+         "active_shift": 0, "sparsity": 0.0, "codebook": 0}  # BlockSpec value where a kind has no choice
+
+
+COMPRESSION_PARAMS = ("sparsity", "codebook")  # drawn only when a stage's bits pick is w32a32
 
 
 def kind_params(kind: str, w_bits: int) -> tuple[str, ...]:
     """The stage parameters a block of `kind` at `w_bits` takes (beyond STAGE_PARAMS)."""
     return tuple(p for p in KIND_PARAMS[kind] if not (p in ("se", "dilation") and w_bits == 1))
+
+
+def compression_params(bits: tuple[int, int]) -> tuple[str, ...]:
+    """The searched sparsity / codebook parameters a stage whose bits pick is `bits` takes."""
+    return COMPRESSION_PARAMS if tuple(bits) == (32, 32) else ()
 
 
 def _pick(trial, name: str, choices: tuple):
@@ -88,7 +98,7 @@ def _stage(trial, i: int, st: StageChoices, bits_per: str = "stage") -> BlockSpe
     w_bits, a_bits = _pick_bits(trial, p + "bits", st.bits)
     chosen = dict(UNSET)
     for name in STAGE_ORDER:
-        if name in STAGE_PARAMS or name in kind_params(kind, w_bits):
+        if name in STAGE_PARAMS or name in kind_params(kind, w_bits) or name in compression_params((w_bits, a_bits)):
             chosen[name] = _pick(trial, p + name, getattr(st, CHOICE_FIELD[name]))
     units = bit_units(kind, chosen["repeats"], chosen["expand"], bits_per)
     if units == 1:
@@ -194,7 +204,7 @@ def _stage_count(st: StageChoices, bits_per: str = "stage") -> int:
     total = 0
     for kind in st.kinds:
         for w, a in st.bits:
-            params = STAGE_PARAMS + kind_params(kind, w)
+            params = STAGE_PARAMS + kind_params(kind, w) + compression_params((w, a))
             if bits_per == "stage":
                 total += math.prod(len(getattr(st, CHOICE_FIELD[name])) for name in params)
                 continue

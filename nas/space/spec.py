@@ -62,6 +62,7 @@ DILATED_KINDS = ("ir", "grouped", "dense")  # kinds whose k x k conv takes a dil
 ACTS = ("relu", "hswish", "none")  # "none": linear output (e.g. a stem feeding binary blocks)
 STRIDES = (1, 2)
 SHORTCUT_BITS = 8  # weight bits of the 1x1 shortcut conv in binary units (Bi-Real keeps it real)
+MAX_CODEBOOK_BITS = 8  # searched weight sharing: a codebook of at most 2^8 values per layer
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -166,6 +167,8 @@ class BlockSpec:
     dilation: int = 1  # ir, grouped, dense: dilation of the k x k conv (padding d * (k // 2) keeps the shape)
     shift_frac: float = 1.0  # shift: fraction of channels shifted (1: ShiftNet's grouped shift; < 1: sparse shift)
     active_shift: int = 0  # shift: 1 = active shift (learned fractional per-channel offsets, bilinear)
+    sparsity: float = 0.0  # w32 a32 stages: fraction of each conv's weights magnitude-pruned (arch key p, percent)
+    codebook: int = 0  # w32 a32 stages: bits of each conv's k-means codebook (arch key cb; 0 = none)
     act: str = "relu"
     w_bits: int = 32  # with a mixed layer_w_bits: its widest entry (derived)
     a_bits: int = 32  # with a mixed layer_a_bits: its widest entry (derived)
@@ -225,10 +228,32 @@ class BlockSpec:
         if self.active_shift and self.shift_frac != 1.0:
             raise UsageError(f"{where}: active_shift=1 with shift_frac={self.shift_frac} is not allowed; an active "
                              f"shift learns every channel's offset, expected sf1")
+        self._check_compression(where)
         if self.kind == "dense":
             _check_min(where, "growth", self.growth, 1)
         elif self.growth:
             raise UsageError(f"{where}: growth={self.growth} is not allowed; growth exists only in dense blocks")
+
+    def _check_compression(self, where: str) -> None:
+        """Searched sparsity / codebook: only on full-precision stages (DoReFa codes have no zero
+        level, so a quantized layer cannot be pruned in its own record; docs/compression.md)."""
+        s, cb = self.sparsity, self.codebook
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
+            raise UsageError(f"{where}: sparsity={s!r} is not allowed; expected 0 <= sparsity < 1 "
+                             f"(arch key p: a percentage below 100, e.g. p75)")
+        if isinstance(cb, bool) or not isinstance(cb, int) or not 0 <= cb <= MAX_CODEBOOK_BITS:
+            raise UsageError(f"{where}: codebook={cb!r} is not allowed; expected codebook bits 0 (none) or "
+                             f"1..{MAX_CODEBOOK_BITS} (arch key cb, e.g. cb4)")
+        object.__setattr__(self, "sparsity", float(s))
+        if (s or cb) and any(pair != (32, 32) for pair in self.all_layer_bits()):
+            bad = next(pair for pair in self.all_layer_bits() if pair != (32, 32))
+            raise UsageError(f"{where}: sparsity={s} / codebook={cb} with w{bad[0]} a{bad[1]} layers is not allowed; "
+                             f"searched pruning and codebooks apply only to full-precision stages, expected w32 a32")
+
+    @property
+    def compressed(self) -> bool:
+        """Its bit-carrying convs are searched sparse / codebook records (`nas.cost.layout`)."""
+        return bool(self.sparsity or self.codebook)
 
     def _normalise_layer_bits(self, where: str) -> None:
         """Lists to tuples; check each list's length; a uniform list becomes the one value."""

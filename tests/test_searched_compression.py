@@ -1,0 +1,167 @@
+"""Issue 22 item 5: per-stage sparsity (`p`) and codebook bits (`cb`) as search-space axes.
+
+Priced before training (`nas.cost.layout.searched_layer_bytes`), trained to exactly that
+state (`nas.train.sparsify`), written at exactly the predicted bytes (`nas.export.payload`)
+and run by `nas infer` (the float path). Real data: scikit-learn's digits.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nas.cli import main
+from nas.cost import arch_cost, layout
+from nas.errors import UsageError
+from nas.space import decode, encode, load_space, random_archs
+from nas.space.sample import space_size
+
+REPO = Path(__file__).resolve().parents[1]
+SPARSE_SPACE = REPO / "search_spaces" / "mcu-sparse.yaml"
+
+# every kind, with and without a codebook, pruned and not, SE (not marked) included
+ARCH = ("in_r8_c1-stem_c8_k3_s1_w32_a32-ir_r1_k3_s1_e2_c16_se0.25_p75_cb4_w32_a32"
+        "-grouped_r1_k3_s2_g2_c16_p50_w32_a32-dense_r1_k3_s1_gr8_c24_cb3_w32_a32"
+        "-shift_r1_k3_s1_e2_c24_p90_cb5_w32_a32-head_c0_w32_a32-fc_n10_w32_a32")
+
+
+# ---- codec ---------------------------------------------------------------------------------
+
+def test_arch_string_round_trips_the_new_keys():
+    arch = decode(ARCH)
+    assert encode(arch) == ARCH
+    b = arch.blocks
+    assert (b[0].sparsity, b[0].codebook) == (0.75, 4)
+    assert (b[1].sparsity, b[1].codebook) == (0.5, 0)
+    assert (b[2].sparsity, b[2].codebook) == (0.0, 3)
+    assert (b[3].sparsity, b[3].codebook) == (0.9, 5)  # p90 is exactly 0.9, and 0.9 writes back as p90
+    odd = decode(ARCH.replace("p50", "p87.5"))
+    assert odd.blocks[1].sparsity == 0.875 and "p87.5" in encode(odd)
+
+
+def test_absent_keys_mean_none_and_are_never_written():
+    plain = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e2_c16_w32_a32-head_c0_w8_a8-fc_n10_w8_a8"
+    arch = decode(plain)
+    assert (arch.blocks[0].sparsity, arch.blocks[0].codebook) == (0.0, 0) and encode(arch) == plain
+    assert encode(decode(plain.replace("c16_w32", "c16_p0_cb0_w32"))) == plain
+
+
+@pytest.mark.parametrize("bad, names", [
+    ("p100", ["sparsity=1.0", "block 1", "position"]),
+    ("p150", ["sparsity=1.5", "block 1"]),
+    ("cb9", ["codebook=9", "1..8", "block 1"]),
+    ("p50_p75", ["'p' given twice"]),
+    ("p5x", ["'p5x'"]),
+])
+def test_bad_values_name_the_value_and_the_place(bad, names):
+    with pytest.raises(UsageError) as e:
+        decode(ARCH.replace("p50", bad))
+    assert all(n in str(e.value) for n in names), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_quantized_stage_cannot_be_pruned_in_its_own_record():
+    with pytest.raises(UsageError, match=r"block 1.*sparsity=0.5.*w8 a8.*expected w32 a32"):
+        decode(ARCH.replace("c16_p50_w32_a32", "c16_p50_w8_a8"))
+
+
+def test_cli_refuses_a_bad_arch_with_exit_2(capsys):
+    assert main(["cost", "--arch", ARCH.replace("cb5", "cb12")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "codebook=12" in err[0] and "block 3" in err[0]
+
+
+# ---- cost ------------------------------------------------------------------------------------
+
+def _record(c_out, c_in_g, k, s, b):
+    """The record size written out by hand from the layout's definition (docs/compression.md)."""
+    n = c_out * c_in_g * k * k
+    nnz = n - round(s * n)
+    vb = b or 32
+    dense, bitmap = math.ceil(n * vb / 8), math.ceil(n / 8) + math.ceil(nnz * vb / 8)
+    book = (2 ** b) * 4 + c_out * 4 if b else 0
+    return 5 + book + min(dense, bitmap) + 4 * c_out
+
+
+def test_weight_bytes_price_each_searched_conv_exactly():
+    arch = decode(ARCH)
+    cost = arch_cost(arch)
+    layers = {layer.name: layer for layer in cost.layers}
+    # ir e2 on 8 channels: pw 8->16, dw 3x3 on 16, SE (not marked: plain w32 records), pwl 16->16
+    assert layers["blocks.0.0.conv_pw"].weight_bytes == _record(16, 8, 1, 0.75, 4) == 229
+    assert layers["blocks.0.0.conv_dw"].weight_bytes == _record(16, 1, 3, 0.75, 4)
+    assert layers["blocks.0.0.se.conv_reduce"].weight_bytes == layout.layer_bytes(32, 2, 16)
+    assert layers["blocks.0.0.conv_pwl"].weight_bytes == _record(16, 16, 1, 0.75, 4)
+    assert layers["blocks.1.0.conv_g"].weight_bytes == _record(16, 8, 3, 0.5, 0)
+    assert layers["blocks.2.0.layers.0.conv2"].weight_bytes == _record(8, 32, 3, 0.0, 3)
+    assert layers["blocks.3.0.conv_pw"].weight_bytes == _record(48, 24, 1, 0.9, 5)
+    assert layers["stem"].weight_bytes == layout.layer_bytes(32, 8, 1, 3, 3)  # unmarked
+    # the same arch without the keys: only the marked convs change, params do not
+    plain = arch_cost(decode(ARCH.replace("_p75_cb4", "").replace("_p50", "").replace("_cb3", "")
+                             .replace("_p90_cb5", "")))
+    assert plain.params == cost.params and plain.macs == cost.macs
+    assert cost.weight_bytes < plain.weight_bytes
+
+
+def test_layout_picks_dense_or_bitmap_whichever_is_smaller():
+    assert layout.searched_encoding(1000, 0.0, 4) == (layout.DENSE, 500)
+    assert layout.searched_encoding(1000, 0.5, 0) == (layout.BITMAP, 125 + 2000)
+    assert layout.searched_encoding(1000, 0.02, 0) == (layout.DENSE, 4000)  # 125 + 3920 > 4000
+    assert layout.searched_encoding(1000, 0.25, 4) == (layout.DENSE, 500)  # 125 + 375 = 500: tie -> dense
+    assert layout.searched_nnz(10, 0.25) == 8  # round(2.5) = 2 (half to even), as torch's prune rounds
+
+
+# ---- space file ----------------------------------------------------------------------------
+
+def test_sparse_space_draws_the_axes_only_for_w32a32_stages():
+    space = load_space(SPARSE_SPACE)
+    assert [st.sparsity for st in space.stages] == [(0.0,)] + [(0.0, 0.5, 0.75, 0.9)] * 3
+    assert space_size(space) > space_size(load_space(REPO / "search_spaces" / "mcu.yaml"))
+    archs = random_archs(space, 60, seed=1)
+    marked = [b for a in archs for b in a.blocks if b.compressed]
+    assert marked and all((b.w_bits, b.a_bits) == (32, 32) for b in marked)
+    assert all(not b.compressed for a in archs for b in a.blocks if b.w_bits != 32)
+    for a in archs:  # every sampled member decodes, round trips and costs
+        assert decode(encode(a)) == a and arch_cost(a).weight_bytes > 0
+
+
+def _space_with(tmp_path, stage_extra: str, top: str = "") -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text(f"name: t\ninput: {{resolution: 8}}\n{top}stem: {{channels: [8], bits: w8a8}}\nstages:\n"
+                 f"  - {{channels: 16, kinds: [ir], bits: [w8a8, w32a32]{stage_extra}}}\n", encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("extra, top, names", [
+    (", sparsity: [0, 1.5]", "", ["s.yaml:", "stages[0].sparsity", "1.5"]),
+    (", codebook: [0, 9]", "", ["stages[0].codebook", "9"]),
+    (", sparsity: [0, 0.5]", "bits_per: layer\n", ["stages[0].sparsity", "bits_per: stage"]),
+])
+def test_bad_space_axes_give_one_line_with_file_and_key(tmp_path, extra, top, names):
+    with pytest.raises(UsageError) as e:
+        load_space(_space_with(tmp_path, extra, top))
+    assert all(n in str(e.value) for n in names), str(e.value)
+
+
+def test_axes_need_w32a32_among_the_stage_bits(tmp_path):
+    p = _space_with(tmp_path, ", sparsity: [0, 0.5]")
+    p.write_text(p.read_text().replace("[w8a8, w32a32]", "[w8a8, w4a4]"))
+    with pytest.raises(UsageError, match=r"stages\[0\].sparsity.*needs w32a32"):
+        load_space(p)
+
+
+# ---- built module == cost graph ------------------------------------------------------------
+
+def test_marked_modules_are_the_cost_models_searched_ops():
+    from nas.blocks.model import build_model
+    from nas.cost.graph import expand
+
+    arch = decode(ARCH)
+    ops = [op for op in expand(arch).ops if op.kind in ("conv", "linear")]
+    layers = build_model(arch).quant_layers()
+    assert len(ops) == len(layers)
+    got = [(getattr(q.module, "sparsity", 0.0), getattr(q.module, "codebook", 0)) for q in layers]
+    assert got == [(op.sparsity, op.codebook) for op in ops]
+    assert sum(1 for s, c in got if s or c) == sum(b.layer_count for b in arch.blocks)  # SE convs unmarked
