@@ -162,6 +162,94 @@ def test_marked_modules_are_the_cost_models_searched_ops():
     ops = [op for op in expand(arch).ops if op.kind in ("conv", "linear")]
     layers = build_model(arch).quant_layers()
     assert len(ops) == len(layers)
-    got = [(getattr(q.module, "sparsity", 0.0), getattr(q.module, "codebook", 0)) for q in layers]
+    got = [(vars(q.module).get("sparsity", 0.0), vars(q.module).get("codebook", 0)) for q in layers]
     assert got == [(op.sparsity, op.codebook) for op in ops]
     assert sum(1 for s, c in got if s or c) == sum(b.layer_count for b in arch.blocks)  # SE convs unmarked
+
+
+# ---- training ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    from nas.data import load_dataset
+
+    return load_dataset("digits")
+
+
+def test_cubic_schedule():
+    from nas.train.sparsify import cubic_sparsity
+
+    assert cubic_sparsity(10, 10, 40, 0.9) == 0.0 and cubic_sparsity(40, 10, 40, 0.9) == 0.9
+    assert cubic_sparsity(99, 10, 40, 0.9) == 0.9
+    assert cubic_sparsity(25, 10, 40, 0.8) == pytest.approx(0.8 * (1 - 0.5 ** 3))
+    values = [cubic_sparsity(t, 10, 40, 0.9) for t in range(50)]
+    assert values == sorted(values)
+
+
+def _trained(digits, epochs, **kw):
+    from nas.blocks.model import build_model
+    from nas.train import train
+
+    torch.manual_seed(0)
+    model = build_model(decode(ARCH))
+    result = train(model, digits, epochs=epochs, batch_size=32, progress=False, measure_inference=False, **kw)
+    return model, result
+
+
+def test_training_ramps_masks_then_ties_codebooks_and_ends_exact(digits):
+    """Per epoch (6 epochs: pruning from 1/6 to 2/3 of the steps, codebook from 3/4): the pruned
+    count grows to exactly round(s n) by epoch 4, the codebook is tied in epoch 5 and its
+    centroids still train in epoch 6; the model comes back as plain weights in that state."""
+    from torch.nn.utils import prune
+
+    from nas.quant.codebook import shared_of
+    from nas.train.sparsify import final_pruned, marked_layers
+
+    seen = []
+
+    def on_epoch_end(epoch, acc):
+        row = {}
+        for name, m in marked_layers(model):
+            w = m.weight.detach()
+            book = shared_of(m)
+            row[name] = (int((w == 0).sum()), None if book is None else book.codebook().detach().clone())
+        seen.append(row)
+
+    from nas.blocks.model import build_model
+    from nas.train import train
+
+    torch.manual_seed(0)
+    model = build_model(decode(ARCH))
+    result = train(model, digits, epochs=6, batch_size=32, progress=False, measure_inference=False,
+                   on_epoch_end=on_epoch_end, ema_decay="auto")
+    layers = dict(marked_layers(model))
+    assert len(layers) == 10 and result.ema_decay is None
+    for name, m in layers.items():
+        target = final_pruned(m)
+        counts = [row[name][0] for row in seen]
+        if m.sparsity:
+            assert counts[0] < target and 0 < counts[1] < target and counts[3] == target, (name, counts)
+            assert counts == sorted(counts)
+        if m.codebook:
+            assert seen[3][name][1] is None and seen[4][name][1] is not None, name
+            assert not torch.equal(seen[4][name][1], seen[5][name][1]), name  # centroids fine-tuned
+            book = seen[5][name][1]
+            assert set(torch.unique(m.weight.detach()).tolist()) <= set(book.tolist())
+        assert not prune.is_pruned(m) and shared_of(m) is None
+        w = m.weight.detach()
+        assert int((w == 0).sum()) == (target if m.sparsity else int((w == 0).sum()))
+        if m.codebook:
+            assert torch.unique(w).numel() <= 2 ** m.codebook
+        assert not torch.signbit(w[w == 0]).any()  # pruned weights are +0.0
+    keys = list(model.state_dict())
+    assert not any("_orig" in k or "_mask" in k or "parametrizations" in k for k in keys)
+    assert result.accuracy > 0.5  # 10 classes: it learned
+
+
+def test_a_run_cut_short_still_ends_in_the_priced_state(digits):
+    from nas.train.sparsify import check_trained, marked_layers
+
+    model, result = _trained(digits, 3, max_seconds=0.0)
+    assert result.stopped_early == "max_seconds" and result.steps == 1
+    for name, m in marked_layers(model):
+        check_trained(name, m)  # exactly round(s n) zeros, at most 2^b values

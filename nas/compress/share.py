@@ -9,15 +9,14 @@ are clustered from the surviving weights.
 
 Fine-tuning: the weight is a parametrization ``codebook[index]``
 (`torch.nn.utils.parametrize`), so autograd's indexing backward sums the gradients of each
-centroid's members, which is exactly Deep Compression's centroid update.
+centroid's members, which is exactly Deep Compression's centroid update. The codebook
+itself lives in `nas.quant.codebook`, which the search's codebook axis shares.
 """
 
-import numpy as np
-import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from nas.errors import UsageError
+from nas.quant.codebook import SharedWeight, cluster, layer_codebook, linear_init, share_layer_, shared_of  # noqa: F401 (their home)
 
 MAX_SHARE_BITS = 8
 
@@ -28,80 +27,11 @@ def check_share_bits(bits, where: str = "--share") -> int:
     return bits
 
 
-def linear_init(values: np.ndarray, k: int) -> np.ndarray:
-    """k centroids evenly spaced over [min, max] (Deep Compression's linear initialisation)."""
-    return np.linspace(values.min(), values.max(), k)
-
-
-def cluster(values: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (k,), index per value) of 1-D values."""
-    from sklearn.cluster import KMeans
-    from sklearn.mixture import GaussianMixture
-
-    x = values.reshape(-1, 1).astype(np.float64)
-    k_eff = min(k, len(np.unique(x)))
-    init = linear_init(values, k_eff).reshape(-1, 1)
-    if method == "kmeans":
-        km = KMeans(n_clusters=k_eff, init=init, n_init=1, max_iter=100, random_state=seed).fit(x)
-        centroids, index = km.cluster_centers_.ravel(), km.labels_
-    elif method == "gmm":
-        gm = GaussianMixture(n_components=k_eff, means_init=init, random_state=seed, max_iter=100).fit(x)
-        centroids, index = gm.means_.ravel(), gm.predict(x)
-    else:
-        raise UsageError(f"--share-method {method!r}: expected kmeans or gmm")
-    out = np.zeros(k)  # unused slots (fewer distinct values than k) stay 0.0
-    out[:k_eff] = centroids
-    return out.astype(np.float32), index.astype(np.int64)
-
-
-class SharedWeight(nn.Module):
-    """Parametrization: the weight is codebook[index] (index fixed, codebook trainable)."""
-
-    def __init__(self, codebook: torch.Tensor, index: torch.Tensor, pinned_zero: bool):
-        super().__init__()
-        self.pinned_zero = pinned_zero
-        # index 0 of a pruned layer is the constant 0.0: only the rest is a parameter
-        self.learned = nn.Parameter(codebook[1:].clone() if pinned_zero else codebook.clone())
-        self.register_buffer("index", index)
-
-    def codebook(self) -> torch.Tensor:
-        if self.pinned_zero:
-            return torch.cat([torch.zeros(1, dtype=self.learned.dtype), self.learned])
-        return self.learned
-
-    def forward(self, _original: torch.Tensor) -> torch.Tensor:
-        return self.codebook()[self.index]
-
-
 def share_weights_(model: nn.Module, bits: int, method: str = "kmeans", pruned: bool = False,
                    seed: int = 0) -> None:
     """Cluster every conv / linear weight into 2^bits values and tie it to its codebook."""
     from nas.compress.prune import layers_of
 
-    k = 2 ** check_share_bits(bits)
+    check_share_bits(bits)
     for _, m in layers_of(model):
-        w = m.weight.detach()
-        flat = w.flatten().numpy()
-        if pruned:
-            nz = flat != 0
-            index = np.zeros(flat.shape, dtype=np.int64)
-            if nz.any():
-                centroids, idx = cluster(flat[nz], k - 1, method, seed)
-                index[nz] = idx + 1
-            else:
-                centroids = np.zeros(k - 1, dtype=np.float32)
-            codebook = np.concatenate([[0.0], centroids]).astype(np.float32)
-        else:
-            codebook, index = cluster(flat, k, method, seed)
-        m.weight.requires_grad_(False)
-        parametrize.register_parametrization(
-            m, "weight", SharedWeight(torch.from_numpy(codebook), torch.from_numpy(index).reshape(w.shape), pruned),
-            unsafe=True)
-
-
-def shared_of(m: nn.Module) -> SharedWeight | None:
-    if parametrize.is_parametrized(m, "weight"):
-        for p in m.parametrizations.weight:
-            if isinstance(p, SharedWeight):
-                return p
-    return None
+        share_layer_(m, bits, pruned, method, seed)

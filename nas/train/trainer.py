@@ -26,6 +26,7 @@ from nas.train.evaluate import evaluate, measure_inference_ms
 from nas.progress import bar as progress_bar
 from nas.train.memory import METHODS, PeakRSS
 from nas.train.recipe import Augment, ema_model, recalibrate_batchnorm
+from nas.train.sparsify import SearchedCompression
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "evaluate", "measure_inference_ms", "wants_channels_last"]
 
@@ -161,6 +162,10 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
     recalibrate_bn: after training (and the EMA), recompute BatchNorm statistics over this
         many training images, unaugmented (0: keep the running statistics).
 
+    A model with searched sparsity / codebook layers (arch keys ``p`` / ``cb``) is pruned and
+    shared over the run's steps (`nas.train.sparsify`) and handed back in exactly the state
+    the payload prices; the EMA is then off (`ema_decay` None in the result).
+
     Raises `TrainingDiverged` when the loss is NaN or infinite.
     """
     if epochs < 1:
@@ -179,6 +184,9 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         use_cl = bool(channels_last)
     steps_per_epoch = _steps_per_epoch(len(train_set), batch_size)
     total_steps = epochs * steps_per_epoch
+    compression = SearchedCompression(model, total_steps)  # searched sparsity / codebooks (`nas.train.sparsify`)
+    if compression:  # an average of masked / tied weights is neither: the schedule's own weights are kept
+        ema_decay = None
     if ema_decay == "auto":
         ema_decay = min(0.9998, max(0.5, 1.0 - 10.0 / total_steps))
     if teacher is not None:
@@ -237,6 +245,7 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                         now = time.perf_counter()
                         step_time, mark = step_time + now - mark, now
                         step += 1
+                        compression.step(step, opt)
                         images += len(y)
                         loss_sum, loss_n = loss_sum + value * len(y), loss_n + len(y)
                         bar.update(1)
@@ -251,6 +260,9 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                         val_history.append((epoch, acc))
                         bar.set_postfix(epoch=epoch, val_acc=f"{acc:.4f}")
                         on_epoch_end(epoch, acc)
+            if compression:
+                compression.finish()  # the exact pruned / shared weights the payload holds (the same values
+                # as the last step's when the run completed; a run cut short is scored again below)
             if ema is not None:
                 model.load_state_dict(ema.module.state_dict())
             if recalibrate_bn:
