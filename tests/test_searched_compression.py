@@ -253,3 +253,114 @@ def test_a_run_cut_short_still_ends_in_the_priced_state(digits):
     assert result.stopped_early == "max_seconds" and result.steps == 1
     for name, m in marked_layers(model):
         check_trained(name, m)  # exactly round(s n) zeros, at most 2^b values
+
+
+# ---- export and `nas infer` ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(digits, tmp_path_factory):
+    from nas.export.bundle import export_model
+
+    model, _ = _trained(digits, 3)
+    model.eval()
+    out = tmp_path_factory.mktemp("searched") / "bundle"
+    manifest = export_model(model, out, digits.test, info={"dataset": "digits"})
+    return model, out, manifest
+
+
+def _dense_twin_logits(model, x):
+    """The same trained weights written as ordinary dense w32 records (marks cleared) and run
+    by the same deployable float path: the reference the searched records must reproduce."""
+    from nas.blocks.model import build_model
+    from nas.export.convert import convert
+    from nas.export.fold import geometries, model_records
+    from nas.export.payload import decode_payload, encode_payload
+
+    def unmark(net):
+        for m in net.modules():
+            if "sparsity" in vars(m):
+                m.sparsity, m.codebook = 0.0, 0
+        return net
+
+    import copy
+
+    dense, _ = encode_payload(model_records(unmark(copy.deepcopy(model))))
+    twin = unmark(build_model(model.arch)).eval()
+    twin.layer_paths = convert(twin, decode_payload(dense, geometries(twin)), True)
+    with torch.inference_mode():
+        return twin(x), len(dense)
+
+
+def test_payload_is_exactly_the_predicted_bytes(exported):
+    from nas.export.payload import decode_payload, encode_payload
+    from nas.export.fold import geometries
+
+    model, out, manifest = exported
+    cost = arch_cost(model.arch)
+    data = (out / "payload.bin").read_bytes()
+    assert len(data) == cost.weight_bytes == manifest["weight_bytes"]
+    index = manifest["payload"]["layers"]
+    records = decode_payload(data, geometries(model))
+    searched = [r for r in records if r.geom.searched]
+    assert len(searched) == 10
+    for rec in searched:
+        g = rec.geom
+        assert rec.geom.nbytes == layout.searched_layer_bytes(g.c_out, g.c_in_g, g.k_h, g.k_w, g.sparsity, g.codebook)
+        w = torch.from_numpy(rec.weight)
+        assert int((w != 0).sum()) == layout.searched_nnz(g.n, g.sparsity)  # exactly the priced survivors
+        if g.codebook:
+            assert torch.equal(w, model.get_submodule(g.name).weight.detach())  # codebook[index] = the trained W
+    assert encode_payload(records)[0] == data  # read back and written again: the same bytes
+    assert [e["bytes"] for e in index] == [c.weight_bytes for c in cost.layers if c.weight_bytes]
+    entry = next(e for e in index if e["name"] == "blocks.3.0.conv1")  # the shift block's first 1x1 conv
+    assert (entry["sparsity"], entry["codebook"], entry["encoding"]) == (0.9, 5, "bitmap")
+
+
+def test_nas_infer_runs_the_payload_exactly(exported, digits, capsys):
+    """`nas infer`'s network, decoded from payload.bin alone, gives logits equal (atol = 0) to
+    the trained model's weights exported densely through the same float path; against the
+    fake-quant model with BatchNorm unfolded only the last float bits differ (folding rounds
+    differently), and every prediction agrees."""
+    import json
+
+    from nas.export.bundle import load_bundle
+
+    model, out, manifest = exported
+    test = digits.test
+    x, y = test.batch(torch.arange(len(test)))
+    _, packed = load_bundle(out)
+    with torch.inference_mode():
+        ours, trained = packed(x), model(x)
+    reference, dense_bytes = _dense_twin_logits(model, x)
+    assert torch.equal(ours, reference)
+    assert torch.equal(ours.argmax(1), trained.argmax(1))
+    assert (ours - trained).abs().max() < 1e-4
+    assert dense_bytes > len((out / "payload.bin").read_bytes())
+    assert main(["infer", "--bundle", str(out), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["accuracy"] == pytest.approx(float((ours.argmax(1) == y).float().mean()))
+
+
+def test_integer_only_formats_refuse_a_searched_layer_in_one_line(exported):
+    from nas.export import c as c_export
+    from nas.export.fold import geometries
+    from nas.export.tflite import refusal
+
+    model, out, _ = exported
+    why = refusal(geometries(model))
+    assert why.startswith("layer blocks.0.0.conv_pw is a searched sparse / codebook record (sparsity 0.75, codebook 4")
+    with pytest.raises(UsageError, match=r"^--format c: layer blocks.0.0.conv_pw is a searched sparse / codebook"):
+        c_export.write(out, model.arch, (out / "payload.bin").read_bytes(), {}, None, None)
+
+
+def test_weights_not_trained_to_the_arch_are_refused_at_export():
+    from nas.blocks.model import build_model
+    from nas.export.bundle import payload_of
+
+    torch.manual_seed(0)
+    with pytest.raises(UsageError, match=r"^layer blocks.0.0.conv_pw: 128 distinct weights; its 4-bit codebook"):
+        payload_of(build_model(decode(ARCH)).eval())  # untrained: nothing shared
+    with pytest.raises(UsageError, match=r"^layer blocks.0.0.conv_pw: 128 of 128 weights survive; the arch's "
+                                         r"sparsity 0.75 keeps exactly 32"):
+        payload_of(build_model(decode("in_r8_c1-stem_c8_k3_s1_w32_a32-ir_r1_k3_s1_e2_c16_p75_w32_a32-head_c0_w32_a32"
+                                      "-fc_n10_w32_a32")).eval())  # untrained: nothing pruned

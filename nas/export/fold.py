@@ -12,6 +12,8 @@ reads its output (g = 1, t = 0 without one; an own bias b adds b · g)::
              scale s_c = m_c · g_c; the weight is  s_c · (2 q / (2^k - 1) - 1)
     1 bit    sign(W) packed (kernels' layout), scale s_c = mean|W|_c · g_c
     bias     t_c (+ b_c · g_c);  clip: the input's PACT clip α
+    searched (a w32 a32 conv of a stage with arch keys p / cb; `searched_record`):
+             no codebook: W · g, 0.0 where pruned; codebook: codebook[index] = W, scale g
 
 The 1-bit scale and bias are computed with the very expressions `BiRealUnit` uses on its
 kernel path, so a deployed binary unit gets bit-identical scale / bias floats. The codes
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from nas.cost import layout
+from nas.errors import UsageError
 from nas.export.payload import LayerGeometry, LayerRecord
 from nas.kernels import reference
 from nas.quant import BinaryConv2d, QuantConv2d, QuantLinear, binary_scale, dorefa_scale, packed_kernels
@@ -33,9 +36,9 @@ from nas.quant.functions import HALF_MAX
 
 def geometry(name: str, m: nn.Module) -> LayerGeometry:
     """The payload geometry of one quantized conv / linear module."""
-    if isinstance(m, QuantConv2d):
+    if isinstance(m, QuantConv2d):  # a searched conv carries its stage's sparsity / codebook (mark_compressed)
         return LayerGeometry(name, "conv", m.w_bits, m.a_bits, m.out_channels, m.in_channels // m.groups,
-                             *m.kernel_size)
+                             *m.kernel_size, vars(m).get("sparsity", 0.0), vars(m).get("codebook", 0))
     if isinstance(m, QuantLinear):
         return LayerGeometry(name, "linear", m.w_bits, m.a_bits, m.out_features, m.in_features)
     raise TypeError(f"{name}: {type(m).__name__} is not a quantized conv / linear")
@@ -80,6 +83,8 @@ def layer_record(name: str, m: nn.Module, bn: nn.BatchNorm2d | None) -> LayerRec
         bias = t if m.bias is None else t + m.bias.detach() * g
         w = m.weight.detach()
         scale = None
+        if geom.searched:
+            return searched_record(geom, w.float(), g.float(), bias.float())
         if geom.bits == 32:
             weight = (w * _per_channel(g, w)).float().numpy()
         elif geom.bits == 16 and layout.scale_bytes(16, geom.c_out):  # a layout with a 16-bit scale:
@@ -100,6 +105,33 @@ def layer_record(name: str, m: nn.Module, bn: nn.BatchNorm2d | None) -> LayerRec
             geom, weight.reshape(geom.weight_shape()),
             None if scale is None else scale.float().numpy(), bias.float().numpy(),
             None if clip is None else np.float32(clip.detach().item()))
+
+
+def searched_record(geom: LayerGeometry, w: torch.Tensor, g: torch.Tensor, bias: torch.Tensor) -> LayerRecord:
+    """A searched sparse / codebook record from the trained weight (`nas.train.sparsify` left it
+    with exactly round(s n) zeros and at most 2^b distinct values; the codebook and indices are
+    read back from those values). Without a codebook: the folded weight W · g, +0.0 where pruned.
+    With one: codebook[index] = W exactly, and scale g (the layer's weight is W · g, the same
+    float32 product the dense record would hold)."""
+    w = torch.where(w == 0, torch.zeros_like(w), w)  # -0.0 (a masked negative weight) is stored as 0.0
+    if not geom.codebook:
+        folded = torch.where(w == 0, torch.zeros_like(w), w * _per_channel(g, w))
+        return LayerRecord(geom, folded.numpy().reshape(geom.weight_shape()), None, bias.numpy())
+    flat = w.flatten().numpy()
+    k = 2 ** geom.codebook
+    alive = flat != 0 if geom.sparsity else np.ones(flat.shape, dtype=bool)
+    values = np.unique(flat[alive])  # ascending
+    room = k - 1 if geom.sparsity else k
+    if len(values) > room:
+        raise UsageError(f"layer {geom.name}: {len(values)} distinct weights; its {geom.codebook}-bit codebook (cb"
+                         f"{geom.codebook}) holds {room}: expected weights trained with this arch (nas train / the search)")
+    head = [np.float32(0.0)] if geom.sparsity else []
+    book = np.zeros(k, dtype=np.float32)
+    book[:len(head) + len(values)] = np.concatenate([np.asarray(head, dtype=np.float32), values])
+    index = np.zeros(flat.shape, dtype=np.int64)
+    index[alive] = np.searchsorted(values, flat[alive]) + len(head)
+    return LayerRecord(geom, flat.reshape(geom.weight_shape()), g.numpy(), bias.numpy(), None, book,
+                       index.reshape(geom.weight_shape()))
 
 
 def model_records(model) -> list[LayerRecord]:

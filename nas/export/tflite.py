@@ -32,7 +32,8 @@ model's own numbers go in, as in `nas.export.onnx_int8` (whose per-layer table,
 
 Not expressible (a one-line UsageError naming the layer): 1-bit layers (sign inputs and
 ±1 weights have no int8 TFLite op with the Bi-Real shortcut semantics), 16/32-bit weights
-(full-integer holds 2..8-bit weights), active shift (no payload record).
+(full-integer holds 2..8-bit weights), searched sparse / codebook layers (float records of a
+``p`` / ``cb`` stage), active shift (no payload record).
 
 Checks recorded in the manifest (`write`): the file's bytes beside `weight_bytes`; the
 LiteRT interpreter's predictions against `nas infer`'s on the test split; TFLite Micro's
@@ -77,6 +78,10 @@ def require_extra() -> None:
 
 def refusal(geoms) -> str | None:
     """Why a model with these layer geometries has no full-integer TFLite form, or None."""
+    for g in geoms:  # named first: the searched axes are what makes such a layer float
+        if g.searched:
+            return (f"layer {g.name} is a searched sparse / codebook record (sparsity {g.sparsity:g}, codebook "
+                    f"{g.codebook} bits) of float weights: full-integer TFLite holds dense 2..8-bit weights")
     for g in geoms:
         if g.bits == 1 or g.a_bits == 1:
             return (f"layer {g.name} is 1-bit (w{g.bits} a{g.a_bits}): sign inputs and Bi-Real binary convs have no "

@@ -12,7 +12,8 @@ The operations follow `nas infer`'s packed model (`nas.export.packed`), module b
 `nas.quant.integer` with -ffp-contract=off), binary layers (sign-pack, XNOR-popcount with
 one-padding, acc · scale + bias + residual), ReLU / h-swish, residual adds, the binary
 shortcut's 2x2 average pool and the global pool (`FixedOrderAvgPool`). Float 16/32-bit
-conv / linear layers have no C form: such a bundle is a one-line UsageError naming the layer.
+conv / linear layers, searched sparse / codebook ones included, have no C form: such a bundle
+is a one-line UsageError naming the layer.
 
 Arena: the tensors' lifetimes over the operation order (the cost model's rule: inputs and
 output live together while an operation runs), 8-byte aligned, placed by
@@ -357,6 +358,15 @@ def host_logits(c_dir: Path, images: np.ndarray, n_classes: int) -> np.ndarray:
 def write(tmp, arch, payload: bytes, manifest: dict, test, predictions, calibration=None) -> dict:
     """`nas.export.formats` hook: write `c/` and check it on the host against `nas infer`."""
     from nas.export.deploy import packed_model
+    from nas.blocks.model import build_model
+    from nas.export.fold import geometries
+
+    searched = [g for g in geometries(build_model(arch)) if g.searched]
+    if searched:
+        g = searched[0]
+        raise UsageError(f"--format c: layer {g.name} is a searched sparse / codebook record (sparsity {g.sparsity:g}, "
+                         f"codebook {g.codebook} bits) that runs in float; the C package holds integer (2/4/8-bit) "
+                         f"and binary layers only")
 
     packed = packed_model(arch, payload)
     gen = generate(packed, payload)
