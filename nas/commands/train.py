@@ -44,6 +44,19 @@ def add_arguments(p) -> None:
     g.add_argument("--ema", action="store_true", help="end on an exponential moving average of the weights")
     g.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                    help="recompute BatchNorm statistics on N unaugmented training images at the end (default 0)")
+    m = p.add_argument_group("training methods (nas.train.methods; docs/training.md has what they measured)")
+    m.add_argument("--two-stage", type=float, default=0.0, metavar="F",
+                   help="Bi-Real's two-stage recipe: the first F of the epochs (rounded, at least one) train a "
+                        "real-valued net (1-bit sites compute Clip(-1, x, 1), 1-bit layers use float weights), "
+                        "the rest binarize from those weights (default 0: one stage)")
+    m.add_argument("--sign-grad", choices=("approxsign", "htanh"), default="approxsign",
+                   help="gradient of the 1-bit activation sign: Bi-Real's ApproxSign max(0, 2 - 2|x|) (default) "
+                        "or BNN's hard tanh 1_{|x| <= 1}")
+    m.add_argument("--act-quant", choices=("pact", "dorefa"), default="pact",
+                   help="2..8-bit activations: PACT with a learned clip (default) or DoReFa, clip fixed at 1")
+    m.add_argument("--grad-bits", type=int, metavar="K",
+                   help="DoReFa gradient quantization: each quantized layer's output gradient to K bits "
+                        "(2..16) with stochastic rounding (default: float gradients)")
     add_threads_argument(p)
     add_device_arguments(p)
     p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
@@ -61,6 +74,13 @@ def _check(args) -> None:
         raise UsageError(f"--recalibrate-bn {args.recalibrate_bn}: expected a whole number >= 0 (training images)")
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr {args.lr}: expected a positive number")
+    if not 0.0 <= args.two_stage < 1.0:  # NaN fails too
+        raise UsageError(f"--two-stage {args.two_stage}: expected a fraction of the epochs, 0 <= F < 1 (0: one stage)")
+    if args.two_stage:
+        from nas.train.methods import stage_epochs
+        stage_epochs(args.epochs, args.two_stage, "--two-stage")
+    if args.grad_bits is not None and not 2 <= args.grad_bits <= 16:
+        raise UsageError(f"--grad-bits {args.grad_bits}: expected a whole number from 2 to 16")
 
 
 def _capped(option: str, value: int | None, split: int, which: str, name: str) -> int | None:
@@ -88,9 +108,12 @@ def run(args) -> int:
     from nas.data import load_dataset
     from nas.space import decode, encode
     from nas.train.evaluate import evaluate
+    from nas.train.methods import Methods, train_with_methods
     from nas.train.trainer import TrainingDiverged, train
 
     _check(args)
+    methods = Methods(two_stage=args.two_stage, sign_gradient=args.sign_grad, act_quant=args.act_quant,
+                      grad_bits=args.grad_bits)
     device = resolve_device(args.device or "auto")  # before any work
     threads = apply_threads(args.threads)
     max_seconds = parse_seconds(args.max_time, "--max-time") if args.max_time else None
@@ -140,15 +163,15 @@ def run(args) -> int:
     torch.manual_seed(args.seed)  # weight init
     model = build_model(spec)
     try:
-        result = train(model, data, args.epochs, teacher=teacher, weight_bytes=int(arch_cost(spec).weight_bytes),
-                       **common, **extras)
+        result, method_record = train_with_methods(model, data, args.epochs, methods, teacher=teacher,
+                                                   weight_bytes=int(arch_cost(spec).weight_bytes), **common, **extras)
     except TrainingDiverged as e:
         print(f"nas train: {e}", file=sys.stderr)
         return 1
 
     out = {"arch": encode(spec), "dataset": data.name, "params": sum(p.numel() for p in model.parameters()),
            **result.to_dict(), "teacher": args.teacher, "teacher_accuracy": teacher_acc,
-           "threads": threads}
+           "threads": threads, "methods": method_record}
     if args.test:
         out["test_accuracy"] = evaluate(model, data.test)
     if args.save:
@@ -170,6 +193,11 @@ def run(args) -> int:
           f"{result.train_images} images, {result.images_per_s:.0f} images/s, {result.device})")
     print(f"  inference time        {result.infer_ms_per_image:.3f} ms/image (batch 1, median, {threads} threads)")
     print(f"  peak training memory  {format_bytes(result.peak_train_mem_bytes)} ({result.peak_mem_method})")
+    if not methods.is_default():
+        shown = {k: v for k, v in method_record.items() if k in ("two_stage", "sign_gradient", "act_quant", "grad_bits")}
+        print("  methods               " + ", ".join(f"{k}={v}" for k, v in shown.items()) +
+              (f"; stage 1: {method_record['stage1_epochs']} real-valued epochs, val "
+               f"{method_record['stage1_accuracy']:.4f}" if "stage1_epochs" in method_record else ""))
     if teacher_acc is not None:
         print(f"  teacher accuracy      {teacher_acc:.4f} ({args.teacher})")
     return 0

@@ -69,6 +69,8 @@ class BinaryConv2d(QuantConv2d):
         square = len(set(self.kernel_size)) == 1 and len(set(self.stride)) == 1 and len(set(self.padding)) == 1
         dilation = self.dilation[0] if len(set(self.dilation)) == 1 else 0
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if self.real_weights or self.act_quant.real_clip:  # Bi-Real's real-valued stage: no ±1 anywhere
+            return False
         return (self.use_kernels and on_packed_kernels(1, self.a_bits, self.groups, square, dilation)
                 and kernel_runtime_ready(self, x, needs_grad))
 

@@ -6,6 +6,9 @@ the tests can check values and gradients against the formulas exactly.
 - 1 bit, activations: ``sign`` with sign(0) = sign(-0.0) = +1 (``x >= 0``); gradient by
   Bi-Real's ApproxSign, d/dx = 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere
   (= max(0, 2 - 2|x|)). Bi-Real Net, Liu et al. 2018 (seed 003).
+  Option (`HardTanhSign`, `ActQuant.sign_fn`): BNN's straight-through estimator, the
+  derivative of hard tanh, d/dx = 1 where |x| <= 1, else 0 (Courbariaux et al. 2016;
+  survey 000, ch. 2 sec. 3).
 - 1 bit, weights: ŵ = α_c · sign(W), α_c = mean |W| over (C_in, k_h, k_w) of output channel c,
   computed (not learned). The sign passes its gradient straight through and α_c is a
   constant, so dL/dW = α_c · dL/dŵ: Bi-Real's magnitude-aware gradient (without its
@@ -28,6 +31,13 @@ the tests can check values and gradients against the formulas exactly.
       y = round(clip(x) / s) · s,   s = α / steps
   Gradients (STE through round): dy/dx = 1 inside the clip range (lo <= x < α unsigned,
   -α < x < α signed), else 0; dy/dα = 1 where x >= α, -1 where x <= -α (signed), else 0.
+- Gradients (an option; DoReFa-Net, Zhou et al. 2016): `GradQuantize` is the identity
+  forward; backward, the gradient dr of a layer's output is quantized to k bits with
+  stochastic rounding, the max taken per sample (over every axis but the batch):
+      m = max |dr|,  dr^ = 2m · (round_k(dr / (2m) + 1/2 + N) - 1/2),
+      round_k(v) = round((2^k - 1) v) / (2^k - 1),  N ~ U(-1/2, 1/2) / (2^k - 1)
+  (values clamped to [0, 1] before rounding; DoReFa states no clamp, the noise can push
+  the ends just outside). E[dr^] = dr inside the range: the rounding is unbiased.
 - 16 bit: rounded through IEEE half precision (values clamped to ±65504 first so nothing
   becomes inf); gradient straight through. 32 bit: identity.
 """
@@ -74,6 +84,47 @@ class ApproxSign(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return grad * (2.0 - 2.0 * x.abs()).clamp_min(0.0)
+
+
+class HardTanhSign(torch.autograd.Function):
+    """BNN's activation binarizer: sign forward, hard-tanh gradient 1_{|x| <= 1} backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1.0).to(grad.dtype)
+
+
+class GradQuantize(torch.autograd.Function):
+    """Identity forward; DoReFa's k-bit stochastic gradient quantization backward (see the
+    module docstring). The noise comes from torch's global generator (seeded by the trainer)."""
+
+    @staticmethod
+    def forward(ctx, x, bits: int):
+        ctx.bits = bits
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return quantize_gradient(grad, ctx.bits), None
+
+
+def quantize_gradient(grad: torch.Tensor, bits: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """DoReFa's k-bit gradient: 2m · (round_k(g / 2m + 1/2 + N) - 1/2), m = max |g| per sample.
+    `noise`: U(-1/2, 1/2) draws shaped like `grad` (drawn here when None)."""
+    levels = 2**bits - 1
+    dims = tuple(range(1, grad.dim()))
+    m = grad.abs().amax(dim=dims, keepdim=True) if dims else grad.abs()
+    m = m.clamp_min(torch.finfo(grad.dtype).tiny)  # an all-zero sample stays zero
+    if noise is None:
+        noise = torch.rand_like(grad) - 0.5
+    v = (grad / (2 * m) + 0.5 + noise / levels).clamp(0.0, 1.0)
+    return 2 * m * (torch.round(levels * v) / levels - 0.5)
 
 
 class SignSTE(torch.autograd.Function):

@@ -18,6 +18,17 @@ weights times the per-channel scale, as the packed kernels do). Inputs binarized
 (a_bits == 1) are padded with +1 (one-padding), so the packed kernels, which have no
 zero, compute the same thing; every other input is zero-padded.
 
+Training-method switches (class attributes, so a default model's state and arithmetic are
+unchanged; set per instance by `nas.quant.methods`):
+
+- ``ActQuant.sign_fn``: the 1-bit activation binarizer, `ApproxSign` (Bi-Real, default) or
+  `HardTanhSign` (BNN);
+- ``ActQuant.real_clip`` / ``_QuantMixin.real_weights``: Bi-Real's first training stage, a
+  1-bit input site computes Clip(-1, x, 1) (`F.hardtanh`: gradient 1 on the open interval
+  (-1, 1), 0 elsewhere) and a 1-bit layer uses its float weight
+  (`nas.quant.methods.real_valued_stage`). One-padding stays: the padded value is +1 in
+  both stages.
+
 Convert both ways: ``QuantConv2d.from_conv(conv, w_bits, a_bits)`` keeps the conv's weight
 and bias; ``to_conv()`` gives a plain conv holding the fake-quantized weight.
 """
@@ -54,6 +65,9 @@ def check_bits(where: str, w_bits: int, a_bits: int) -> None:
 class ActQuant(nn.Module):
     """Quantizer of one activation site: sign (1), PACT (2/4/8), half (16) or identity (32)."""
 
+    sign_fn = ApproxSign  # the 1-bit binarizer's autograd Function (module docstring)
+    real_clip = False  # 1 bit: Clip(-1, x, 1) instead of sign (Bi-Real's first stage)
+
     def __init__(self, bits: int = 32, signed: bool = True, clip_init: float | None = None):
         super().__init__()
         if bits not in BITS:
@@ -70,7 +84,7 @@ class ActQuant(nn.Module):
         if self.bits == 16:
             return quantizer(HalfSTE, x)
         if self.bits == 1:
-            return quantizer(ApproxSign, x)
+            return F.hardtanh(x) if self.real_clip else quantizer(self.sign_fn, x)  # Clip(-1, x, 1)
         alpha, steps = self.clip.clamp_min(MIN_CLIP), act_steps(self.bits, self.signed)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return pact_reference(x, alpha, steps, self.signed)  # traceable ops (pact.c is opaque to a trace)
@@ -86,6 +100,7 @@ class _QuantMixin:
     w_bits: int
     a_bits: int
     ternary: bool
+    real_weights = False  # 1 bit: the float weight, unbinarized (Bi-Real's first stage)
 
     def _init_quant(self, w_bits: int, a_bits: int, signed: bool, ternary: bool) -> None:
         check_bits(type(self).__name__, w_bits, a_bits)
@@ -96,7 +111,9 @@ class _QuantMixin:
         self.act_quant = ActQuant(a_bits, signed)
 
     def quant_weight(self) -> torch.Tensor:
-        """The weight the forward pass uses (1 bit: α_c · sign(W))."""
+        """The weight the forward pass uses (1 bit: α_c · sign(W); W itself while `real_weights`)."""
+        if self.real_weights and self.w_bits == 1:
+            return self.weight
         return quantize_weight(self.weight, self.w_bits, self.ternary)
 
     def weight_scale(self) -> torch.Tensor | None:
@@ -157,7 +174,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_quant(x)
-        if self.w_bits == 1:
+        if self.w_bits == 1 and not self.real_weights:
             # accumulate ±1 weights exactly, then scale per channel: (N, C_out, H, W)
             y = self._conv(x, quantizer(SignSTE, self.weight)) * binary_scale(self.weight).reshape(1, -1, 1, 1)
             return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
@@ -195,7 +212,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_quant(x)
-        if self.w_bits == 1:
+        if self.w_bits == 1 and not self.real_weights:
             y = F.linear(x, quantizer(SignSTE, self.weight)) * binary_scale(self.weight)  # (N, out)
         else:
             y = F.linear(x, self.quant_weight())
