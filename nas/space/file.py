@@ -353,7 +353,8 @@ def _check_compression_axes(r: "_Reader", s, p: str, st: StageChoices, top) -> N
     for f in st.sparsity:
         if not 0.0 <= f < 1.0:
             raise r.fail(s, "sparsity", f"{p}.sparsity", f"{f!r} is not allowed; expected 0 <= sparsity < 1")
-    axes = [k for k in ("sparsity", "codebook") if k in s and getattr(st, k) != StageChoices.__dataclass_fields__[k].default]
+    defaults = {"sparsity": (0.0,), "codebook": (0,)}
+    axes = [k for k in defaults if k in s and getattr(st, k) != defaults[k]]
     if not axes:
         return
     if (32, 32) not in st.bits:

@@ -47,8 +47,8 @@ CHOICE_FIELD = {"repeats": "repeats", "kernel": "kernel", "act": "act", "expand"
 # the order stage parameters are suggested in: Optuna's random sampler draws per call, so
 # the order is part of what a seed means
 STAGE_ORDER = ("repeats", "kernel", "expand", "se", "groups", "growth", "act", "dilation", "shift_frac",
-               "active_shift", "sparsity", "codebook")  # the variants last: a space without their choices draws exactly what it drew
-# before they existed (a parameter with one choice is never suggested)
+               "active_shift", "sparsity", "codebook")  # the variants last: a space without their choices
+# draws exactly what it drew before they existed (a parameter with one choice is never suggested)
 UNSET = {"expand": 1.0, "se": 0.0, "groups": 1, "growth": 0, "dilation": 1, "shift_frac": 1.0,
          "active_shift": 0, "sparsity": 0.0, "codebook": 0}  # BlockSpec value where a kind has no choice
 
