@@ -165,6 +165,25 @@ def test_stage_epochs_rounds_and_refuses_an_empty_stage():
             Methods(**bad)
 
 
+def test_search_final_recipe_takes_the_two_stage_knob_and_checks_it_before_any_work(digits):
+    from nas.search.config import SearchConfig, build_config, resolve_sizes
+    from nas.search.final import final_train
+
+    config = build_config({"final_two_stage": 0.5, "final_epochs": 2, "dataset": "digits", "seed": 2})
+    assert config.final_two_stage == 0.5 and SearchConfig().final_two_stage == 0.0
+    model = _net()
+    final_train(model, digits, config, measure_inference=False)
+    by_hand = _net()
+    train_with_methods(by_hand, digits, 2, Methods(two_stage=0.5), batch_size=config.final_batch_size, seed=2,
+                       progress=False, measure_inference=False)
+    assert _same(_state(model), _state(by_hand))
+    with pytest.raises(UsageError, match="--final-two-stage 1.5: expected a fraction"):
+        build_config({"final_two_stage": 1.5})
+    with pytest.raises(UsageError, match="--final-two-stage 0.1 of 3 epochs gives 0 real-valued"):
+        resolve_sizes(build_config({"final_two_stage": 0.1, "final_epochs": 3}), len(digits.train),
+                      len(digits.val), 10, "digits")
+
+
 # ---------------------------------------------------------------- DoReFa
 
 

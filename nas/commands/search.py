@@ -49,6 +49,10 @@ def add_arguments(p):
                                                     "sees under 12,000 images)")
     g.add_argument("--final-subset", type=int, help="training images of the final retraining (default: the "
                                                     "training split, at most 20000)")
+    p.add_argument("--final-two-stage", type=float, metavar="F",
+                   help="Bi-Real's two-stage recipe in the final retraining: the first F of --final-epochs train "
+                        "the 1-bit layers real-valued (Clip(-1, x, 1), float weights), the rest binarize from "
+                        "them (default 0: one stage; docs/training.md)")
     p.add_argument("--final-top", type=int, help="best distinct feasible architectures to retrain; the best final val accuracy wins (default 3)")
     p.add_argument("--batch-size", type=int, help="candidates' training batch size (default 128)")
     p.add_argument("--final-batch-size", type=int, help="batch size of the final retraining (default 64)")

@@ -77,6 +77,9 @@ class SearchConfig:
     final_batch_size: int = 64
     device: str = "auto"  # where training runs: auto (cuda if available), cpu, cuda, cuda:N (`nas.measure.device`)
     amp: bool = False  # bf16 autocast when training on CUDA
+    # Bi-Real's two-stage recipe in the final retraining: the first F of `final_epochs` train the
+    # 1-bit layers real-valued (`nas.train.methods`); 0: one stage, as always
+    final_two_stage: float = 0.0
 
     def __post_init__(self):
         self.space = self.space or default_space()
@@ -95,6 +98,9 @@ class SearchConfig:
                 continue  # None: derived from the dataset (`resolve_sizes`)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number >= 1")
+        if isinstance(self.final_two_stage, bool) or not 0.0 <= self.final_two_stage < 1.0:
+            raise UsageError(f"--final-two-stage {self.final_two_stage!r}: expected a fraction of the final epochs, "
+                             f"0 <= F < 1 (0: one stage)")
         for name in ("trials", "max_trials"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -138,6 +144,7 @@ _PARSERS = {
     "final_top": ("final_top", int), "val_subset": ("val_subset", int), "final_epochs": ("final_epochs", int), "final_subset": ("final_subset", int),
     "batch_size": ("batch_size", int), "final_batch_size": ("final_batch_size", int), "device": ("device", str),
     "amp": ("amp", lambda v, where: _boolean(v, where)),
+    "final_two_stage": ("final_two_stage", lambda v, where: _fraction(v, where)),
     "budget": ("budget_s", lambda v, where: parse_seconds(str(v), where)),
     "target_mem": ("weight_bytes", lambda v, where: parse_bytes(str(v), where)),
     "target_act_mem": ("peak_act_bytes", lambda v, where: parse_bytes(str(v), where)),
@@ -158,6 +165,16 @@ def _boolean(value, where: str) -> bool:
     if str(value).lower() in ("false", "no", "0", "off"):
         return False
     raise UsageError(f"{where} {str(value)[:100]!r}: expected true or false")
+
+
+def _fraction(value, where: str) -> float:
+    try:
+        f = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        f = None
+    if f is None or not 0.0 <= f < 1.0:
+        raise UsageError(f"{where} {str(value)[:100]}: expected a fraction, 0 <= F < 1")
+    return f
 
 
 def read_config_file(path: str) -> dict:
@@ -271,6 +288,10 @@ def resolve_sizes(config: SearchConfig, n_train: int, n_val: int, num_classes: i
         values["final_subset"] = derived.final_subset
     if values["final_epochs"] is None:
         values["final_epochs"] = final_epochs(values["final_subset"])
+    if config.final_two_stage:  # both stages need an epoch: refused now, not after the search
+        from nas.train.methods import stage_epochs
+
+        stage_epochs(values["final_epochs"], config.final_two_stage, "--final-two-stage")
     return replace(config, **values)
 
 

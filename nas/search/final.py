@@ -62,7 +62,14 @@ def final_data(config: SearchConfig, resolution: int):
 def final_train(model, data, config: SearchConfig, **kwargs):
     """The final recipe, defined once for the search's finalists and for `nas bench search`'s
     hand-designed nets: `final_epochs` epochs at batch `final_batch_size`, seeded by `seed`, on
-    `device`; the model comes back on the CPU."""
+    `device`; the model comes back on the CPU. `final_two_stage` > 0: Bi-Real's two stages
+    (`nas.train.methods`), stage 2's result returned."""
+    if config.final_two_stage:
+        from nas.train.methods import Methods, train_with_methods
+
+        return train_with_methods(model, data, config.final_epochs, Methods(two_stage=config.final_two_stage),
+                                  batch_size=config.final_batch_size, seed=config.seed, progress=True,
+                                  device=config.device, amp=config.amp, **kwargs)[0]
     return train(model, data, epochs=config.final_epochs, batch_size=config.final_batch_size, seed=config.seed,
                  progress=True, device=config.device, amp=config.amp, **kwargs)
 

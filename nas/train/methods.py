@@ -68,7 +68,7 @@ def stage_epochs(epochs: int, fraction: float, where: str = "two_stage") -> tupl
     first = int(fraction * epochs + 0.5)
     if not 1 <= first <= epochs - 1:
         raise UsageError(f"{where} {fraction:g} of {epochs} epochs gives {first} real-valued and "
-                         f"{epochs - first} binary epochs; expected at least one of each (more --epochs, "
+                         f"{epochs - first} binary epochs; expected at least one of each (more epochs, "
                          f"or F between {0.5 / epochs:.3g} and {1 - 0.5 / epochs:.3g})")
     return first, epochs - first
 
