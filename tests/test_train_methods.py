@@ -259,3 +259,20 @@ def test_bad_method_options_are_one_line_and_exit_2(argv, says, capsys):
     rc = main(["train", "--arch", DIGITS_BINARY, "--dataset", "digits", *argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and says in err, err
+
+
+# ---------------------------------------------------------------- full-precision ends
+
+
+def test_fp_ends_space_is_binary_yaml_with_float_stem_and_classifier():
+    from nas.space import encode, load_space, random_archs
+
+    fp, b8 = load_space("search_spaces/binary-fp-ends.yaml"), load_space("search_spaces/binary.yaml")
+    pairs = list(zip(map(encode, random_archs(fp, 6, seed=7)), map(encode, random_archs(b8, 6, seed=7))))
+    for a, b in pairs:  # seeded sampling draws the same net from both; only the ends' bits differ
+        assert "w32_a32" in a and "w8_a8" not in a
+        assert a.replace("w32_a32", "w8_a8") == b
+    model = build_model(decode(FM_BINARY.replace("w8_a8", "w32_a32")))
+    stem, fc = model.stem.conv, model.fc
+    assert (stem.w_bits, stem.a_bits, fc.w_bits, fc.a_bits) == (32, 32, 32, 32)
+    assert stem.act_quant.clip is None and fc.act_quant.clip is None  # no quantizer on their inputs
