@@ -8,7 +8,6 @@ and run by `nas infer` (the float path). Real data: scikit-learn's digits.
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
