@@ -8,7 +8,7 @@ the tests can check values and gradients against the formulas exactly.
   (= max(0, 2 - 2|x|)). Bi-Real Net, Liu et al. 2018 (seed 003).
   Option (`HardTanhSign`, `ActQuant.sign_fn`): BNN's straight-through estimator, the
   derivative of hard tanh, d/dx = 1 where |x| <= 1, else 0 (Courbariaux et al. 2016;
-  survey 000, ch. 2 sec. 3).
+  survey 000 ch. 2 sec. 2, item 2 "binarization").
 - 1 bit, weights: ŵ = α_c · sign(W), α_c = mean |W| over (C_in, k_h, k_w) of output channel c,
   computed (not learned). The sign passes its gradient straight through and α_c is a
   constant, so dL/dW = α_c · dL/dŵ: Bi-Real's magnitude-aware gradient (without its

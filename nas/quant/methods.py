@@ -7,7 +7,7 @@ export and the packed kernels see the same network.
 - `set_sign_gradient(model, "approxsign" | "htanh")`: the 1-bit activation binarizer's
   backward, Bi-Real's ApproxSign (the default) or BNN's hard tanh 1_{|x| <= 1}.
 - `real_valued_stage(model)`: Bi-Real's first stage (seed 003 §3 "Initialization"; survey
-  000 ch. 2 sec. 4): inside the context every 1-bit input site computes Clip(-1, x, 1) and
+  000 ch. 2 sec. 2, item 4): inside the context every 1-bit input site computes Clip(-1, x, 1) and
   every 1-bit layer uses its float weight; on exit both binarize again, starting from the
   weights stage 1 reached.
 - `fix_activation_clips(model)`: DoReFa activations, clip(x, 0, 1) then k bits, i.e. PACT

@@ -6,7 +6,7 @@ switches themselves: `nas.quant.methods`).
 as before.
 
 - ``two_stage=F`` (0 < F < 1): Bi-Real's two-stage recipe (seed 003 §3; survey 000 ch. 2
-  sec. 4). Stage 1 trains round(F · epochs) epochs with every 1-bit input site computing
+  sec. 2, item 4). Stage 1 trains F · epochs epochs (rounded, halves up) with every 1-bit input site computing
   Clip(-1, x, 1) and every 1-bit layer using its float weight; stage 2 binarizes and trains
   the remaining epochs from the weights (and BatchNorm statistics, PACT clips) stage 1
   reached. Each stage is one `train` call: its own optimizer, warm-up and cosine schedule,
