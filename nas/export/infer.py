@@ -66,6 +66,12 @@ def run(args) -> int:
 
     from nas.compress.bundle import is_compressed, load_compressed_bundle
 
+    if args.mcu and not args.c:
+        raise UsageError("--mcu: expected --c as well (the MCU check runs the bundle's C package)")
+    if args.mcu:
+        from nas.export.c import mcu_tools
+
+        mcu_tools()  # before any work: a missing cross tool is one line, exit 2
     set_threads(args.threads)
     # a `nas compress` bundle: the network decoded from its sparse / codebook / pq / int8 payload
     manifest, model = load_compressed_bundle(args.bundle) if is_compressed(args.bundle) else load_bundle(args.bundle)
@@ -82,12 +88,6 @@ def run(args) -> int:
         "latency_ms": manifest.get("latency_ms"), **timings(model, test),
         "layer_paths": path_counts(model.layer_paths),
     }
-    if args.mcu and not args.c:
-        raise UsageError("--mcu: expected --c as well (the MCU check runs the bundle's C package)")
-    if args.mcu:
-        from nas.export.c import mcu_tools
-
-        mcu_tools()  # before any work: a missing cross tool is one line, exit 2
     if args.c:
         result["c"] = c_check(args.bundle, model, test, preds, args.mcu)
     if args.json:
