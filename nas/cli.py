@@ -15,6 +15,7 @@ import signal
 import sys
 
 import nas
+from nas import interrupts
 from nas.errors import UsageError
 
 # command -> (module with add_arguments/run, one-line help). Modules load lazily so that
@@ -103,8 +104,7 @@ def _module(name: str):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("NAS_DEBUG") == "1"
-    _terminated.clear()
-    previous = _sigterm_as_interrupt()
+    replaced = interrupts.install()
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         args = build_parser(command).parse_args(argv)
@@ -120,34 +120,16 @@ def main(argv=None) -> int:
         print(f"nas: interrupted{kept}", file=sys.stderr)
         return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
     except Exception as e:  # the one boundary: every failure becomes one line
-        if _terminated:  # the interrupt raised inside a C++ layer (TorchScript) came out wrapped
+        if interrupts.received:  # the interrupt raised inside a C++ layer (TorchScript) came out wrapped
             print("nas: interrupted", file=sys.stderr)
-            return 128 + _terminated[-1]
+            return 128 + interrupts.received[-1]
         if debug:
             raise
         line, code = _one_line(e)
         print(f"nas: error: {line}", file=sys.stderr)
         return code
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-_terminated: list[int] = []  # the termination signals received, in order
-
-
-def _sigterm_as_interrupt():
-    """SIGTERM unwinds every command like Ctrl-C (exit 143): `nas export`'s partial bundle and any
-    temporary file are removed on the way out instead of being left behind (issue 18). `nas
-    search` installs its own, which also stops its workers. Returns the handler it replaced
-    (None where signals cannot be set: not the main thread)."""
-    def handler(signum, frame):
-        _terminated.append(signum)
-        raise KeyboardInterrupt(signum)
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        return None
+        interrupts.restore(replaced)
 
 
 def _one_line(e: Exception) -> tuple[str, int]:

@@ -100,3 +100,41 @@ def test_sigterm_wrapped_by_a_cxx_layer_is_still_exit_143(monkeypatch, capsys):
     assert main(["cost", "--arch", "in_r8_c1-stem_c8_k3_s1_w8_a8-fc_n10_w8_a8"]) == 143
     assert capsys.readouterr().err.strip() == "nas: interrupted"
     assert main(["cost", "--arch", "in_r8_c1-stem_c8_k3_s1_w8_a8-fc_n10_w8_a8"]) == 1  # no signal this call
+
+
+def test_a_ctrl_c_wrapped_inside_a_trial_still_interrupts_the_search(tmp_path, monkeypatch, capsys):
+    """A SIGINT whose KeyboardInterrupt a C++ layer turns into a RuntimeError inside a trial is
+    caught by optuna as one failed trial (CI saw the search then run its final retraining and
+    exit 0). The search sees the recorded signal: no final retraining, exit 130, and the
+    trained trial is kept."""
+    import signal
+
+    import optuna
+
+    from nas.search import objective as objective_module
+
+    real_call = objective_module.Objective.__call__
+    calls = []
+
+    def call(self, trial):
+        calls.append(trial.number)
+        if len(calls) == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # the real signal through nas.interrupts' handler
+                raise AssertionError("the handler did not raise")
+            except KeyboardInterrupt as k:  # what a pybind layer does with it
+                raise RuntimeError(f"wrapped: KeyboardInterrupt: {k}") from None
+        return real_call(self, trial)
+
+    monkeypatch.setattr(objective_module.Objective, "__call__", call)
+    storage = f"journal:{tmp_path / 's.journal'}"
+    rc = main(["search", "--target-mem", "40KB", "--space", "search_spaces/mcu.yaml", "--study", "s", "--storage",
+               storage, "--dataset", "digits", "--trials", "3", "--subset", "200", "--val-subset", "100",
+               "--epochs", "1", "--final-subset", "200", "--final-epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 130, err[-1500:]
+    assert "final training" not in err and "interrupted" in err
+    study = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal"))))
+    states = {t.number: t.state for t in study.trials}
+    assert states[calls[1]] == optuna.trial.TrialState.FAIL and len(calls) == 2  # no trial started after it

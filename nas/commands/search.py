@@ -3,6 +3,7 @@
 import json
 import signal
 
+from nas import interrupts
 from nas.search.config import OBJECTIVES, OPTION_NAMES, PROXIES, PRUNERS, SAMPLERS, build_config, read_config_file
 from nas.measure.device import add_device_arguments
 from nas.units import format_bytes, format_count
@@ -63,21 +64,9 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM stops a search like Ctrl-C: finished trials are kept, the command resumes it."""
-    def handler(signum, frame):
-        _RECEIVED.append(signum)
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
-_RECEIVED: list[int] = []  # SIGTERM once received: the exit code is 143 rather than Ctrl-C's 130
-
-
 def run(args) -> int:
     from nas.search.runner import run_search
 
-    _sigterm_as_interrupt()
     file_options = read_config_file(args.config) if args.config else None
     options = {name: getattr(args, name) for name in OPTION_NAMES}
     config = build_config(options, file_options, args.config or "")
@@ -88,7 +77,7 @@ def run(args) -> int:
     else:
         print_summary(summary)
     if summary.get("interrupted"):  # `nas search && nas export` must not carry on after Ctrl-C
-        return 128 + (_RECEIVED[-1] if _RECEIVED else signal.SIGINT)
+        return 128 + (interrupts.received[-1] if interrupts.received else signal.SIGINT)
     return 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 import optuna
 import torch
 from optuna.trial import TrialState
+from nas import interrupts
 from nas.cost.extremes import extreme
 from nas.errors import UsageError
 from nas.progress import bar as progress_bar
@@ -121,13 +122,18 @@ def check_budgets_reachable(space: Space, config: SearchConfig, in_chs: int, num
 
 
 class _Stopper:
-    """Optuna callback: stop at the trained-trial target, the deadline, or an infeasible streak."""
+    """Optuna callback: stop at the trained-trial target, the deadline, an infeasible streak, or
+    a Ctrl-C / SIGTERM that reached optuna as a trial's failure (`nas.interrupts`: a C++ layer
+    wrapped its KeyboardInterrupt)."""
 
     def __init__(self, config: SearchConfig, deadline: float | None):
         self.config, self.deadline, self.streak, self.fail_streak = config, deadline, 0, 0
         self.gave_up = False
+        self.signals = len(interrupts.received)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial):
+        if len(interrupts.received) > self.signals:
+            study.stop()
         self.streak = 0 if TrialRecord.of(trial).feasible else self.streak + 1
         self.fail_streak = self.fail_streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= MAX_INFEASIBLE_STREAK:
@@ -220,6 +226,7 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
 
     bar = _ProgressBar(config, budget_s, start, show_progress)
     interrupted, gave_up, procs = False, False, []
+    signals_before = len(interrupts.received)
     try:
         if config.workers == 1:
             gave_up = not run_worker(config, 0, deadline, threads, callbacks=[lambda s, t: bar.update(s)],
@@ -246,6 +253,11 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
     finally:
         bar.update(study)
         bar.close()
+    if not interrupted and len(interrupts.received) > signals_before:
+        # a Ctrl-C / SIGTERM whose KeyboardInterrupt a C++ layer wrapped, so that optuna
+        # recorded it as one failed trial: still an interrupted search
+        interrupted = True
+        _log("interrupted: finished trials are kept; run the same command again to resume")
 
     trials = study.get_trials(deepcopy=False)
     counts, ranked = tally(trials), best_feasible(trials)
