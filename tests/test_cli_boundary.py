@@ -127,8 +127,10 @@ def test_a_ctrl_c_wrapped_inside_a_trial_still_interrupts_the_search(tmp_path, m
         return real_call(self, trial)
 
     monkeypatch.setattr(objective_module.Objective, "__call__", call)
+    space = str(Path(__file__).resolve().parents[1] / "search_spaces" / "mcu.yaml")
+    monkeypatch.chdir(tmp_path)  # the study's weights folder is relative to the working directory
     storage = f"journal:{tmp_path / 's.journal'}"
-    rc = main(["search", "--target-mem", "40KB", "--space", "search_spaces/mcu.yaml", "--study", "s", "--storage",
+    rc = main(["search", "--target-mem", "40KB", "--space", space, "--study", "s", "--storage",
                storage, "--dataset", "digits", "--trials", "3", "--subset", "200", "--val-subset", "100",
                "--epochs", "1", "--final-subset", "200", "--final-epochs", "1", "--no-progress"])
     err = capsys.readouterr().err
