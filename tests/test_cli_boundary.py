@@ -3,6 +3,7 @@ the path; anything else is exit 1 with a one-line summary pointing at --debug.""
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
