@@ -38,6 +38,8 @@ def test_int8_arch_makes_only_the_32_bit_widths_8_bit():
     from nas.export.ptq import int8_arch
     from nas.space import decode, encode
     assert encode(int8_arch(decode(MIXED))) == MIXED.replace("w32_a32", "w8_a8")
+    sparse = MIXED.replace("ir_r1_k3_s1_e2_c16_w4_a4", "ir_r1_k3_s1_e2_c16_p50_cb4_w32_a32")
+    assert encode(int8_arch(decode(sparse))) == sparse.replace("c16_w32_a32-ir", "c16_w8_a8-ir")
 
 
 def test_the_weight_surgery_is_doreFa_8_bit_of_the_float_weight(digits, bundle):

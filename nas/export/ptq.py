@@ -36,16 +36,21 @@ MSE_GRID = [0.30 + 0.01 * i for i in range(71)]  # fractions of the minmax clip
 
 
 def int8_arch(arch):
-    """`arch` with every 32-bit weight or activation width made 8-bit (other widths kept)."""
+    """`arch` with every 32-bit weight or activation width made 8-bit (other widths kept, and
+    stages with searched sparsity / codebooks, whose compressed float records stay)."""
     def eight(b: int) -> int:
         return PTQ_BITS if b == 32 else b
 
     def conv(spec):
         return replace(spec, w_bits=eight(spec.w_bits), a_bits=eight(spec.a_bits))
 
-    blocks = tuple(replace(b, w_bits=eight(b.w_bits), a_bits=eight(b.a_bits),
-                           layer_w_bits=tuple(map(eight, b.layer_w_bits)),
-                           layer_a_bits=tuple(map(eight, b.layer_a_bits))) for b in arch.blocks)
+    def block(b):
+        if b.sparsity or b.codebook:  # a searched sparse / codebook stage keeps its float record
+            return b
+        return replace(b, w_bits=eight(b.w_bits), a_bits=eight(b.a_bits),
+                       layer_w_bits=tuple(map(eight, b.layer_w_bits)), layer_a_bits=tuple(map(eight, b.layer_a_bits)))
+
+    blocks = tuple(block(b) for b in arch.blocks)
     return replace(arch, stem=conv(arch.stem), blocks=blocks, head=conv(arch.head), fc=conv(arch.fc))
 
 
