@@ -80,7 +80,7 @@ def test_cheap_readme_commands_run(command):
 SMALL = {
     "search": ["--budget", "20s", "--subset", "500", "--epochs", "1", "--final-epochs", "1", "--final-subset", "500",
                "--final-top", "1", "--no-progress"],
-    "train": ["--epochs", "1", "--subset", "500"],
+    "train": ["--epochs", "2", "--subset", "500"],  # 2: `--two-stage 0.34` needs one epoch per stage
     "infer": ["--subset", "500"],
 }
 CHAIN = ("search", "report", "export", "infer", "train")  # dashboard serves forever; calibrate,
