@@ -86,13 +86,8 @@ class ApproxSign(torch.autograd.Function):
         return grad * (2.0 - 2.0 * x.abs()).clamp_min(0.0)
 
 
-class HardTanhSign(torch.autograd.Function):
-    """BNN's activation binarizer: sign forward, hard-tanh gradient 1_{|x| <= 1} backward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return sign(x)
+class HardTanhSign(ApproxSign):
+    """BNN's activation binarizer: ApproxSign's sign forward, hard-tanh gradient 1_{|x| <= 1} backward."""
 
     @staticmethod
     def backward(ctx, grad):
