@@ -149,8 +149,11 @@ def test_default_methods_train_bit_for_bit_as_today(digits):
     ra, record = train_with_methods(a, digits, 1, Methods(), **kw)
     rb = train(b, digits, 1, **kw)
     assert _same(_state(a), _state(b)) and ra.accuracy == rb.accuracy
-    assert record == {"two_stage": 0.0, "sign_gradient": "approxsign", "act_quant": "pact", "grad_bits": None}
+    assert record == {"two_stage": 0.0, "sign_gradient": "approxsign", "act_quant": "pact", "grad_bits": None,
+                      "weight_quant": "dorefa", "weight_grad": "ste"}
     assert all("sign_fn" not in m.__dict__ for m in binary_act_sites(a))
+    assert all("quant_weight" not in m.__dict__ for m in binary_layers(a))  # no LQ-Net quantizer
+    assert not a._forward_pre_hooks and all(not p._backward_hooks for p in a.parameters())  # no MetaQuant
 
 
 def test_stage_epochs_rounds_and_refuses_an_empty_stage():
@@ -160,7 +163,7 @@ def test_stage_epochs_rounds_and_refuses_an_empty_stage():
     with pytest.raises(UsageError, match=r"0\.9 of 2 epochs gives 2 real-valued and 0 binary"):
         stage_epochs(2, 0.9)
     for bad in (dict(two_stage=1.0), dict(two_stage=-0.1), dict(sign_gradient="ste"), dict(act_quant="lsq"),
-                dict(grad_bits=1), dict(grad_bits=True)):
+                dict(grad_bits=1), dict(grad_bits=True), dict(weight_quant="lsq"), dict(weight_grad="sgd")):
         with pytest.raises(UsageError, match="expected"):
             Methods(**bad)
 

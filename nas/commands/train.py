@@ -57,6 +57,15 @@ def add_arguments(p) -> None:
     m.add_argument("--grad-bits", type=int, metavar="K",
                    help="DoReFa gradient quantization: each quantized layer's output gradient to K bits "
                         "(2..16) with stochastic rounding (default: float gradients)")
+    m.add_argument("--weight-quant", choices=("dorefa", "lqnet"), default="dorefa",
+                   help="2..8-bit weights: DoReFa's fixed uniform levels (default) or LQ-Net's learned levels "
+                        "v^T e, e in {-1,+1}^K, one basis v per output channel fitted by least squares while "
+                        "training; LQ-Net's levels are not the DoReFa codes the payload stores, so it is for "
+                        "measuring only: --save is refused with it")
+    m.add_argument("--weight-grad", choices=("ste", "metaquant"), default="ste",
+                   help="gradient of the 1..8-bit weights: the straight-through estimator (default) or MetaQuant, "
+                        "a small meta network trained jointly that gives it from the quantized weight's gradient "
+                        "and the weight (weights export as usual)")
     add_threads_argument(p)
     add_device_arguments(p)
     p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
@@ -81,6 +90,30 @@ def _check(args) -> None:
         stage_epochs(args.epochs, args.two_stage, "--two-stage")
     if args.grad_bits is not None and not 2 <= args.grad_bits <= 16:
         raise UsageError(f"--grad-bits {args.grad_bits}: expected a whole number from 2 to 16")
+    if args.weight_quant == "lqnet" and args.weight_grad == "metaquant":
+        raise UsageError("--weight-grad metaquant with --weight-quant lqnet: expected one of the two (MetaQuant "
+                         "works on DoReFa's and BWN's quantizers)")
+    if args.weight_quant == "lqnet" and args.save:
+        raise UsageError(f"--save {args.save} with --weight-quant lqnet: LQ-Net's learned levels are not the "
+                         f"DoReFa codes the payload stores, so its weights would export wrong; expected no --save "
+                         f"(--weight-quant lqnet is for measuring)")
+
+
+def _check_method_layers(args, spec) -> None:
+    """A weight method on an arch with no layer it applies to is refused (it would be a no-op)."""
+    if args.weight_quant == "dorefa" and args.weight_grad == "ste":
+        return
+    from nas.blocks.model import build_model
+    from nas.quant.lqnet import lqnet_layers
+    from nas.train.metaquant import meta_layers
+
+    model = build_model(spec)  # a throwaway: the trained net is built (and seeded) later
+    if args.weight_quant == "lqnet" and not lqnet_layers(model):
+        raise UsageError("--weight-quant lqnet: --arch has no 2..8-bit weight layer; expected "
+                         "at least one w2..w8 layer")
+    if args.weight_grad == "metaquant" and not meta_layers(model):
+        raise UsageError("--weight-grad metaquant: --arch has no 1..8-bit weight layer; expected at least one "
+                         "w1..w8 layer")
 
 
 def _capped(option: str, value: int | None, split: int, which: str, name: str) -> int | None:
@@ -113,7 +146,7 @@ def run(args) -> int:
 
     _check(args)
     methods = Methods(two_stage=args.two_stage, sign_gradient=args.sign_grad, act_quant=args.act_quant,
-                      grad_bits=args.grad_bits)
+                      grad_bits=args.grad_bits, weight_quant=args.weight_quant, weight_grad=args.weight_grad)
     device = resolve_device(args.device or "auto")  # before any work
     threads = apply_threads(args.threads)
     max_seconds = parse_seconds(args.max_time, "--max-time") if args.max_time else None
@@ -122,6 +155,7 @@ def run(args) -> int:
 
         fsio.check_output_path(args.save, "--save")
     spec = decode(args.arch)
+    _check_method_layers(args, spec)
     teacher_spec = decode(args.teacher) if args.teacher else None
     if teacher_spec is not None and teacher_spec.resolution != spec.resolution:
         raise UsageError(f"--teacher: input resolution {teacher_spec.resolution} differs from --arch's "
@@ -194,7 +228,8 @@ def run(args) -> int:
     print(f"  inference time        {result.infer_ms_per_image:.3f} ms/image (batch 1, median, {threads} threads)")
     print(f"  peak training memory  {format_bytes(result.peak_train_mem_bytes)} ({result.peak_mem_method})")
     if not methods.is_default():
-        shown = {k: v for k, v in method_record.items() if k in ("two_stage", "sign_gradient", "act_quant", "grad_bits")}
+        shown = {k: v for k, v in method_record.items()
+                 if k in ("two_stage", "sign_gradient", "act_quant", "grad_bits", "weight_quant", "weight_grad")}
         print("  methods               " + ", ".join(f"{k}={v}" for k, v in shown.items()) +
               (f"; stage 1: {method_record['stage1_epochs']} real-valued epochs, val "
                f"{method_record['stage1_accuracy']:.4f}" if "stage1_epochs" in method_record else ""))

@@ -20,6 +20,15 @@ as before.
   of PACT's learned clip.
 - ``grad_bits=k``: DoReFa's k-bit stochastic gradient quantization at every quantized layer's
   output (the hooks are removed when training ends).
+- ``weight_quant="lqnet"``: LQ-Net's learned quantizers on the 2..8-bit weight layers
+  (`nas.quant.lqnet`): levels v^T e, e in {-1, +1}^K, one basis v per output channel,
+  fitted by the alternating least-squares step at every training forward, STE gradient.
+  They stay on the model after training (its scores are theirs); the payload stores
+  DoReFa codes, so such a model has no export (`nas train` refuses `--save` with it).
+- ``weight_grad="metaquant"``: MetaQuant (`nas.train.metaquant`): a shared meta network
+  gives the 1..8-bit layers' weight gradients in place of the STE, trained jointly; its
+  hooks are removed when training ends, the weights export as usual. Not with ``lqnet``
+  (MetaQuant's preprocessing and quantizer are BWN's and DoReFa's, eqs. 2-32 .. 2-35).
 """
 
 import time
@@ -28,11 +37,15 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from nas.errors import UsageError
+from nas.quant.lqnet import use_lqnet
 from nas.quant.methods import (GRAD_BITS, SIGN_GRADIENTS, fix_activation_clips, quantize_gradients,
                                real_valued_stage, set_sign_gradient)
+from nas.train.metaquant import MetaQuant
 from nas.train.trainer import TrainResult, train
 
 ACT_QUANTIZERS = ("pact", "dorefa")
+WEIGHT_QUANTIZERS = ("dorefa", "lqnet")
+WEIGHT_GRADIENTS = ("ste", "metaquant")
 STAGE2_ONLY = ("ema_decay", "recalibrate_bn", "on_epoch_end", "measure_inference", "weight_bytes")
 
 
@@ -42,6 +55,8 @@ class Methods:
     sign_gradient: str = "approxsign"  # or "htanh"
     act_quant: str = "pact"  # or "dorefa"
     grad_bits: int | None = None  # DoReFa gradient bits (None: float gradients)
+    weight_quant: str = "dorefa"  # or "lqnet": LQ-Net's learned levels on 2..8-bit weights
+    weight_grad: str = "ste"  # or "metaquant": a meta network's weight gradients
 
     def __post_init__(self):
         if isinstance(self.two_stage, bool) or not 0.0 <= self.two_stage < 1.0:
@@ -54,6 +69,13 @@ class Methods:
         if self.grad_bits is not None and (isinstance(self.grad_bits, bool) or self.grad_bits not in GRAD_BITS):
             raise UsageError(f"grad_bits={self.grad_bits!r}: expected a whole number from {GRAD_BITS[0]} "
                              f"to {GRAD_BITS[-1]}")
+        if self.weight_quant not in WEIGHT_QUANTIZERS:
+            raise UsageError(f"weight_quant={self.weight_quant!r}: expected one of {list(WEIGHT_QUANTIZERS)}")
+        if self.weight_grad not in WEIGHT_GRADIENTS:
+            raise UsageError(f"weight_grad={self.weight_grad!r}: expected one of {list(WEIGHT_GRADIENTS)}")
+        if self.weight_quant == "lqnet" and self.weight_grad == "metaquant":
+            raise UsageError("weight_grad='metaquant' with weight_quant='lqnet': expected one of the two "
+                             "(MetaQuant's quantizers are BWN's and DoReFa's, eqs. 2-32 .. 2-35)")
 
     def is_default(self) -> bool:
         return self == Methods()
@@ -85,6 +107,12 @@ def train_with_methods(model: nn.Module, data, epochs: int, methods: Methods = M
     if methods.act_quant == "dorefa":
         record["fixed_clips"] = fix_activation_clips(model)
     hooks = quantize_gradients(model, methods.grad_bits) if methods.grad_bits is not None else []
+    if methods.weight_quant == "lqnet":
+        record["lqnet_layers"] = use_lqnet(model)
+    meta = MetaQuant(model, seed=kwargs.get("seed", 0)) if methods.weight_grad == "metaquant" else None
+    if meta is not None:
+        record["metaquant_layers"] = len(meta.layers)
+        record["metaquant_params"] = sum(p.numel() for p in meta.meta.parameters())
     try:
         if first:
             stage1 = {k: v for k, v in kwargs.items() if k not in STAGE2_ONLY}
@@ -100,4 +128,7 @@ def train_with_methods(model: nn.Module, data, epochs: int, methods: Methods = M
     finally:
         for h in hooks:
             h.remove()
+        if meta is not None:
+            meta.remove()
+            record["metaquant_steps"] = meta.steps
     return result, record
