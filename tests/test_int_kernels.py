@@ -62,6 +62,9 @@ SHAPES = [
     (1, 8, 8, 3, 33, 3, 2, 1, 1),
     (1, 9, 7, 12, 12, 3, 1, 1, 12),   # depthwise
     (1, 10, 10, 7, 7, 3, 2, 1, 7),    # depthwise, stride 2, odd C
+    (2, 11, 9, 40, 40, 3, 1, 1, 40),  # depthwise: two 16-channel blocks + 8, odd output width
+    (1, 8, 7, 23, 23, 5, 2, 2, 23),   # depthwise 5x5 (odd tap count), stride 2, 16 + 7 channels
+    (1, 6, 6, 32, 32, 2, 1, 0, 32),   # depthwise 2x2 (even tap count)
     (1, 6, 6, 4, 8, 3, 1, 1, 4),      # channel multiplier 2: general grouped loop
     (1, 9, 9, 10, 6, 3, 1, 0, 2),     # grouped, no padding
     (1, 5, 5, 17, 31, 1, 1, 0, 1),    # 1x1
@@ -135,10 +138,29 @@ def test_byte_weights_forms():
     np.testing.assert_array_equal(y, ref)
 
 
-def test_only_the_avx512_level_has_the_byte_path(level):
-    """Every level this CPU runs says whether it has the byte path: AVX-512 VNNI does, the
-    others run the int16 path (the exactness tests above cover both on whatever CPU this is)."""
-    assert I.byte_path() == (level == "avx512")
+def test_the_avx512_and_avx2_levels_have_the_byte_path(level):
+    """Every level this CPU runs says whether it has the byte path: AVX-512 VNNI (any int8 code,
+    split 8-bit codes) and AVX2 (vpmaddubsw: codes within +-15, i.e. 2- and 4-bit weights) do,
+    the portable level runs the int16 path (the exactness tests above cover both on whatever
+    CPU this is)."""
+    assert I.byte_path() == (level in ("avx512", "avx2"))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_byte_path_bound_of_small_codes_is_exact(level, signed):
+    """Codes at +-15 (the AVX2 byte path's bound) against the largest inputs: each int16 that
+    vpmaddubsw and the add of two quads produce holds 4 * 255 * 15 = 15300 at most, no
+    saturation; 16 and beyond go to the int16 path. Equal to the int64 reference either way."""
+    g = np.random.default_rng(11)
+    x = np.full((1, 5, 5, 40), 127 if signed else 255, np.int8 if signed else np.uint8)
+    if signed:
+        x[0, ::2] = -128
+    one, zero = np.ones(24, np.float32), np.zeros(24, np.float32)
+    for bound in (15, 16):
+        w = np.where(g.random((24, 40, 3, 3)) < 0.7, bound, -bound).astype(np.int16)
+        w[::3] = bound  # whole channels at +bound: the largest sums
+        y, ref = _run(x, w, 8 if bound > 15 else 4, 1, 1, 1, one, zero)
+        np.testing.assert_array_equal(y, ref)
 
 
 def test_accumulator_extremes_are_exact(level):

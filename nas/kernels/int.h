@@ -12,8 +12,9 @@
  * with such a slot is exactly x * w).
  * Accumulators are int32 (exact: |acc| <= 255 * 255 * K < 2^31, K = kh kw cin_g checked).
  *
- * Byte path (levels with conv_q, AVX-512 VNNI: vpdpbusd, 64 u8 x s8 MACs per instruction),
- * taken when the driver is given byte weights:
+ * Byte path (levels with conv_q: AVX-512 VNNI's vpdpbusd, 64 u8 x s8 MACs per instruction, any
+ * int8 code; AVX2's vpmaddubsw, codes within +-15 only), taken when the driver is given byte
+ * weights that the level's byte path is exact for (q_wmax, q_split):
  *   xq (N, Hp, Wp, G, cq)    uint8 (+ 64 bytes of slack), padding as stated below
  *   wq (G, nb, kh, nseg, segq, 16, 4) int8: four bytes of the receptive field per lane
  * One kernel row of a pixel is read as nseg segments of segq quads (4 bytes each):
@@ -100,6 +101,10 @@ typedef struct int_level {
     void (*byte_sums)(const uint8_t *x, long np, long n, int32_t *out);
     int64_t (*peak_q)(long reps);  /* u8 x s8 multiply-add peak of the byte path, or NULL */
     long macs_per_rep_q;
+    /* the byte path is exact for stored codes |c| <= q_wmax, split weights (w = 2 s + 1) when
+     * q_split: the driver takes it only then (AVX-512 VNNI: any int8, split; AVX2's vpmaddubsw:
+     * |c| <= 15, not split) */
+    int q_wmax, q_split;
 } int_level;
 
 extern const int_level nas_int_portable;

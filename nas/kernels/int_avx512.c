@@ -333,5 +333,5 @@ TGT static int64_t peak_q(long reps)
 
 const int_level nas_int_avx512 = {.name = "avx512", .conv = conv_row, .dw = dw_row, .peak = peak,
                                   .macs_per_rep = 8 * 32, .conv_q = conv_q, .quantize = quantize, .byte_sums = byte_sums, .peak_q = peak_q,
-                                  .macs_per_rep_q = 12 * 64};
+                                  .macs_per_rep_q = 12 * 64, .q_wmax = 128, .q_split = 1};
 #endif

@@ -168,21 +168,22 @@ static PyObject *py_repack(PyObject *self, PyObject *args)
 /* ------------------------------------------------------------------ conv */
 
 /* conv2d(x, x_signed, wl, wd, N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, groups, scale, bias,
- *        res, act, yf, yc, q_lo, q_alpha, q_s, threads, wq, split)
+ *        res, act, yf, yc, q_lo, q_alpha, q_s, threads, wq, split, wsum, wqmax)
  * x (N, H, W, cin) uint8 / int8 codes; wl lane layout (or None with wd (kh, kw, C) int32 for
  * depthwise); res / yf / yc None or arrays; exactly one of yf, yc. wq: the byte lane layout
  * (int.h) or None; split: wq holds s of w_int = 2 s + 1; wsum (cout,) int32: each output
- * channel's sum of byte codes (for signed x). The byte path runs where the level has one and
- * wq is given; otherwise the int16 path (same results). */
+ * channel's sum of byte codes (for signed x); wqmax: the largest |stored byte code| (128 when not
+ * given). The byte path runs where the level has one, wq is given and the level's byte path is
+ * exact for these codes (int_level.q_wmax, q_split); otherwise the int16 path (same results). */
 static PyObject *py_conv2d(PyObject *self, PyObject *args)
 {
     PyObject *xo, *wlo, *wdo, *so, *bo, *ro, *yfo, *yco, *wqo = Py_None, *wso = Py_None;
     int x_signed, act, split = 0;
-    long N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, G, threads;
+    long N, H, W, cin, cout, kh, kw, sh, sw, ph, pw, G, threads, wqmax = 128;
     float q_lo, q_alpha, q_s;
-    if (!PyArg_ParseTuple(args, "OpOOllllllllllllOOOiOOfffl|OpO", &xo, &x_signed, &wlo, &wdo, &N, &H, &W, &cin, &cout,
+    if (!PyArg_ParseTuple(args, "OpOOllllllllllllOOOiOOfffl|OpOl", &xo, &x_signed, &wlo, &wdo, &N, &H, &W, &cin, &cout,
                           &kh, &kw, &sh, &sw, &ph, &pw, &G, &so, &bo, &ro, &act, &yfo, &yco, &q_lo, &q_alpha, &q_s,
-                          &threads, &wqo, &split, &wso))
+                          &threads, &wqo, &split, &wso, &wqmax))
         return NULL;
     const int_level *lv = current_level();
     if (!lv)
@@ -207,7 +208,8 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
     }
     const long nb = lane_blocks(cout_g), cq = G == 1 ? cin : (cin_g + 3) / 4 * 4;
     const long nseg = G == 1 ? 1 : kw, segq = G == 1 ? (kw * cin + 3) / 4 : cq / 4; /* int.h */
-    const int bytes = lv->conv_q && wqo != Py_None && !dw && (!x_signed || wso != Py_None);
+    const int bytes = lv->conv_q && wqo != Py_None && !dw && (!x_signed || wso != Py_None) && wqmax <= lv->q_wmax &&
+                      (!split || lv->q_split);
     Py_buffer x, wl = {0}, wd = {0}, s, b, r = {0}, yf = {0}, yc = {0}, wq = {0}, ws = {0};
     int have_wl = 0, have_wd = 0, have_s = 0, have_b = 0, have_r = 0, have_yf = 0, have_yc = 0, have_wq = 0,
         have_ws = 0;

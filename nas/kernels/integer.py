@@ -171,6 +171,8 @@ class IntegerConv:
             self._wd = None
         bw = None if self.depthwise else byte_weights(wn, groups)
         self._wq, self._split, self._wsum = (None, False, None) if bw is None else bw
+        # the largest |stored byte code|: a level's byte path is exact only up to its own bound (int.h)
+        self._wqmax = 128 if bw is None else int(np.abs(self._wq.astype(np.int16)).max(initial=0))
         self._scale = (np.ones(cout, np.float32) if scale is None
                        else _np(scale, torch.float32, (cout,), _fn, "scale").copy())
         self._bias = (np.zeros(cout, np.float32) if bias is None
@@ -200,7 +202,7 @@ class IntegerConv:
         _ext.conv2d(x.contiguous().numpy(), x.dtype == torch.int8, self._wl, self._wd, N, H, W, C, self.out_chs,
                     kh, kw, sh, sw, ph, pw, self.groups, self._scale, self._bias, rn, _ACT_ID[self.activation], yf,
                     yc, q[0], q[1], q[2], torch.get_num_threads() if threads is None else int(threads), self._wq,
-                    self._split, self._wsum)
+                    self._split, self._wsum, self._wqmax)
         return torch.from_numpy(yf if yc is None else yc)
 
     def _check(self, x, requant) -> tuple:

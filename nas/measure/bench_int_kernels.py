@@ -42,7 +42,8 @@ def dot_peak(ext, level: str) -> tuple[float, str]:
     instruction: the byte path's (u8 x s8) where the level has one, else the int16 pairs'."""
     try:
         ext.peak(level, 1, True)
-        bytes_, instruction = True, "u8 x s8 (vpdpbusd)"
+        bytes_ = True
+        instruction = "u8 x s8 (vpdpbusd)" if level == "avx512" else "u8 x s8 (vpmaddubsw + vpmaddwd)"
     except ValueError:  # no byte path on this level
         bytes_, instruction = False, "int16 pairs"
     fn = lambda name, reps: ext.peak(name, reps, bytes_)  # noqa: E731
