@@ -295,8 +295,9 @@ def test_resume_under_another_device_profile_is_refused_in_one_line(quick, profi
 
 def test_previous_format_version_is_refused_with_the_recalibrate_hint(profile, tmp_path):
     """Version 2 priced the fake-quant model; its coefficients mean nothing for the packed one
-    (and version 3 had no term for the byte path's split of 8-bit weights)."""
-    assert latency.FORMAT_VERSION == 4
+    (version 3 had no term for the byte path's split of 8-bit weights, version 4 none for 8-bit
+    weights on AVX2's int16 path)."""
+    assert latency.FORMAT_VERSION == 5
     d = profile.to_dict()
     d["format_version"] = 2
     p = _write(tmp_path, json.dumps(d))
@@ -452,6 +453,7 @@ def _truth(int_ms_per_mmac: float) -> dict:
     t["shift.codes"] = (0.002, 0.0002, 0.0001)
     t["shuffle.codes"] = (0.002, 0.0001)
     t["int.split"] = (0.0002, 0.0001)
+    t["int.w8"] = (0.001,)
     return t
 
 

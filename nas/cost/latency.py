@@ -61,7 +61,7 @@ from nas.cost.kernel_path import layer_path, on_packed_kernels
 from nas.errors import UsageError
 
 FORMAT = "nas-device-profile"
-FORMAT_VERSION = 4  # 3: the packed model (integer / binary kernels) is what is priced; 4: + int.split; bump when TERMS or the feature definitions change
+FORMAT_VERSION = 5  # 3: the packed model (integer / binary kernels) is what is priced; 4: + int.split; 5: + int.w8; bump when TERMS or the feature definitions change
 ENV_PROFILE = "NAS_PROFILE"
 HINT = "re-run `nas calibrate`"
 
@@ -96,6 +96,10 @@ TERMS: dict[str, tuple[str, ...]] = {
     # over each output's receptive field read per output pixel (kpixtaps = pixels x taps x
     # groups / 1e3) and added to every output (kout); fits to 0 on levels without it
     "int.split": ("kpixtaps", "kout"),
+    # 8-bit weights' MACs (not depthwise): on AVX2 the byte path (vpmaddubsw) is exact only for
+    # codes within +-15, so 8-bit layers run the int16 path there, 2/4-bit ones the byte path;
+    # fits near 0 where every width takes the same path per MAC
+    "int.w8": ("mmacs",),
     "int.residual": ("1", "kout"),  # the block's shortcut added in the epilogue (NHWC copy of it)
     # 1-bit layers (`PackedBinaryConv2d`): on the packed kernels (BN folded into the epilogue) ...
     "binconv.kernel": ("1", "mwords", "ktaps", "kin", "kout", "kweights"),
@@ -297,6 +301,7 @@ def _weighted_terms(layer, kernels: bool, records: dict, k_in: float, k_out: flo
             h_out, w_out = layer.out_shape[1], layer.out_shape[2]
             taps = 1 if cls == "linear" else layer.kernel ** 2
             terms.append(("int.split", (h_out * w_out * taps * layer.groups / 1e3, k_out)))
+            terms.append(("int.w8", (mmacs,)))
         return terms  # BN folded, ReLU / h-swish fused: nothing else runs
     conv_term = (cls, (1.0, mmacs) if cls in ("conv.vec", "linear") else (1.0, mmacs, k_in, k_out))
     unit = f"{layer.name}.sign" in records  # a Bi-Real unit's conv: its sign op is priced apart
