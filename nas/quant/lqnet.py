@@ -67,7 +67,7 @@ def uniform_basis(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 def levels(v: torch.Tensor) -> torch.Tensor:
     """v^T e for every code e: (C, 2^K), column j the level of code j (`codes`)."""
-    return v @ codes(v.shape[1]).to(v.dtype).T  # (C, K) @ (K, 2^K)
+    return v @ codes(v.shape[1]).to(v.device, v.dtype).T  # (C, K) @ (K, 2^K)
 
 
 def assign(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,11 +82,11 @@ def assign(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def least_squares_basis(x: torch.Tensor, idx: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 2: v* = (B^T B)^{-1} B^T x per row, B the ±1 codes of `idx` (C, N, K); returns
     (v* (C, K), which rows were solvable (C,) bool). Solved in float64; unsolvable rows are 0."""
-    b = codes(bits).double()[idx]  # (C, N, K)
+    b = codes(bits).to(idx.device, torch.float64)[idx]  # (C, N, K)
     gram = b.transpose(1, 2) @ b  # (C, K, K), integer-valued
     rhs = (b.transpose(1, 2) @ x.detach().double().unsqueeze(2)).squeeze(2)  # (C, K)
     ok = torch.linalg.matrix_rank(gram, hermitian=True) == bits  # (C,)
-    v = torch.zeros(x.shape[0], bits, dtype=torch.float64)
+    v = torch.zeros(x.shape[0], bits, dtype=torch.float64, device=x.device)
     if ok.any():
         v[ok] = torch.linalg.solve(gram[ok], rhs[ok])
     return v.to(x.dtype), ok
@@ -122,6 +122,8 @@ class LQWeight:
     def __call__(self) -> torch.Tensor:
         w = self.module.weight
         x = w.reshape(w.shape[0], -1)  # (C_out, N): one quantizer per output channel
+        if self.basis.device != w.device:  # the trainer moved the model (--device cuda)
+            self.basis = self.basis.to(w.device)
         q, idx = assign(x, self.basis)
         out = quantizer(OnLevels, x, q).reshape(w.shape)
         if self.module.training and torch.is_grad_enabled():
