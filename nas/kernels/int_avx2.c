@@ -65,8 +65,8 @@ TGT static inline __attribute__((always_inline)) __m256i codes8(const ep_consts 
 {
     __m256 v = _mm256_min_ps(_mm256_max_ps(y, e->lo), e->al);
     v = _mm256_div_ps(v, e->s);
-    const __m256i q = _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    return _mm256_and_si256(q, _mm256_set1_epi32(0xFF));
+    /* vcvtps2dq rounds in the current rounding mode, as rintf does (nearest even by default) */
+    return _mm256_and_si256(_mm256_cvtps_epi32(v), _mm256_set1_epi32(0xFF));
 }
 
 /* Eight codes (int32 lanes 0..255) as eight bytes at p: packing values in 0..255 saturates nothing. */
@@ -74,6 +74,28 @@ TGT static inline __attribute__((always_inline)) void put8(uint8_t *p, __m256i q
 {
     const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
     _mm_storel_epi64((__m128i *)p, _mm_packus_epi16(w, w));
+}
+
+/* Sixteen codes (two vectors of int32 lanes 0..255, channels c..c+7 and c+8..c+15) as sixteen
+ * bytes at p, in channel order. */
+TGT static inline __attribute__((always_inline)) void put16(uint8_t *p, __m256i q0, __m256i q1)
+{
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(q0, q1), 0xD8); /* 16 int16 in order */
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+}
+
+/* store8e on channels c..c+15 (acc0: c..c+7, acc1: c+8..c+15), the codes stored at once */
+TGT static inline __attribute__((always_inline)) void store16e(const ep_consts *e, long pix, int c, __m256i acc0,
+                                                                __m256i acc1)
+{
+    const long at = pix * e->cout + c;
+    const __m256 y0 = epilogue8(e, at, c, acc0), y1 = epilogue8(e, at + 8, c + 8, acc1);
+    if (e->yc) {
+        put16(e->yc + at, codes8(e, y0), codes8(e, y1));
+    } else {
+        _mm256_storeu_ps(e->yf + at, y0);
+        _mm256_storeu_ps(e->yf + at + 8, y1);
+    }
 }
 
 TGT static inline __attribute__((always_inline)) void store8e(const ep_consts *e, long pix, int c, __m256i acc)
@@ -94,6 +116,7 @@ TGT static void store8(const int_args *a, long pix, int c, __m256i acc)
 
 TGT static void conv_row(const int_args *a, long n, long oy)
 {
+    const ep_consts e = ep_of(a);
     const long cstride = (long)a->G * a->cpad;
     const int pairs = a->cpad / 2;
     const long tapw = (long)pairs * NAS_INT_LANES * 2;
@@ -145,8 +168,7 @@ TGT static void conv_row(const int_args *a, long n, long oy)
                 for (int i = 0; i < np; i++) {
                     const long pix = (n * a->Ho + oy) * a->Wo + ox0 + i;
                     if (nl == NAS_INT_LANES) {
-                        store8(a, pix, c0, acc[i][0]);
-                        store8(a, pix, c0 + 8, acc[i][1]);
+                        store16e(&e, pix, c0, acc[i][0], acc[i][1]);
                         continue;
                     }
                     _mm256_store_si256((__m256i *)out[i], acc[i][0]);
@@ -217,10 +239,9 @@ TGT static void dw_row(const int_args *a, long n, long oy)
                     h1 = _mm256_add_epi32(h1, _mm256_madd_epi16(_mm256_unpackhi_epi16(a1, b1), whi[p]));
                 }
                 const long pix = (n * a->Ho + oy) * Wo + ox;
-                store8e(&e, pix, (int)c, _mm256_permute2x128_si256(l0, h0, 0x20));
-                store8e(&e, pix, (int)c + 8, _mm256_permute2x128_si256(l0, h0, 0x31));
-                store8e(&e, pix + 1, (int)c, _mm256_permute2x128_si256(l1, h1, 0x20));
-                store8e(&e, pix + 1, (int)c + 8, _mm256_permute2x128_si256(l1, h1, 0x31));
+                store16e(&e, pix, (int)c, _mm256_permute2x128_si256(l0, h0, 0x20), _mm256_permute2x128_si256(l0, h0, 0x31));
+                store16e(&e, pix + 1, (int)c, _mm256_permute2x128_si256(l1, h1, 0x20),
+                         _mm256_permute2x128_si256(l1, h1, 0x31));
             }
             for (; ox < Wo; ox++) {
                 __m256i l0 = _mm256_setzero_si256(), h0 = l0;
@@ -232,8 +253,7 @@ TGT static void dw_row(const int_args *a, long n, long oy)
                     h0 = _mm256_add_epi32(h0, _mm256_madd_epi16(_mm256_unpackhi_epi16(a0, b0), whi[p]));
                 }
                 const long pix = (n * a->Ho + oy) * Wo + ox;
-                store8e(&e, pix, (int)c, _mm256_permute2x128_si256(l0, h0, 0x20));
-                store8e(&e, pix, (int)c + 8, _mm256_permute2x128_si256(l0, h0, 0x31));
+                store16e(&e, pix, (int)c, _mm256_permute2x128_si256(l0, h0, 0x20), _mm256_permute2x128_si256(l0, h0, 0x31));
             }
         }
     for (long ox = 0; ox < Wo; ox++) {
@@ -283,8 +303,7 @@ TGT static inline __attribute__((always_inline)) void q_store(const int_args *a,
         hi = _mm256_add_epi32(hi, _mm256_loadu_si256((const __m256i *)(wc + 8)));
     }
     if (nl == 16) {
-        store8e(e, pix, c, lo);
-        store8e(e, pix, c + 8, hi);
+        store16e(e, pix, c, lo, hi);
         return;
     }
     int32_t out[16] __attribute__((aligned(32)));
@@ -414,8 +433,8 @@ TGT static void quantize(const float *x, long n, float lo, float alpha, float s,
         __m256 v = _mm256_blendv_ps(y, lov, _mm256_cmp_ps(y, lov, _CMP_LT_OQ)); /* y < lo ? lo : y */
         v = _mm256_blendv_ps(v, alv, _mm256_cmp_ps(v, alv, _CMP_GT_OQ));        /* v > alpha ? alpha : v */
         v = _mm256_div_ps(v, sv);
-        const __m256i q = _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        put8(codes + i, _mm256_and_si256(q, _mm256_set1_epi32(0xFF)));
+        /* vcvtps2dq rounds in the current rounding mode, as rintf does */
+        put8(codes + i, _mm256_and_si256(_mm256_cvtps_epi32(v), _mm256_set1_epi32(0xFF)));
     }
     for (; i < n; i++)
         codes[i] = nas_int_requant(x[i], lo, alpha, s);
