@@ -320,7 +320,7 @@ def _run_integer(bits, threads_list, seconds) -> tuple[list, float, str, str, li
                     rows.append(r)
     finally:
         torch.set_num_threads(saved)
-    return rows, peak, level, instruction, IB.int_goals(rows)
+    return rows, peak, level, instruction, IB.int_goals(rows, level)
 
 
 def run(args) -> int:
