@@ -62,17 +62,13 @@ class Methods:
         if isinstance(self.two_stage, bool) or not 0.0 <= self.two_stage < 1.0:
             raise UsageError(f"two_stage={self.two_stage!r}: expected a fraction of the epochs, 0 <= F < 1 "
                              f"(0: one stage)")
-        if self.sign_gradient not in SIGN_GRADIENTS:
-            raise UsageError(f"sign_gradient={self.sign_gradient!r}: expected one of {sorted(SIGN_GRADIENTS)}")
-        if self.act_quant not in ACT_QUANTIZERS:
-            raise UsageError(f"act_quant={self.act_quant!r}: expected one of {list(ACT_QUANTIZERS)}")
+        for name, allowed in (("sign_gradient", sorted(SIGN_GRADIENTS)), ("act_quant", list(ACT_QUANTIZERS)),
+                              ("weight_quant", list(WEIGHT_QUANTIZERS)), ("weight_grad", list(WEIGHT_GRADIENTS))):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
         if self.grad_bits is not None and (isinstance(self.grad_bits, bool) or self.grad_bits not in GRAD_BITS):
             raise UsageError(f"grad_bits={self.grad_bits!r}: expected a whole number from {GRAD_BITS[0]} "
                              f"to {GRAD_BITS[-1]}")
-        if self.weight_quant not in WEIGHT_QUANTIZERS:
-            raise UsageError(f"weight_quant={self.weight_quant!r}: expected one of {list(WEIGHT_QUANTIZERS)}")
-        if self.weight_grad not in WEIGHT_GRADIENTS:
-            raise UsageError(f"weight_grad={self.weight_grad!r}: expected one of {list(WEIGHT_GRADIENTS)}")
         if self.weight_quant == "lqnet" and self.weight_grad == "metaquant":
             raise UsageError("weight_grad='metaquant' with weight_quant='lqnet': expected one of the two "
                              "(MetaQuant's quantizers are BWN's and DoReFa's, eqs. 2-32 .. 2-35)")
