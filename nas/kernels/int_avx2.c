@@ -398,29 +398,6 @@ TGT static void conv_q(const int_args *a, long p0, long p1)
             }
 }
 
-/* 8 independent vpmaddubsw + vpmaddwd + vpaddd chains: 8 * 32 u8 x s8 MACs per pass. */
-TGT static int64_t peak_q(long reps)
-{
-    __m256i acc[8];
-    __m256i x = _mm256_set1_epi8(3);
-    const __m256i w = _mm256_set1_epi8(5), ones = _mm256_set1_epi16(1);
-    for (int i = 0; i < 8; i++)
-        acc[i] = _mm256_set1_epi32(i);
-    for (long r = 0; r < reps; r++) {
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++)
-            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), ones));
-        __asm__ volatile("" : "+x"(x));
-    }
-    int32_t buf[8] __attribute__((aligned(32)));
-    int64_t s = 0;
-    for (int i = 0; i < 8; i++) {
-        _mm256_store_si256((__m256i *)buf, acc[i]);
-        s += buf[0];
-    }
-    return s;
-}
-
 /* nas_int_requant over a float32 array, 8 lanes at a time: the scalar ternaries as compares
  * and blends (NaN and signed zeros as the scalar code has them), IEEE division, round to nearest
  * even, the low byte of the int32. The tail of n % 8 values runs the scalar code. */
@@ -440,31 +417,46 @@ TGT static void quantize(const float *x, long n, float lo, float alpha, float s,
         codes[i] = nas_int_requant(x[i], lo, alpha, s);
 }
 
-/* 8 independent vpmaddwd + vpaddd chains: 8 * 16 int16 MACs per pass (the asm barrier
- * on x keeps the multiply inside the loop). */
-TGT static int64_t peak(long reps)
+/* 8 independent multiply-add chains: int16 pairs, vpmaddwd + vpaddd, 8 * 16 MACs per pass; or
+ * (bytes) the byte path's own mix, two vpmaddubsw added in int16, vpmaddwd against ones, vpaddd:
+ * 8 * 64 u8 x s8 MACs per pass. Inlined with a constant `bytes`, so each microkernel is its
+ * own loop. */
+TGT static inline __attribute__((always_inline)) int64_t peak_chains(long reps, const int bytes)
 {
-    __m256i acc[8];
-    __m256i x = _mm256_set1_epi16(3);
-    const __m256i w = _mm256_set1_epi16(5);
-    for (int i = 0; i < 8; i++)
-        acc[i] = _mm256_set1_epi32(i);
+    __m256i x = bytes ? _mm256_set1_epi8(3) : _mm256_set1_epi16(3);
+    const __m256i w = bytes ? _mm256_set1_epi8(5) : _mm256_set1_epi16(5), ones = _mm256_set1_epi16(1);
+    /* named accumulators: an array would be kept in memory */
+    __m256i a0 = _mm256_set1_epi32(0), a1 = _mm256_set1_epi32(1), a2 = _mm256_set1_epi32(2),
+            a3 = _mm256_set1_epi32(3), a4 = _mm256_set1_epi32(4), a5 = _mm256_set1_epi32(5),
+            a6 = _mm256_set1_epi32(6), a7 = _mm256_set1_epi32(7);
     for (long r = 0; r < reps; r++) {
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++)
-            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(x, w));
-        __asm__ volatile("" : "+x"(x));
+        /* the asm barrier makes x new before each product, so the compiler neither computes the
+         * eight identical products once nor moves them out of the loop */
+#define MA(v)                                                                                              \
+    do {                                                                                                   \
+        __asm__ volatile("" : "+x"(x));                                                                    \
+        __m256i p = _mm256_madd_epi16(x, w);                                                               \
+        if (bytes) {                                                                                       \
+            const __m256i p0 = _mm256_maddubs_epi16(x, w);                                                 \
+            __asm__ volatile("" : "+x"(x));                                                                \
+            p = _mm256_madd_epi16(_mm256_add_epi16(p0, _mm256_maddubs_epi16(x, w)), ones);                 \
+        }                                                                                                  \
+        v = _mm256_add_epi32(v, p);                                                                        \
+    } while (0)
+        MA(a0); MA(a1); MA(a2); MA(a3); MA(a4); MA(a5); MA(a6); MA(a7);
+#undef MA
     }
+    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
+                                       _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
     int32_t buf[8] __attribute__((aligned(32)));
-    int64_t s = 0;
-    for (int i = 0; i < 8; i++) {
-        _mm256_store_si256((__m256i *)buf, acc[i]);
-        s += buf[0];
-    }
-    return s;
+    _mm256_store_si256((__m256i *)buf, s);
+    return (int64_t)buf[0];
 }
 
+TGT static int64_t peak(long reps) { return peak_chains(reps, 0); }
+TGT static int64_t peak_q(long reps) { return peak_chains(reps, 1); }
+
 const int_level nas_int_avx2 = {.name = "avx2", .conv = conv_row, .dw = dw_row, .peak = peak, .macs_per_rep = 8 * 16,
-                                .quantize = quantize, .conv_q = conv_q, .peak_q = peak_q, .macs_per_rep_q = 8 * 32,
+                                .quantize = quantize, .conv_q = conv_q, .peak_q = peak_q, .macs_per_rep_q = 8 * 64,
                                 .q_wmax = Q_WMAX, .q_split = 0};
 #endif
