@@ -300,9 +300,14 @@ def _transient(e: BaseException) -> bool:
     """A lost or refused database connection (worth retrying), not a bad query or a conflict."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    for err in (e, e.__cause__, e.__context__):
-        if isinstance(err, OperationalError) or (isinstance(err, DBAPIError) and err.connection_invalidated):
+    # the whole chain: a session whose connection was lost mid-transaction raises PendingRollbackError,
+    # caused by the OperationalError, inside Optuna's StorageInternalError (three links deep)
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OperationalError) or (isinstance(e, DBAPIError) and e.connection_invalidated):
             return True
+        e = e.__cause__ or e.__context__
     return False
 
 
@@ -342,9 +347,13 @@ class RetryingRDBStorage(RDBStorage):
     worker (a restarted or briefly stopped PostgreSQL server)."""
 
 
+# Optuna wraps an RDBStorage in _CachedStorage, which calls five of its private methods directly
+_PRIVATE_CALLED_BY_CACHE = {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
+                            "_get_stale_trial_ids"}
 for _name, _method in vars(RDBStorage).items():
-    if callable(_method) and not _name.startswith("_"):
+    if callable(_method) and (not _name.startswith("_") or _name in _PRIVATE_CALLED_BY_CACHE):
         setattr(RetryingRDBStorage, _name, _retrying(_method))
+assert _PRIVATE_CALLED_BY_CACHE <= set(vars(RDBStorage)), "Optuna renamed an RDBStorage method _CachedStorage calls"
 
 
 def worker_id() -> str:
