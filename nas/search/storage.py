@@ -16,6 +16,7 @@ corrupt record in the middle is refused with its byte offset.
 """
 
 import datetime
+import inspect
 import json
 import os
 import socket
@@ -347,13 +348,12 @@ class RetryingRDBStorage(RDBStorage):
     worker (a restarted or briefly stopped PostgreSQL server)."""
 
 
-# Optuna wraps an RDBStorage in _CachedStorage, which calls five of its private methods directly
-_PRIVATE_CALLED_BY_CACHE = {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
-                            "_get_stale_trial_ids"}
+# Every method, private ones too: Optuna wraps an RDBStorage in _CachedStorage, which calls
+# private ones (_get_trials, _create_new_trial, ...) directly; an inner call only passes through.
+# Static methods take no storage and are left as they are.
 for _name, _method in vars(RDBStorage).items():
-    if callable(_method) and (not _name.startswith("_") or _name in _PRIVATE_CALLED_BY_CACHE):
+    if inspect.isfunction(_method) and not _name.startswith("__"):
         setattr(RetryingRDBStorage, _name, _retrying(_method))
-assert _PRIVATE_CALLED_BY_CACHE <= set(vars(RDBStorage)), "Optuna renamed an RDBStorage method _CachedStorage calls"
 
 
 def worker_id() -> str:
