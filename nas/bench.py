@@ -1,4 +1,4 @@
-"""`nas bench kernels | infer | search | pruners | proxies | train | startup | compress`: benchmarks that print their figures."""
+"""`nas bench kernels | infer | search | pruners | fidelity | proxies | train | startup | compress`: benchmarks that print their figures."""
 
 import importlib
 
@@ -7,6 +7,8 @@ BENCHES = {  # name -> (module, what it measures)
     "infer": ("nas.export.bench", "the packed model at int8 and mixed 2/4/8 bits vs the same arch at 32 bits (batch 1)"),
     "search": ("nas.search.bench", "the search against random search and hand-designed nets at equal budgets"),
     "pruners": ("nas.search.bench_pruners", "trial pruners replayed on recorded learning curves"),
+    "fidelity": ("nas.search.bench_fidelity",
+                 "how each fidelity's rungs rank architectures by the final recipe's test accuracy"),
     "proxies": ("nas.train.bench_proxies", "zero-cost proxies' rank correlation with trained accuracy"),
     "train": ("nas.train.bench_train", "training throughput of the trainer against a plain PyTorch loop"),
     "startup": ("nas.measure.bench_startup", "cold start-up time of light commands (nas cost, nas space)"),

@@ -32,7 +32,7 @@ COMMANDS = {
     "calibrate": ("nas.measure.calibrate", "measure this device and fit the latency model"),
     "compress": ("nas.commands.compress", "prune, share weights or quantize a trained float model; exact payload"),
     "scale": ("nas.commands.scale", "compound scaling: a base network -> the family B1..Bn under budgets"),
-    "bench": ("nas.bench", "benchmarks that print their figures: kernels, infer, search, pruners, proxies, train, startup, compress"),
+    "bench": ("nas.bench", "benchmarks that print their figures: kernels, infer, search, pruners, fidelity, proxies, train, startup, compress"),
 }
 
 

@@ -4,7 +4,8 @@ import json
 import signal
 
 from nas import interrupts
-from nas.search.config import OBJECTIVES, OPTION_NAMES, PROXIES, PRUNERS, SAMPLERS, build_config, read_config_file
+from nas.search.config import (FIDELITIES, OBJECTIVES, OPTION_NAMES, PROXIES, PRUNERS, SAMPLERS, build_config,
+                               read_config_file)
 from nas.measure.device import add_device_arguments
 from nas.units import format_bytes, format_count
 
@@ -38,6 +39,11 @@ def add_arguments(p):
     p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
     p.add_argument("--proxy", choices=PROXIES, help="zero-cost proxy gate before training (default none)")
     p.add_argument("--pruner", choices=PRUNERS, help="sh = successive halving over epochs (default), none")
+    p.add_argument("--fidelity", choices=FIDELITIES,
+                   help="what ranks candidates: subset = a short run of their own, the best few then retrained "
+                        "on the final recipe (default); final = the final recipe itself, scored at rungs that "
+                        "are fractions of it (a third goes on), the last candidate standing is the result, not "
+                        "retrained (docs/training.md)")
     g = p.add_argument_group("sizes (defaults derived from the dataset, docs/training.md; a size over its split "
                              "is capped to it)")
     g.add_argument("--subset", type=int, help="training images per candidate (default: the training split, "
@@ -106,7 +112,7 @@ def print_summary(summary: dict) -> None:
         print(f"{b['trial']:>5}  {b['accuracy']:>7.4f}  {format_bytes(b['weight_bytes']):>9}  "
               f"{format_bytes(b['peak_act_bytes']):>9}  {format_count(b['macs']):>7}  {lat:>8}  {b['arch']}")
     for i, f in enumerate(summary.get("final", [])):
-        mark = "chosen (best final val)" if i == 0 else "retrained"
+        mark = "chosen (best final val)" if i == 0 else ("finalist" if f.get("fidelity") == "final" else "retrained")
         print(f"\nfinal, {mark}: trial {f['trial']}, {f['epochs']} epochs: val {f['val_accuracy']:.4f}, "
               f"test {f['test_accuracy']:.4f}, weight_bytes {format_bytes(f['costs']['weight_bytes'])} "
               f"(budget {format_bytes(summary['budgets']['weight_bytes']) if summary['budgets'].get('weight_bytes') else 'none'}); "

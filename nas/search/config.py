@@ -28,6 +28,13 @@ SAMPLERS = ("tpe", "nsga2", "random")
 OBJECTIVES = ("accuracy", "accuracy,weight_bytes", "accuracy,latency_ms", "accuracy,macs")
 PROXIES = ("naswot", "synflow", "none")
 PRUNERS = ("sh", "none")
+# What a candidate's score is measured on (docs/training.md, "Fidelity"):
+# subset: a short training of its own (`subset` images x `epochs`), then the best few are
+#   retrained from scratch on the final recipe (`nas.search.final`);
+# final: the final recipe itself, scored at rungs that are fractions of it; a candidate that
+#   survives every rung has run the whole final recipe, and its weights are the result.
+FIDELITIES = ("subset", "final")
+FINAL_LADDER_FACTOR = 3  # final fidelity: a third goes on at each rung, rungs a factor 3 apart
 
 # The sizes and epochs a search derives from its dataset when none is given (`resolve_sizes`;
 # the rules and the figures behind them: docs/training.md). Caps are in images, so the cost
@@ -68,6 +75,7 @@ class SearchConfig:
     proxy: str = "none"
     proxy_keep: float = 0.5  # train a candidate only if its proxy beats this quantile of earlier ones
     pruner: str = "sh"  # successive halving over epochs (single objective), or none
+    fidelity: str = "subset"  # FIDELITIES: a candidate's own short training, or rungs of the final recipe
     final_top: int = 3  # best distinct feasible architectures retrained on the final recipe; best val wins
     final_epochs: int | None = None
     final_subset: int | None = None  # training images of the final recipe
@@ -89,6 +97,11 @@ class SearchConfig:
             raise UsageError(f"--objectives {self.objectives!r}: expected one of {list(OBJECTIVES)}")
         if self.pruner not in PRUNERS:
             raise UsageError(f"--pruner {self.pruner!r}: expected one of {list(PRUNERS)}")
+        if self.fidelity not in FIDELITIES:
+            raise UsageError(f"--fidelity {self.fidelity!r}: expected one of {list(FIDELITIES)}")
+        if self.fidelity == "final" and self.final_two_stage:
+            raise UsageError(f"--final-two-stage {self.final_two_stage}: not available with --fidelity final "
+                             f"(its rungs are fractions of a one-stage run); expected --fidelity subset")
         if self.proxy not in PROXIES:
             raise UsageError(f"--proxy {self.proxy!r}: expected one of {list(PROXIES)}")
         for name in ("workers", "epochs", "subset", "final_top", "final_epochs", "batch_size", "val_subset",
@@ -141,6 +154,7 @@ _PARSERS = {
     "dataset": ("dataset", str), "data_dir": ("data_dir", str), "objectives": ("objectives", str),
     "sampler": ("sampler", str), "trials": ("trials", int), "max_trials": ("max_trials", int), "workers": ("workers", int), "seed": ("seed", int),
     "subset": ("subset", int), "epochs": ("epochs", int), "proxy": ("proxy", str), "pruner": ("pruner", str),
+    "fidelity": ("fidelity", str),
     "final_top": ("final_top", int), "val_subset": ("val_subset", int), "final_epochs": ("final_epochs", int), "final_subset": ("final_subset", int),
     "batch_size": ("batch_size", int), "final_batch_size": ("final_batch_size", int), "device": ("device", str),
     "amp": ("amp", lambda v, where: _boolean(v, where)),
@@ -255,6 +269,23 @@ def first_rung(epochs: int) -> int:
     """The epoch of successive halving's first rung: a third of the candidate's images (at
     least one epoch); later rungs double it. 3 epochs: rungs after 1 and 2; 9: after 3 and 6."""
     return max(1, epochs // 3)
+
+
+def rung_steps(config: SearchConfig, total_steps: int) -> list[int]:
+    """Final fidelity: the optimizer steps of the final recipe (`total_steps` in all) after which
+    a candidate is scored and successive halving keeps a third. The ladder is counted down from
+    the recipe, which is the top rung and never stops a candidate: rungs at a third, a ninth, ...
+    of it, as many as put the first rung nearest (in ratio) to what a subset-fidelity candidate
+    costs (`subset` x `epochs` images at `final_batch_size`); at least one. Optuna's pruner gets
+    the same ladder (`min_resource` = the first rung, `reduction_factor` = the factor). A recipe
+    under `FINAL_LADDER_FACTOR` steps has no rung below the top."""
+    if total_steps < FINAL_LADDER_FACTOR:
+        return []
+    candidate = max(1, math.ceil(config.subset * config.epochs / config.final_batch_size))
+    below_top = max(1, round(math.log(total_steps / candidate, FINAL_LADDER_FACTOR)))
+    first = math.ceil(total_steps / FINAL_LADDER_FACTOR ** below_top)
+    rungs = (first * FINAL_LADDER_FACTOR ** j for j in range(below_top))
+    return [r for r in rungs if r < total_steps]
 
 
 def resolve_sizes(config: SearchConfig, n_train: int, n_val: int, num_classes: int, dataset: str,

@@ -1,9 +1,11 @@
-"""Final fidelity: retrain the best feasible trials longer, test each once, keep the weights.
+"""The final recipe: retrain the best feasible trials longer, test each once, keep the weights.
 
-The top rung of the fidelity ladder: the `final_top` best distinct architectures of the
-search are retrained on the final recipe, and the one with the best *validation* accuracy
-after it is the search's result (`chosen`); the test split is never used to choose.
-The test split is touched here and nowhere else in a search. Weights go to
+The top rung of the fidelity ladder. With `--fidelity subset` the `final_top` best distinct
+architectures of the search are retrained on the final recipe; with `--fidelity final` a
+candidate that survives every rung has already run the recipe (`nas.search.objective`) and is
+recorded here as it stands (`record_final`), not trained again. The one with the best
+*validation* accuracy after the recipe is the search's result (`chosen`); the test split is
+never used to choose, and is touched here and nowhere else in a search. Weights go to
 ``studies/<study>/trial_<n>.safetensors``; the record goes to the study's user attribute
 ``final:<n>`` (`nas.search.records.FinalRecord`; finished trials are immutable in Optuna),
 which `report` and `export` read.
@@ -59,7 +61,7 @@ def final_data(config: SearchConfig, resolution: int):
                         resolution=resolution)
 
 
-def final_train(model, data, config: SearchConfig, **kwargs):
+def final_train(model, data, config: SearchConfig, progress: bool = True, **kwargs):
     """The final recipe, defined once for the search's finalists and for `nas bench search`'s
     hand-designed nets: `final_epochs` epochs at batch `final_batch_size`, seeded by `seed`, on
     `device`; the model comes back on the CPU. `final_two_stage` > 0: Bi-Real's two stages
@@ -68,10 +70,10 @@ def final_train(model, data, config: SearchConfig, **kwargs):
         from nas.train.methods import Methods, train_with_methods
 
         return train_with_methods(model, data, config.final_epochs, Methods(two_stage=config.final_two_stage),
-                                  batch_size=config.final_batch_size, seed=config.seed, progress=True,
+                                  batch_size=config.final_batch_size, seed=config.seed, progress=progress,
                                   device=config.device, amp=config.amp, **kwargs)[0]
     return train(model, data, epochs=config.final_epochs, batch_size=config.final_batch_size, seed=config.seed,
-                 progress=True, device=config.device, amp=config.amp, **kwargs)
+                 progress=progress, device=config.device, amp=config.amp, **kwargs)
 
 
 def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> FinalRecord:
@@ -87,25 +89,36 @@ def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.F
     model = build_model(arch)
     start = time.time()
     result = final_train(model, data, config, weight_bytes=searched.costs["weight_bytes"])
+    search_val = searched.values[0] if searched.values else None
+    return record_final(study, config, trial.number, searched.arch, model, data, result, searched.costs,
+                        search_val, time.time() - start)
+
+
+def record_final(study: optuna.Study, config: SearchConfig, number: int, arch: str, model, data, result,
+                 costs: dict, search_val_accuracy: float | None, wall_s: float) -> FinalRecord:
+    """A model the final recipe trained (`result`): tested once on the test split, its weights
+    saved beside the study, its latency measured, the `FinalRecord` written. One home for both
+    fidelities: the retraining above, and a final-fidelity candidate that ran the whole recipe
+    (`nas.search.objective`)."""
     test_accuracy = evaluate(model, data.test)
     out = artifacts_dir(config.study)
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"trial_{trial.number}.safetensors"
+    weights = out / f"trial_{number}.safetensors"
     with fsio.atomic_file(weights) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"arch": searched.arch})
+                  metadata={"arch": arch})
     # measured the way `nas calibrate` measures what the latency model predicts: batch 1, eval
     # mode, 1-bit layers on the packed kernels (the training's own figure is the fake-quant path)
-    measured = time_forward(model.eval().use_kernels(True), example_input(arch)).median_ms
+    measured = time_forward(model.eval().use_kernels(True), example_input(decode(arch))).median_ms
     record = FinalRecord(
-        trial=trial.number, arch=searched.arch, search_val_accuracy=searched.values[0],
+        trial=number, arch=arch, search_val_accuracy=search_val_accuracy,
         val_accuracy=result.accuracy, test_accuracy=test_accuracy, weights=str(weights),
-        latency_ms=searched.cost("latency_ms"),  # predicted
+        latency_ms=costs.get("latency_ms"),  # predicted
         latency_measured_ms=measured,
         epochs=config.final_epochs, subset=config.final_subset, batch_size=config.final_batch_size,
         seed=config.seed,
         train={k: v for k, v in result.to_dict().items() if k != "val_history"},
-        wall_s=round(time.time() - start, 1), costs=searched.costs,
+        wall_s=round(wall_s, 1), costs=costs, fidelity=config.fidelity,
     )
     write_final(study, record)
     return record

@@ -9,8 +9,10 @@ For each trial, cheapest check first:
    (`duplicate_of` names the trial either way);
 4. zero-cost proxy on one real batch -> PRUNED when below the `proxy_keep` quantile of the
    earlier candidates' proxies (after a few warm-up candidates);
-5. short quantization-aware training on a subset, reporting validation accuracy after
-   every epoch; Optuna's successive-halving pruner stops the weak ones early.
+5. quantization-aware training, scored on the validation subset at successive halving's
+   rungs, where Optuna's pruner stops the weak ones: `--fidelity subset` trains a short run of
+   its own (rungs at epochs); `--fidelity final` runs the final recipe itself (rungs at
+   fractions of it) and a candidate that passes them all is a finalist as it stands.
 Training that diverges (NaN) raises `TrainingDiverged`: the trial is FAIL and the search
 goes on.
 """
@@ -29,12 +31,13 @@ from nas.cost.latency import Profile, predict_latency_ms
 from nas.cost.mcu import mcu_cost
 from nas.data import load_dataset
 from nas.search.budgets import feasible
-from nas.search.config import SearchConfig
+from nas.search import final
+from nas.search.config import SearchConfig, rung_steps
 from nas.search.records import TrialRecord, write_constraints, write_trial
 from nas.search.storage import worker_id
 from nas.space import Space, encode, sample_arch
 from nas.train import proxies
-from nas.train.trainer import train
+from nas.train.trainer import steps_in_epoch, train
 
 PROXY_WARMUP = 6  # candidates that train unconditionally before the proxy gate opens
 
@@ -110,14 +113,17 @@ class Objective:
             write_trial(trial, trained=True)
             return duplicate.values[0] if not self.multi else tuple(duplicate.values)
 
-        torch.manual_seed(c.seed + trial.number)
-        data = self.data.get(sample.arch.resolution, c.subset)
+        # final fidelity: seeded as the final recipe is, so the candidate's run is the recipe's
+        torch.manual_seed(c.seed if c.fidelity == "final" else c.seed + trial.number)
+        data = self.data.get(sample.arch.resolution, c.final_subset if c.fidelity == "final" else c.subset)
         model = build_model(sample.arch)
         if c.proxy != "none":
             score = self._proxy(model, data)
             write_trial(trial, proxy=score)
             if not self._proxy_passes(trial, score):
                 raise optuna.TrialPruned(f"{c.proxy} proxy {score:.4g} below the {c.proxy_keep:.0%} quantile")
+        if c.fidelity == "final":
+            return self._run_final_recipe(trial, arch, model, data, costs)
 
         def on_epoch_end(epoch: int, val_accuracy: float):
             if self.multi:
@@ -136,6 +142,40 @@ class Objective:
             write_trial(trial, accuracy=result.accuracy, train=_train_record(result))
             raise optuna.TrialPruned(f"the search's time budget ended after {result.epochs_completed:.2f} of "
                                      f"{c.epochs} epochs")
+        write_trial(trial, trained=True, accuracy=result.accuracy, train=_train_record(result))
+        return self._values(result.accuracy, costs)
+
+    def _run_final_recipe(self, trial: optuna.Trial, arch: str, model, data, costs: dict):
+        """Final fidelity: the candidate runs the final recipe, scored on the validation subset at
+        each rung (`final_ladder`); successive halving stops the weaker two thirds there. A
+        candidate that passes the last rung finishes the recipe even past the search's deadline
+        (it is a finalist then), is tested once and recorded as the final training
+        (`nas.search.final.record_final`): the search's result is this run, not a new one."""
+        c = self.config
+        rungs, total = final_ladder(c, len(data.train))
+
+        def on_rung(step: int, val_accuracy: float):
+            if self.multi:
+                return  # Optuna prunes single-objective studies only
+            trial.report(val_accuracy, step)
+            if trial.should_prune():
+                write_trial(trial, accuracy=val_accuracy)
+                raise optuna.TrialPruned(f"successive halving after {step} of the final recipe's {total} steps")
+
+        def stop(step: int) -> str | None:  # the deadline stops a candidate only below the top rung
+            before_top = not rungs or step < rungs[-1]
+            return "deadline" if before_top and self.deadline is not None and time.time() > self.deadline else None
+
+        start = time.time()
+        result = final.final_train(model, data, c, progress=False, rung_steps=rungs, on_rung=on_rung, stop=stop,
+                                   measure_inference=False, weight_bytes=costs["weight_bytes"],
+                                   val_subset=c.val_subset)
+        if result.stopped_early is not None:
+            write_trial(trial, accuracy=result.accuracy, train=_train_record(result))
+            raise optuna.TrialPruned(f"the search's time budget ended after {result.steps} of the final recipe's "
+                                     f"{total} steps, before its last rung")
+        final.record_final(trial.study, c, trial.number, arch, model, data, result, costs, result.accuracy,
+                           time.time() - start)
         write_trial(trial, trained=True, accuracy=result.accuracy, train=_train_record(result))
         return self._values(result.accuracy, costs)
 
@@ -163,6 +203,13 @@ class Objective:
             if r.state != TrialState.COMPLETE or r.trained:
                 return r
         return None
+
+
+def final_ladder(config: SearchConfig, train_images: int) -> tuple[list[int], int]:
+    """Final fidelity: (the rungs' optimizer steps, the recipe's steps) for a final recipe on
+    `train_images` images (`nas.search.config.rung_steps`)."""
+    total = steps_in_epoch(train_images, config.final_batch_size) * config.final_epochs
+    return rung_steps(config, total), total
 
 
 def _train_record(result) -> dict:

@@ -135,14 +135,16 @@ class Identity:
     dataset: str | None = None
     budgets: Budgets = field(default_factory=Budgets)
     objectives: str | None = None
+    fidelity: str = "subset"  # what the trials' scores are (`--fidelity`); studies from before it: subset
 
     @classmethod
     def of_config(cls, config: SearchConfig) -> Identity:
-        return cls(space=config.space, dataset=config.dataset, budgets=config.budgets, objectives=config.objectives)
+        return cls(space=config.space, dataset=config.dataset, budgets=config.budgets, objectives=config.objectives,
+                   fidelity=config.fidelity)
 
     def to_attr(self) -> dict:
         return {"space": self.space, "dataset": self.dataset, "budgets": self.budgets.to_dict(),
-                "objectives": self.objectives}
+                "objectives": self.objectives, "fidelity": self.fidelity}
 
     @classmethod
     def from_attr(cls, d: dict, where: str) -> Identity:
@@ -150,7 +152,8 @@ class Identity:
             budgets = Budgets.from_dict(d.get("budgets"))
         except (ValueError, TypeError, AttributeError) as e:
             raise UsageError(f"{where}: identity budgets {d.get('budgets')!r}: {e}") from None
-        return cls(space=d.get("space"), dataset=d.get("dataset"), budgets=budgets, objectives=d.get("objectives"))
+        return cls(space=d.get("space"), dataset=d.get("dataset"), budgets=budgets, objectives=d.get("objectives"),
+                   fidelity=d.get("fidelity") or "subset")
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,9 @@ class FinalRecord:
     train: dict | None = None
     wall_s: float | None = None
     costs: dict | None = None
+    # "subset": retrained from scratch after the search; "final": the candidate's own run of the
+    # final recipe (`--fidelity final`), not trained again; None in records older than the option
+    fidelity: str | None = None
 
     @classmethod
     def from_attr(cls, d: dict) -> FinalRecord:

@@ -79,7 +79,7 @@ def result_trial(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial 
     ranked = best_feasible(trials)
     record = chosen(study)
     if record is not None:
-        for t in ranked:
+        for t in trials:  # a final-fidelity search may have finished a candidate its deadline stopped
             if t.number == record.trial:
                 return t
     return ranked[0] if ranked else None

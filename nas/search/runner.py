@@ -25,9 +25,9 @@ from nas.errors import UsageError
 from nas.progress import bar as progress_bar
 from nas.search import final
 from nas.search.budgets import LIMITS, Budgets
-from nas.search.config import SearchConfig, first_rung, resolve_sizes
+from nas.search.config import FINAL_LADDER_FACTOR, SearchConfig, first_rung, resolve_sizes
 from nas.measure.device import resolve_device
-from nas.search.objective import DataCache, Objective
+from nas.search.objective import DataCache, Objective, final_ladder
 from nas.search.records import Identity, ProfileStamp, StudyRecord, TrialRecord, write_identity, write_profile
 from nas.search.results import best_feasible, tally
 from nas.search.storage import default_url, fail_dead_local_trials, open_storage
@@ -66,12 +66,25 @@ def make_sampler(config: SearchConfig, worker_index: int):
 SH_REDUCTION_FACTOR = 2
 
 
+def make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
+    """Successive halving on the fidelity's rungs: epochs 1, 2, 4, ... of a candidate's own run
+    (`--fidelity subset`, a half goes on), or the final recipe's rungs in optimizer steps
+    (`--fidelity final`, a third goes on: `nas.search.config.rung_steps`)."""
+    if config.pruner != "sh":
+        return optuna.pruners.NopPruner()
+    if config.fidelity == "final":
+        rungs, _ = final_ladder(config, config.final_subset)
+        if not rungs:
+            return optuna.pruners.NopPruner()
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=rungs[0], reduction_factor=FINAL_LADDER_FACTOR)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(config.epochs or 1),
+                                                  reduction_factor=SH_REDUCTION_FACTOR)
+
+
 def open_study(config: SearchConfig, worker_index: int = 0) -> optuna.Study:
     storage = open_storage(config.storage or default_url(config.study))
     directions = ["maximize"] + ["minimize"] * (len(config.objective_names) - 1)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(config.epochs or 1),
-                                                    reduction_factor=SH_REDUCTION_FACTOR) \
-        if config.pruner == "sh" else optuna.pruners.NopPruner()
+    pruner = make_pruner(config)
     sampler = make_sampler(config, worker_index)
     try:  # load first: create_study(load_if_exists=True) appends a create-study record on every resume
         study = optuna.load_study(study_name=config.study, storage=storage, sampler=sampler, pruner=pruner)
@@ -85,8 +98,8 @@ def open_study(config: SearchConfig, worker_index: int = 0) -> optuna.Study:
 
 
 def _tie_study_to_config(study: optuna.Study, config: SearchConfig, profile=None) -> None:
-    """A study is tied to its space, dataset, budgets, objectives and the device profile that
-    prices its latencies; refuse to mix them on resume."""
+    """A study is tied to its space, dataset, budgets, objectives, fidelity and the device profile
+    that prices its latencies; refuse to mix them on resume."""
     record = StudyRecord.of(study)
     stamp = ProfileStamp.of(profile)
     if record.identity is None:
@@ -94,7 +107,7 @@ def _tie_study_to_config(study: optuna.Study, config: SearchConfig, profile=None
         write_profile(study, stamp)
         return
     identity = Identity.of_config(config)
-    for key in ("space", "dataset", "budgets", "objectives"):
+    for key in ("space", "dataset", "budgets", "objectives", "fidelity"):
         stored, value = getattr(record.identity, key), getattr(identity, key)
         if stored != value:
             if key == "budgets":
@@ -219,10 +232,15 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
                                  f"{config.trials} trained trials" if config.trials else "",
                                  f"at most {config.max_trials} trials started" if config.max_trials else "") if x)
          + f", {config.workers} worker(s) x {threads} thread(s) on {config.device}")
-    _log(f"candidates: {config.subset} images x {config.epochs} epochs at batch {config.batch_size} "
-         f"(first rung after epoch {first_rung(config.epochs)}), scored on {config.val_subset} validation images; "
-         f"final recipe: {config.final_subset} images x {config.final_epochs} epochs at batch "
-         f"{config.final_batch_size}")
+    recipe = f"{config.final_subset} images x {config.final_epochs} epochs at batch {config.final_batch_size}"
+    if config.fidelity == "final":
+        rungs, total = final_ladder(config, config.final_subset)
+        _log(f"candidates run the final recipe ({recipe}, {total} steps), scored on {config.val_subset} "
+             f"validation images after steps {', '.join(map(str, rungs)) or '(none)'}, a third going on at each")
+    else:
+        _log(f"candidates: {config.subset} images x {config.epochs} epochs at batch {config.batch_size} "
+             f"(first rung after epoch {first_rung(config.epochs)}), scored on {config.val_subset} validation "
+             f"images; final recipe: {recipe}")
 
     bar = _ProgressBar(config, budget_s, start, show_progress)
     interrupted, gave_up, procs = False, False, []
@@ -272,6 +290,13 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
         low = extreme(space, "weight_bytes", in_chs=probe.in_chs, num_classes=probe.num_classes)
         raise UsageError(f"{MAX_INFEASIBLE_STREAK} infeasible candidates in a row for {config.budgets.describe()}; "
                          f"the cheapest found has weight_bytes {format_bytes(low.value)}")
+    if not ranked and config.fidelity == "final" and not interrupted:
+        furthest = _furthest_candidate(trials)
+        if furthest is not None:  # the deadline came before any candidate reached the top rung
+            _log(f"no candidate finished the final recipe within the budget; running trial {furthest.number} "
+                 f"(the best at the furthest rung, step {furthest.last_step}) to the end")
+            summary["final"] = [final.retrain_one(study, config, furthest).to_dict()]
+            return summary
     if not ranked:
         _log("no feasible trained trial yet: give a larger --budget or --trials")
         return summary
@@ -280,6 +305,18 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
         summary["final"] = [r.to_dict() for r in final.retrain_best(study, config, top)]
     summary["best"] = [trial_summary(t) for t in ranked[:5]]
     return summary
+
+
+def _furthest_candidate(trials: list) -> optuna.trial.FrozenTrial | None:
+    """Final fidelity: among feasible candidates stopped before the top rung (not duplicates),
+    the best score at the furthest rung any reached. Its run restarts from the beginning: the
+    training is seeded and deterministic on the CPU, so the weights are those that continuing
+    would give (no checkpoint is kept)."""
+    stopped = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values
+               and TrialRecord.of(t).within_budgets and TrialRecord.of(t).duplicate_of is None]
+    if not stopped:
+        return None
+    return max(stopped, key=lambda t: (t.last_step, t.intermediate_values[t.last_step], -t.number))
 
 
 def trial_summary(t: optuna.trial.FrozenTrial) -> dict:

@@ -12,7 +12,7 @@ kernels evaluate it.
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -28,11 +28,13 @@ from nas.train.memory import METHODS, PeakRSS
 from nas.train.recipe import Augment, ema_model, recalibrate_batchnorm
 from nas.train.sparsify import SearchedCompression
 
-__all__ = ["TrainResult", "TrainingDiverged", "train", "evaluate", "measure_inference_ms", "wants_channels_last"]
+__all__ = ["TrainResult", "TrainingDiverged", "train", "evaluate", "measure_inference_ms", "wants_channels_last",
+           "steps_in_epoch"]
 
 DEFAULT_LR = {"adamw": 5e-3, "sgd": 0.1}  # tuned for short runs: 1 epoch of 5000 FM images, batch 64
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 5e-4}
 GPU_PEAK_METHOD = "torch.cuda.max_memory_allocated (tensors on the GPU)"
+RUNG_EMA_HORIZON = 0.2  # `rung_ema`: the average's horizon, as a fraction of the first rung's steps
 WARMUP_FRACTION = 0.03  # linear warm-up over the first 3% of steps (binary nets like a gentle start)
 
 
@@ -73,7 +75,7 @@ class TrainResult:
     recalibrate_bn: int  # training images BatchNorm statistics were recomputed on (0: none)
     train_loss: float  # mean training loss over the last (possibly partial) epoch
     val_history: list = field(default_factory=list)  # (epoch, accuracy) whenever validation ran
-    stopped_early: str | None = None  # "max_seconds" when the time budget ended training
+    stopped_early: str | None = None  # "max_seconds" when the time budget ended training, or `stop`'s reason
     peak_mem_method: str = ""
     weight_bytes: int | None = None
     device: str = "cpu"  # where it trained
@@ -131,7 +133,9 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
           measure_inference: bool = True, weight_bytes: int | None = None,
           val_subset: int | None = None, device="cpu", amp: bool = False,
           augment: Augment | None = None, ema_decay: float | str | None = None,
-          recalibrate_bn: int = 0) -> TrainResult:
+          recalibrate_bn: int = 0, rung_steps: Sequence[int] = (),
+          on_rung: Callable[[int, float], None] | None = None, rung_ema: bool = False,
+          stop: Callable[[int], str | None] | None = None) -> TrainResult:
     """Train `model` in place on ``data.train`` and score it on ``data.val``.
 
     data: anything with `train` and `val` datasets (a `nas.data.DataBundle`).
@@ -161,6 +165,16 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         the average's horizon to a tenth of the run (decay 1 - 10 / steps, at most 0.9998).
     recalibrate_bn: after training (and the EMA), recompute BatchNorm statistics over this
         many training images, unaugmented (0: keep the running statistics).
+    rung_steps / on_rung(step, val_accuracy): score the validation split after each of these
+        optimizer steps (counted from 1, mid-epoch allowed) and hand the score to `on_rung`;
+        the search's rungs as fractions of one run (`nas.search.config.rung_images`). Like
+        `on_epoch_end`, an exception it raises stops training and propagates. Scoring does not
+        change the training: the weights are the same with or without rungs.
+    rung_ema: score each rung on an exponential moving average of the weights (a horizon of a
+        fifth of the first rung's steps, `RUNG_EMA_HORIZON`) instead of that step's weights: a
+        shadow copy, the training and its result are unchanged.
+    stop(step) -> reason or None: asked after every optimizer step; a reason ends training
+        there (`stopped_early` = the reason), like `max_seconds` does with "max_seconds".
 
     A model with searched sparsity / codebook layers (arch keys ``p`` / ``cb``) is pruned and
     shared over the run's steps (`nas.train.sparsify`) and handed back in exactly the state
@@ -182,7 +196,7 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         use_cl = on_gpu or wants_channels_last(model)
     else:
         use_cl = bool(channels_last)
-    steps_per_epoch = _steps_per_epoch(len(train_set), batch_size)
+    steps_per_epoch = steps_in_epoch(len(train_set), batch_size)
     total_steps = epochs * steps_per_epoch
     compression = SearchedCompression(model, total_steps)  # searched sparsity / codebooks (`nas.train.sparsify`)
     if compression:  # an average of masked / tied weights is neither: the schedule's own weights are kept
@@ -211,8 +225,13 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         opt = _make_optimizer(model, optimizer, lr, weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(total_steps))
         ema = ema_model(model, ema_decay) if ema_decay is not None else None
+        rung_shadow = None
+        if rung_ema and on_rung is not None and rung_steps:
+            horizon = max(1.0, min(rung_steps) * RUNG_EMA_HORIZON)
+            rung_shadow = ema_model(model, min(0.9998, max(0.5, 1.0 - 1.0 / horizon)))
         bar = progress_bar(total_steps, "train", "step", enabled=progress, line_every=steps_per_epoch, leave=False)
         step = 0
+        rungs = set(rung_steps)
         step_time = 0.0
         images = 0
         val_history = []
@@ -242,6 +261,8 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                         schedule.step()
                         if ema is not None:
                             ema.update_parameters(model)
+                        if rung_shadow is not None:
+                            rung_shadow.update_parameters(model)
                         now = time.perf_counter()
                         step_time, mark = step_time + now - mark, now
                         step += 1
@@ -250,8 +271,15 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                         loss_sum, loss_n = loss_sum + value * len(y), loss_n + len(y)
                         bar.update(1)
                         bar.set_postfix(epoch=epoch, loss=f"{value:.3f}", refresh=False)
+                        if on_rung is not None and step in rungs:
+                            scored = model if rung_shadow is None else rung_shadow.module
+                            acc = evaluate(scored, val_set, channels_last=use_cl)
+                            val_history.append((step / steps_per_epoch, acc))
+                            on_rung(step, acc)
                         if max_seconds is not None and time.perf_counter() - start > max_seconds:
                             stopped = "max_seconds"
+                            break
+                        if stop is not None and (stopped := stop(step)) is not None:
                             break
                     if stopped is not None:
                         break
@@ -334,7 +362,7 @@ def _loss(model, teacher, x, y, label_smoothing: float, temperature: float, alph
     return distillation_loss(logits, teacher_logits, y, temperature, alpha, label_smoothing)
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
+def steps_in_epoch(n: int, batch_size: int) -> int:
     """Batches per epoch as `iterate` yields them when shuffling (a last batch of 1 is dropped)."""
     if n == 0:
         raise ValueError("train: the training set is empty; expected at least one image")

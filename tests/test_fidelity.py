@@ -1,0 +1,202 @@
+"""`--fidelity final`: candidates run the final recipe itself, scored at rungs that are fractions
+of it; the one that passes every rung is the search's result as it stands (issue 19, item 1).
+Real data (digits, a Fashion-MNIST subset), a real journal storage, Optuna's own pruner."""
+
+import json
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+from safetensors.torch import load_file
+
+from nas.blocks.model import build_model
+from nas.cli import main
+from nas.data import load_dataset
+from nas.search import final
+from nas.search.config import FINAL_LADDER_FACTOR, SearchConfig, resolve_sizes, rung_steps
+from nas.search.objective import final_ladder
+from nas.search.runner import _furthest_candidate, make_pruner
+from nas.search.storage import open_storage
+from nas.space import decode
+from nas.train import train
+from nas.train.trainer import steps_in_epoch
+
+from test_trainer import small_cnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    import pathlib
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    (tmp_path / "search_spaces").symlink_to(repo / "search_spaces")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_the_ladder_on_fashion_mnist_defaults():
+    """FM's defaults: a candidate's own run is 4,000 images x 3 epochs = 12,000 images (188 steps
+    at batch 64); the final recipe 20,000 x 4 at batch 64 = 313 x 4 = 1,252 steps, 6.7 times
+    that: two rungs below the top, at a ninth (140 steps, 8,960 images) and a third (420)."""
+    config = resolve_sizes(SearchConfig(fidelity="final"), 54_000, 6_000, 10, "fashion-mnist", notes=[])
+    assert (config.subset, config.epochs, config.final_subset, config.final_epochs) == (4000, 3, 20_000, 4)
+    rungs, total = final_ladder(config, config.final_subset)
+    assert total == steps_in_epoch(20_000, 64) * 4 == 1252
+    assert rungs == [140, 420]
+
+
+@pytest.mark.parametrize("subset, epochs, total, expected", [
+    (4000, 3, 1252, [140, 420]),
+    (500, 1, 94, [11, 33]),  # 8 steps' worth: 94 / 8 = 11.75 = 3^2.2 -> two rungs
+    (4000, 3, 188 * 81, [188, 564, 1692, 5076]),  # the recipe 81 = 3^4 times a candidate's run: four rungs
+    (10_000, 9, 300, [100]),  # a candidate's own run costs more than the recipe: one rung, at a third
+    (1, 1, 2, []),  # too short for a rung: the whole recipe only
+])
+def test_rungs_grow_by_the_factor_and_stay_below_the_recipe(subset, epochs, total, expected):
+    config = SearchConfig(fidelity="final", subset=subset, epochs=epochs)
+    rungs = rung_steps(config, total)
+    assert rungs == expected
+    assert all(b == a * FINAL_LADDER_FACTOR for a, b in zip(rungs, rungs[1:]))
+    assert all(r < total for r in rungs)
+
+
+def test_the_pruner_halves_on_the_same_ladder():
+    config = resolve_sizes(SearchConfig(fidelity="final"), 54_000, 6_000, 10, "fashion-mnist", notes=[])
+    pruner = make_pruner(config)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert (pruner._min_resource, pruner._reduction_factor) == (140, FINAL_LADDER_FACTOR)
+
+
+def test_scoring_at_rungs_does_not_change_the_training():
+    """Rungs score the validation split mid-run; the weights after the run are the same as
+    without them (atol=0), and each rung's score is that of the model at that step."""
+    data = load_dataset("digits")
+    seen = []
+    models = []
+    for rungs, ema in (((), False), ((3, 9, 20), False), ((3, 9, 20), True)):
+        torch.manual_seed(0)
+        model = small_cnn(8)
+        result = train(model, data, epochs=2, batch_size=64, seed=0, progress=False, measure_inference=False,
+                       rung_steps=rungs, on_rung=lambda s, a: seen.append((s, a)), rung_ema=ema)
+        models.append(model)
+    assert [s for s, _ in seen] == [3, 9, 20] * 2  # raw, then on the moving average
+    assert all(0.0 <= a <= 1.0 for _, a in seen)
+    assert [h[0] for h in result.val_history[:3]] == [s / steps_in_epoch(len(data.train), 64) for s in (3, 9, 20)]
+    a = models[0].state_dict()
+    for other in models[1:]:
+        b = other.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_ends_the_run_with_its_reason():
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    result = train(small_cnn(8), data, epochs=3, batch_size=64, seed=0, progress=False, measure_inference=False,
+                   stop=lambda step: "deadline" if step >= 5 else None)
+    assert result.stopped_early == "deadline" and result.steps == 5
+
+
+def test_the_search_result_is_the_candidates_own_run_of_the_final_recipe(in_tmp, capsys):
+    """With --fidelity final a candidate that passes every rung is not trained again: its saved
+    weights equal a fresh run of the final recipe on its architecture (atol=0), its record says
+    so, and the candidates the pruner stopped were stopped at rungs of the ladder."""
+    storage = f"journal:{in_tmp / 'studies' / 'f.journal'}"
+    rc = main(["search", "--target-mem", "40KB", "--space", "search_spaces/mcu.yaml", "--dataset", "fashion-mnist",
+               "--fidelity", "final", "--subset", "200", "--epochs", "1", "--val-subset", "500",
+               "--final-subset", "600", "--final-epochs", "1", "--trials", "2", "--final-top", "2",
+               "--study", "f", "--storage", storage, "--seed", "3", "--no-progress", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "candidates run the final recipe (600 images x 1 epochs at batch 64, 10 steps)" in out.err
+    summary = json.loads(out.out)
+    study = optuna.load_study(study_name="f", storage=open_storage(storage))
+    config = resolve_sizes(SearchConfig(fidelity="final", subset=200, epochs=1, val_subset=500, final_subset=600,
+                                        final_epochs=1, seed=3, study="f"), 54_000, 6_000, 10, "fashion-mnist",
+                           notes=[])
+    rungs, _ = final_ladder(config, 600)
+    assert rungs == [4]
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        assert set(t.intermediate_values) <= set(rungs), t.intermediate_values
+    assert summary["final"] and all(f["fidelity"] == "final" for f in summary["final"])
+    chosen = summary["final"][0]
+    searched = study.trials[chosen["trial"]]
+    assert searched.state == TrialState.COMPLETE and searched.values[0] == chosen["val_accuracy"]
+    assert chosen["train"]["steps"] == 10 and chosen["train"]["stopped_early"] is None
+
+    arch = decode(chosen["arch"])
+    data = final.final_data(config, arch.resolution)
+    torch.manual_seed(config.seed)
+    again = build_model(arch)
+    final.final_train(again, data, config, progress=False, measure_inference=False)
+    saved = load_file(in_tmp / chosen["weights"])
+    fresh = again.state_dict()
+    assert set(saved) == set(fresh)
+    assert all(torch.equal(saved[k], fresh[k]) for k in saved)
+
+
+def test_with_no_finished_candidate_the_furthest_one_is_run_to_the_end():
+    def stopped(number, values, weight_bytes=10_000):
+        return create_trial(state=TrialState.PRUNED, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                            intermediate_values=values,
+                            user_attrs={"feasible": True, "constraints": [-0.5], "costs": {"weight_bytes": weight_bytes}})
+    trials = [stopped(0, {3: 0.6}), stopped(1, {3: 0.5, 9: 0.55}), stopped(2, {3: 0.7, 9: 0.58}), stopped(3, {})]
+    for i, t in enumerate(trials):
+        t.number = i
+    assert _furthest_candidate(trials).number == 2
+    assert _furthest_candidate([trials[3]]) is None
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--fidelity", "full"], "--fidelity"),
+    (["--fidelity", "final", "--final-two-stage", "0.5"], "--final-two-stage"),
+])
+def test_bad_fidelity_is_one_line_exit_2(in_tmp, capsys, argv, needle):
+    rc = main(["search", "--target-mem", "5MB", *argv, "--trials", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_a_study_keeps_its_fidelity(in_tmp):
+    """Scores of the two fidelities are not comparable: a resume with the other one is refused;
+    a study recorded before the option existed is a subset-fidelity study."""
+    from nas.errors import UsageError
+    from nas.search.records import Identity
+    from nas.search.runner import _tie_study_to_config
+
+    study = optuna.create_study(study_name="x", storage=open_storage(f"journal:{in_tmp / 'x.journal'}"))
+    _tie_study_to_config(study, SearchConfig(study="x"))
+    _tie_study_to_config(study, SearchConfig(study="x", fidelity="subset"))
+    with pytest.raises(UsageError, match="fidelity='subset', not 'final'"):
+        _tie_study_to_config(study, SearchConfig(study="x", fidelity="final"))
+    assert Identity.from_attr({"space": "s", "dataset": "d", "budgets": {}, "objectives": "accuracy"}, "x").fidelity \
+        == "subset"
+
+
+def test_bench_fidelity_ranks_each_rung_against_the_final_test_accuracy(in_tmp, capsys):
+    """`nas bench fidelity` on real data: every architecture runs both fidelities; each rung's
+    Spearman is that of its scores with the final recipe's test accuracies; --out resumes."""
+    from scipy.stats import spearmanr
+
+    argv = ["bench", "fidelity", "--n", "3", "--dataset", "digits", "--space", "search_spaces/mcu.yaml",
+            "--subset", "300", "--epochs", "2", "--val-subset", "144", "--final-subset", "400", "--final-epochs", "2",
+            "--out", "f.jsonl", "--json"]
+    assert main(argv) == 0
+    info = json.loads(capsys.readouterr().out)
+    rows = info["archs"]
+    assert info["n"] == 3 and len(rows) == 3 and len((in_tmp / "f.jsonl").read_text().splitlines()) == 3
+    total = steps_in_epoch(400, 64) * 2
+    assert rows[0]["final_steps"] == total and rows[0]["rungs"] == [5]  # 600 images = 10 steps; 14 / 10 -> one rung
+    assert all(len(r["subset_scores"]) == 2 and len(r["rung_scores"]) == 1 for r in rows)
+    test = [r["test"] for r in rows]
+    by_rung = {(r["fidelity"], r["rung"]): r["spearman"] for r in info["rungs"]}
+    expected = spearmanr([r["subset_scores"][1] for r in rows], test).statistic
+    assert by_rung[("subset", "epoch 2")] == (None if expected != expected else pytest.approx(expected))
+    expected = spearmanr([r["final_val"] for r in rows], test).statistic
+    assert by_rung[("final", f"end (step {total})")] == (None if expected != expected else pytest.approx(expected))
+    assert main(argv) == 0  # all three are in f.jsonl: nothing is trained again
+    again = json.loads(capsys.readouterr().out)
+    assert again["archs"] == rows and len((in_tmp / "f.jsonl").read_text().splitlines()) == 3
