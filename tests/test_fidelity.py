@@ -23,18 +23,10 @@ from nas.space import decode
 from nas.train import train
 from nas.train.trainer import steps_in_epoch
 
+from test_search import in_tmp  # noqa: F401  (the fixture: a temporary folder that sees search_spaces/)
 from test_trainer import small_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    import pathlib
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    (tmp_path / "search_spaces").symlink_to(repo / "search_spaces")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_the_ladder_on_fashion_mnist_defaults():
