@@ -192,3 +192,12 @@ def test_bench_fidelity_ranks_each_rung_against_the_final_test_accuracy(in_tmp, 
     assert main(argv) == 0  # all three are in f.jsonl: nothing is trained again
     again = json.loads(capsys.readouterr().out)
     assert again["archs"] == rows and len((in_tmp / "f.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_malformed_out_file_is_one_line_exit_2(in_tmp, capsys):
+    (in_tmp / "bad.ndjson").write_text('{"arch": "x"}\nnot json\n')
+    rc = main(["bench", "fidelity", "--n", "3", "--dataset", "digits", "--space", "search_spaces/mcu.yaml",
+               "--out", "bad.ndjson"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "bad.ndjson:2" in err[0], err

@@ -197,9 +197,14 @@ def run(args) -> int:
     out = Path(args.out) if args.out else None
     done = {}
     if out is not None and out.is_file():
-        for line in out.read_text().splitlines():
+        for number, line in enumerate(out.read_text().splitlines(), 1):
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                    row["arch"]
+                except (ValueError, TypeError, KeyError):
+                    raise UsageError(f"{out}:{number}: {line[:60]!r} is not a row of `nas bench fidelity --out`; "
+                                     f"expected one JSON object per line, as this command writes") from None
                 if row.get("rung_ema", False) != args.rung_ema:
                     how = "with" if row.get("rung_ema") else "without"
                     raise UsageError(f"--out {out}: holds architectures measured {how} --rung-ema; expected "
