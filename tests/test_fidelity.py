@@ -91,10 +91,44 @@ def test_stop_ends_the_run_with_its_reason():
     assert result.stopped_early == "deadline" and result.steps == 5
 
 
+def test_a_stopped_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    """A run the deadline stops mid-epoch saves a checkpoint; resuming it gives the weights, the
+    weight average and the rung scores of a run never stopped, at atol=0 (dropout, augmentation,
+    the EMA and the rung shadow included); a checkpoint of another recipe is refused in one line."""
+    from nas.errors import UsageError
+    from nas.train.recipe import Augment
+
+    data = load_dataset("digits")
+    kwargs = dict(epochs=3, batch_size=64, seed=5, progress=False, measure_inference=False, ema_decay="auto",
+                  augment=Augment(pad=1, erasing=0.5), rung_steps=(10, 40), rung_ema=True)
+
+    def fresh():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(small_cnn(8), torch.nn.Dropout(0.3))  # dropout draws from the global RNG
+
+    whole, whole_scores = fresh(), {}
+    train(whole, data, on_rung=whole_scores.__setitem__, **kwargs)
+    part, scores, ckpt = fresh(), {}, tmp_path / "run.ckpt"
+    stopped = train(part, data, on_rung=scores.__setitem__, checkpoint=ckpt,
+                    stop=lambda step: "deadline" if step == 30 else None, **kwargs)
+    assert stopped.stopped_early == "deadline" and stopped.steps == 30 and ckpt.is_file()
+    assert 30 % steps_in_epoch(len(data.train), 64) != 0  # mid-epoch
+    resumed = fresh()
+    result = train(resumed, data, on_rung=scores.__setitem__, resume=ckpt, **kwargs)
+    assert result.steps == 3 * steps_in_epoch(len(data.train), 64) and result.stopped_early is None
+    assert scores == whole_scores and set(scores) == {10, 40}
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(UsageError, match=r"resume=.*run.ckpt.*another recipe.*'epochs': \(3, 4\)"):
+        train(fresh(), data, resume=ckpt, **{**kwargs, "epochs": 4})
+
+
 def test_the_search_result_is_the_candidates_own_run_of_the_final_recipe(in_tmp, capsys):
     """With --fidelity final a candidate that passes every rung is not trained again: its saved
     weights equal a fresh run of the final recipe on its architecture (atol=0), its record says
-    so, and the candidates the pruner stopped were stopped at rungs of the ladder."""
+    so, its rungs were scored on the moving average of the weights (`FINAL_RUNG_EMA`), and the
+    candidates the pruner stopped were stopped at rungs of the ladder."""
     storage = f"journal:{in_tmp / 'studies' / 'f.journal'}"
     rc = main(["search", "--target-mem", "40KB", "--space", "search_spaces/mcu.yaml", "--dataset", "fashion-mnist",
                "--fidelity", "final", "--subset", "200", "--epochs", "1", "--val-subset", "500",
@@ -122,11 +156,50 @@ def test_the_search_result_is_the_candidates_own_run_of_the_final_recipe(in_tmp,
     data = final.final_data(config, arch.resolution)
     torch.manual_seed(config.seed)
     again = build_model(arch)
-    final.final_train(again, data, config, progress=False, measure_inference=False)
+    scores = {}
+    final.final_train(again, data, config, progress=False, measure_inference=False, val_subset=config.val_subset,
+                      rung_steps=rungs, on_rung=scores.__setitem__, rung_ema=True)
+    assert searched.intermediate_values == scores  # its rung was scored on the moving average of the weights
     saved = load_file(in_tmp / chosen["weights"])
     fresh = again.state_dict()
     assert set(saved) == set(fresh)
     assert all(torch.equal(saved[k], fresh[k]) for k in saved)
+
+
+def test_the_furthest_candidate_continues_from_where_the_deadline_stopped_it(in_tmp, capsys):
+    """When no candidate reached the top rung, the furthest is continued from the checkpoint its
+    stopped run left (not restarted): its weights equal an uninterrupted run of the final recipe
+    at atol=0, its record counts every step, and the checkpoint is removed afterwards."""
+    from nas.search.objective import trial_costs
+    from nas.search.runner import finish_furthest
+    from nas.space import encode, load_space, random_archs
+
+    config = resolve_sizes(SearchConfig(study="c", fidelity="final", subset=200, epochs=1, val_subset=500,
+                                        final_subset=600, final_epochs=2, seed=3), 54_000, 6_000, 10,
+                           "fashion-mnist", notes=[])
+    arch = next(iter(random_archs(load_space("search_spaces/mcu.yaml"), 1, 0, in_chs=1, num_classes=10)))
+    data = final.final_data(config, arch.resolution)
+    total = 2 * steps_in_epoch(600, config.final_batch_size)
+    torch.manual_seed(config.seed)
+    stopped = final.final_train(build_model(arch), data, config, progress=False, measure_inference=False,
+                                checkpoint=final.checkpoint_path("c", 0),
+                                stop=lambda step: "deadline" if step == 7 else None)
+    assert stopped.steps == 7 < total and final.checkpoint_path("c", 0).is_file()
+    study = optuna.create_study(study_name="c", direction="maximize")
+    costs = trial_costs(arch, None)
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"x": 0.5},
+                                 distributions={"x": FloatDistribution(0, 1)}, intermediate_values={4: 0.5},
+                                 user_attrs={"arch": encode(arch), "costs": costs, "constraints": [-1.0]}))
+
+    record = finish_furthest(study, config, study.get_trials())
+    assert "continued from its checkpoint" in capsys.readouterr().err
+    assert record.trial == 0 and record.train["steps"] == total and record.fidelity == "final"
+    assert not final.checkpoint_path("c", 0).exists()
+    torch.manual_seed(config.seed)
+    whole = build_model(arch)
+    final.final_train(whole, data, config, progress=False, measure_inference=False)
+    saved, fresh = load_file(record.weights), whole.state_dict()
+    assert set(saved) == set(fresh) and all(torch.equal(saved[k], fresh[k]) for k in saved)
 
 
 def test_with_no_finished_candidate_the_furthest_one_is_run_to_the_end():
@@ -201,3 +274,25 @@ def test_a_malformed_out_file_is_one_line_exit_2(in_tmp, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and "bad.ndjson:2" in err[0], err
+    # rows measured the other way (here: an old row, before --rung-ema existed) are not mixed in
+    (in_tmp / "old.ndjson").write_text('{"arch": "x"}\n')
+    rc = main(["bench", "fidelity", "--n", "3", "--dataset", "digits", "--space", "search_spaces/mcu.yaml",
+               "--out", "old.ndjson"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "old.ndjson" in err[0] and "--no-rung-ema" in err[0], err
+
+
+def test_bench_search_runs_both_searches_at_its_fidelity(in_tmp, capsys):
+    """`nas bench search --fidelity final`: the search and random search both run the final recipe
+    per candidate (their log says so), and each ends with a tested model."""
+    rc = main(["bench", "search", "--targets", "40KB:mcu", "--budget", "10s", "--subset", "200", "--epochs", "1",
+               "--final-subset", "300", "--final-epochs", "1", "--methods", "ladder,random", "--fidelity", "final",
+               "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    info = json.loads(out.out)
+    assert info["fidelity"] == "final"
+    assert out.err.count("candidates run the final recipe (300 images x 1 epochs at batch 64") == 2, out.err
+    assert [r["method"] for r in info["rows"]] == ["ladder", "random"]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in info["rows"]), info["rows"]

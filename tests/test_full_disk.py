@@ -99,3 +99,22 @@ def test_stale_partial_directories_of_dead_exports_are_removed(tmp_path):
         (tmp / "manifest.json").write_text("{}\n")
     assert not stale.exists() and live.exists()
     assert (tmp_path / "bundle" / "manifest.json").read_text() == "{}\n"
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_note_and_the_run_goes_on(small_tmpfs, capsys):
+    """A stopped run whose checkpoint the disk refuses still returns its result; stderr says the
+    run can only be restarted, and no partial file is left (a search then restarts that candidate)."""
+    import torch
+
+    from nas.data import load_dataset
+    from nas.train import train
+    from test_trainer import small_cnn
+
+    torch.manual_seed(0)
+    target = small_tmpfs / "trial_0.ckpt"
+    result = train(small_cnn(16), load_dataset("digits"), epochs=2, progress=False, measure_inference=False,
+                   checkpoint=target, stop=lambda step: "deadline" if step == 5 else None)
+    assert result.stopped_early == "deadline" and result.steps == 5
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and str(target) in err and "no space" in err, err
+    assert list(small_tmpfs.iterdir()) == []

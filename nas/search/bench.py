@@ -7,7 +7,8 @@ search_spaces/mcu.yaml), on Fashion-MNIST:
 (b) `random`: Optuna's RandomSampler, no proxy, no pruning, each candidate trained fully,
     its best one retrained; it searches for the budget plus the wall-clock the ladder spent
     retraining its extra finalists, so both spend the same time in all;
-    both use the same per-candidate fidelity;
+    both use the same per-candidate fidelity (`--fidelity`: with `final` every candidate runs the
+    final recipe itself, scored at its rungs, and no finalist is retrained);
 (c) hand-designed baselines that fit the budget, in fp32 (what hand-tuning ships):
     a width-scaled timm MobileNetV3-small and a ResNet-20-like CIFAR net, width grown in
     steps of 1/16 until the next step would exceed the budget (or `--hand-fit SIZE`,
@@ -30,7 +31,7 @@ import torch.nn as nn
 from nas.compress.model import resnet20_like  # a hand baseline; compress uses it too
 from nas.errors import UsageError
 from nas.search.budgets import Budgets
-from nas.search.config import SearchConfig
+from nas.search.config import FIDELITIES, SearchConfig
 from nas.units import format_bytes, format_seconds, parse_bytes, parse_seconds
 
 SPACE_FOR = {"default": "search_spaces/default.yaml", "mcu": "search_spaces/mcu.yaml"}
@@ -45,6 +46,9 @@ def add_arguments(p):
     p.add_argument("--budget", default="6m", help="wall-clock search budget per method and target")
     p.add_argument("--subset", type=int, default=6000, help="training images per search candidate")
     p.add_argument("--epochs", type=int, default=3, help="epochs per search candidate")
+    p.add_argument("--fidelity", choices=FIDELITIES, default="subset",
+                   help="how both searches score a candidate (`nas search --fidelity`): its own run of --subset x "
+                        "--epochs (default), or the final recipe itself, scored at rungs")
     p.add_argument("--final-epochs", type=int, default=5, help="epochs of the common final recipe")
     p.add_argument("--final-subset", type=int, default=20000, help="training images of the final recipe")
     p.add_argument("--methods", default=",".join(METHODS),
@@ -125,7 +129,7 @@ def run(args) -> int:
                 study=f"bench-{space_name}-{method}", storage=f"journal:{workdir / f'{space_name}-{method}.journal'}",
                 space=space, budgets=Budgets(weight_bytes=target), sampler="tpe" if method == "ladder" else "random",
                 proxy="none", pruner="sh" if method == "ladder" else "none",
-                budget_s=search_s, seed=args.seed, subset=args.subset, epochs=args.epochs,
+                budget_s=search_s, seed=args.seed, subset=args.subset, epochs=args.epochs, fidelity=args.fidelity,
                 final_top=SearchConfig.final_top if method == "ladder" else 1,
                 final_epochs=args.final_epochs, final_subset=args.final_subset)
             start = time.time()
@@ -137,7 +141,7 @@ def run(args) -> int:
                 row.update(arch=result["arch"], weight_bytes=result["costs"]["weight_bytes"],
                            search_val_accuracy=result["search_val_accuracy"], finalists=len(summary["final"]),
                            val_accuracy=result["val_accuracy"], test_accuracy=result["test_accuracy"])
-                if method == "ladder":
+                if method == "ladder" and args.fidelity == "subset":  # final: finalists trained within the search
                     extra_final_s = sum(f["wall_s"] for f in summary["final"]) - summary["final"][0]["wall_s"]
             row["wall_s"] = round(time.time() - start, 1)
             rows.append(row)
@@ -153,13 +157,14 @@ def run(args) -> int:
                 _log(f"{format_bytes(target)}: {name} width {width} ({format_bytes(fp32_payload_bytes(model))} fp32)")
                 row.update(width=width, weight_bytes=fp32_payload_bytes(model), **_final(model, final_recipe))
             rows.append(row)
-    out = {"rows": rows, "budget_per_method": args.budget, "final_epochs": args.final_epochs,
+    out = {"rows": rows, "budget_per_method": args.budget, "fidelity": args.fidelity, "final_epochs": args.final_epochs,
            "final_subset": args.final_subset, "final_batch_size": SearchConfig.final_batch_size,
            "subset": args.subset, "epochs": args.epochs, "seed": args.seed, "threads": torch.get_num_threads()}
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"\nsearch budget {args.budget} per method; final recipe {args.final_epochs} epochs on "
+        print(f"\nsearch budget {args.budget} per method, {args.fidelity} fidelity; final recipe "
+              f"{args.final_epochs} epochs on "
               f"{args.final_subset} images at batch {SearchConfig.final_batch_size}, seed {args.seed}; "
               f"Fashion-MNIST, {torch.get_num_threads()} threads")
         print(f"{'budget':>8} {'method':<26} {'weight':>9} {'search val':>10} {'final val':>9} {'test':>7} "

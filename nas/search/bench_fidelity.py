@@ -18,6 +18,7 @@ noise). Sizes default to what `nas search` derives from the dataset (`resolve_si
 there on a rerun: a long run can be stopped and resumed.
 """
 
+import argparse
 import json
 import math
 import os
@@ -29,6 +30,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from nas.search.config import FINAL_RUNG_EMA
 
 
 def add_arguments(p) -> None:
@@ -43,9 +46,10 @@ def add_arguments(p) -> None:
                        ("final-subset", "training images of the final recipe"),
                        ("final-epochs", "epochs of the final recipe")):
         p.add_argument(f"--{name}", type=int, help=f"{what} (default: what `nas search` derives from the dataset)")
-    p.add_argument("--rung-ema", action="store_true",
+    p.add_argument("--rung-ema", action=argparse.BooleanOptionalAction, default=FINAL_RUNG_EMA,
                    help="score the final recipe's rungs on an exponential moving average of the weights "
-                        "(nas.train.trainer's rung_ema) instead of the weights of that step")
+                        "(nas.train.trainer's rung_ema), as `nas search --fidelity final` does (default); "
+                        "--no-rung-ema: on the weights of that step")
     p.add_argument("--jobs", type=int, default=1, help="architectures trained at once, one process each, the "
                                                        "cores shared between them (default 1)")
     p.add_argument("--out", help="JSON lines file: one line per architecture, appended as each finishes; "
@@ -205,11 +209,12 @@ def run(args) -> int:
                 except (ValueError, TypeError, KeyError):
                     raise UsageError(f"{out}:{number}: {line[:60]!r} is not a row of `nas bench fidelity --out`; "
                                      f"expected one JSON object per line, as this command writes") from None
-                if row.get("rung_ema", False) != args.rung_ema:
-                    how = "with" if row.get("rung_ema") else "without"
-                    raise UsageError(f"--out {out}: holds architectures measured {how} --rung-ema; expected "
-                                     f"another file for this run")
                 done[row["arch"]] = row
+        for row in done.values():  # rows written before the option existed were measured without it
+            if row.get("rung_ema", False) != args.rung_ema:
+                how = "--rung-ema" if row.get("rung_ema") else "--no-rung-ema"
+                raise UsageError(f"--out {out}: holds architectures measured with {how}; expected that option "
+                                 f"or another file for this run")
     todo = [a for a in archs if a not in done]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // args.jobs)

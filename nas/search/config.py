@@ -35,6 +35,9 @@ PRUNERS = ("sh", "none")
 #   survives every rung has run the whole final recipe, and its weights are the result.
 FIDELITIES = ("subset", "final")
 FINAL_LADDER_FACTOR = 3  # final fidelity: a third goes on at each rung, rungs a factor 3 apart
+# final fidelity: rungs scored on a moving average of the weights (the trainer's `rung_ema`), which ranks better
+# than one step's weights mid-way through the recipe's cosine schedule (docs/training.md, "Fidelity")
+FINAL_RUNG_EMA = True
 
 # The sizes and epochs a search derives from its dataset when none is given (`resolve_sizes`;
 # the rules and the figures behind them: docs/training.md). Caps are in images, so the cost

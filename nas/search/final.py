@@ -36,6 +36,21 @@ def artifacts_dir(study_name: str) -> Path:
     return STUDIES_DIR / study_name
 
 
+def checkpoint_path(study_name: str, number: int) -> Path:
+    """Where a final-fidelity candidate that the search's deadline stopped keeps its training
+    state (`nas.train.trainer.train`'s `checkpoint`), so that it can be continued, not restarted."""
+    return artifacts_dir(study_name) / f"trial_{number}.ckpt"
+
+
+def discard_checkpoints(study: optuna.Study, study_name: str) -> None:
+    """Remove the checkpoints of trials that are no longer running (their search is over)."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    for path in artifacts_dir(study_name).glob("trial_*.ckpt"):
+        number = path.stem.removeprefix("trial_")
+        if not (number.isdigit() and int(number) in running):
+            path.unlink(missing_ok=True)
+
+
 def distinct_archs(trials: list, k: int) -> list:
     """The first `k` trials of `trials` (best first) with different architectures."""
     out, seen = [], set()
@@ -76,7 +91,10 @@ def final_train(model, data, config: SearchConfig, progress: bool = True, **kwar
                  progress=progress, device=config.device, amp=config.amp, **kwargs)
 
 
-def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial) -> FinalRecord:
+def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.FrozenTrial,
+                resume: Path | None = None) -> FinalRecord:
+    """The final recipe on `trial`'s architecture, from the start, or continued from `resume` (a
+    checkpoint of that same run, `checkpoint_path`), which ends with the same weights."""
     searched = TrialRecord.of(trial)
     arch = decode(searched.arch)
     if config.final_subset is None or config.final_epochs is None:  # a config written before its sizes resolved
@@ -84,11 +102,12 @@ def retrain_one(study: optuna.Study, config: SearchConfig, trial: optuna.trial.F
         config = resolve_sizes(config, len(full.train), len(full.val), full.num_classes, full.name)
     data = final_data(config, arch.resolution)
     print(f"nas: final training of trial {trial.number} ({config.final_epochs} epochs on "
-          f"{config.final_subset or len(data.train)} images): {searched.arch}", file=sys.stderr)
+          f"{config.final_subset or len(data.train)} images{', continued from ' + str(resume) if resume else ''}): "
+          f"{searched.arch}", file=sys.stderr)
     torch.manual_seed(config.seed)
     model = build_model(arch)
     start = time.time()
-    result = final_train(model, data, config, weight_bytes=searched.costs["weight_bytes"])
+    result = final_train(model, data, config, weight_bytes=searched.costs["weight_bytes"], resume=resume)
     search_val = searched.values[0] if searched.values else None
     return record_final(study, config, trial.number, searched.arch, model, data, result, searched.costs,
                         search_val, time.time() - start)

@@ -32,7 +32,7 @@ from nas.cost.mcu import mcu_cost
 from nas.data import load_dataset
 from nas.search.budgets import feasible
 from nas.search import final
-from nas.search.config import SearchConfig, rung_steps
+from nas.search.config import FINAL_RUNG_EMA, SearchConfig, rung_steps
 from nas.search.records import TrialRecord, write_constraints, write_trial
 from nas.search.storage import worker_id
 from nas.space import Space, encode, sample_arch
@@ -167,9 +167,10 @@ class Objective:
             return "deadline" if before_top and self.deadline is not None and time.time() > self.deadline else None
 
         start = time.time()
-        result = final.final_train(model, data, c, progress=False, rung_steps=rungs, on_rung=on_rung, stop=stop,
-                                   measure_inference=False, weight_bytes=costs["weight_bytes"],
-                                   val_subset=c.val_subset)
+        result = final.final_train(model, data, c, progress=False, rung_steps=rungs, on_rung=on_rung,
+                                   rung_ema=FINAL_RUNG_EMA, stop=stop, measure_inference=False,
+                                   weight_bytes=costs["weight_bytes"], val_subset=c.val_subset,
+                                   checkpoint=final.checkpoint_path(c.study, trial.number))
         if result.stopped_early is not None:
             write_trial(trial, accuracy=result.accuracy, train=_train_record(result))
             raise optuna.TrialPruned(f"the search's time budget ended after {result.steps} of the final recipe's "

@@ -25,7 +25,7 @@ from nas.errors import UsageError
 from nas.progress import bar as progress_bar
 from nas.search import final
 from nas.search.budgets import LIMITS, Budgets
-from nas.search.config import FINAL_LADDER_FACTOR, SearchConfig, first_rung, resolve_sizes
+from nas.search.config import FINAL_LADDER_FACTOR, FINAL_RUNG_EMA, SearchConfig, first_rung, resolve_sizes
 from nas.measure.device import resolve_device
 from nas.search.objective import DataCache, Objective, final_ladder
 from nas.search.records import Identity, ProfileStamp, StudyRecord, TrialRecord, write_identity, write_profile
@@ -235,7 +235,8 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
     recipe = f"{config.final_subset} images x {config.final_epochs} epochs at batch {config.final_batch_size}"
     if config.fidelity == "final":
         rungs, total = final_ladder(config, config.final_subset)
-        _log(f"candidates run the final recipe ({recipe}, {total} steps), scored on {config.val_subset} "
+        averaged = " (a moving average of the weights)" if FINAL_RUNG_EMA else ""
+        _log(f"candidates run the final recipe ({recipe}, {total} steps), scored{averaged} on {config.val_subset} "
              f"validation images after steps {', '.join(map(str, rungs)) or '(none)'}, a third going on at each")
     else:
         _log(f"candidates: {config.subset} images x {config.epochs} epochs at batch {config.batch_size} "
@@ -291,11 +292,9 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
         raise UsageError(f"{MAX_INFEASIBLE_STREAK} infeasible candidates in a row for {config.budgets.describe()}; "
                          f"the cheapest found has weight_bytes {format_bytes(low.value)}")
     if not ranked and config.fidelity == "final" and not interrupted:
-        furthest = _furthest_candidate(trials)
-        if furthest is not None:  # the deadline came before any candidate reached the top rung
-            _log(f"no candidate finished the final recipe within the budget; running trial {furthest.number} "
-                 f"(the best at the furthest rung, step {furthest.last_step}) to the end")
-            summary["final"] = [final.retrain_one(study, config, furthest).to_dict()]
+        record = finish_furthest(study, config, trials)
+        if record is not None:  # the deadline came before any candidate reached the top rung
+            summary["final"] = [record.to_dict()]
             return summary
     if not ranked:
         _log("no feasible trained trial yet: give a larger --budget or --trials")
@@ -303,15 +302,35 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
     if not interrupted:
         top = final.distinct_archs(ranked, config.final_top)
         summary["final"] = [r.to_dict() for r in final.retrain_best(study, config, top)]
+        final.discard_checkpoints(study, config.study)
     summary["best"] = [trial_summary(t) for t in ranked[:5]]
     return summary
 
 
+def finish_furthest(study: optuna.Study, config: SearchConfig, trials: list):
+    """Final fidelity, when no candidate reached the top rung: the furthest one (`_furthest_candidate`)
+    runs the recipe to the end, continued from its checkpoint where the deadline left one; its
+    `FinalRecord`, or None when no candidate reached a rung."""
+    furthest = _furthest_candidate(trials)
+    if furthest is None:
+        return None
+    saved = final.checkpoint_path(config.study, furthest.number)
+    resume = saved if saved.is_file() else None
+    how = (f"continued from its checkpoint ({saved})" if resume
+           else "from step 0 (no checkpoint: the pruner stopped it, or its searched sparsity is not saved)")
+    _log(f"no candidate finished the final recipe within the budget; running trial {furthest.number} "
+         f"(the best at the furthest rung, step {furthest.last_step}) to the end, {how}")
+    record = final.retrain_one(study, config, furthest, resume=resume)
+    final.discard_checkpoints(study, config.study)
+    return record
+
+
 def _furthest_candidate(trials: list) -> optuna.trial.FrozenTrial | None:
     """Final fidelity: among feasible candidates stopped before the top rung (not duplicates),
-    the best score at the furthest rung any reached. Its run restarts from the beginning: the
-    training is seeded and deterministic on the CPU, so the weights are those that continuing
-    would give (no checkpoint is kept)."""
+    the best score at the furthest rung any reached. It continues from its checkpoint when the
+    deadline stopped it (`nas.search.final.checkpoint_path`), and restarts otherwise: the training
+    is seeded and deterministic on the CPU, so either way the weights are those of a run never
+    stopped."""
     stopped = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values
                and TrialRecord.of(t).within_budgets and TrialRecord.of(t).duplicate_of is None]
     if not stopped:

@@ -10,15 +10,21 @@ bf16 autocast (`amp`); the model is handed back on the CPU either way, where the
 kernels evaluate it.
 """
 
+import io
+import itertools
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nas import fsio
+from nas.errors import UsageError
 from nas.train.batches import iterate, subset_of
 from nas.measure.device import resolve_device
 from nas.train.distill import distillation_loss
@@ -29,13 +35,14 @@ from nas.train.recipe import Augment, ema_model, recalibrate_batchnorm
 from nas.train.sparsify import SearchedCompression
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "evaluate", "measure_inference_ms", "wants_channels_last",
-           "steps_in_epoch"]
+           "steps_in_epoch", "CHECKPOINT_FORMAT"]
 
 DEFAULT_LR = {"adamw": 5e-3, "sgd": 0.1}  # tuned for short runs: 1 epoch of 5000 FM images, batch 64
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 5e-4}
 GPU_PEAK_METHOD = "torch.cuda.max_memory_allocated (tensors on the GPU)"
 RUNG_EMA_HORIZON = 0.2  # `rung_ema`: the average's horizon, as a fraction of the first rung's steps
 WARMUP_FRACTION = 0.03  # linear warm-up over the first 3% of steps (binary nets like a gentle start)
+CHECKPOINT_FORMAT = "nas-train-checkpoint-1"  # `checkpoint` / `resume`: a run stopped mid-way, to continue
 
 
 class TrainingDiverged(RuntimeError):
@@ -135,7 +142,8 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
           augment: Augment | None = None, ema_decay: float | str | None = None,
           recalibrate_bn: int = 0, rung_steps: Sequence[int] = (),
           on_rung: Callable[[int, float], None] | None = None, rung_ema: bool = False,
-          stop: Callable[[int], str | None] | None = None) -> TrainResult:
+          stop: Callable[[int], str | None] | None = None, checkpoint: str | Path | None = None,
+          resume: str | Path | None = None) -> TrainResult:
     """Train `model` in place on ``data.train`` and score it on ``data.val``.
 
     data: anything with `train` and `val` datasets (a `nas.data.DataBundle`).
@@ -175,6 +183,14 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         shadow copy, the training and its result are unchanged.
     stop(step) -> reason or None: asked after every optimizer step; a reason ends training
         there (`stopped_early` = the reason), like `max_seconds` does with "max_seconds".
+    checkpoint: where a run that `stop` or `max_seconds` ends early saves everything it needs to
+        go on (weights, optimizer, schedule, averages, the random generators, the position in
+        the epoch); nothing is written for a run that completes, or for a model with searched
+        sparsity / codebooks (its masks and ties are not saved: such a run restarts).
+    resume: a checkpoint written by a run with the same recipe (epochs, batch size, seed,
+        training images); training continues from its step and ends with the same weights as
+        a run that was never stopped (bit for bit on the CPU at the same thread count). Rungs
+        at or before that step are not scored again.
 
     A model with searched sparsity / codebook layers (arch keys ``p`` / ``cb``) is pruned and
     shared over the run's steps (`nas.train.sparsify`) and handed back in exactly the state
@@ -236,15 +252,37 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         images = 0
         val_history = []
         stopped = None
+        first_epoch, skip = 1, 0  # where a resumed run picks up: its epoch, and the batches of it already done
+        recipe = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "train_images": len(train_set),
+                  "optimizer": optimizer, "lr": lr}
+        if resume is not None:
+            saved = _load_checkpoint(resume, recipe)
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            for average, key in ((ema, "ema"), (rung_shadow, "rung_shadow")):
+                if average is not None and saved[key] is not None:
+                    average.load_state_dict(saved[key])
+            torch.set_rng_state(saved["torch_rng"])
+            if on_gpu and saved["cuda_rng"] is not None:
+                torch.cuda.set_rng_state(saved["cuda_rng"], dev)
+            augment_generator.set_state(saved["augment_rng"])
+            generator.set_state(saved["epoch_rng"])
+            step, images, val_history = saved["step"], saved["images"], list(saved["val_history"])
+            first_epoch, skip = saved["epoch"], saved["batch"]
+            bar.update(step)
         loss_sum, loss_n = 0.0, 0
         model.train()
         start = time.perf_counter()
         try:
             with PeakRSS() as mem:
-                for epoch in range(1, epochs + 1):
+                for epoch in range(first_epoch, epochs + 1):
                     loss_sum, loss_n = 0.0, 0
+                    epoch_rng = generator.get_state()  # the epoch's order, for a checkpoint
+                    batches = iterate(train_set, batch_size, generator, channels_last=use_cl)
+                    batch = skip if epoch == first_epoch else 0  # batches of this epoch done
                     mark = time.perf_counter()  # step time includes making the batch
-                    for x, y in iterate(train_set, batch_size, generator, channels_last=use_cl):
+                    for x, y in itertools.islice(batches, batch, None):
                         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # no-op on the CPU
                         if augment is not None:
                             x = augment(x, fill, augment_generator)
@@ -266,6 +304,7 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                         now = time.perf_counter()
                         step_time, mark = step_time + now - mark, now
                         step += 1
+                        batch += 1
                         compression.step(step, opt)
                         images += len(y)
                         loss_sum, loss_n = loss_sum + value * len(y), loss_n + len(y)
@@ -282,6 +321,16 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                         if stop is not None and (stopped := stop(step)) is not None:
                             break
                     if stopped is not None:
+                        if checkpoint is not None and not compression:
+                            _save_checkpoint(checkpoint, recipe, {
+                                "step": step, "epoch": epoch, "batch": batch, "images": images,
+                                "val_history": val_history, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+                                "ema": None if ema is None else ema.state_dict(),
+                                "rung_shadow": None if rung_shadow is None else rung_shadow.state_dict(),
+                                "torch_rng": torch.get_rng_state(), "augment_rng": augment_generator.get_state(),
+                                "cuda_rng": torch.cuda.get_rng_state(dev) if on_gpu else None,
+                                "epoch_rng": epoch_rng})
                         break
                     if on_epoch_end is not None:
                         acc = evaluate(model, val_set, channels_last=use_cl)
@@ -360,6 +409,34 @@ def _loss(model, teacher, x, y, label_smoothing: float, temperature: float, alph
     with torch.no_grad():
         teacher_logits = teacher(x)
     return distillation_loss(logits, teacher_logits, y, temperature, alpha, label_smoothing)
+
+
+def _save_checkpoint(path, recipe: dict, state: dict) -> None:
+    """`state` and the recipe it belongs to, written atomically (`nas.fsio`). A checkpoint is
+    an optimisation (without one the run restarts and ends the same), so a disk that refuses it
+    is a note on stderr, not an error."""
+    buffer = io.BytesIO()  # serialised in memory: a full disk is then an OSError of our write, which
+    torch.save({"format": CHECKPOINT_FORMAT, "recipe": recipe, **state}, buffer)  # torch reports otherwise
+    try:
+        fsio.write_bytes(path, buffer.getvalue())
+    except fsio.WriteError as e:
+        print(f"nas: note: no checkpoint: {e}; the run can only be restarted", file=sys.stderr)
+
+
+def _load_checkpoint(path, recipe: dict) -> dict:
+    """A checkpoint of this very recipe, or one line saying what does not match."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:  # torch raises RuntimeError / EOFError on torn files
+        raise UsageError(f"resume={str(path)!r}: cannot read it ({type(e).__name__}: {str(e)[:80]}); expected a "
+                         f"checkpoint that `train(checkpoint=...)` wrote") from None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"resume={str(path)!r}: not a {CHECKPOINT_FORMAT} checkpoint")
+    if saved["recipe"] != recipe:
+        diff = {k: (saved["recipe"].get(k), v) for k, v in recipe.items() if saved["recipe"].get(k) != v}
+        raise UsageError(f"resume={str(path)!r}: written by another recipe ({diff}: saved, asked); expected the "
+                         f"same epochs, batch size, seed, training images, optimizer and learning rate")
+    return saved
 
 
 def steps_in_epoch(n: int, batch_size: int) -> int:
