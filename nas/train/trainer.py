@@ -188,7 +188,7 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         the epoch); nothing is written for a run that completes, or for a model with searched
         sparsity / codebooks (its masks and ties are not saved: such a run restarts).
     resume: a checkpoint written by a run with the same recipe (epochs, batch size, seed,
-        training images); training continues from its step and ends with the same weights as
+        training images, optimizer, its settings, EMA, augmentation); training continues from its step and ends with the same weights as
         a run that was never stopped (bit for bit on the CPU at the same thread count). Rungs
         at or before that step are not scored again.
 
@@ -254,7 +254,9 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
         stopped = None
         first_epoch, skip = 1, 0  # where a resumed run picks up: its epoch, and the batches of it already done
         recipe = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "train_images": len(train_set),
-                  "optimizer": optimizer, "lr": lr}
+                  "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
+                  "ema_decay": ema_decay, "augment": None if augment is None else asdict(augment),
+                  "rung_ema": rung_shadow is not None}
         if resume is not None:
             saved = _load_checkpoint(resume, recipe)
             model.load_state_dict(saved["model"])
@@ -435,7 +437,7 @@ def _load_checkpoint(path, recipe: dict) -> dict:
     if saved["recipe"] != recipe:
         diff = {k: (saved["recipe"].get(k), v) for k, v in recipe.items() if saved["recipe"].get(k) != v}
         raise UsageError(f"resume={str(path)!r}: written by another recipe ({diff}: saved, asked); expected the "
-                         f"same epochs, batch size, seed, training images, optimizer and learning rate")
+                         f"recipe of the run that wrote it")
     return saved
 
 
