@@ -296,3 +296,4 @@ def test_bench_search_runs_both_searches_at_its_fidelity(in_tmp, capsys):
     assert out.err.count("candidates run the final recipe (300 images x 1 epochs at batch 64") == 2, out.err
     assert [r["method"] for r in info["rows"]] == ["ladder", "random"]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in info["rows"]), info["rows"]
+    assert not (in_tmp / "studies").exists() or not any((in_tmp / "studies").iterdir())  # no models left behind

@@ -20,6 +20,7 @@ weight_bytes of the model, per method.
 """
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -103,6 +104,7 @@ def _final(model, config: SearchConfig) -> dict:
 
 def run(args) -> int:
     from nas.cost.latency import find_profile
+    from nas.search.final import artifacts_dir
     from nas.search.runner import run_search
 
     profile = find_profile()  # this device's profile, if calibrated: the searches record latency_ms
@@ -126,14 +128,20 @@ def run(args) -> int:
             search_s = budget_s + (extra_final_s if method == "random" else 0.0)
             _log(f"{format_bytes(target)}: {method} search for {format_seconds(search_s)}")
             config = SearchConfig(
-                study=f"bench-{space_name}-{method}", storage=f"journal:{workdir / f'{space_name}-{method}.journal'}",
+                # a name of this run's own: the studies' weights go to studies/<name>/ (`nas.search.final`), and
+                # benches side by side in one folder must not overwrite each other's; removed below
+                study=f"bench-{workdir.name}-{space_name}-{method}",
+                storage=f"journal:{workdir / f'{space_name}-{method}.journal'}",
                 space=space, budgets=Budgets(weight_bytes=target), sampler="tpe" if method == "ladder" else "random",
                 proxy="none", pruner="sh" if method == "ladder" else "none",
                 budget_s=search_s, seed=args.seed, subset=args.subset, epochs=args.epochs, fidelity=args.fidelity,
                 final_top=SearchConfig.final_top if method == "ladder" else 1,
                 final_epochs=args.final_epochs, final_subset=args.final_subset)
             start = time.time()
-            summary = run_search(config, profile, show_progress=True)
+            try:
+                summary = run_search(config, profile, show_progress=True)
+            finally:  # the bench keeps figures, not models
+                shutil.rmtree(artifacts_dir(config.study), ignore_errors=True)
             row = {"target": target, "space": space, "method": method, "search_s": round(search_s, 1),
                    "trained": summary["trained"], "infeasible": summary["infeasible"], "pruned": summary["pruned"]}
             if summary.get("final"):
