@@ -128,8 +128,12 @@ def test_the_search_result_is_the_candidates_own_run_of_the_final_recipe(in_tmp,
     """With --fidelity final a candidate that passes every rung is not trained again: its saved
     weights equal a fresh run of the final recipe on its architecture (atol=0), its record says
     so, its rungs were scored on the moving average of the weights (`FINAL_RUNG_EMA`), and the
-    candidates the pruner stopped were stopped at rungs of the ladder."""
+    candidates the pruner stopped were stopped at rungs of the ladder. A checkpoint left by an
+    earlier run's deadline-stopped trial is removed when the search ends."""
     storage = f"journal:{in_tmp / 'studies' / 'f.journal'}"
+    stale = final.checkpoint_path("f", 99)
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"a checkpoint of a trial that is not running")
     rc = main(["search", "--target-mem", "40KB", "--space", "search_spaces/mcu.yaml", "--dataset", "fashion-mnist",
                "--fidelity", "final", "--subset", "200", "--epochs", "1", "--val-subset", "500",
                "--final-subset", "600", "--final-epochs", "1", "--trials", "2", "--final-top", "2",
@@ -151,6 +155,7 @@ def test_the_search_result_is_the_candidates_own_run_of_the_final_recipe(in_tmp,
     searched = study.trials[chosen["trial"]]
     assert searched.state == TrialState.COMPLETE and searched.values[0] == chosen["val_accuracy"]
     assert chosen["train"]["steps"] == 10 and chosen["train"]["stopped_early"] is None
+    assert not stale.exists()
 
     arch = decode(chosen["arch"])
     data = final.final_data(config, arch.resolution)
@@ -169,7 +174,8 @@ def test_the_search_result_is_the_candidates_own_run_of_the_final_recipe(in_tmp,
 def test_the_furthest_candidate_continues_from_where_the_deadline_stopped_it(in_tmp, capsys):
     """When no candidate reached the top rung, the furthest is continued from the checkpoint its
     stopped run left (not restarted): its weights equal an uninterrupted run of the final recipe
-    at atol=0, its record counts every step, and the checkpoint is removed afterwards."""
+    at atol=0, its record counts every step, and its checkpoint goes with the others at the search's
+    end (`final.discard_checkpoints`: the trial is no longer running)."""
     from nas.search.objective import trial_costs
     from nas.search.runner import finish_furthest
     from nas.space import encode, load_space, random_archs
@@ -194,6 +200,7 @@ def test_the_furthest_candidate_continues_from_where_the_deadline_stopped_it(in_
     record = finish_furthest(study, config, study.get_trials())
     assert "continued from its checkpoint" in capsys.readouterr().err
     assert record.trial == 0 and record.train["steps"] == total and record.fidelity == "final"
+    final.discard_checkpoints(study, "c")
     assert not final.checkpoint_path("c", 0).exists()
     torch.manual_seed(config.seed)
     whole = build_model(arch)

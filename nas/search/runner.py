@@ -291,18 +291,19 @@ def run_search(config: SearchConfig, profile=None, show_progress: bool = True) -
         low = extreme(space, "weight_bytes", in_chs=probe.in_chs, num_classes=probe.num_classes)
         raise UsageError(f"{MAX_INFEASIBLE_STREAK} infeasible candidates in a row for {config.budgets.describe()}; "
                          f"the cheapest found has weight_bytes {format_bytes(low.value)}")
-    if not ranked and config.fidelity == "final" and not interrupted:
-        record = finish_furthest(study, config, trials)
-        if record is not None:  # the deadline came before any candidate reached the top rung
-            summary["final"] = [record.to_dict()]
-            return summary
-    if not ranked:
-        _log("no feasible trained trial yet: give a larger --budget or --trials")
-        return summary
     if not interrupted:
-        top = final.distinct_archs(ranked, config.final_top)
-        summary["final"] = [r.to_dict() for r in final.retrain_best(study, config, top)]
-        final.discard_checkpoints(study, config.study)
+        if ranked:
+            top = final.distinct_archs(ranked, config.final_top)
+            summary["final"] = [r.to_dict() for r in final.retrain_best(study, config, top)]
+        elif config.fidelity == "final":  # the deadline came before any candidate reached the top rung
+            record = finish_furthest(study, config, trials)
+            if record is not None:
+                summary["final"] = [record.to_dict()]
+        final.discard_checkpoints(study, config.study)  # deadline-stopped candidates' (final fidelity)
+    if not ranked:
+        if "final" not in summary:
+            _log("no feasible trained trial yet: give a larger --budget or --trials")
+        return summary
     summary["best"] = [trial_summary(t) for t in ranked[:5]]
     return summary
 
@@ -320,9 +321,7 @@ def finish_furthest(study: optuna.Study, config: SearchConfig, trials: list):
            else "from step 0 (no checkpoint: the pruner stopped it, or its searched sparsity is not saved)")
     _log(f"no candidate finished the final recipe within the budget; running trial {furthest.number} "
          f"(the best at the furthest rung, step {furthest.last_step}) to the end, {how}")
-    record = final.retrain_one(study, config, furthest, resume=resume)
-    final.discard_checkpoints(study, config.study)
-    return record
+    return final.retrain_one(study, config, furthest, resume=resume)
 
 
 def _furthest_candidate(trials: list) -> optuna.trial.FrozenTrial | None:

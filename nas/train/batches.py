@@ -1,5 +1,6 @@
 """Batches from a dataset: the uint8 fast path for `ImageDataset`, a DataLoader otherwise."""
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -32,8 +33,10 @@ def subset_of(dataset, n: int | None):
 
 
 def iterate(dataset, batch_size: int, generator: torch.Generator | None = None,
-            channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            channels_last: bool = False, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches; shuffled with `generator` when one is given, in order otherwise.
+    `skip`: leave out the first `skip` batches of the same order (a resumed epoch); on an
+    `ImageDataset` they are not built.
 
     A final batch of a single image is dropped when shuffling (BatchNorm cannot train on
     one sample).
@@ -42,7 +45,7 @@ def iterate(dataset, batch_size: int, generator: torch.Generator | None = None,
     n = len(dataset)
     if isinstance(dataset, ImageDataset):
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, batch_size):
+        for start in range(skip * batch_size, n, batch_size):
             index = order[start:start + batch_size]
             if generator is not None and len(index) == 1 and n > 1:
                 return
@@ -50,7 +53,7 @@ def iterate(dataset, batch_size: int, generator: torch.Generator | None = None,
         return
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None,
                                          generator=generator, drop_last=False)
-    for x, y in loader:
+    for x, y in itertools.islice(loader, skip, None):  # a DataLoader's batches are made to be skipped
         if generator is not None and len(y) == 1 and n > 1:
             return
         yield x.contiguous(memory_format=fmt), torch.as_tensor(y)

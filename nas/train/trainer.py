@@ -11,7 +11,6 @@ kernels evaluate it.
 """
 
 import io
-import itertools
 import math
 import sys
 import time
@@ -281,10 +280,10 @@ def train(model: nn.Module, data, epochs: int, subset: int | None = None, batch_
                 for epoch in range(first_epoch, epochs + 1):
                     loss_sum, loss_n = 0.0, 0
                     epoch_rng = generator.get_state()  # the epoch's order, for a checkpoint
-                    batches = iterate(train_set, batch_size, generator, channels_last=use_cl)
                     batch = skip if epoch == first_epoch else 0  # batches of this epoch done
+                    batches = iterate(train_set, batch_size, generator, channels_last=use_cl, skip=batch)
                     mark = time.perf_counter()  # step time includes making the batch
-                    for x, y in itertools.islice(batches, batch, None):
+                    for x, y in batches:
                         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # no-op on the CPU
                         if augment is not None:
                             x = augment(x, fill, augment_generator)
