@@ -19,6 +19,8 @@ from nas.export.deploy import packed_model
 from nas.space import decode
 
 INTEGER = "in_r8_c1-stem_c8_k3_s1_w8_a8-ir_r2_k3_s2_e2_c16_w4_a4-ir_r1_k3_s1_e2_c16_w8_a8-head_c32_w8_a8-fc_n10_w8_a8"
+# 2/4-bit codes packed per pixel, pixels that end mid-byte (1 channel at 4 bits, 10 at 2), signed and unsigned
+SUB_BYTE = "in_r8_c1-stem_c6_k3_s1_w4_a4-ir_r2_k3_s2_e2_c10_w2_a2-ir_r1_k3_s1_e3_c12_w4_a4-head_c24_w8_a2-fc_n10_w8_a8"
 BINARY = "in_r8_c1-stem_c16_k3_s1_w8_a8-grouped_r1_k3_s1_g1_c16_w1_a1-grouped_r1_k3_s2_g1_c16_w1_a1-head_c0_w8_a8-fc_n10_w8_a8"
 FLOAT_HEAD = "in_r8_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s1_e2_c8_w8_a8-head_c16_w32_a32-fc_n10_w8_a8"
 
@@ -40,7 +42,7 @@ def trained(arch: str, data):
     return model.eval()
 
 
-@pytest.mark.parametrize("arch", [INTEGER, BINARY], ids=["integer", "binary"])
+@pytest.mark.parametrize("arch", [INTEGER, SUB_BYTE, BINARY], ids=["integer", "sub-byte", "binary"])
 def test_c_logits_equal_nas_infer_bit_for_bit(arch, digits, tmp_path, capsys):
     model = trained(arch, digits)
     out = tmp_path / "bundle"

@@ -142,6 +142,34 @@ def test_planner_never_overlaps_live_tensors_and_is_at_least_the_live_peak():
                     assert offsets[a] + size[a] <= offsets[b] or offsets[b] + size[b] <= offsets[a], (a, b)
 
 
+def test_codes_take_their_bits_in_the_arena():
+    """2/4-bit activation codes are stored packed per pixel, as the cost model counts them
+    (`tensor_bytes`): each code tensor is the graph tensor's bytes at the reading layer's bits,
+    and the planned arena is smaller than with a byte per code."""
+    import dataclasses
+
+    from nas.cost.graph import tensor_bytes
+    from nas.cost.mcu import CODES, program_arena
+
+    for arch in (MCU_A, MCU_B):
+        g = expand(decode(arch))
+        prog = c_program(g)
+        reads = {op.name: op.read_bits[0] for op in g.ops}
+        widths = set()
+        for st in prog.steps:
+            if st.op == "int_conv":
+                x = prog.tensors[st.inputs[0]]
+                assert x.kind == CODES and x.code_bits == reads[st.name], st.name
+                h, w, c = x.shape
+                assert x.nbytes == tensor_bytes((c, h, w), reads[st.name]), st.name
+                widths.add(x.code_bits)
+        assert widths >= {2, 4, 8}
+        _, packed = program_arena(prog)
+        prog.tensors = [dataclasses.replace(t, code_bits=8) for t in prog.tensors]
+        _, byte_per_code = program_arena(prog)
+        assert packed < byte_per_code
+
+
 @needs_mcu
 @pytest.mark.parametrize("arch", [MCU_A, MCU_B, BINARY], ids=["mcu-a", "mcu-b", "binary"])
 def test_predicted_flash_and_sram_equal_the_linkers(arch, tmp_path):

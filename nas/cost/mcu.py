@@ -12,9 +12,10 @@ refuses. The definitions are the ones `nas infer --c --mcu` measures from the Co
   the `nas_model` record (`MODEL_DESC_BYTES`). The generated code is table-driven
   (`nas_model_exec` walks the steps), so no code size depends on the model.
 - sram_bytes = `.data` (0) + `.bss` (the planned arena + the driver's float32 logits, each
-  8-aligned) + the stack peak measured by painting (`STACK_PEAK_BYTES`, a constant: every model
-  runs the same driver loop and dispatcher; the same 276 bytes were measured on integer-only
-  and on binary models).
+  8-aligned) + the stack peak measured by painting (`STACK_PEAK_BYTES`: every model runs the
+  same driver loop and dispatcher, and the deepest frame is `nas_int_conv`'s; 4 bytes more,
+  `STACK_REQUANT_BYTES`, when an integer conv writes the next layer's codes and so calls rintf
+  from that frame).
 - Exact for the build `mcu_check` makes (10 embedded test images: the driver's loop code and
   frame depend on the count, and 40 x H x W x C bytes of images keep the model's data 8-aligned).
 
@@ -31,9 +32,10 @@ and says by how much).
 The C program is derived from `nas.cost.graph` exactly as `nas.export.c.lower` derives it
 from the packed model (tests compare the two step by step):
 - an integer conv / linear (`nas.cost.kernel_path.layer_path` == "integer") whose input is
-  float32 gets a quantize step of its own (one byte per code); its output is the next
-  layer's codes (one byte each) when exactly one op reads it and that op is an integer conv
-  (`nas.export.convert.chain_integer_layers`), else float32;
+  float32 gets a quantize step of its own; its output is the next layer's codes when exactly
+  one op reads it and that op is an integer conv (`nas.export.convert.chain_integer_layers`),
+  else float32. Codes are stored at the reading layer's width, packed per pixel (a pixel of C
+  channels at b bits takes ceil(C * b / 8) bytes: `nas.cost.graph.tensor_bytes`'s rule);
 - a residual add whose one input is an integer or binary conv read by nothing else is fused
   into that conv (its epilogue adds the other input, float32);
 - a binary conv (1-bit weights, 1-bit input, one group) reads the packed signs of its float32
@@ -57,10 +59,12 @@ ALIGN = 8  # arena offsets and sizes
 F32, CODES, BITS = "f32", "codes", "bits"
 
 # --- measured constants (see the module docstring for the command and the toolchain) ---
-KERNEL_CODE_BYTES = 3040  # nas_ops.o's .text* (every kernel and the dispatcher; all are linked)
-FLASH_CODE_BYTES = 4016  # flash that is not model data: the kernels' 3040 + vectors, startup, driver,
+KERNEL_CODE_BYTES = 3240  # nas_ops.o's .text* (every kernel and the dispatcher; all are linked)
+FLASH_CODE_BYTES = 4312  # flash that is not model data: the kernels' 3240 + vectors, startup, driver,
 # nas_model_run, memcpy / memset / rintf and their constants (the ELF's .text less the items below)
-STACK_PEAK_BYTES = 276  # painted stack peak: reset handler + driver + nas_model_exec + the kernels
+STACK_PEAK_BYTES = 272  # painted stack peak: reset handler + driver + nas_model_exec + nas_int_conv (the
+# deepest kernel frame: 160 bytes, `-fstack-usage`; nas_binary_conv's is 152)
+STACK_REQUANT_BYTES = 4  # more when an integer conv writes the next layer's codes (it then calls rintf)
 CONV_DESC_BYTES = 96  # sizeof(nas_conv) on Cortex-M4
 STEP_DESC_BYTES = 48  # sizeof(nas_step) on Cortex-M4
 MODEL_DESC_BYTES = 32  # sizeof(nas_model) (28), and the 4 bytes of fill that 8-align the payload after it
@@ -76,13 +80,16 @@ def _round(n: int, a: int = ALIGN) -> int:
 class CTensor:
     shape: tuple[int, int, int]  # (H, W, C)
     kind: str  # f32 | codes | bits
+    code_bits: int = 8  # codes: their width, packed per pixel as `nas.cost.graph.tensor_bytes` counts them
 
     @property
     def nbytes(self) -> int:
         h, w, c = self.shape
         if self.kind == BITS:
             return h * w * -(-c // 64) * 8
-        return h * w * c * (4 if self.kind == F32 else 1)
+        if self.kind == F32:
+            return h * w * c * 4
+        return h * w * -(-c * self.code_bits // 8)
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,12 @@ class CProgram:
     input: int = 0
     result: int = -1
 
-    def tensor(self, shape, kind) -> int:
-        self.tensors.append(CTensor(tuple(shape), kind))
+    def tensor(self, shape, kind, code_bits=8) -> int:
+        self.tensors.append(CTensor(tuple(shape), kind, code_bits))
         return len(self.tensors) - 1
 
-    def step(self, name, op, inputs, shape, kind) -> int:
-        out = self.tensor(shape, kind)
+    def step(self, name, op, inputs, shape, kind, code_bits=8) -> int:
+        out = self.tensor(shape, kind, code_bits)
         self.steps.append(CStep(name, op, tuple(inputs), out))
         return out
 
@@ -157,10 +164,11 @@ def c_program(g: Graph) -> CProgram:
     # a graph tensor's reader after fusion (an add fused into a conv reads through the conv)
     out_of = {i: (g.ops[fused_into[i][0]].output if i in fused_into else op.output) for i, op in enumerate(g.ops)}
 
-    def sole_integer_reader(t: int) -> bool:
+    def sole_integer_reader(t: int) -> int | None:
+        """The op index of t's one reader when that is an integer conv reading it as its input."""
         rs = [r for r in readers.get(t, []) if r not in fused_adds]
         rs += [conv for conv, (_, res) in fused_into.items() if res == t]
-        return len(rs) == 1 and paths.get(rs[0]) == "integer" and g.ops[rs[0]].inputs[0] == t
+        return rs[0] if len(rs) == 1 and paths.get(rs[0]) == "integer" and g.ops[rs[0]].inputs[0] == t else None
 
     cmap = {g.input: prog.tensor(_hwc(g.shapes[g.input]), F32)}
     prog.input = cmap[g.input]
@@ -197,11 +205,15 @@ def c_program(g: Graph) -> CProgram:
             else:
                 x = cmap[op.inputs[0]]
                 if prog.tensors[x].kind == F32:
-                    x = prog.step(op.name + " (input codes)", "quantize", [x], prog.tensors[x].shape, CODES)
+                    x = prog.step(op.name + " (input codes)", "quantize", [x], prog.tensors[x].shape, CODES,
+                                  op.read_bits[0])
                 elif prog.tensors[x].kind != CODES:
                     prog.refused.append(f"{op.name}: integer conv reads {prog.tensors[x].kind}")
-                kind = CODES if sole_integer_reader(out) else F32
-                cmap[out] = prog.step(op.name, "int_conv", [x, *res], shape, kind)
+                reader = sole_integer_reader(out)
+                if reader is None:
+                    cmap[out] = prog.step(op.name, "int_conv", [x, *res], shape, F32)
+                else:
+                    cmap[out] = prog.step(op.name, "int_conv", [x, *res], shape, CODES, g.ops[reader].read_bits[0])
             if op.act is not None and path == "binary":
                 prog.refused.append(f"{op.name}: binary conv with a fused {op.act}")
             continue
@@ -297,5 +309,6 @@ def mcu_cost(arch, weight_bytes: int, num_classes: int | None = None) -> McuCost
     classes = num_classes if num_classes is not None else g.shapes[g.ops[-1].output][0]
     flash = (FLASH_CODE_BYTES + _round(weight_bytes, PAYLOAD_ALIGN) + CONV_DESC_BYTES * prog.convs
              + STEP_DESC_BYTES * len(prog.steps) + MODEL_DESC_BYTES)
-    sram = DATA_BYTES + arena + _round(4 * classes) + STACK_PEAK_BYTES
+    requant = any(s.op == "int_conv" and prog.tensors[s.output].kind == CODES for s in prog.steps)
+    sram = DATA_BYTES + arena + _round(4 * classes) + STACK_PEAK_BYTES + (STACK_REQUANT_BYTES if requant else 0)
     return McuCost(flash, sram, arena, len(prog.steps), prog.convs, ())

@@ -164,6 +164,7 @@ class PackedIntegerConv2d(nn.Module):
         self.kernel = integer.IntegerConv(self.w_int, g.bits, stride, padding, groups, scale, self.bias, activation)
         self.out_chs = g.c_out
         self.requant: tuple[float, float, float] | None = None  # set by convert.chain_integer_layers
+        self.requant_bits = 0  # the codes' width when requant is set (the C package packs them at it)
 
     def input_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) codes of a float NCHW (or (N, C)) input, equal to
@@ -192,6 +193,7 @@ class PackedIntegerConv2d(nn.Module):
         lo = -consumer.alpha if consumer.signed else torch.zeros(())
         self.requant = (float(lo), float(consumer.alpha), float(act_scale(consumer.alpha, consumer.a_bits,
                                                                           consumer.signed)))
+        self.requant_bits = consumer.a_bits
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x as the class docstring says; residual: float NCHW (N, C_out, H_out, W_out), added

@@ -48,7 +48,8 @@ def f32(v) -> str:
 @dataclass
 class Tensor:
     shape: tuple  # (H, W, C)
-    kind: str  # "f32" | "u8" | "s8" | "bits"
+    kind: str  # "f32" | "u8" | "s8" (activation codes) | "bits" (packed signs)
+    code_bits: int = 8  # u8 / s8: the codes' width, packed per pixel (nas_ops.h)
     offset: int = -1
 
     @property
@@ -56,7 +57,9 @@ class Tensor:
         h, w, c = self.shape
         if self.kind == "bits":
             return h * w * -(-c // 64) * 8
-        return h * w * c * (4 if self.kind == "f32" else 1)
+        if self.kind == "f32":
+            return h * w * c * 4
+        return h * w * -(-c * self.code_bits // 8)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Op:
     n: int = 0
     hwc: tuple = (0, 0, 0)
     q: tuple = (0.0, 0.0, 0.0)  # quantize: lo, alpha, s
+    bits: int = 0  # quantize: the codes' width
 
 
 # C step -> the step name nas.cost.mcu.c_program gives it (tests compare the two programs)
@@ -84,8 +88,8 @@ class Program:
     ops: list = field(default_factory=list)
     records: dict = field(default_factory=dict)  # layer name -> (offsets of weight, scale, bias)
 
-    def emit(self, name, op, inputs, shape, kind, **kw):
-        out = Tensor(tuple(shape), kind)
+    def emit(self, name, op, inputs, shape, kind, code_bits=8, **kw):
+        out = Tensor(tuple(shape), kind, code_bits)
         self.ops.append(Op(op, list(inputs), out, name, **kw))
         return out
 
@@ -113,21 +117,24 @@ def lower(prog: Program, name: str, m: nn.Module, x: Tensor, residual: Tensor | 
 
     if isinstance(m, PackedIntegerConv2d):
         if x.kind == "f32":
-            n = int(np.prod(x.shape))
-            x = prog.emit(name + " (input codes)", "QUANTIZE", [x], x.shape, "s8" if m.signed else "u8", n=n,
-                          q=(m._lo, m._hi, m._step))
+            H, W, C = x.shape
+            x = prog.emit(name + " (input codes)", "QUANTIZE", [x], x.shape, "s8" if m.signed else "u8",
+                          code_bits=m.a_bits, n=H * W, hwc=(H, W, C), q=(m._lo, m._hi, m._step), bits=m.a_bits)
+        elif x.code_bits != m.a_bits:
+            _refuse(name, m, f"reads {x.code_bits}-bit codes at a_bits={m.a_bits}")
         k = m.kernel
         H, W = x.shape[:2]
         Ho, Wo = k.output_size(H, W)
         (kh, kw), (sh, _), (ph, _) = k.kernel, k.stride, k.padding
         kind = "f32" if m.requant is None else ("s8" if m.requant[0] < 0 else "u8")
         q = m.requant or (0.0, 0.0, 1.0)
+        out_bits = 0 if m.requant is None else m.requant_bits
         act = {"none": "NAS_ACT_NONE", "relu": "NAS_ACT_RELU", "hswish": "NAS_ACT_HSWISH"}[m.activation]
         st = (_conv_struct(prog, name, m, x, Ho, Wo, k.out_chs, kh, kw, sh, ph, k.groups, k.w_bits)
-              + f", {f32(m._step)}, {int(m.signed)}, {act}, {int(m.requant is not None)}, {f32(q[0])}, {f32(q[1])}, "
+              + f", {f32(m._step)}, {m.a_bits}, {int(m.signed)}, {act}, {out_bits}, {f32(q[0])}, {f32(q[1])}, "
               f"{f32(q[2])}}}")
         ins = [x] if residual is None else [x, residual]
-        return prog.emit(name, "INT_CONV", ins, (Ho, Wo, k.out_chs), kind, conv=st)
+        return prog.emit(name, "INT_CONV", ins, (Ho, Wo, k.out_chs), kind, code_bits=out_bits or 8, conv=st)
     if isinstance(m, PackedBinaryUnit):
         r = lower(prog, child("shortcut"), m.shortcut, x)
         return lower(prog, child("conv"), m.conv, x, residual=r)
@@ -140,7 +147,7 @@ def lower(prog: Program, name: str, m: nn.Module, x: Tensor, residual: Tensor | 
         p = prog.emit(name + " (signs)", "PACK_SIGNS", [x], x.shape, "bits", n=H * W, hwc=(H, W, C))
         k, s, pad = m.kernel, m.stride, m.padding
         Ho, Wo = (H + 2 * pad - k) // s + 1, (W + 2 * pad - k) // s + 1
-        st = _conv_struct(prog, name, m, x, Ho, Wo, m.out_chs, k, k, s, pad, 1, 1) + ", 0.0f, 0, 0, 0, 0.0f, 0.0f, 0.0f}"
+        st = _conv_struct(prog, name, m, x, Ho, Wo, m.out_chs, k, k, s, pad, 1, 1) + ", 0.0f, 0, 0, 0, 0, 0.0f, 0.0f, 0.0f}"
         ins = [p] if residual is None else [p, residual]
         return prog.emit(name, "BINARY_CONV", ins, (Ho, Wo, m.out_chs), "f32", conv=st)
     if isinstance(m, ResidualBlock):
@@ -233,7 +240,7 @@ def generate(packed, payload: bytes) -> dict:
             convs.append(f"    /* {len(convs)}: {op.name} */ {op.conv}")
         res = op.inputs[1].offset if len(op.inputs) > 1 else -1
         H, W, C = op.hwc
-        steps.append(f"    /* {op.name} */ {{NAS_OP_{op.op}, {op.inputs[0].offset}, {res}, {op.output.offset}, "
+        steps.append(f"    /* {op.name} */ {{NAS_OP_{op.op}, {op.bits}, {op.inputs[0].offset}, {res}, {op.output.offset}, "
                      f"{op.n}, {H}, {W}, {C}, {conv}, {f32(op.q[0])}, {f32(op.q[1])}, {f32(op.q[2])}}}")
     n_in, n_out = int(np.prod(inp.shape)), out.shape[2]
     body = ",\n".join(",".join(str(b) for b in payload[i:i + 24]) for i in range(0, len(payload), 24))
@@ -270,7 +277,7 @@ static uint8_t nas_arena[NAS_ARENA_BYTES] __attribute__((aligned(8)));
 static const nas_conv nas_convs[{max(1, len(convs))}] = {{
 {(","+chr(10)).join(convs) or "    {0}"}
 }};
-/* the operations in order: {{op, input, residual, output (arena offsets), n, H, W, C, conv, lo, alpha, s}} */
+/* the operations in order: {{op, bits, input, residual, output (arena offsets), n, H, W, C, conv, lo, alpha, s}} */
 static const nas_step nas_steps[{len(steps)}] = {{
 {(","+chr(10)).join(steps)}
 }};

@@ -17,10 +17,34 @@ static inline uint64_t ld_u64(const uint8_t *p, long i)
     return v;
 }
 
-void nas_quantize(const float *x, uint8_t *y, long n, float lo, float alpha, float s)
+/* Codes packed per pixel (nas_ops.h): code c of a pixel whose bytes start at p. */
+static inline int32_t ld_code(const uint8_t *p, int c, int bits, int is_signed)
 {
-    for (long i = 0; i < n; i++)
-        y[i] = nas_int_requant(x[i], lo, alpha, s);
+    const int bit = c * bits, mask = (1 << bits) - 1;
+    int32_t v = (p[bit >> 3] >> (bit & 7)) & mask;
+    if (is_signed && v > (mask >> 1))
+        v -= mask + 1; /* two's complement, `bits` wide */
+    return v;
+}
+
+static inline void st_code(uint8_t *p, int c, int bits, uint8_t code)
+{
+    const int bit = c * bits, mask = (1 << bits) - 1;
+    uint8_t *q = p + (bit >> 3);
+    *q = (uint8_t)((*q & ~(mask << (bit & 7))) | ((code & mask) << (bit & 7)));
+}
+
+static inline long code_row(int C, int bits)
+{
+    return ((long)C * bits + 7) / 8;
+}
+
+void nas_quantize(const float *x, uint8_t *y, long pixels, int C, int bits, float lo, float alpha, float s)
+{
+    const long row = code_row(C, bits);
+    for (long p = 0; p < pixels; p++)
+        for (int c = 0; c < C; c++)
+            st_code(y + p * row, c, bits, nas_int_requant(x[p * C + c], lo, alpha, s));
 }
 
 void nas_int_conv(const nas_conv *c, const uint8_t *x, const float *res, void *y)
@@ -28,6 +52,7 @@ void nas_int_conv(const nas_conv *c, const uint8_t *x, const float *res, void *y
     const int cin_g = c->cin / c->groups, cout_g = c->cout / c->groups;
     const int row = cin_g * c->kh * c->kw, b = c->w_bits, L = (1 << b) - 1;
     const long row_bytes = ((long)row * b + 7) / 8;
+    const long x_row = code_row(c->cin, c->in_bits), y_row = c->requant ? code_row(c->cout, c->requant) : 0;
     for (int oc = 0; oc < c->cout; oc++) {
         const int g = oc / cout_g;
         const uint8_t *w = c->weight + oc * row_bytes;
@@ -49,16 +74,16 @@ void nas_int_conv(const nas_conv *c, const uint8_t *x, const float *res, void *y
                                 continue;
                             const long j = ((long)ic * c->kh + ky) * c->kw + kx, bit = j * b;
                             const int q = (w[bit >> 3] >> (bit & 7)) & L;
-                            const uint8_t xb = x[((long)iy * c->W + ix) * c->cin + ch];
-                            const int32_t xv = c->in_signed ? (int32_t)(int8_t)xb : (int32_t)xb;
+                            const int32_t xv = ld_code(x + ((long)iy * c->W + ix) * x_row, ch, c->in_bits,
+                                                       c->in_signed);
                             acc += xv * (2 * q - L); /* w_int = 2q - L */
                         }
                     }
                 }
-                const long o = ((long)oy * c->Wo + ox) * c->cout + oc;
+                const long pix = (long)oy * c->Wo + ox, o = pix * c->cout + oc;
                 const float v = nas_int_epilogue(acc, scale, bias, res ? res + o : NULL, c->act);
                 if (c->requant)
-                    ((uint8_t *)y)[o] = nas_int_requant(v, c->q_lo, c->q_alpha, c->q_s);
+                    st_code((uint8_t *)y + pix * y_row, oc, c->requant, nas_int_requant(v, c->q_lo, c->q_alpha, c->q_s));
                 else
                     ((float *)y)[o] = v;
             }
@@ -177,7 +202,7 @@ int nas_model_exec(const nas_model *m, const float *input, float *logits)
         const float *res = s->res < 0 ? NULL : (const float *)(a + s->res);
         switch (s->op) {
         case NAS_OP_QUANTIZE:
-            nas_quantize((const float *)(a + s->in), a + s->out, s->n, s->lo, s->alpha, s->s);
+            nas_quantize((const float *)(a + s->in), a + s->out, s->n, s->C, s->bits, s->lo, s->alpha, s->s);
             break;
         case NAS_OP_INT_CONV:
             nas_int_conv(s->conv, a + s->in, res, a + s->out);
