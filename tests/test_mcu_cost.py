@@ -24,6 +24,8 @@ from nas.space import decode
 # from search_spaces/mcu.yaml (sampled; the C export takes them: ir blocks, 2/4/8 bits)
 MCU_A = "in_r28_c1-stem_c8_k3_s1_w8_a8-ir_r2_k3_s2_e3_c16_w4_a4-ir_r1_k5_s2_e2_c24_w8_a8-ir_r2_k3_s1_e2_c40_w2_a2-ir_r1_k3_s2_e4_c64_w4_a4-head_c128_w8_a8-fc_n10_w8_a8"
 MCU_B = "in_r36_c1-stem_c8_k3_s1_w8_a8-ir_r1_k3_s2_e1_c16_w8_a8-ir_r2_k5_s2_e2_c24_w2_a2-ir_r2_k3_s1_e4_c48_w4_a4-ir_r1_k3_s2_e2_c72_w2_a2-head_c0_w8_a8-fc_n10_w8_a8"
+# a 5-minute --target-flash search's pick: 33 x 33 input, 36 convs, 47 steps (odd)
+MCU_C = "in_r33_c1-stem_c8_k3_s1_w8_a8-ir_r3_k3_s2_e1_c16_w4_a4-ir_r3_k5_s2_e4_c24_w8_a8-ir_r3_k3_s1_e2_c48_w4_a4-ir_r3_k3_s2_e4_c72_w2_a2-head_c144_w8_a8-fc_n10_w8_a8"
 BINARY = "in_r8_c1-stem_c16_k3_s1_w8_a8-grouped_r1_k3_s1_g1_c16_w1_a1-grouped_r1_k3_s2_g1_c16_w1_a1-head_c0_w8_a8-fc_n10_w8_a8"
 REFUSED = {  # arch -> what the C export refuses in it
     "in_r28_c1-stem_c8_k3_s1_w8_a8-shift_r1_k3_s2_e1_c16_w8_a8-head_c0_w8_a8-fc_n10_w8_a8": "shift",
@@ -171,7 +173,7 @@ def test_codes_take_their_bits_in_the_arena():
 
 
 @needs_mcu
-@pytest.mark.parametrize("arch", [MCU_A, MCU_B, BINARY], ids=["mcu-a", "mcu-b", "binary"])
+@pytest.mark.parametrize("arch", [MCU_A, MCU_B, MCU_C, BINARY], ids=["mcu-a", "mcu-b", "mcu-c", "binary"])
 def test_predicted_flash_and_sram_equal_the_linkers(arch, tmp_path):
     """Exact: the ELF's flash (.text + .ARM.exidx + .data less the 10 embedded test images) and
     SRAM (.data + .bss + the painted stack peak), as `nas infer --c --mcu` measures them."""

@@ -75,15 +75,21 @@ __attribute__((section(".vectors"), used)) static const void *vectors[16] = {
 #define SYST_RVR (*(volatile uint32_t *)0xE000E014)
 #define SYST_CVR (*(volatile uint32_t *)0xE000E018)
 
+/* The images' stride, read from memory: the loop's code is then the same for every input size
+ * (an immediate's encoding depends on its value), so nas.cost.mcu prices the driver's code as one
+ * constant. */
+static const volatile uint32_t image_floats = NAS_INPUT_SIZE;
+
 int main(void)
 {
     static float logits[NAS_NUM_CLASSES];
-    for (int i = 0; i < NAS_MCU_IMAGES; i++) {
+    const float *image = &nas_mcu_images[0][0];
+    for (int i = 0; i < NAS_MCU_IMAGES; i++, image += image_floats) {
         SYST_RVR = 0xFFFFFF;
         SYST_CVR = 0;
         SYST_CSR = 5; /* processor clock, enabled, no interrupt */
         uint32_t t0 = SYST_CVR;
-        nas_model_run(nas_mcu_images[i], logits);
+        nas_model_run(image, logits);
         uint32_t t1 = SYST_CVR;
         SYST_CSR = 0;
         put("logits ");
