@@ -100,6 +100,30 @@ def test_int8_capable_convs_run_on_int8_kernels(bundle, digits, tmp_path):
     assert onnx_int8.float_convs_in(kernels) == len(float_layers), kernels
 
 
+def test_weights_are_int8_where_no_kernel_can_saturate(bundle):
+    """Weights within ±63 (the 1/2/4-bit layers: widened to that bound) are int8 at zero point
+    0, the fast u8 x s8 kernels' form; wider ones (8-bit layers) uint8 at zero point 128, since
+    u8 x s8 without VNNI sums pairs in saturating int16 (2 * 255 * 63 < 32,767 <= 2 * 255 * 64)."""
+    out, manifest = bundle
+    model = onnx.load(str(out / onnx_int8.FILE))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    bits = {r["layer"]: r for r in manifest["int8_onnx"]["layers"]}
+    seen = set()
+    for name, r in bits.items():
+        if not r["int8_kernel"]:
+            continue
+        stored = next(v for k, v in inits.items() if k.rsplit("_", 1)[0] == name + ".weight_q")  # name_<n>
+        zero = next(v for k, v in inits.items() if k.rsplit("_", 1)[0] == name + ".w_zero")
+        assert r["weight_dtype"] == ("int8" if stored.dtype == np.int8 else "uint8 (zero point 128)")
+        if r["w_bits"] < 8:
+            assert stored.dtype == np.int8 and np.abs(stored).max() <= onnx_int8.SATURATION_FREE, name
+            assert zero.dtype == np.int8 and not zero.any(), name
+        else:
+            assert stored.dtype == np.uint8 and zero.dtype == np.uint8 and (zero == onnx_int8.WEIGHT_ZERO_POINT).all()
+        seen.add(stored.dtype)
+    assert seen == {np.dtype(np.int8), np.dtype(np.uint8)}
+
+
 def test_file_size_near_weight_bytes():
     """8-bit weights: one byte each in both files; per channel the int8 model adds a bias
     scale (4 bytes) and a weight zero point (1), and the graph itself is the stated overhead."""
@@ -133,9 +157,10 @@ def test_sub_byte_weights_are_exact_and_eight_bit_within_half_a_level():
         levels = 1 if bits == 1 else 2 ** bits - 1
         w_int = (2 * (rng_codes % (levels + 1)) - levels) if bits > 1 else np.where(rng_codes % 2, 1, -1)
         scale = np.linspace(0.5, 2.0, 4, dtype=np.float32)
-        weight, w_scale = onnx_int8._widened(w_int, scale)
+        weight, w_scale = onnx_int8._widened(w_int, scale, limit=onnx_int8.SATURATION_FREE)
         k = weight.astype(np.int64) // w_int  # the whole factor per channel
-        assert np.array_equal(weight.astype(np.int64), w_int * k) and np.abs(weight).max() <= 127
+        assert np.array_equal(weight.astype(np.int64), w_int * k) and np.abs(weight).max() <= 63
+        assert np.abs(weight).max() > 63 - np.abs(w_int).max()  # the largest whole factor
         assert np.array_equal(k.min(axis=1), k.max(axis=1))
     w_int = 2 * np.arange(256) - 255
     r = onnx_int8.eight_bit_int8(w_int).astype(np.int64)

@@ -11,16 +11,18 @@ own clips and scales, nothing recalibrated; integer semantics as `nas.quant.inte
   sign (0 -> +1) and the one-padding as an explicit Pad.
 - weights, per output channel through DequantizeLinear(axis=0):
   * 1, 2 and 4 bits: exact. w_int = 2q - L (±1 at 1 bit) times the largest whole K_c
-    keeping it within ±127, at scale (m_c / L) / K_c (`_widened`): the same products,
-    K_c times finer bias resolution;
+    keeping it within ±63 (`SATURATION_FREE`), at scale (m_c / L) / K_c (`_widened`): the
+    same products, K_c times finer bias resolution;
   * 8 bits: w_int = 2q - L is odd in -255..255, not an int8. Stored as
     r = round_half_even(w_int / 2), clamped to -128..127, at scale 2 m_c / L: NOT exact
     (each weight moves by one DoReFa level, m_c / L, at most); measured, see
     docs/deploy-onnx.md for why the exact split w_int = 2s + 1 is not used;
-  * the codes are stored as uint8 at zero point 128 (`WEIGHT_ZERO_POINT`) where the conv
-    runs on int8 kernels: without VNNI, onnxruntime's u8 x s8 kernel sums pairs of products
-    in saturating int16 (vpmaddubsw), which int8 weights near ±127 overflow; its u8 x u8
-    kernel does not saturate. Same values, same DequantizeLinear semantics;
+  * where the conv runs on int8 kernels, codes within ±63 (every 1/2/4-bit layer) are
+    stored as int8 at zero point 0, the others (8-bit layers) as uint8 at zero point 128
+    (`WEIGHT_ZERO_POINT`). Without VNNI, onnxruntime's u8 x s8 kernel sums pairs of products
+    in saturating int16 (vpmaddubsw): 2 · 255 · 63 = 32,130 cannot overflow, int8 weights near
+    ±127 can; its u8 x u8 kernel does not saturate, but with VNNI it runs at about half the
+    speed of u8 x s8 (docs/deploy-onnx.md). Same values, same DequantizeLinear semantics;
   * 16 / 32 bits (SE convs' float inputs too): float conv, weights float or DQ'd.
 - bias: int32 at scale s_x · s_w[c] where the conv runs on int8 kernels (rounded: at most
   half of s_x · s_w[c]), float32 elsewhere.
@@ -57,7 +59,8 @@ from nas.errors import UsageError
 
 OPSET = 21
 FILE = "model.int8.onnx"
-WEIGHT_ZERO_POINT = 128  # int8 weight codes stored as uint8 + 128: see _weights
+WEIGHT_ZERO_POINT = 128  # 8-bit layers' int8 weight codes stored as uint8 + 128: see _weights
+SATURATION_FREE = 63  # weights within ±63 are stored as int8: no u8 x s8 pair sum can saturate int16
 # The stated fixed overhead of the file over the weights (tests/test_onnx_int8.py: size <=
 # 1.15 x weight_bytes + this): the graph's nodes, attributes and names, the initializers'
 # headers, the activation scales. Measured: 23 kB for a 384-node, 13-layer 8-bit model.
@@ -120,29 +123,30 @@ def eight_bit_int8(w_int: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(w_int / 2.0), -128, 127).astype(np.int8)
 
 
-def _widened(w_int: np.ndarray, scale: np.ndarray, widen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _widened(w_int: np.ndarray, scale: np.ndarray, widen: bool = True, limit: int = 127
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(int8 weights, scale) holding w_int · scale exactly with w_int times the largest whole
-    K_c that stays within ±127, per output channel. Exact (K_c is an integer), and it makes
+    K_c that stays within ±limit, per output channel. Exact (K_c is an integer), and it makes
     the scale K_c times finer: QLinearConv's int32 bias is rounded at s_x · scale, so a
-    2-bit layer's bias goes from a third of a level to a 127th. `widen` False: K_c = 1
+    2-bit layer's bias goes from a third of a level to a 63rd (limit 63). `widen` False: K_c = 1
     (a float conv: the dequantized weight is then exactly w_int · scale)."""
-    k = 127 // np.maximum(np.abs(w_int).max(axis=1), 1) if widen else np.ones(w_int.shape[0], np.int64)
+    k = limit // np.maximum(np.abs(w_int).max(axis=1), 1) if widen else np.ones(w_int.shape[0], np.int64)
     return (w_int * k[:, None]).astype(np.int8), (scale / k.astype(np.float32)).astype(np.float32)
 
 
-def int8_layer(rec, module: nn.Module) -> _Layer:
+def int8_layer(rec, module: nn.Module, limit: int = 127) -> _Layer:
     """One payload record as the int8 table holds it (weights, scales, bias, site); shared with
-    `nas.export.tflite`."""
+    `nas.export.tflite`. `limit`: how far 1/2/4-bit weights are widened (`_widened`)."""
     g = rec.geom
     w_shape = (g.c_out, g.c_in_g) if g.kind == "linear" else (g.c_out, g.c_in_g, g.k_h, g.k_w)
     widen = 2 <= g.a_bits <= 8  # the conv runs on int8 kernels
     if g.bits == 1:
         w_int = module.signs().numpy().astype(np.int32).reshape(g.c_out, -1)  # ±1
-        weight, w_scale = _widened(w_int, rec.scale, widen)
+        weight, w_scale = _widened(w_int, rec.scale, widen, limit)
     elif g.bits < 8:
         levels = 2 ** g.bits - 1
         w_int = 2 * rec.weight.astype(np.int32) - levels  # (C_out, C_in_g * kh * kw), odd
-        weight, w_scale = _widened(w_int, rec.scale / np.float32(levels), widen)
+        weight, w_scale = _widened(w_int, rec.scale / np.float32(levels), widen, limit)
     elif g.bits == 8:
         w_int = 2 * rec.weight.astype(np.int32) - 255
         weight, w_scale = eight_bit_int8(w_int), (rec.scale * np.float32(2.0 / 255)).astype(np.float32)
@@ -283,7 +287,9 @@ def _weights(w: _Writer, layer: _Layer) -> tuple[str, str]:
     if layer.w_scale is None:
         return w.const(h + ".weight", layer.weight), w.const(h + ".bias", layer.bias)
     c_out = layer.weight.shape[0]
-    if layer.int8_kernel:  # uint8 at zero point 128 (see WEIGHT_ZERO_POINT)
+    if layer.int8_kernel and np.abs(layer.weight).max(initial=0) <= SATURATION_FREE:  # int8, zero point 0
+        stored, zero = layer.weight.astype(np.int8), [w.const(h + ".w_zero", np.zeros(c_out, np.int8))]
+    elif layer.int8_kernel:  # uint8 at zero point 128 (see WEIGHT_ZERO_POINT)
         stored = (layer.weight.astype(np.int16) + WEIGHT_ZERO_POINT).astype(np.uint8)
         zero = [w.const(h + ".w_zero", np.full(c_out, WEIGHT_ZERO_POINT, np.uint8))]
     else:  # DQ -> float conv: int8, zero point left out (DequantizeLinear's default 0)
@@ -423,7 +429,7 @@ def build(arch, payload: bytes, example: torch.Tensor) -> Int8Onnx:
         raise UsageError(f"int8 ONNX: {why}")
     records = decode_payload(payload, geoms)
     model = packed_model(arch, payload, integer=False)  # the float form: its quantized layers are replaced
-    layers = [int8_layer(rec, model.get_submodule(rec.geom.name)) for rec in records]
+    layers = [int8_layer(rec, model.get_submodule(rec.geom.name), SATURATION_FREE) for rec in records]
     traced = _traced_graph(model, [rec.geom.name for rec in records], example)
 
     w = _Writer()
@@ -452,7 +458,10 @@ def build(arch, payload: bytes, example: torch.Tensor) -> Int8Onnx:
     for layer in layers:
         held = ("float" if layer.w_scale is None else "int8 ±1 (1-bit, not packed)" if layer.w_bits == 1
                 else "int8 rounded at 2m/L (8-bit DoReFa)" if layer.w_bits == 8 else "int8 exact")
+        dtype = ("float32" if layer.w_scale is None else "uint8 (zero point 128)" if layer.int8_kernel
+                 and np.abs(layer.weight).max(initial=0) > SATURATION_FREE else "int8")
         info.append({"layer": layer.name, "w_bits": layer.w_bits, "a_bits": layer.a_bits, "weights": held,
+                     "weight_dtype": dtype,
                      "int8_kernel": layer.int8_kernel, **{k: v for k, v in out_q.get(layer.name, {}).items()
                                                           if k != "layer"}})
     return Int8Onnx(m, info)

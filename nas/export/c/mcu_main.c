@@ -77,8 +77,8 @@ __attribute__((section(".vectors"), used)) static const void *vectors[16] = {
 
 /* The images' stride, read from memory: the loop's code is then the same for every input size
  * (an immediate's encoding depends on its value), so nas.cost.mcu prices the driver's code as one
- * constant. */
-static const volatile uint32_t image_floats = NAS_INPUT_SIZE;
+ * constant. In flash (GCC puts a const volatile object in .data otherwise). */
+static const volatile uint32_t image_floats __attribute__((section(".rodata.image_floats"))) = NAS_INPUT_SIZE;
 
 int main(void)
 {
