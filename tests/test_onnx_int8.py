@@ -87,7 +87,10 @@ def test_agrees_with_nas_infer_on_the_test_split(bundle, digits):
 def test_int8_capable_convs_run_on_int8_kernels(bundle, digits, tmp_path):
     """onnxruntime's profiler lists the kernels it ran: every conv / linear with int8 weights
     and a 2..8-bit input must be a QLinearConv / QGemm; float Conv / Gemm only for the rest
-    (here: the SE convs, whose input is float)."""
+    (here: the SE convs, whose input is float). A shift block's shift is a one-hot depthwise
+    conv in ONNX (`nas.blocks.layers.Shift`), which onnxruntime runs as a QLinearConv too."""
+    from nas.blocks.layers import Shift
+
     out, manifest = bundle
     layers = manifest["int8_onnx"]["layers"]
     x, _ = digits.test.batch(torch.arange(1))
@@ -95,7 +98,9 @@ def test_int8_capable_convs_run_on_int8_kernels(bundle, digits, tmp_path):
     int8_convs = [r for r in layers if r["int8_kernel"] and r["layer"] != "fc"]
     float_layers = [r for r in layers if not r["int8_kernel"]]
     assert float_layers and all(".se." in r["layer"] for r in float_layers)
-    assert kernels.get("QLinearConv", 0) == len(int8_convs), kernels
+    shifts = sum(isinstance(m, Shift) for m in build_model(decode(manifest["arch"])).modules())
+    assert shifts == 1
+    assert kernels.get("QLinearConv", 0) == len(int8_convs) + shifts, kernels
     assert kernels.get("QGemm", 0) == 1, kernels
     assert onnx_int8.float_convs_in(kernels) == len(float_layers), kernels
 

@@ -41,6 +41,26 @@ def test_sparse_shift_moves_only_its_fraction(stride):
         assert torch.equal(y[:, c], ref[:, ::stride, ::stride])
 
 
+@pytest.mark.parametrize("kernel,stride,frac,size", [(3, 1, 1.0, 7), (3, 2, 1.0, 7), (5, 1, 1.0, 9), (5, 2, 0.25, 8),
+                                                   (3, 2, 0.5, 6)])
+def test_a_shift_exported_to_onnx_is_one_conv_with_the_same_outputs(kernel, stride, frac, size, tmp_path):
+    """In ONNX a shift is one depthwise conv with a one-hot kernel (not a Pad and a Slice per
+    group); onnxruntime's outputs equal the module's at atol=0 (each is one input times 1.0)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    m = Shift(kernel, stride, frac).eval()
+    x = torch.randn(2, 40, size, size)
+    path = tmp_path / "shift.onnx"
+    torch.onnx.export(m, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node if n.op_type != "Constant"]
+    assert ops == ["Conv"], ops
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.array_equal(got, m(x).numpy())
+
+
 def test_sparse_shift_arch_string_cost_and_build():
     s = "shift_r2_k3_s2_e2_c32_sf0.25_w8_a8"
     arch = _arch(s)
