@@ -100,12 +100,13 @@ class Shift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
-        groups = shift_groups(int(x.shape[1]), self.kernel, self.shift_frac)
+        C = int(x.shape[1])
+        groups = shift_groups(C, self.kernel, self.shift_frac)
         if torch.onnx.is_in_onnx_export() and self.kernel % 2 == 1:
             # ONNX: one depthwise conv with a one-hot kernel per channel (exact: each output is one
             # input times 1.0), not a Pad and a Slice per group, which onnxruntime ran as dozens of
             # small ops (docs/deploy-onnx.md)
-            return F.conv2d(x, self.one_hot(groups, x.dtype), stride=s, padding=self.kernel // 2, groups=sum(n for _, _, n in groups))
+            return F.conv2d(x, self.one_hot(groups, C, x.dtype), stride=s, padding=self.kernel // 2, groups=C)
         if x.dtype in (torch.uint8, torch.int8):  # codes between two integer layers (nas.export.convert)
             from nas.kernels.integer import shift_codes
             return shift_codes(x, groups, s)
@@ -116,11 +117,11 @@ class Shift(nn.Module):
             outs.append(F.pad(part, (-dx, dx, -dy, dy))[:, :, ::s, ::s])
         return torch.cat(outs, dim=1)
 
-    def one_hot(self, groups: list, dtype: torch.dtype) -> torch.Tensor:
-        """(C, 1, k, k) depthwise weights: 1 at (k // 2 + dy, k // 2 + dx) for each channel's group,
-        0 elsewhere; built in numpy so that a trace holds it as a constant."""
+    def one_hot(self, groups: list, C: int, dtype: torch.dtype) -> torch.Tensor:
+        """(C, 1, k, k) depthwise weights: 1 at (k // 2 + dy, k // 2 + dx) for each channel's group
+        (`shift_groups`), 0 elsewhere; built in numpy so that a trace holds it as a constant."""
         k = self.kernel
-        w = np.zeros((sum(n for _, _, n in groups), 1, k, k), np.float32)
+        w = np.zeros((C, 1, k, k), np.float32)
         c = 0
         for dy, dx, n in groups:
             w[c:c + n, 0, k // 2 + dy, k // 2 + dx] = 1

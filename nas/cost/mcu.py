@@ -54,7 +54,7 @@ order and largest first (TFLite Micro's greedy rule), and keeps the smaller plan
 
 from dataclasses import dataclass, field
 
-from nas.cost.graph import Graph, expand
+from nas.cost.graph import Graph, expand, tensor_bytes
 from nas.cost.kernel_path import layer_path
 
 ALIGN = 8  # arena offsets and sizes
@@ -86,12 +86,14 @@ class CTensor:
 
     @property
     def nbytes(self) -> int:
-        h, w, c = self.shape
-        if self.kind == BITS:
-            return h * w * -(-c // 64) * 8
-        if self.kind == F32:
-            return h * w * c * 4
-        return h * w * -(-c * self.code_bits // 8)
+        return c_tensor_bytes(self.shape, self.kind, self.code_bits)
+
+
+def c_tensor_bytes(shape: tuple[int, int, int], kind: str, code_bits: int = 8) -> int:
+    """Bytes of an (H, W, C) tensor in the C package's arena: float32, packed signs, or codes
+    packed per pixel at `code_bits`; the cost model's own rule (`tensor_bytes`) at that width."""
+    h, w, c = shape
+    return tensor_bytes((c, h, w), {F32: 32, BITS: 1}.get(kind, code_bits))
 
 
 @dataclass(frozen=True)

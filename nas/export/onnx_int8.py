@@ -112,6 +112,16 @@ class _Layer:
         """Runs on onnxruntime's int8 kernels: int8 weights and an int8 input."""
         return self.int8_input and self.w_bits <= MAX_BITS
 
+    @property
+    def weight_dtype(self) -> str:
+        """How the file stores the weights (see the module docstring): int8 where no kernel can
+        saturate on them or the conv runs in float, uint8 at zero point 128 otherwise."""
+        if self.w_scale is None:
+            return "float32"
+        if self.int8_kernel and np.abs(self.weight).max(initial=0) > SATURATION_FREE:
+            return "uint8 (zero point 128)"
+        return "int8"
+
     def act_scale(self) -> np.float32:
         from nas.quant.integer import act_scale
 
@@ -287,7 +297,7 @@ def _weights(w: _Writer, layer: _Layer) -> tuple[str, str]:
     if layer.w_scale is None:
         return w.const(h + ".weight", layer.weight), w.const(h + ".bias", layer.bias)
     c_out = layer.weight.shape[0]
-    if layer.int8_kernel and np.abs(layer.weight).max(initial=0) <= SATURATION_FREE:  # int8, zero point 0
+    if layer.int8_kernel and layer.weight_dtype == "int8":  # zero point 0
         stored, zero = layer.weight.astype(np.int8), [w.const(h + ".w_zero", np.zeros(c_out, np.int8))]
     elif layer.int8_kernel:  # uint8 at zero point 128 (see WEIGHT_ZERO_POINT)
         stored = (layer.weight.astype(np.int16) + WEIGHT_ZERO_POINT).astype(np.uint8)
@@ -458,10 +468,8 @@ def build(arch, payload: bytes, example: torch.Tensor) -> Int8Onnx:
     for layer in layers:
         held = ("float" if layer.w_scale is None else "int8 ±1 (1-bit, not packed)" if layer.w_bits == 1
                 else "int8 rounded at 2m/L (8-bit DoReFa)" if layer.w_bits == 8 else "int8 exact")
-        dtype = ("float32" if layer.w_scale is None else "uint8 (zero point 128)" if layer.int8_kernel
-                 and np.abs(layer.weight).max(initial=0) > SATURATION_FREE else "int8")
         info.append({"layer": layer.name, "w_bits": layer.w_bits, "a_bits": layer.a_bits, "weights": held,
-                     "weight_dtype": dtype,
+                     "weight_dtype": layer.weight_dtype,
                      "int8_kernel": layer.int8_kernel, **{k: v for k, v in out_q.get(layer.name, {}).items()
                                                           if k != "layer"}})
     return Int8Onnx(m, info)

@@ -54,12 +54,9 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        h, w, c = self.shape
-        if self.kind == "bits":
-            return h * w * -(-c // 64) * 8
-        if self.kind == "f32":
-            return h * w * c * 4
-        return h * w * -(-c * self.code_bits // 8)
+        from nas.cost.mcu import c_tensor_bytes
+
+        return c_tensor_bytes(self.shape, self.kind, self.code_bits)  # "u8" / "s8": codes
 
 
 @dataclass
